@@ -1,0 +1,338 @@
+"""Load, build, stretch and save CLIP models; the tower forwards that training and evaluation share.
+
+A model is a ``ClipBundle``: a ``transformers.CLIPModel`` with its fast tokenizer and image
+processor, so that ``save_clip`` writes a folder that ``CLIPModel.from_pretrained`` and
+``AutoProcessor.from_pretrained`` load directly.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from transformers import (
+    AutoImageProcessor,
+    AutoTokenizer,
+    CLIPConfig,
+    CLIPImageProcessor,
+    CLIPModel,
+    CLIPTokenizer,
+)
+
+from .text import clean_text
+
+logger = logging.getLogger(__name__)
+
+STATE_DICT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors", ".ckpt")
+
+
+class ModelLoadError(ValueError):
+    """A checkpoint cannot be loaded; the message names the keys or files involved."""
+
+
+@dataclass
+class ClipBundle:
+    """A CLIP model with the tokenizer and image processor that belong to it."""
+
+    model: CLIPModel
+    tokenizer: CLIPTokenizer
+    image_processor: CLIPImageProcessor
+
+    @property
+    def max_text_len(self) -> int:
+        return int(self.model.config.text_config.max_position_embeddings)
+
+    @property
+    def patch_grid(self) -> int:
+        cfg = self.model.config.vision_config
+        return int(cfg.image_size) // int(cfg.patch_size)
+
+
+def _is_state_dict_file(source: str) -> bool:
+    return os.path.isfile(source) and source.endswith(STATE_DICT_SUFFIXES)
+
+
+def load_clip(
+    source: str,
+    *,
+    base: str | None = None,
+    device: str | torch.device = "cpu",
+    attn_implementation: str | None = None,
+) -> ClipBundle:
+    """Load a CLIP from a hub id, a local folder, or a bare state-dict file on top of ``base``.
+
+    Bare state dicts (e.g. the GOAL authors' released ``.pth`` with 248 text positions) are
+    loaded strictly: the base's text positions are resized to the file's length first, and
+    any missing, unexpected or mismatched key is named in the error.
+    """
+    kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    if _is_state_dict_file(source):
+        if base is None:
+            raise ModelLoadError(f"{source} is a bare state dict: pass --base with the architecture it fits")
+        bundle = load_clip(base, attn_implementation=attn_implementation)
+        load_state_dict_file(bundle.model, source)
+    else:
+        if os.path.isfile(source):
+            raise ModelLoadError(
+                f"{source} is a file but not a state dict ({', '.join(STATE_DICT_SUFFIXES)}); "
+                "pass a hub id, a model folder or a state-dict file"
+            )
+        model = CLIPModel.from_pretrained(source, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        if not tokenizer.is_fast:
+            raise ModelLoadError(f"{source}: a fast tokenizer is needed (offset mappings give exact spans)")
+        processor = AutoImageProcessor.from_pretrained(source)
+        bundle = ClipBundle(model, tokenizer, processor)
+    bundle.model.to(device)
+    return bundle
+
+
+def read_state_dict(path: str) -> dict[str, torch.Tensor]:
+    """Read a state dict from safetensors or a torch pickle, unwrapping common containers."""
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        state = load_file(path)
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model", "module"):
+        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise ModelLoadError(f"{path}: expected a state dict, found {type(state).__name__}")
+    return {k.removeprefix("module.").removeprefix("model."): v for k, v in state.items()}
+
+
+def load_state_dict_file(model: CLIPModel, path: str) -> None:
+    """Strictly load a state-dict file into ``model``, resizing text positions to the file's."""
+    state = read_state_dict(path)
+    pos_key = "text_model.embeddings.position_embedding.weight"
+    if pos_key in state and state[pos_key].shape[0] != model.config.text_config.max_position_embeddings:
+        set_text_positions(model, state[pos_key].clone())
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    mismatched = sorted(
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in set(own) & set(state)
+        if own[k].shape != state[k].shape
+    )
+    if missing or unexpected or mismatched:
+        parts = [
+            f"{label} ({len(keys)}): {', '.join(keys[:10])}{' ...' if len(keys) > 10 else ''}"
+            for label, keys in (("missing", missing), ("unexpected", unexpected), ("mismatched", mismatched))
+            if keys
+        ]
+        raise ModelLoadError(f"{path} does not fit the base model; " + "; ".join(parts))
+    model.load_state_dict(state, strict=True)
+
+
+def set_text_positions(model: CLIPModel, weight: torch.Tensor) -> None:
+    """Replace the text position table, keeping embedding, position-id buffer and config in step."""
+    embeddings = model.text_model.embeddings
+    old = embeddings.position_embedding
+    new = torch.nn.Embedding(weight.shape[0], weight.shape[1], device=old.weight.device, dtype=old.weight.dtype)
+    with torch.no_grad():
+        new.weight.copy_(weight)
+    embeddings.position_embedding = new
+    embeddings.position_ids = torch.arange(weight.shape[0], device=old.weight.device).expand((1, -1))
+    model.config.text_config.max_position_embeddings = int(weight.shape[0])
+
+
+def stretched_positions(weight: torch.Tensor, keep: int) -> torch.Tensor:
+    """Long-CLIP knowledge-preserving stretch of an ``[L, D]`` position table to ``4L - 3*keep``.
+
+    The first ``keep`` positions (well trained on short captions) are copied; each remaining
+    position ``p_i`` becomes four: ``p_i + j/4 * (p_{i+1} - p_i)`` for j = 0..3, where the step
+    after the last position is extrapolated from the last two (77 -> 248 with keep 20).
+    """
+    length = weight.shape[0]
+    if not 0 <= keep <= length - 2:
+        raise ValueError(f"keep_positions={keep} must be between 0 and {length - 2} for {length} positions")
+    rest = weight[keep:]
+    nxt = torch.cat([rest[1:], (2 * rest[-1] - rest[-2]).unsqueeze(0)])
+    fractions = torch.arange(4, dtype=weight.dtype, device=weight.device).view(1, 4, 1) / 4
+    interpolated = rest.unsqueeze(1) + fractions * (nxt - rest).unsqueeze(1)
+    return torch.cat([weight[:keep], interpolated.reshape(-1, weight.shape[1])])
+
+
+def stretch_positions(model: CLIPModel, *, keep: int = 20, target: int | None = None) -> int:
+    """Stretch the text positions in place (Long-CLIP style); returns the new context length.
+
+    ``target`` may shorten the stretched table (never lengthen past ``4L - 3*keep``).
+    """
+    weight = model.text_model.embeddings.position_embedding.weight.detach()
+    stretched = stretched_positions(weight, keep)
+    if target is not None:
+        if target > stretched.shape[0]:
+            raise ValueError(
+                f"max_text_len={target} exceeds the stretch limit 4*{weight.shape[0]}-3*{keep}={stretched.shape[0]}"
+            )
+        stretched = stretched[:target]
+    set_text_positions(model, stretched)
+    return stretched.shape[0]
+
+
+def save_clip(bundle: ClipBundle, out_dir: str | os.PathLike) -> Path:
+    """Save model (safetensors), tokenizer and image processor into one loadable folder."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    bundle.model.save_pretrained(out, safe_serialization=True)
+    bundle.tokenizer.model_max_length = bundle.max_text_len
+    bundle.tokenizer.save_pretrained(out)
+    bundle.image_processor.save_pretrained(out)
+    return out
+
+
+# ----------------------------------------------------------------------------- tower forwards
+
+
+def image_forward(model: CLIPModel, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Projected (unnormalised) image embeddings and last-layer patch tokens (before post-LN)."""
+    out = model.vision_model(pixel_values=pixel_values)
+    embeds = model.visual_projection(out.pooler_output)
+    return embeds, out.last_hidden_state[:, 1:]
+
+
+def project_patch_tokens(model: CLIPModel, pooled: torch.Tensor) -> torch.Tensor:
+    """Send pooled patch tokens through the vision post-layernorm and projection (as CLS is)."""
+    return model.visual_projection(model.vision_model.post_layernorm(pooled))
+
+
+def text_forward(
+    model: CLIPModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, token_states: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Projected (unnormalised) text embeddings and, optionally, last-layer token states before
+    the final layernorm (what text TSL pools over)."""
+    out = model.text_model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=token_states)
+    embeds = model.text_projection(out.pooler_output)
+    return embeds, (out.hidden_states[-1] if token_states else None)
+
+
+def project_text_tokens(model: CLIPModel, pooled: torch.Tensor) -> torch.Tensor:
+    """Send pooled text token states through the final layernorm and text projection."""
+    return model.text_projection(model.text_model.final_layer_norm(pooled))
+
+
+def tokenize(bundle: ClipBundle, texts: Sequence[str], max_len: int | None = None) -> dict[str, torch.Tensor]:
+    """Clean and tokenise texts, padded to the longest in the batch and truncated to the context.
+
+    CLIP's text attention is causal, so right padding never changes the real tokens' states:
+    padding to the batch's longest (not to 248) is exact and much cheaper for short sentences.
+    """
+    max_len = max_len or bundle.max_text_len
+    return bundle.tokenizer(
+        [clean_text(t) for t in texts],
+        padding="longest",
+        truncation=True,
+        max_length=max_len,
+        return_tensors="pt",
+    )
+
+
+def count_truncated(bundle: ClipBundle, texts: Sequence[str], max_len: int | None = None) -> int:
+    """How many texts are longer than the context (they would be cut)."""
+    max_len = max_len or bundle.max_text_len
+    lengths = bundle.tokenizer([clean_text(t) for t in texts], truncation=False)["input_ids"]
+    return sum(len(ids) > max_len for ids in lengths)
+
+
+@torch.no_grad()
+def embed_texts(model: CLIPModel, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """L2-normalised text embeddings for one tokenised batch."""
+    embeds, _ = text_forward(model, input_ids, attention_mask)
+    return F.normalize(embeds.float(), dim=-1)
+
+
+@torch.no_grad()
+def embed_images(model: CLIPModel, pixel_values: torch.Tensor) -> torch.Tensor:
+    """L2-normalised image embeddings for one pixel batch."""
+    embeds, _ = image_forward(model, pixel_values)
+    return F.normalize(embeds.float(), dim=-1)
+
+
+# ----------------------------------------------------------------------------- tiny models
+
+
+def train_tokenizer(texts: Sequence[str], vocab_size: int = 1000) -> CLIPTokenizer:
+    """Train a small CLIP-style BPE tokenizer (same normaliser, pre-tokeniser, ``</w>`` suffix).
+
+    The demo and the tests cannot download OpenAI's vocabulary; a BPE trained with the
+    tokenizers library on the corpus gives a real fast CLIPTokenizer with offset mappings.
+    """
+    import json
+
+    from tokenizers import Tokenizer
+    from tokenizers.models import BPE
+    from tokenizers.pre_tokenizers import ByteLevel
+    from tokenizers.trainers import BpeTrainer
+
+    template = CLIPTokenizer().backend_tokenizer
+    specials = ["<|startoftext|>", "<|endoftext|>"]
+    backend = Tokenizer(BPE(unk_token=specials[1], continuing_subword_prefix="", end_of_word_suffix="</w>"))
+    backend.normalizer = template.normalizer
+    backend.pre_tokenizer = template.pre_tokenizer
+    trainer = BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=specials,
+        end_of_word_suffix="</w>",
+        initial_alphabet=ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    backend.train_from_iterator([clean_text(t) for t in texts], trainer)
+    model_json = json.loads(backend.to_str())["model"]
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model_json["merges"]]
+    return CLIPTokenizer(vocab=model_json["vocab"], merges=merges)
+
+
+def build_tiny_clip(
+    texts: Sequence[str],
+    *,
+    image_size: int = 64,
+    patch_size: int = 8,
+    width: int = 128,
+    layers: int = 4,
+    heads: int = 4,
+    projection_dim: int = 128,
+    context_length: int = 32,
+    vocab_size: int = 1000,
+    seed: int = 0,
+) -> ClipBundle:
+    """A small randomly initialised CLIP with a tokenizer trained on ``texts``.
+
+    Stands in for a downloaded checkpoint in the demo and the tests; everything downstream
+    treats it exactly like ``openai/clip-vit-base-patch16`` loaded from a folder.
+    """
+    tokenizer = train_tokenizer(texts, vocab_size=vocab_size)
+    tokenizer.model_max_length = context_length
+    common = {
+        "hidden_size": width,
+        "intermediate_size": 4 * width,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "hidden_act": "quick_gelu",
+    }
+    config = CLIPConfig(
+        text_config={
+            **common,
+            "vocab_size": len(tokenizer),
+            "max_position_embeddings": context_length,
+            "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+            "pad_token_id": tokenizer.pad_token_id,
+        },
+        vision_config={**common, "image_size": image_size, "patch_size": patch_size},
+        projection_dim=projection_dim,
+    )
+    torch.manual_seed(seed)
+    model = CLIPModel(config)
+    processor = CLIPImageProcessor(
+        size={"shortest_edge": image_size},
+        crop_size={"height": image_size, "width": image_size},
+    )
+    return ClipBundle(model, tokenizer, processor)
