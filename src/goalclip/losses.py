@@ -1,0 +1,259 @@
+"""Training losses for GOAL: CLIP InfoNCE with cross-process negatives, and token-similarity (TSL).
+
+Every loss here takes embeddings, never batches or models, so the trainer owns the forward pass
+(one per tower over ``[global ; local]``) and these functions own only the maths and the
+cross-process bookkeeping.
+
+Distributed contract: under ``torch.distributed`` (DDP, as set up by ``accelerate launch``) each
+process calls these functions on its own shard of the batch. The per-process losses are scaled so
+that (a) their mean over processes equals the loss one process would compute on the whole global
+batch, and (b) after DDP averages gradients over processes, the gradients equal that single-process
+gradient. That is what makes a run on N devices with batch b per device the same optimisation
+problem as one device with batch N*b, including when the last batch is split unevenly.
+Consequences for callers: every process must call each loss (same order, same ``gather`` flag),
+and one process's returned value is its share, not the global loss: average it over processes
+(e.g. ``accelerator.reduce(loss, "mean")``) before logging it as the batch loss.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "METHOD_TERMS",
+    "LossWeights",
+    "combine_losses",
+    "contrastive_loss",
+    "gather_with_grad",
+    "masked_mean",
+    "tsl_loss",
+]
+
+
+def _dist_rank_world() -> tuple[int, int]:
+    """(rank, world size) of the default process group, or (0, 1) when not running distributed."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _gather_sizes(x: Tensor, world: int) -> list[int]:
+    """Every process's leading dimension, so shards of different lengths can be gathered."""
+    local = torch.tensor([x.shape[0]], dtype=torch.int64, device=x.device)
+    sizes = [torch.empty_like(local) for _ in range(world)]
+    dist.all_gather(sizes, local)
+    return [int(s.item()) for s in sizes]
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """All-gather along dim 0 whose backward routes every process's gradient back to its owner.
+
+    Forward pads each shard to the largest one (``all_gather`` needs equal shapes), gathers, and
+    strips the padding. Backward: every process holds d(its loss)/d(gathered); summing those over
+    processes gives d(sum of losses)/d(gathered), of which this process owns its own slice. The sum
+    uses ``all_reduce`` because it is the one collective that gloo and NCCL both support
+    (``reduce_scatter`` is missing on gloo).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, sizes: list[int], rank: int) -> Tensor:
+        longest = max(sizes)
+        padded = x
+        if x.shape[0] < longest:
+            padded = torch.cat([x, x.new_zeros((longest - x.shape[0], *x.shape[1:]))])
+        padded = padded.contiguous()
+        shards = [torch.empty_like(padded) for _ in sizes]
+        dist.all_gather(shards, padded)
+        ctx.sizes = sizes
+        ctx.rank = rank
+        return torch.cat([shard[:n] for shard, n in zip(shards, sizes)])
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
+        total = grad.contiguous().clone()
+        dist.all_reduce(total, op=dist.ReduceOp.SUM)
+        start = sum(ctx.sizes[: ctx.rank])
+        return total[start : start + ctx.sizes[ctx.rank]], None, None
+
+
+def _gather(x: Tensor, sizes: list[int], rank: int) -> Tensor:
+    return _GatherWithGrad.apply(x, sizes, rank)
+
+
+def gather_with_grad(x: Tensor) -> Tensor:
+    """Concatenate ``x`` from all processes along dim 0 (rank order), keeping gradients.
+
+    Identity when ``torch.distributed`` is not initialised or the world has one process, so the same
+    code runs on one device. Per-process lengths may differ (e.g. a last batch split unevenly):
+    lengths are exchanged first and shards padded for the collective, then unpadded. Every process
+    must call this, and (when gradients flow) call backward through it, the same number of times.
+    """
+    rank, world = _dist_rank_world()
+    if world == 1:
+        return x
+    return _gather(x, _gather_sizes(x, world), rank)
+
+
+def contrastive_loss(
+    image_emb: Tensor, text_emb: Tensor, logit_scale: Tensor, gather: bool = True
+) -> Tensor:
+    """Symmetric CLIP InfoNCE between paired rows of ``image_emb`` [b, D] and ``text_emb`` [b, D].
+
+    Embeddings are L2-normalised here (normalising is idempotent, so already-normalised inputs are
+    fine); callers need not remember to. ``logit_scale`` is the already exponentiated temperature
+    (CLIP's ``logit_scale.exp()``), a tensor so its gradient flows; logits are
+    ``logit_scale * img @ txt.T``. The loss is the mean of the image->text and text->image
+    cross-entropies with the matching pair as the target.
+
+    With ``gather`` and several processes, this process's rows are scored against the columns of
+    the whole global batch (negatives from every process), target ``offset + arange(b)`` where the
+    offset counts the rows of lower ranks. The sum of row losses is divided by the global batch size
+    and multiplied by the world size, so the mean of the per-process losses is the global-batch
+    loss and DDP's gradient averaging yields the global-batch gradient, for equal or unequal
+    per-process batch sizes. Without ``gather`` each process sees only its own negatives (the
+    cheaper, different objective).
+    """
+    if image_emb.shape != text_emb.shape or image_emb.dim() != 2:
+        raise ValueError(
+            f"image_emb and text_emb must both be [b, D]; got {tuple(image_emb.shape)} "
+            f"and {tuple(text_emb.shape)}"
+        )
+    image_emb = F.normalize(image_emb, dim=-1)
+    text_emb = F.normalize(text_emb, dim=-1)
+    rank, world = _dist_rank_world()
+    if gather and world > 1:
+        sizes = _gather_sizes(image_emb, world)
+        all_images = _gather(image_emb, sizes, rank)
+        all_texts = _gather(text_emb, sizes, rank)
+        offset, total = sum(sizes[:rank]), sum(sizes)
+    else:
+        all_images, all_texts = image_emb, text_emb
+        offset, total, world = 0, image_emb.shape[0], 1
+    labels = torch.arange(image_emb.shape[0], device=image_emb.device) + offset
+    logits_per_image = logit_scale * image_emb @ all_texts.T
+    logits_per_text = logit_scale * text_emb @ all_images.T
+    summed = F.cross_entropy(logits_per_image, labels, reduction="sum") + F.cross_entropy(
+        logits_per_text, labels, reduction="sum"
+    )
+    return summed * world / (2 * max(total, 1))
+
+
+def tsl_loss(
+    pooled: Tensor, target: Tensor, valid: Tensor, gather: bool = True
+) -> tuple[Tensor, Tensor]:
+    """Token-similarity term: pull pooled global-token features onto their local embedding.
+
+    ``pooled`` [b, D] are the projected pooled token features of the global item (e.g. the mean of
+    the global image's patch tokens inside the box, after the final norm and the projection; or the
+    global caption's token states over the sentence span), ``target`` [b, D] the local embedding
+    (crop or sentence). Per row: cosine ``c``; loss = mean over valid rows of ``(c - 1)**2``.
+
+    Rows with ``valid`` False (unusable box, sentence span past the context) are masked, not faked:
+    their inputs are replaced before any arithmetic, so they add nothing to the loss and receive
+    exactly zero gradient even if they hold garbage. With no valid row the loss is 0 but still
+    attached to the inputs' graph, so DDP's backward sees every parameter on every process.
+
+    With ``gather`` and several processes, the denominator is the number of valid rows in the
+    global batch (one integer ``all_reduce``) and the loss is multiplied by the world size, so the
+    mean over processes and DDP-averaged gradients match one process on the global batch.
+
+    Returns ``(loss, cosines)``: cosines [b] are detached, for logging, with NaN in invalid rows so
+    a careless ``mean()`` shows up instead of silently mixing in masked rows; log
+    ``cosines[valid].mean()`` or ``cosines.nanmean()``.
+    """
+    if pooled.shape != target.shape or pooled.dim() != 2:
+        raise ValueError(
+            f"pooled and target must both be [b, D]; got {tuple(pooled.shape)} "
+            f"and {tuple(target.shape)}"
+        )
+    if valid.shape != pooled.shape[:1]:
+        raise ValueError(f"valid must be [b] = {tuple(pooled.shape[:1])}; got {tuple(valid.shape)}")
+    valid = valid.to(device=pooled.device, dtype=torch.bool)
+    keep = valid.unsqueeze(-1)
+    pooled = torch.where(keep, pooled, torch.zeros_like(pooled))
+    target = torch.where(keep, target, torch.zeros_like(target))
+    cosines = (F.normalize(pooled, dim=-1) * F.normalize(target, dim=-1)).sum(-1)
+    squared = torch.where(valid, (cosines - 1.0) ** 2, torch.zeros_like(cosines))
+    count = valid.sum()
+    _, world = _dist_rank_world()
+    if gather and world > 1:
+        dist.all_reduce(count, op=dist.ReduceOp.SUM)
+    else:
+        world = 1
+    loss = squared.sum() * world / count.clamp(min=1).to(squared.dtype)
+    logged = torch.where(valid, cosines, torch.full_like(cosines, float("nan"))).detach()
+    return loss, logged
+
+
+def masked_mean(states: Tensor, mask: Tensor) -> Tensor:
+    """Mean of ``states`` [B, L, D] over the positions where ``mask`` [B, L] is True -> [B, D].
+
+    One batched matmul replaces the reference's per-sample Python loops (token spans for text TSL,
+    patch cells touching a box for image TSL). A row whose mask is empty has nothing to average and
+    gives zeros; the caller must mark that row invalid (e.g. ``valid = mask.any(1)``) so
+    :func:`tsl_loss` masks it. The count is kept in float32 so means over more than 256 positions
+    stay exact under bf16.
+    """
+    if states.dim() != 3 or mask.shape != states.shape[:2]:
+        raise ValueError(
+            f"states must be [B, L, D] and mask [B, L]; got {tuple(states.shape)} "
+            f"and {tuple(mask.shape)}"
+        )
+    mask = mask.to(device=states.device, dtype=torch.bool)
+    summed = torch.bmm(mask.to(states.dtype).unsqueeze(1), states).squeeze(1)
+    counts = mask.sum(dim=1, keepdim=True).clamp(min=1).to(torch.float32)
+    return (summed / counts).to(states.dtype)
+
+
+@dataclass
+class LossWeights:
+    """Weights of the GOAL objective ``L = global_ * L_global + local * L_local + tsl * L_TSL``.
+
+    ``global_`` has a trailing underscore because ``global`` is a Python keyword. Defaults are the
+    paper's 1.0 / 0.5 / 1.0.
+    """
+
+    global_: float = 1.0
+    local: float = 0.5
+    tsl: float = 1.0
+
+
+METHOD_TERMS: dict[str, tuple[str, ...]] = {
+    "goal": ("global", "local", "tsl"),
+    "wo-tsl": ("global", "local"),
+    "global": ("global",),
+    "local": ("local",),
+}
+"""Which loss terms each training method (the paper's ablations) switches on."""
+
+
+def combine_losses(terms: dict[str, Tensor], method: str, weights: LossWeights) -> Tensor:
+    """Weighted sum of the terms ``method`` enables.
+
+    ``terms`` keys: ``"global"``, ``"local"``, ``"tsl_image"``, ``"tsl_text"``; only the keys the
+    method needs must be present (a ``global``-only run need not compute local or TSL terms). The
+    TSL term is ``tsl_image + tsl_text``, each weighted by ``weights.tsl``.
+    """
+    if method not in METHOD_TERMS:
+        raise ValueError(f"unknown method {method!r}; valid methods: {', '.join(METHOD_TERMS)}")
+    weight_of = {
+        "global": weights.global_,
+        "local": weights.local,
+        "tsl_image": weights.tsl,
+        "tsl_text": weights.tsl,
+    }
+    keys_of = {"global": ("global",), "local": ("local",), "tsl": ("tsl_image", "tsl_text")}
+    needed = [key for term in METHOD_TERMS[method] for key in keys_of[term]]
+    missing = [key for key in needed if key not in terms]
+    if missing:
+        raise ValueError(f"method {method!r} needs loss terms {needed}; missing {missing}")
+    total = weight_of[needed[0]] * terms[needed[0]]
+    for key in needed[1:]:
+        total = total + weight_of[key] * terms[key]
+    return total
