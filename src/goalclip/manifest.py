@@ -141,22 +141,22 @@ def validate_record(record: dict[str, Any], where: str) -> None:
         local["box"] = _check_box(local.get("box"), f"{where}: field 'local.box'")
 
 
-def read_manifest(
+def iter_records(
     path: str | os.PathLike,
     *,
     skip_invalid: bool = False,
     skipped: SkipReport | None = None,
     check_images: bool = False,
-) -> list[dict[str, Any]]:
-    """Read a captioned/mined manifest, validating every record and resolving image paths.
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Yield ``(where, record)`` for each valid record; ``where`` is ``file:line`` for messages.
 
     Invalid records raise ManifestError (file:line: field) unless ``skip_invalid``, in which case
     they are counted in ``skipped``. Duplicate ids are always an error: they would silently shift
-    ground truth in evaluation. ``check_images`` also requires each image file to exist.
+    ground truth in evaluation. Image paths are made absolute; ``check_images`` also requires
+    each image file to exist.
     """
     path = Path(path)
     base = path.resolve().parent
-    records: list[dict[str, Any]] = []
     seen: dict[str, int] = {}
     for lineno, record in iter_jsonl(path):
         where = f"{path}:{lineno}"
@@ -175,8 +175,21 @@ def read_manifest(
         if record["id"] in seen:
             raise ManifestError(f"{where}: duplicate id {record['id']!r} (first on line {seen[record['id']]})")
         seen[record["id"]] = lineno
-        records.append(record)
-    return records
+        yield where, record
+
+
+def read_manifest(
+    path: str | os.PathLike,
+    *,
+    skip_invalid: bool = False,
+    skipped: SkipReport | None = None,
+    check_images: bool = False,
+) -> list[dict[str, Any]]:
+    """Read and validate a whole captioned/mined manifest (see ``iter_records``)."""
+    return [
+        record
+        for _, record in iter_records(path, skip_invalid=skip_invalid, skipped=skipped, check_images=check_images)
+    ]
 
 
 def relativize(record: dict[str, Any], folder: str | os.PathLike) -> dict[str, Any]:

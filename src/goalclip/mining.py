@@ -1,0 +1,293 @@
+"""Local pair mining (LISM / FLISM): match caption sentences to image regions with a CLIP.
+
+For a batch of images at once: propose regions, embed every crop and every sentence in large
+batches, score each sentence against its own image's regions, and keep the best
+(sentence, region) pair per image plus the top-k candidates. Boxes stay numbers end to end.
+
+Output streams to ``OUT.part<rank>`` (flushed per record, so a crash loses at most the batch in
+flight); ``--resume`` skips ids already in the part files; the final manifest is written by a
+merge into a temporary file and renamed. Under ``accelerate launch`` each process mines a shard.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from .images import ImageError, load_rgb, pixel_values
+from .manifest import captions_of, iter_jsonl, read_manifest, relativize, write_jsonl, write_manifest
+from .model import ClipBundle, embed_images, embed_texts, load_clip, tokenize
+from .regions import Region, RegionProposer, build_proposer
+from .text import clean_text, split_sentences
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class MineConfig:
+    """Options of ``goalclip mine`` (see the CLI help for each)."""
+
+    model: str
+    data: str
+    out: str
+    regions: str = "flism"
+    base: str | None = None
+    boxes: str | None = None
+    detector: str | None = None
+    sam: str | None = None
+    threshold: float = 0.3
+    max_boxes: int = 10
+    margin: float = 0.0
+    top_k: int = 5
+    batch_size: int = 32
+    crop_batch_size: int = 256
+    num_workers: int = 2
+    device: str = "cpu"
+    resume: bool = False
+    max_images: int | None = None
+    progress: bool = True
+
+
+@dataclass
+class Match:
+    """The outcome of matching one image's sentences against its regions."""
+
+    best: dict[str, Any] | None
+    candidates: list[dict[str, Any]]
+    discarded: bool
+
+
+def match_pairs(
+    similarity: torch.Tensor, sentences: list[str], regions: list[Region], top_k: int
+) -> Match:
+    """Each sentence takes its best region; keep the highest-scoring pair and the top-k.
+
+    ``similarity`` is [sentences, regions] cosine similarity. Candidates are the sentences'
+    best pairs sorted by score. When the best pair's region is the whole image (LISM adds it
+    as a candidate), the pair is discarded: the sentence is not about a local region.
+    """
+    scores, best_region = similarity.max(dim=1)
+    order = torch.argsort(scores, descending=True, stable=True).tolist()
+    candidates = [
+        {
+            "sentence": sentences[s],
+            "box": [round(v, 2) for v in regions[int(best_region[s])].box],
+            "score": round(float(scores[s]), 6),
+            "source": regions[int(best_region[s])].source,
+        }
+        for s in order[:top_k]
+    ]
+    best = candidates[0]
+    if best["source"] == "whole":
+        return Match(None, candidates, True)
+    return Match(best, candidates, False)
+
+
+class _MineImages(Dataset):
+    """Decode images in workers; unreadable ones come back as an error string."""
+
+    def __init__(self, records: list[dict[str, Any]]):
+        self.records = records
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int):
+        try:
+            return index, load_rgb(self.records[index]["image"]), None
+        except ImageError as exc:
+            return index, None, str(exc)
+
+
+def _crop_embeddings(bundle: ClipBundle, crops: list, batch_size: int, device: torch.device) -> torch.Tensor:
+    chunks = []
+    for start in range(0, len(crops), batch_size):
+        pixels = pixel_values(bundle.image_processor, crops[start : start + batch_size]).to(device)
+        chunks.append(embed_images(bundle.model, pixels))
+    return torch.cat(chunks)
+
+
+def _text_embeddings(bundle: ClipBundle, texts: list[str], batch_size: int, device: torch.device) -> torch.Tensor:
+    chunks = []
+    for start in range(0, len(texts), batch_size):
+        tokens = tokenize(bundle, texts[start : start + batch_size])
+        chunks.append(embed_texts(bundle.model, tokens["input_ids"].to(device), tokens["attention_mask"].to(device)))
+    return torch.cat(chunks)
+
+
+def mine_batch(
+    bundle: ClipBundle,
+    proposer: RegionProposer,
+    records: list[dict[str, Any]],
+    images: list,
+    *,
+    top_k: int,
+    crop_batch_size: int,
+    device: torch.device,
+) -> list[tuple[dict[str, Any], Match | None, str | None]]:
+    """Mine one batch of images: all crops and all sentences are embedded together.
+
+    Returns, per record, the record, its match (None if it had no region) and a skip reason.
+    """
+    regions = proposer.propose(images, [r["id"] for r in records])
+    sentences = [[s.text for s in split_sentences(clean_text(captions_of(r)[0]))] for r in records]
+    crops = [img.crop(tuple(round(v) for v in reg.box)) for img, regs in zip(images, regions) for reg in regs]
+    flat_sentences = [s for sents in sentences for s in sents]
+    if not crops or not flat_sentences:
+        return [(r, None, "no regions" if not crops else "no sentences") for r in records]
+    crop_emb = _crop_embeddings(bundle, crops, crop_batch_size, device)
+    text_emb = _text_embeddings(bundle, flat_sentences, crop_batch_size, device)
+    results = []
+    crop_at = text_at = 0
+    for record, regs, sents in zip(records, regions, sentences):
+        image_crops = crop_emb[crop_at : crop_at + len(regs)]
+        image_texts = text_emb[text_at : text_at + len(sents)]
+        crop_at += len(regs)
+        text_at += len(sents)
+        if not regs or not sents:
+            results.append((record, None, "no regions" if not regs else "no sentences"))
+            continue
+        results.append((record, match_pairs(image_texts @ image_crops.T, sents, regs, top_k), None))
+    return results
+
+
+def _done_ids(paths: list[Path]) -> set[str]:
+    """Ids already written by earlier (possibly interrupted) runs; a torn last line is cut off."""
+    done: set[str] = set()
+    for path in paths:
+        if not path.exists():
+            continue
+        data = path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            keep = data.rfind(b"\n") + 1
+            with path.open("r+b") as handle:
+                handle.truncate(keep)
+            logger.warning("%s: dropped a torn last line from an interrupted run", path)
+        done.update(obj["id"] for _, obj in iter_jsonl(path))
+    return done
+
+
+def _part_paths(out: Path) -> tuple[list[Path], list[Path]]:
+    return sorted(out.parent.glob(out.name + ".part*[0-9]")), sorted(out.parent.glob(out.name + ".part*.skipped"))
+
+
+def mine(config: MineConfig) -> dict[str, Any]:
+    """Run mining and merge; returns the summary the CLI prints (and writes next to ``out``)."""
+    from accelerate import PartialState
+
+    state = PartialState()
+    out = Path(config.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    records = read_manifest(config.data)
+    if config.max_images:
+        records = records[: config.max_images]
+    if out.exists() and not config.resume:
+        raise FileExistsError(f"{out} exists; pass --resume to continue it or choose another --out")
+    part_files, skip_files = _part_paths(out)
+    if (part_files or skip_files) and not config.resume:
+        raise FileExistsError(f"{out}.part* files from an interrupted run exist; pass --resume")
+    done = _done_ids(part_files + skip_files) if config.resume else set()
+    if out.exists():
+        done |= {obj["id"] for _, obj in iter_jsonl(out)}
+    todo = [r for r in records if r["id"] not in done][state.process_index :: state.num_processes]
+    logger.info("mining %d images (%d already done)", len(todo), len(done))
+
+    device = torch.device(config.device if config.device != "auto" else state.device)
+    bundle = load_clip(config.model, base=config.base, device=device)
+    bundle.model.eval()
+    proposer = build_proposer(
+        config.regions, detector=config.detector, sam=config.sam, boxes=config.boxes, device=device,
+        threshold=config.threshold, max_boxes=config.max_boxes, margin=config.margin,
+    )
+    part = out.with_name(f"{out.name}.part{state.process_index}")
+    skipped_part = out.with_name(f"{out.name}.part{state.process_index}.skipped")
+    loader = DataLoader(_MineImages(todo), batch_size=config.batch_size, num_workers=config.num_workers,
+                        collate_fn=list)
+    started = time.perf_counter()
+    folder = out.resolve().parent
+    with part.open("a", encoding="utf-8") as sink, skipped_part.open("a", encoding="utf-8") as skip_sink, \
+            tqdm(total=len(todo), desc="mine", unit="img", disable=not (config.progress and state.is_main_process)) as bar:
+        for batch in loader:
+            good = [(todo[i], img) for i, img, _ in batch if img is not None]
+            for i, _, error in batch:
+                if error is not None:
+                    skip_sink.write(json.dumps({"id": todo[i]["id"], "reason": error}) + "\n")
+            if good:
+                results = mine_batch(bundle, proposer, [r for r, _ in good], [img for _, img in good],
+                                     top_k=config.top_k, crop_batch_size=config.crop_batch_size, device=device)
+                for record, match, reason in results:
+                    if match is None or match.discarded:
+                        reason = reason or "whole image won (LISM discard)"
+                        skip_sink.write(json.dumps({"id": record["id"], "reason": reason}) + "\n")
+                        continue
+                    mined = {**relativize(record, folder), "local": match.best, "candidates": match.candidates}
+                    sink.write(json.dumps(mined, ensure_ascii=False) + "\n")
+            sink.flush()
+            skip_sink.flush()
+            bar.update(len(batch))
+    state.wait_for_everyone()
+    summary: dict[str, Any] = {}
+    if state.is_main_process:
+        summary = _merge(out, records, time.perf_counter() - started, len(todo))
+    state.wait_for_everyone()
+    return summary
+
+
+def _merge(out: Path, records: list[dict[str, Any]], seconds: float, processed: int) -> dict[str, Any]:
+    """Merge part files into ``out`` in manifest order, write the skipped list and the summary."""
+    part_files, skip_files = _part_paths(out)
+    mined: dict[str, dict[str, Any]] = {}
+    for path in part_files + ([out] if out.exists() else []):
+        for _, obj in iter_jsonl(path):
+            mined[obj["id"]] = obj
+    skipped: dict[str, str] = {}
+    for path in skip_files:
+        for _, obj in iter_jsonl(path):
+            skipped[obj["id"]] = obj["reason"]
+    ordered = [mined[r["id"]] for r in records if r["id"] in mined]
+    write_jsonl(out, ordered)
+    skipped_path = out.with_name(out.stem + ".skipped.jsonl")
+    write_jsonl(skipped_path, ({"id": k, "reason": v} for k, v in skipped.items()))
+    for path in part_files + skip_files:
+        os.unlink(path)
+    sources = Counter(rec["local"]["source"] for rec in ordered)
+    reasons = Counter("unreadable image" if "image" in v and ("found" in v or "decode" in v) else v
+                      for v in skipped.values())
+    summary = {
+        "out": str(out),
+        "images": len(records),
+        "pairs": len(ordered),
+        "skipped": len(skipped),
+        "skipped_reasons": dict(reasons),
+        "skipped_file": str(skipped_path),
+        "sources": dict(sources),
+        "mean_score": (sum(r["local"]["score"] for r in ordered) / len(ordered)) if ordered else None,
+        "images_per_s": processed / seconds if seconds > 0 else None,
+    }
+    with open(out.with_name(out.stem + ".summary.json"), "w", encoding="utf-8") as handle:
+        json.dump(summary, handle, indent=2)
+    return summary
+
+
+def build_joint_test(test_path: str, mined_path: str, out_path: str) -> dict[str, Any]:
+    """The global-local joint test set: each test image with its best mined local pair.
+
+    Images without a mined pair are left out (and counted), so every item of the joint
+    gallery has both its global and its local view.
+    """
+    tests = read_manifest(test_path)
+    mined = {r["id"]: r for r in read_manifest(mined_path)}
+    joint = [{**rec, "local": mined[rec["id"]]["local"]} for rec in tests if rec["id"] in mined
+             and mined[rec["id"]].get("local")]
+    write_manifest(out_path, joint)
+    return {"out": out_path, "images": len(tests), "joint_items": len(joint), "without_pair": len(tests) - len(joint)}
