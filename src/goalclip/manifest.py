@@ -46,10 +46,12 @@ class SkipReport:
 
 
 @contextlib.contextmanager
-def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8"):
+def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8", fsync: bool = True):
     """Open a temporary file next to ``path`` and rename it over ``path`` only on success.
 
     A crash mid-write leaves the previous file (or nothing) in place, never half a file.
+    ``fsync=False`` skips forcing the data to disk, for many small files (rendered images)
+    whose manifest, written last with fsync, is the commit point.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -59,7 +61,8 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None 
         with os.fdopen(fd, mode, **kwargs) as handle:
             yield handle
             handle.flush()
-            os.fsync(handle.fileno())
+            if fsync:
+                os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
