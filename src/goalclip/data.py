@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from .images import ImageError, load_rgb, pixel_values
+from .images import ImageError, crop_to_box, load_rgb, pixel_values
 from .manifest import ManifestError, SkipReport, captions_of, iter_records
 from .model import ClipBundle
 from .text import clean_text, locate_sentence, token_span, usable_span
@@ -73,8 +73,13 @@ def box_patch_mask(
         return None
     cols, rows = cw // patch_size, ch // patch_size
     mask = torch.zeros(rows, cols, dtype=torch.bool)
-    c1, c2 = int(x1 // patch_size), min(math.ceil(x2 / patch_size), cols)
-    r1, r2 = int(y1 // patch_size), min(math.ceil(y2 / patch_size), rows)
+    # A tolerance so an edge that lands on a cell border after float scaling (16 computed as
+    # 15.999999999999998) does not touch the neighbouring cell.
+    eps = 1e-6
+    c1, c2 = int(x1 / patch_size + eps), min(math.ceil(x2 / patch_size - eps), cols)
+    r1, r2 = int(y1 / patch_size + eps), min(math.ceil(y2 / patch_size - eps), rows)
+    if c2 <= c1 or r2 <= r1:
+        return None
     mask[r1:r2, c1:c2] = True
     return mask.flatten()
 
@@ -176,7 +181,7 @@ class TrainDataset(Dataset):
             token_span(enc["offset_mapping"], enc["special_tokens_mask"], ex.sentence_chars), self.max_len
         )
         patch_mask = box_patch_mask(ex.box, image.width, image.height, self.processor, self.patch_size)
-        crop = image.crop(tuple(round(v) for v in ex.box))
+        crop = crop_to_box(image, ex.box, ex.image)
         pixels = pixel_values(self.processor, [image, crop])
         sentence_ids = self.tokenizer(ex.sentence, truncation=True, max_length=self.max_len)["input_ids"]
         item.update(

@@ -8,6 +8,7 @@ worker with a traceback from deep inside PIL.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -35,24 +36,44 @@ def load_rgb(path: str) -> Image.Image:
         raise ImageError(f"{path}: cannot decode image ({exc})") from None
 
 
+def crop_to_box(image: Image.Image, box: Sequence[float], path: str = "image") -> Image.Image:
+    """Crop to a box in original pixel coordinates, widened to whole pixels and clipped to the image.
+
+    A box with no area inside the image is an ImageError, so the item is excluded like an
+    unreadable file instead of feeding the model an empty or padded crop.
+    """
+    width, height = image.size
+    left, top = max(0, math.floor(box[0])), max(0, math.floor(box[1]))
+    right, bottom = min(width, math.ceil(box[2])), min(height, math.ceil(box[3]))
+    if right <= left or bottom <= top:
+        raise ImageError(f"{path}: box {list(box)} lies outside the {width}x{height} image")
+    return image.crop((left, top, right, bottom))
+
+
 def pixel_values(processor: Callable, images: Sequence[Image.Image]) -> torch.Tensor:
     """Run a transformers image processor over PIL images and return the pixel tensor."""
     return processor(images=list(images), return_tensors="pt")["pixel_values"]
 
 
 class PixelDataset(Dataset):
-    """Image paths -> processed pixel tensors; an unreadable image yields ``None`` and its error."""
+    """Image paths (optionally crop boxes) -> pixel tensors; a failure yields ``None`` and its error."""
 
-    def __init__(self, paths: Sequence[str], processor: Callable):
+    def __init__(
+        self, paths: Sequence[str], processor: Callable, boxes: Sequence[Sequence[float] | None] | None = None
+    ):
         self.paths = list(paths)
         self.processor = processor
+        self.boxes = list(boxes) if boxes is not None else [None] * len(self.paths)
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str | None]:
+        path, box = self.paths[index], self.boxes[index]
         try:
-            image = load_rgb(self.paths[index])
+            image = load_rgb(path)
+            if box is not None:
+                image = crop_to_box(image, box, path)
         except ImageError as exc:
             return index, None, str(exc)
         return index, pixel_values(self.processor, [image])[0], None
@@ -68,10 +89,11 @@ def _collate(items: list[tuple[int, torch.Tensor | None, str | None]]):
 
 @dataclass
 class PixelBatches:
-    """Iterate ``(indices, pixels)`` over image paths; failures collect in ``failed``."""
+    """Iterate ``(indices, pixels)`` over image paths (or their crops); failures collect in ``failed``."""
 
     paths: Sequence[str]
     processor: Callable
+    boxes: Sequence[Sequence[float] | None] | None = None
     batch_size: int = 64
     num_workers: int = 0
     progress: bool = False
@@ -80,7 +102,7 @@ class PixelBatches:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         loader = DataLoader(
-            PixelDataset(self.paths, self.processor),
+            PixelDataset(self.paths, self.processor, self.boxes),
             batch_size=self.batch_size,
             num_workers=self.num_workers,
             collate_fn=_collate,

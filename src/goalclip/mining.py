@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from .images import ImageError, load_rgb, pixel_values
+from .images import ImageError, crop_to_box, load_rgb, pixel_values
 from .manifest import captions_of, iter_jsonl, read_manifest, relativize, write_jsonl, write_manifest
 from .model import ClipBundle, embed_images, embed_texts, load_clip, tokenize
 from .regions import Region, RegionProposer, build_proposer
@@ -141,7 +141,7 @@ def mine_batch(
     """
     regions = proposer.propose(images, [r["id"] for r in records])
     sentences = [[s.text for s in split_sentences(clean_text(captions_of(r)[0]))] for r in records]
-    crops = [img.crop(tuple(round(v) for v in reg.box)) for img, regs in zip(images, regions) for reg in regs]
+    crops = [crop_to_box(img, reg.box) for img, regs in zip(images, regions) for reg in regs]
     flat_sentences = [s for sents in sentences for s in sents]
     if not crops or not flat_sentences:
         return [(r, None, "no regions" if not crops else "no sentences") for r in records]

@@ -94,12 +94,15 @@ def load_clip(
 
 def read_state_dict(path: str) -> dict[str, torch.Tensor]:
     """Read a state dict from safetensors or a torch pickle, unwrapping common containers."""
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors.torch import load_file
 
-        state = load_file(path)
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+            state = load_file(path)
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt file, not a checkpoint, pickle with non-tensor objects...
+        raise ModelLoadError(f"{path}: cannot be read as a state dict ({type(exc).__name__}: {exc})") from exc
     for key in ("state_dict", "model", "module"):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             state = state[key]
@@ -238,7 +241,7 @@ def tokenize(bundle: ClipBundle, texts: Sequence[str], max_len: int | None = Non
 def count_truncated(bundle: ClipBundle, texts: Sequence[str], max_len: int | None = None) -> int:
     """How many texts are longer than the context (they would be cut)."""
     max_len = max_len or bundle.max_text_len
-    lengths = bundle.tokenizer([clean_text(t) for t in texts], truncation=False)["input_ids"]
+    lengths = bundle.tokenizer([clean_text(t) for t in texts], truncation=False, verbose=False)["input_ids"]
     return sum(len(ids) > max_len for ids in lengths)
 
 
@@ -287,7 +290,13 @@ def train_tokenizer(texts: Sequence[str], vocab_size: int = 1000) -> CLIPTokeniz
     backend.train_from_iterator([clean_text(t) for t in texts], trainer)
     model_json = json.loads(backend.to_str())["model"]
     merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model_json["merges"]]
-    return CLIPTokenizer(vocab=model_json["vocab"], merges=merges)
+    vocab = model_json["vocab"]
+    # The trainer's alphabet has every byte but not every byte as a word end ("x</w>"); without
+    # them a word ending in a character unseen in the corpus becomes the unknown token, which is
+    # <|endoftext|>, and the text tower would pool at that position. OpenAI's vocab has them all.
+    for char in ByteLevel.alphabet():
+        vocab.setdefault(char + "</w>", len(vocab))
+    return CLIPTokenizer(vocab=vocab, merges=merges)
 
 
 def build_tiny_clip(

@@ -1,0 +1,624 @@
+"""Evaluation harness behind ``goalclip eval``: retrieval Recall@K and the global-local joint mAP@K.
+
+Every model is scored on exactly the same items with the same protocol:
+
+- Retrieval: one gallery image per record and all of its captions (``caption`` or ``captions``);
+  an image query is right when any of its captions is retrieved (``metrics.recall_at_k``).
+- Joint test (``--joint``, a mined manifest): each record contributes two image items (the whole
+  image and the crop of ``local.box``) and its captions plus ``local.sentence`` as text items, all
+  in the record's group; mAP@10 both ways (``metrics.joint_map_at_k``).
+
+Images that cannot be read are excluded together with their captions (and, in the joint test,
+with the rest of their group), and ground-truth indices are recomputed from the surviving items;
+the exclusion is the union over all models, so a gallery never differs between rows of the table.
+Embeddings are cached per model + manifest + text length + precision, so recomputing a metric or
+adding a model to a table never re-encodes the others.
+
+Under ``accelerate launch`` (or ``torchrun``) each process encodes a contiguous slice of the items; the slices are
+gathered and the main process scores and writes. A plain single process needs no launcher.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import PartialState
+from accelerate.utils import (
+    broadcast_object_list,
+    gather,
+    gather_object,
+    pad_across_processes,
+    parse_flag_from_env,
+)
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from . import metrics
+from .images import PixelBatches
+from .manifest import ManifestError, atomic_write, captions_of, read_manifest
+from .model import ClipBundle, count_truncated, embed_images, embed_texts, load_clip, tokenize
+
+logger = logging.getLogger(__name__)
+
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+LONG_CAPTION_KS = (1, 5, 25, 50)
+MULTI_CAPTION_KS = (1, 5, 10)
+JOINT_K = 10
+# Bumped whenever the cached content or its meaning changes, so old caches are never misread.
+CACHE_VERSION = 1
+
+
+@dataclass
+class EvalConfig:
+    """Everything that defines one evaluation run (the fields mirror ``goalclip eval``'s options).
+
+    ``ks=None`` picks the paper's protocol from the data: K = 1, 5, 25, 50 for one long caption
+    per image, 1, 5, 10 when records carry several captions (COCO / Flickr30k style).
+    ``max_text_len`` caps the text length; a model with a shorter context uses its own.
+    ``cache_dir=None`` disables the embedding cache.
+    """
+
+    models: list[str]
+    data: str
+    base: str | None = None
+    joint: str | None = None
+    ks: list[int] | None = None
+    batch_size: int = 64
+    num_workers: int = 0
+    device: str = "cpu"
+    precision: str = "fp32"
+    cache_dir: str | None = None
+    out: str | None = None
+    progress: bool = True
+    max_text_len: int | None = None
+
+
+@dataclass
+class EvalItems:
+    """The items one protocol encodes, each tied to a group (the index of its source record).
+
+    An image item is a whole image (``box`` None) or a crop of a box in original pixels.
+    Retrieval has exactly one image item per group, so a text's group is its image's index.
+    """
+
+    kind: str
+    manifest: str
+    group_ids: list[str]
+    image_paths: list[str]
+    image_boxes: list[list[float] | None]
+    image_groups: list[int]
+    texts: list[str]
+    text_groups: list[int]
+    multi_caption: bool = False
+
+
+@dataclass
+class Embeddings:
+    """One model's embeddings of one ``EvalItems``; rows of unreadable images are zero."""
+
+    images: Tensor
+    image_ok: Tensor
+    texts: Tensor
+    failures: list[tuple[int, str]]
+    truncated: int
+    text_len: int  # tokens per text actually used: max_text_len capped at the model's context
+    cached: bool = False
+
+
+@dataclass
+class _ModelRun:
+    """One model's embeddings per item set and its timings, kept until every model is encoded."""
+
+    source: str
+    embeddings: dict[str, Embeddings] = field(default_factory=dict)
+    timing: dict[str, float] = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------- items
+
+
+def retrieval_items(path: str) -> EvalItems:
+    """One image item per record and one text item per caption (duplicate ids raise)."""
+    records = _read_nonempty(path)
+    items = EvalItems("retrieval", str(path), [], [], [], [], [], [])
+    for group, record in enumerate(records):
+        items.group_ids.append(record["id"])
+        items.image_paths.append(record["image"])
+        items.image_boxes.append(None)
+        items.image_groups.append(group)
+        captions = captions_of(record)
+        items.multi_caption |= len(captions) > 1
+        items.texts.extend(captions)
+        items.text_groups.extend([group] * len(captions))
+    return items
+
+
+def joint_items(path: str) -> EvalItems:
+    """Global image + crop of ``local.box`` and captions + ``local.sentence``, grouped per record.
+
+    Every record needs a ``local`` pair: a record without one would enter the test with a single
+    image item and change what mAP@10 measures, so it is an error naming the records.
+    """
+    records = _read_nonempty(path)
+    missing = [r["id"] for r in records if "local" not in r]
+    if missing:
+        raise ManifestError(
+            f"{path}: the joint test needs a 'local' pair in every record; {len(missing)} have none "
+            f"(first: {', '.join(missing[:5])}); mine pairs with 'goalclip mine' first"
+        )
+    items = EvalItems("joint", str(path), [], [], [], [], [], [])
+    for group, record in enumerate(records):
+        items.group_ids.append(record["id"])
+        items.image_paths.extend([record["image"], record["image"]])
+        items.image_boxes.extend([None, list(record["local"]["box"])])
+        items.image_groups.extend([group, group])
+        texts = [*captions_of(record), record["local"]["sentence"]]
+        items.texts.extend(texts)
+        items.text_groups.extend([group] * len(texts))
+    return items
+
+
+def _read_nonempty(path: str) -> list[dict[str, Any]]:
+    records = read_manifest(path)
+    if not records:
+        raise ManifestError(f"{path}: the manifest holds no records")
+    return records
+
+
+def default_ks(items: EvalItems) -> list[int]:
+    """The paper's K values: 1/5/25/50 for long single captions, 1/5/10 for multi-caption sets."""
+    return list(MULTI_CAPTION_KS if items.multi_caption else LONG_CAPTION_KS)
+
+
+# ----------------------------------------------------------------------------- encoding
+
+
+def _shard(state: PartialState, n: int) -> list[int]:
+    """This process's contiguous slice of ``range(n)`` (all of it in a single process)."""
+    if state.num_processes == 1:
+        return list(range(n))
+    with state.split_between_processes(list(range(n))) as part:
+        return list(part)
+
+
+def _gather_rows(state: PartialState, index: Tensor, rows: Tensor, total: int) -> tuple[Tensor, Tensor]:
+    """Place every process's rows (tagged with global indices) into one ``[total, D]`` table.
+
+    Slices differ in length (uneven splits, failed images), so both tensors are padded to the
+    longest slice, gathered, and the padding (index -1) dropped; returns the table and a mask of
+    filled rows.
+    """
+    if state.num_processes > 1:
+        index = gather(pad_across_processes(index.to(state.device), dim=0, pad_index=-1)).cpu()
+        rows = gather(pad_across_processes(rows.to(state.device), dim=0)).cpu()
+    filled = index >= 0
+    table = torch.zeros(total, rows.shape[1], dtype=torch.float32)
+    table[index[filled]] = rows[filled]
+    mask = torch.zeros(total, dtype=torch.bool)
+    mask[index[filled]] = True
+    return table, mask
+
+
+def _encode_items(
+    bundle: ClipBundle, items: EvalItems, config: EvalConfig, state: PartialState, device: torch.device
+) -> Embeddings:
+    """Encode this process's slice of ``items`` and gather the full embedding tables."""
+    model, dtype = bundle.model, PRECISIONS[config.precision]
+    dim = int(model.config.projection_dim)
+    max_len = _text_len(bundle, config.max_text_len)
+    progress = config.progress and state.is_main_process
+
+    image_part = _shard(state, len(items.image_paths))
+    loader_args = {
+        "paths": [items.image_paths[i] for i in image_part],
+        "processor": bundle.image_processor,
+        "batch_size": config.batch_size,
+        "num_workers": config.num_workers,
+        "progress": progress,
+        "desc": f"{items.kind} images",
+    }
+    boxes = [items.image_boxes[i] for i in image_part]
+    batches = PixelBatches(**loader_args, boxes=boxes)
+    part_index = torch.tensor(image_part, dtype=torch.long)
+    indices, rows = [torch.empty(0, dtype=torch.long)], [torch.empty(0, dim)]
+    for local, pixels in batches:
+        indices.append(part_index[local])
+        rows.append(embed_images(model, pixels.to(device=device, dtype=dtype)).cpu())
+    images, image_ok = _gather_rows(state, torch.cat(indices), torch.cat(rows), len(items.image_paths))
+    failures = sorted(gather_object([(int(part_index[i]), msg) for i, msg in batches.failed]))
+
+    text_part = _shard(state, len(items.texts))
+    # Longest first: batches of similar length pad little (tokenize pads to the batch's longest).
+    order = sorted(text_part, key=lambda i: len(items.texts[i]), reverse=True)
+    indices, rows = [torch.empty(0, dtype=torch.long)], [torch.empty(0, dim)]
+    for start in tqdm(
+        range(0, len(order), config.batch_size), desc=f"{items.kind} texts", disable=not progress, unit="batch"
+    ):
+        chunk = order[start : start + config.batch_size]
+        tokens = tokenize(bundle, [items.texts[i] for i in chunk], max_len).to(device)
+        indices.append(torch.tensor(chunk, dtype=torch.long))
+        rows.append(embed_texts(model, tokens["input_ids"], tokens["attention_mask"]).cpu())
+    texts, _ = _gather_rows(state, torch.cat(indices), torch.cat(rows), len(items.texts))
+    truncated = sum(gather_object([count_truncated(bundle, [items.texts[i] for i in text_part], max_len)]))
+    return Embeddings(images, image_ok, texts, failures, truncated, max_len)
+
+
+def _text_len(bundle: ClipBundle, requested: int | None) -> int:
+    """The text length used for a model: the request, capped at the model's own context."""
+    context = bundle.max_text_len
+    return context if requested is None else min(requested, context)
+
+
+# ----------------------------------------------------------------------------- cache
+
+
+def _fingerprint(source: str | None) -> str | None:
+    """Identify a model/manifest by path and modification times, or by name for a hub id.
+
+    A folder's fingerprint covers every file in it, because ``save_pretrained`` overwrites
+    files in place without changing the folder's own mtime.
+    """
+    if source is None:
+        return None
+    path = Path(source)
+    if path.is_file():
+        stat = path.stat()
+        return f"{path.resolve()}:{stat.st_mtime_ns}:{stat.st_size}"
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file())
+        stamps = ",".join(f"{p.relative_to(path)}:{p.stat().st_mtime_ns}:{p.stat().st_size}" for p in files)
+        return f"{path.resolve()}:{stamps}"
+    return source
+
+
+def cache_path(config: EvalConfig, source: str, items: EvalItems) -> Path | None:
+    """Where one model's embeddings of one item set are cached (None when caching is off)."""
+    if config.cache_dir is None:
+        return None
+    key = {
+        "version": CACHE_VERSION,
+        "kind": items.kind,
+        "model": _fingerprint(source),
+        "base": _fingerprint(config.base) if Path(source).is_file() else None,
+        "data": _fingerprint(items.manifest),
+        "max_text_len": config.max_text_len,
+        "precision": config.precision,
+    }
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
+    return Path(config.cache_dir) / f"{items.kind}-{digest}.safetensors"
+
+
+def save_embeddings(path: Path, embeddings: Embeddings) -> None:
+    """Write embeddings atomically as safetensors; failures and counts go in the metadata."""
+    from safetensors.torch import save
+
+    tensors = {
+        "images": embeddings.images.contiguous(),
+        "image_ok": embeddings.image_ok.contiguous(),
+        "texts": embeddings.texts.contiguous(),
+    }
+    metadata = {
+        "failures": json.dumps(embeddings.failures),
+        "truncated": str(embeddings.truncated),
+        "text_len": str(embeddings.text_len),
+    }
+    with atomic_write(path, "wb") as handle:
+        handle.write(save(tensors, metadata=metadata))
+
+
+def load_embeddings(path: Path) -> Embeddings:
+    """Read embeddings written by ``save_embeddings``."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata()
+        tensors = {name: handle.get_tensor(name) for name in ("images", "image_ok", "texts")}
+    return Embeddings(
+        images=tensors["images"],
+        image_ok=tensors["image_ok"],
+        texts=tensors["texts"],
+        failures=[(int(i), str(m)) for i, m in json.loads(metadata["failures"])],
+        truncated=int(metadata["truncated"]),
+        text_len=int(metadata["text_len"]),
+        cached=True,
+    )
+
+
+def _cache_hit(state: PartialState, path: Path | None) -> bool:
+    """Whether ``path`` exists, decided by the main process so every process takes the same branch."""
+    hit = [path is not None and path.is_file()]
+    if state.num_processes > 1:
+        broadcast_object_list(hit)
+    return bool(hit[0])
+
+
+# ----------------------------------------------------------------------------- scoring
+
+
+def _failed_groups(items: EvalItems, runs: Sequence[_ModelRun]) -> set[int]:
+    """Groups with an unreadable image item under any model (so every model sees one gallery)."""
+    failed: set[int] = set()
+    for run in runs:
+        ok = run.embeddings[items.kind].image_ok
+        failed.update(items.image_groups[i] for i in (~ok).nonzero().flatten().tolist())
+    return failed
+
+
+def _report_exclusions(items: EvalItems, failed: set[int], runs: Sequence[_ModelRun]) -> list[str]:
+    """Log one line per item set about excluded images; returns their ids."""
+    ids = [items.group_ids[g] for g in sorted(failed)]
+    if ids:
+        dropped_texts = sum(g in failed for g in items.text_groups)
+        messages = [m for run in runs for _, m in run.embeddings[items.kind].failures]
+        logger.warning(
+            "%s: %d of %d images could not be used and are excluded with their %d texts "
+            "(first ids: %s; first error: %s)",
+            items.kind,
+            len(ids),
+            len(items.group_ids),
+            dropped_texts,
+            ", ".join(ids[:5]),
+            messages[0] if messages else "n/a",
+        )
+    return ids
+
+
+def _surviving(items: EvalItems, failed: set[int]) -> tuple[list[int], list[int], Tensor, Tensor]:
+    """Kept image/text item indices and their groups renumbered 0..n-1 (never shifted silently)."""
+    kept_groups = [g for g in range(len(items.group_ids)) if g not in failed]
+    if not kept_groups:
+        raise RuntimeError(f"{items.kind}: no readable image is left in {items.manifest}")
+    renumber = {g: new for new, g in enumerate(kept_groups)}
+    keep_images = [i for i, g in enumerate(items.image_groups) if g in renumber]
+    keep_texts = [i for i, g in enumerate(items.text_groups) if g in renumber]
+    image_groups = torch.tensor([renumber[items.image_groups[i]] for i in keep_images], dtype=torch.long)
+    text_groups = torch.tensor([renumber[items.text_groups[i]] for i in keep_texts], dtype=torch.long)
+    return keep_images, keep_texts, image_groups, text_groups
+
+
+def _score(items: EvalItems, embeddings: Embeddings, failed: set[int], ks: Sequence[int]) -> dict[str, float]:
+    keep_images, keep_texts, image_groups, text_groups = _surviving(items, failed)
+    sim = embeddings.images[keep_images] @ embeddings.texts[keep_texts].T
+    if items.kind == "retrieval":
+        # One image per group, in group order: a text's renumbered group is its image's row.
+        return metrics.recall_at_k(sim, text_groups, ks)
+    return metrics.joint_map_at_k(sim, image_groups, text_groups, k=JOINT_K)
+
+
+# ----------------------------------------------------------------------------- driver
+
+
+def _check_config(config: EvalConfig) -> None:
+    if not config.models:
+        raise ValueError("at least one model is needed")
+    if config.precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {config.precision!r}")
+    if config.ks is not None and (not config.ks or any(k < 1 for k in config.ks)):
+        raise ValueError(f"ks must be positive integers, got {config.ks}")
+    if config.batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {config.batch_size}")
+    if config.max_text_len is not None and config.max_text_len < 2:
+        raise ValueError(f"max_text_len must be at least 2 (start and end tokens), got {config.max_text_len}")
+
+
+def _embed_model(
+    source: str, config: EvalConfig, item_sets: Sequence[EvalItems], state: PartialState
+) -> _ModelRun:
+    """Embeddings of every item set for one model, from the cache where possible.
+
+    The model is loaded only when some set misses the cache.
+    """
+    run = _ModelRun(source)
+    paths = {items.kind: cache_path(config, source, items) for items in item_sets}
+    for items in item_sets:
+        if _cache_hit(state, paths[items.kind]):
+            run.embeddings[items.kind] = load_embeddings(paths[items.kind])
+            logger.info("%s: %s embeddings from cache %s", source, items.kind, paths[items.kind])
+    missing = [items for items in item_sets if items.kind not in run.embeddings]
+    run.timing = {"load_s": 0.0, "encode_s": 0.0}
+    if missing:
+        device = state.device if state.num_processes > 1 else torch.device(config.device)
+        start = time.perf_counter()
+        bundle = load_clip(source, base=config.base, device=device)
+        bundle.model.to(PRECISIONS[config.precision]).eval()
+        run.timing["load_s"] = time.perf_counter() - start
+        if config.max_text_len is not None and config.max_text_len > bundle.max_text_len:
+            logger.warning(
+                "%s: its context is %d tokens, shorter than max_text_len %d; using %d",
+                source, bundle.max_text_len, config.max_text_len, bundle.max_text_len,
+            )
+        start = time.perf_counter()
+        for items in missing:
+            embeddings = _encode_items(bundle, items, config, state, device)
+            run.embeddings[items.kind] = embeddings
+            if paths[items.kind] is not None and state.is_main_process:
+                save_embeddings(paths[items.kind], embeddings)
+        run.timing["encode_s"] = time.perf_counter() - start
+        del bundle  # free this model's memory before the next one loads
+    truncated = {kind: e for kind, e in run.embeddings.items() if e.truncated}
+    if truncated and state.is_main_process:
+        limit = next(iter(run.embeddings.values())).text_len
+        logger.warning(
+            "%s: texts longer than the %d-token limit were truncated: %s",
+            source,
+            limit,
+            "; ".join(f"{kind} {e.truncated} of {e.texts.shape[0]}" for kind, e in truncated.items()),
+        )
+    return run
+
+
+def evaluate(config: EvalConfig) -> dict[str, Any]:
+    """Evaluate every model in ``config`` on the same data; returns metrics, counts and timing.
+
+    Under ``accelerate launch`` all processes encode and the main process scores, writes
+    ``config.out`` and returns the results; the other processes return an empty dict.
+    """
+    _check_config(config)
+    started = time.perf_counter()
+    # PartialState only picks gloo for CPU processes when asked; ``accelerate launch --cpu`` says so
+    # through ACCELERATE_USE_CPU, a plain run through ``device``.
+    state = PartialState(cpu=config.device == "cpu" or parse_flag_from_env("ACCELERATE_USE_CPU"))
+    item_sets = [retrieval_items(config.data)]
+    if config.joint is not None:
+        item_sets.append(joint_items(config.joint))
+    ks = list(config.ks) if config.ks is not None else default_ks(item_sets[0])
+
+    runs = [_embed_model(source, config, item_sets, state) for source in config.models]
+    state.wait_for_everyone()
+    if not state.is_main_process:
+        return {}
+
+    failed = {items.kind: _failed_groups(items, runs) for items in item_sets}
+    excluded = {items.kind: _report_exclusions(items, failed[items.kind], runs) for items in item_sets}
+    results: dict[str, Any] = {
+        "config": asdict(config),
+        "ks": ks,
+        "sets": {},
+        "models": [],
+    }
+    for items in item_sets:
+        keep_images, keep_texts, _, _ = _surviving(items, failed[items.kind])
+        results["sets"][items.kind] = {
+            "manifest": items.manifest,
+            "records": len(items.group_ids) - len(failed[items.kind]),
+            "image_items": len(keep_images),
+            "text_items": len(keep_texts),
+            "excluded_ids": excluded[items.kind],
+        }
+    for run in runs:
+        start = time.perf_counter()
+        scores: dict[str, float] = {}
+        for items in item_sets:
+            scores.update(_score(items, run.embeddings[items.kind], failed[items.kind], ks))
+        run.timing["score_s"] = time.perf_counter() - start
+        first = run.embeddings[item_sets[0].kind]
+        results["models"].append(
+            {
+                "model": run.source,
+                "metrics": scores,
+                "text_len": first.text_len,
+                "truncated_texts": {kind: e.truncated for kind, e in run.embeddings.items()},
+                "from_cache": all(e.cached for e in run.embeddings.values()),
+                "timing": {name: round(value, 3) for name, value in run.timing.items()},
+            }
+        )
+    results["elapsed_s"] = round(time.perf_counter() - started, 3)
+    if config.out is not None:
+        with atomic_write(config.out) as handle:
+            json.dump(results, handle, indent=2)
+        logger.info("wrote metrics to %s", config.out)
+    return results
+
+
+def markdown_table(results: dict[str, Any]) -> str:
+    """A Markdown table: one row per model, one column per metric (in first-seen order)."""
+    columns: list[str] = []
+    for row in results["models"]:
+        columns.extend(name for name in row["metrics"] if name not in columns)
+    lines = [
+        "| " + " | ".join(["model", *columns]) + " |",
+        "|" + "|".join(["---", *("---:" for _ in columns)]) + "|",
+    ]
+    for row in results["models"]:
+        cells = [f"{row['metrics'][c]:.2f}" if c in row["metrics"] else "" for c in columns]
+        lines.append("| " + " | ".join([row["model"], *cells]) + " |")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add ``goalclip eval``'s options to ``parser``."""
+    parser.add_argument(
+        "--model", action="append", required=True, dest="models", metavar="M",
+        help="model to evaluate: a hub id, a local folder (CLIPModel + tokenizer + image processor) "
+        "or a state-dict file (needs --base); repeat to compare several models in one table",
+    )
+    parser.add_argument(
+        "--base", default=None,
+        help="architecture (hub id or folder) that state-dict files given to --model are loaded onto",
+    )
+    parser.add_argument(
+        "--data", required=True,
+        help="test manifest (JSON Lines: id, image, caption or captions) for Recall@K both ways",
+    )
+    parser.add_argument(
+        "--joint", default=None,
+        help="mined manifest (records with a 'local' pair) for the global-local joint test: global "
+        "image + crop and caption + sentence per record, scored with mAP@10 both ways",
+    )
+    parser.add_argument(
+        "--ks", type=int, nargs="+", default=None,
+        help="K values for Recall@K (default: 1 5 25 50, or 1 5 10 when records have several captions)",
+    )
+    parser.add_argument("--batch-size", type=int, default=64, help="images or texts per forward pass")
+    parser.add_argument(
+        "--num-workers", type=int, default=0, help="DataLoader worker processes decoding images (0 = in process)"
+    )
+    parser.add_argument(
+        "--device", default="cuda" if torch.cuda.is_available() else "cpu",
+        help="device for a single process (under accelerate launch each process uses its own)",
+    )
+    parser.add_argument(
+        "--precision", choices=sorted(PRECISIONS), default="fp32",
+        help="weights and activations dtype; embeddings are compared in fp32 either way",
+    )
+    parser.add_argument(
+        "--cache-dir", default=None,
+        help="folder caching embeddings per model + data + max text length + precision, so reruns "
+        "and added models do not re-encode (default: no cache)",
+    )
+    parser.add_argument("--out", default=None, help="write metrics, counts and timing as JSON to this file")
+    parser.add_argument(
+        "--max-text-len", type=int, default=None,
+        help="truncate texts to this many tokens (default and upper bound: each model's own context)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    return parser
+
+
+def run_eval(args: argparse.Namespace) -> dict[str, Any]:
+    """``goalclip eval``: evaluate and print the Markdown table.
+
+    Returns the results with a one-line ``"summary"``, which the ``goalclip`` entry point prints
+    last (as for every command); other processes under ``accelerate launch`` return ``{}``.
+    """
+    config = EvalConfig(
+        models=list(args.models),
+        data=args.data,
+        base=args.base,
+        joint=args.joint,
+        ks=args.ks,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        device=args.device,
+        precision=args.precision,
+        cache_dir=args.cache_dir,
+        out=args.out,
+        progress=not args.no_progress,
+        max_text_len=args.max_text_len,
+    )
+    results = evaluate(config)
+    if not results:
+        return results
+    print(markdown_table(results))
+    parts = [
+        f"{kind}: {s['image_items']} images / {s['text_items']} texts"
+        + (f" ({len(s['excluded_ids'])} records excluded)" if s["excluded_ids"] else "")
+        for kind, s in results["sets"].items()
+    ]
+    where = f"; metrics -> {config.out}" if config.out else ""
+    results["summary"] = (
+        f"evaluated {len(results['models'])} model(s); {'; '.join(parts)}; {results['elapsed_s']:.1f}s{where}"
+    )
+    return results
