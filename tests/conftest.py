@@ -9,3 +9,101 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 
 torch.set_num_threads(1)
+
+
+# ----------------------------------------------------------------------------- tiny shared world
+# A session-wide tiny CLIP saved as a folder, and a tiny world of PIL-drawn images whose captions,
+# true boxes and mined pairs are written as manifests. Built once; tests copy what they mutate.
+
+import json  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+from PIL import Image, ImageDraw  # noqa: E402
+
+# (colour, shape, (x1, y1, x2, y2), image (width, height)): landscape, portrait and square images.
+TINY_OBJECTS = [
+    ("red", "square", (8, 8, 24, 24), (64, 48)),
+    ("blue", "circle", (36, 20, 60, 44), (64, 48)),
+    ("green", "square", (4, 30, 20, 60), (48, 64)),
+    ("yellow", "circle", (24, 4, 44, 28), (48, 64)),
+    ("red", "circle", (10, 10, 40, 40), (48, 48)),
+    ("blue", "square", (26, 6, 44, 22), (48, 48)),
+    ("green", "circle", (30, 12, 58, 40), (64, 48)),
+    ("yellow", "square", (8, 36, 40, 60), (48, 64)),
+]
+TINY_RGB = {"red": (220, 40, 40), "blue": (40, 90, 225), "green": (40, 165, 60), "yellow": (240, 205, 40)}
+TINY_MODEL_KWARGS = dict(
+    image_size=32, patch_size=8, width=32, layers=2, heads=2, projection_dim=32, context_length=16
+)
+
+
+def tiny_caption(colour: str, shape: str) -> tuple[str, str]:
+    """(caption, its object sentence): the object sentence is the second of three."""
+    sentence = f"A {colour} {shape} is drawn here."
+    return f"The picture has a plain white background. {sentence} Nothing else is in it.", sentence
+
+
+@dataclass(frozen=True)
+class TinyWorld:
+    root: Path
+    model: Path  # a saved tiny CLIP folder (context 16)
+    captions: Path  # {"id", "image", "caption"}
+    boxes: Path  # external boxes {"id", "boxes"}
+    mined: Path  # captions + "local" (object sentence, true box)
+    ids: tuple[str, ...]
+    texts: tuple[str, ...]  # the tokenizer's training corpus
+
+
+@pytest.fixture(scope="session")
+def tiny_world(tmp_path_factory: pytest.TempPathFactory) -> TinyWorld:
+    from goalclip.model import build_tiny_clip, save_clip
+
+    root = tmp_path_factory.mktemp("tiny_world")
+    (root / "images").mkdir()
+    captions, boxes, mined, texts = [], [], [], []
+    for i, (colour, shape, box, size) in enumerate(TINY_OBJECTS):
+        image = Image.new("RGB", size, (240, 240, 240))
+        draw = ImageDraw.Draw(image)
+        # PIL's rectangle/ellipse include the far edge; the box's right/bottom edges are exclusive.
+        (draw.rectangle if shape == "square" else draw.ellipse)(
+            (box[0], box[1], box[2] - 1, box[3] - 1), fill=TINY_RGB[colour]
+        )
+        image.save(root / "images" / f"img{i}.png")
+        caption, sentence = tiny_caption(colour, shape)
+        record = {"id": f"img{i}", "image": f"images/img{i}.png", "caption": caption}
+        captions.append(record)
+        boxes.append({"id": f"img{i}", "boxes": [list(box)]})
+        mined.append(
+            {**record, "local": {"sentence": sentence, "box": list(box), "score": 1.0, "source": "external"}}
+        )
+        texts += [caption, sentence]
+    texts += ["Dr. Smith measured a 3.5 m tall door.", "He said \"stop\" twice. The red.The blue."]
+
+    def write(name: str, records: list[dict]) -> Path:
+        path = root / name
+        path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+        return path
+
+    bundle = build_tiny_clip(texts, **TINY_MODEL_KWARGS)
+    model = save_clip(bundle, root / "model")
+    return TinyWorld(
+        root=root,
+        model=model,
+        captions=write("captions.jsonl", captions),
+        boxes=write("boxes.jsonl", boxes),
+        mined=write("mined.jsonl", mined),
+        ids=tuple(r["id"] for r in captions),
+        texts=tuple(texts),
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_world: TinyWorld):
+    """The saved tiny CLIP loaded once (read-only: tests that change it load their own copy)."""
+    from goalclip.model import load_clip
+
+    bundle = load_clip(str(tiny_world.model))
+    bundle.model.eval()
+    return bundle

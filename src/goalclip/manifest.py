@@ -70,8 +70,11 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None 
         raise
 
 
-def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yield ``(line_number, object)`` for each non-blank line; malformed JSON raises ManifestError."""
+def iter_jsonl(
+    path: str | os.PathLike, *, skipped: SkipReport | None = None
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield ``(line_number, object)`` for each non-blank line; malformed JSON raises ManifestError
+    (or, when a ``skipped`` report is given, is counted there and skipped)."""
     path = Path(path)
     if not path.is_file():
         raise ManifestError(f"{path}: no such manifest file")
@@ -82,10 +85,15 @@ def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, Any]]]:
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise ManifestError(f"{path}:{lineno}: malformed JSON ({exc.msg})") from None
-            if not isinstance(obj, dict):
-                raise ManifestError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-            yield lineno, obj
+                error = ManifestError(f"{path}:{lineno}: malformed JSON ({exc.msg})")
+            else:
+                if isinstance(obj, dict):
+                    yield lineno, obj
+                    continue
+                error = ManifestError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+            if skipped is None:
+                raise error
+            skipped.add(str(error))
 
 
 def write_jsonl(path: str | os.PathLike, records: Iterable[dict[str, Any]]) -> int:
@@ -161,7 +169,9 @@ def iter_records(
     path = Path(path)
     base = path.resolve().parent
     seen: dict[str, int] = {}
-    for lineno, record in iter_jsonl(path):
+    if skip_invalid and skipped is None:
+        skipped = SkipReport()
+    for lineno, record in iter_jsonl(path, skipped=skipped if skip_invalid else None):
         where = f"{path}:{lineno}"
         try:
             validate_record(record, where)

@@ -19,6 +19,10 @@ import ftfy
 import pysbd
 
 _WHITESPACE = re.compile(r"\s+")
+# A sentence end glued to the next sentence ("red.The"): pysbd keeps these as one sentence. Two
+# lowercase letters/digits/closing brackets before the mark and a capitalised word after it, so
+# "Mr.Smith", "U.S.A." and "e.g.This" are left alone.
+_GLUED_BOUNDARY = re.compile(r"(?<=[a-z0-9)\]]{2}[.!?])(?=[A-Z][a-z])")
 
 
 def clean_text(text: str) -> str:
@@ -49,16 +53,19 @@ def _segmenter() -> pysbd.Segmenter:
 def split_sentences(caption: str) -> list[Sentence]:
     """Split a CLEANED caption into sentences with exact character spans.
 
-    pysbd handles abbreviations, decimals and quotes; a caption without any boundary is one
-    sentence. Surrounding whitespace is trimmed from each span; empty pieces are dropped.
+    pysbd handles abbreviations, decimals and quotes; a sentence end with no space after it
+    ("red.The") is split as well; a caption without any boundary is one sentence. Surrounding
+    whitespace is trimmed from each span; empty pieces are dropped.
     """
     sentences = []
     for piece in _segmenter().segment(caption):
-        raw = piece.sent
-        start = piece.start + (len(raw) - len(raw.lstrip()))
-        end = piece.start + len(raw.rstrip())
-        if end > start:
-            sentences.append(Sentence(caption[start:end], start, end))
+        cuts = [0, *(m.start() for m in _GLUED_BOUNDARY.finditer(piece.sent)), len(piece.sent)]
+        for a, b in zip(cuts, cuts[1:]):
+            raw = piece.sent[a:b]
+            start = piece.start + a + (len(raw) - len(raw.lstrip()))
+            end = piece.start + a + len(raw.rstrip())
+            if end > start:
+                sentences.append(Sentence(caption[start:end], start, end))
     return sentences
 
 

@@ -310,7 +310,9 @@ class Trainer:
                 step_times.append(time.perf_counter() - tick)
                 bar.update(1)
                 if step % cfg.log_every == 0 or step == total_steps:
-                    logs = {k: float(v) for k, v in logs.items()} | {"lr": scheduler.get_last_lr()[0]}
+                    # each process's loss is its share of the global-batch loss: average them
+                    logs = {k: float(acc.reduce(v.detach().float(), "mean")) for k, v in logs.items()}
+                    logs["lr"] = scheduler.get_last_lr()[0]
                     bar.set_postfix({k.removeprefix("loss_"): f"{v:.3g}" for k, v in logs.items()})
                     self._log(metrics_path, step, epoch, logs)
                 if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:

@@ -1,0 +1,248 @@
+"""Training data: box -> patch masks, manifest validation, and the collated batch."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image, ImageDraw
+from transformers import CLIPImageProcessor
+
+from goalclip.data import Collate, TrainDataset, box_patch_mask, crop_geometry, load_examples
+from goalclip.manifest import ManifestError, SkipReport
+
+PATCH = 8
+
+
+@pytest.fixture(scope="module")
+def processor() -> CLIPImageProcessor:
+    """CLIP's preprocessing at 32 px: shortest edge -> 32, centre crop 32x32 (a 4x4 patch grid)."""
+    return CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+
+
+def grid(*rows: str) -> list[list[int]]:
+    return [[int(c == "X") for c in row] for row in rows]
+
+
+def as_grid(mask: torch.Tensor | None) -> list[list[int]] | None:
+    return None if mask is None else mask.view(4, 4).int().tolist()
+
+
+# ----------------------------------------------------------------------------- geometry
+
+
+@pytest.mark.parametrize(
+    ("size", "expected"),
+    [
+        ((64, 64), (0.5, 0.5, 0.0, 0.0, 32, 32)),
+        ((128, 64), (0.5, 0.5, 16.0, 0.0, 32, 32)),  # landscape: 64x32 after resize, crop x 16..48
+        ((64, 128), (0.5, 0.5, 0.0, 16.0, 32, 32)),  # portrait: 32x64 after resize, crop y 16..48
+        ((96, 48), (2 / 3, 2 / 3, 16.0, 0.0, 32, 32)),
+    ],
+)
+def test_crop_geometry(processor, size, expected) -> None:
+    got = crop_geometry(processor, *size)
+    assert got == pytest.approx(expected)
+
+
+def test_crop_geometry_of_a_loaded_processor_and_a_fixed_resize(tiny_bundle) -> None:
+    # A processor loaded from a folder keeps its sizes as SizeDict objects.
+    assert crop_geometry(tiny_bundle.image_processor, 128, 64) == pytest.approx((0.5, 0.5, 16.0, 0.0, 32, 32))
+    squash = CLIPImageProcessor(size={"height": 32, "width": 32}, do_center_crop=False)
+    assert crop_geometry(squash, 64, 128) == pytest.approx((0.5, 0.25, 0.0, 0.0, 32, 32))
+    image = Image.new("RGB", (64, 128))
+    assert squash(images=[image], return_tensors="pt")["pixel_values"].shape[-2:] == (32, 32)
+
+
+@pytest.mark.parametrize(
+    ("size", "box", "expected"),
+    [
+        # square 64x64 (scale 0.5): [10, 20, 40, 33] -> [5, 10, 20, 16.5]: cols 0-2, rows 1-2
+        ((64, 64), [10, 20, 40, 33], grid("....", "XXX.", "XXX.", "....")),
+        # edges exactly on cell borders do not spill into the neighbours
+        ((64, 64), [16, 16, 32, 32], grid("....", ".X..", "....", "....")),
+        # 98 px: 49 * 32 / 98 = 16 (computed as 15.999999999999998 in floats)
+        ((98, 98), [49, 49, 98, 98], grid("....", "....", "..XX", "..XX")),
+        # landscape 128x64: x -> x / 2 - 16; [40, 0, 72, 16] -> x 4..20, y 0..8
+        ((128, 64), [40, 0, 72, 16], grid("XXX.", "....", "....", "....")),
+        # landscape, partly left of the crop: x -16..8 -> clipped to 0..8, y 10..22
+        ((128, 64), [0, 20, 48, 44], grid("....", "X...", "X...", "....")),
+        # portrait 64x128: y -> y / 2 - 16; [16, 40, 32, 72] -> x 8..16, y 4..20
+        ((64, 128), [16, 40, 32, 72], grid(".X..", ".X..", ".X..", "....")),
+        # portrait, partly above the crop: y -16..4 -> 0..4, x 0..10
+        ((64, 128), [0, 0, 20, 40], grid("XX..", "....", "....", "....")),
+        # entirely outside the crop: left strip, right strip, bottom strip
+        ((128, 64), [0, 0, 30, 64], None),
+        ((128, 64), [100, 0, 128, 64], None),
+        ((64, 128), [0, 96, 64, 128], None),
+    ],
+)
+def test_box_patch_mask_hand_computed(processor, size, box, expected) -> None:
+    assert as_grid(box_patch_mask(box, *size, processor, PATCH)) == expected
+
+
+@pytest.mark.parametrize(("size", "box"), [((128, 64), [40, 8, 72, 40]), ((64, 128), [8, 50, 40, 62])])
+def test_box_patch_mask_agrees_with_the_processed_pixels(processor, size, box) -> None:
+    """Draw the box in red, run the real image processor, and see which patches hold red."""
+    image = Image.new("RGB", size, (128, 128, 128))
+    ImageDraw.Draw(image).rectangle((box[0], box[1], box[2] - 1, box[3] - 1), fill=(255, 0, 0))
+    pixels = processor(images=[image], return_tensors="pt")["pixel_values"][0]
+    redness = pixels[0] - pixels[1]  # R - G after normalisation: ~0 on grey
+    red_cells = redness.view(4, PATCH, 4, PATCH).amax(dim=(1, 3)) > 0.5
+    assert red_cells.any()
+    assert as_grid(box_patch_mask(box, *size, processor, PATCH)) == red_cells.int().tolist()
+
+
+# ----------------------------------------------------------------------------- load_examples
+
+
+def _png(path: Path, size: tuple[int, int] = (64, 48)) -> str:
+    Image.new("RGB", size, (200, 10, 10)).save(path)
+    return path.name
+
+
+CAPTION = "A red square is drawn here. Nothing else is in it."
+GOOD = {"id": "good", "image": "good.png", "caption": CAPTION,
+        "local": {"sentence": "A red square is drawn here.", "box": [4, 4, 20, 20], "score": 0.5, "source": "grid"}}
+
+
+def _bad_records(folder: Path) -> dict[str, tuple[object, str]]:
+    """name -> (record or raw line, what the error message must name)."""
+    (folder / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not really a png")
+    local = GOOD["local"]
+    return {
+        "missing image": ({**GOOD, "id": "a", "image": "nowhere.png"}, "field 'image'"),
+        "corrupt image": ({**GOOD, "id": "b", "image": "corrupt.png"}, "field 'image'"),
+        "empty caption": ({**GOOD, "id": "c", "caption": "   "}, "field 'caption'"),
+        "sentence not in caption": (
+            {**GOOD, "id": "d", "local": {**local, "sentence": "A blue circle."}}, "field 'local.sentence'"),
+        "box outside image": ({**GOOD, "id": "e", "local": {**local, "box": [10, 10, 90, 40]}}, "outside the 64x48"),
+        "zero-area box": ({**GOOD, "id": "f", "local": {**local, "box": [10, 10, 10, 30]}}, "zero"),
+        "malformed JSON": ('{"id": "g", "image": "good.png", "caption": "A red', "malformed JSON"),
+        "missing local": ({k: v for k, v in GOOD.items() if k != "local"} | {"id": "h"}, "field 'local'"),
+    }
+
+
+def _write(path: Path, lines: list[object]) -> Path:
+    path.write_text("".join((x if isinstance(x, str) else json.dumps(x)) + "\n" for x in lines), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["missing image", "corrupt image", "empty caption", "sentence not in caption", "box outside image",
+     "zero-area box", "malformed JSON", "missing local"],
+)
+def test_load_examples_errors_name_file_line_and_field(tmp_path, case: str) -> None:
+    _png(tmp_path / "good.png")
+    bad, needle = _bad_records(tmp_path)[case]
+    path = _write(tmp_path / "train.jsonl", [GOOD, bad])
+    with pytest.raises(ManifestError) as info:
+        load_examples(path, need_local=True)
+    message = str(info.value)
+    assert f"{path}:2" in message
+    assert needle in message
+
+
+def test_load_examples_skip_invalid_counts(tmp_path) -> None:
+    _png(tmp_path / "good.png")
+    bad = [record for record, _ in _bad_records(tmp_path).values()]
+    good2 = {**GOOD, "id": "good2", "local": {**GOOD["local"], "box": [-0.5, 0, 64.5, 48]}}  # within 1 px
+    path = _write(tmp_path / "train.jsonl", [GOOD, *bad, good2])
+    skipped = SkipReport()
+    examples = load_examples(path, need_local=True, skip_invalid=True, skipped=skipped)
+    assert [e.id for e in examples] == ["good", "good2"]
+    assert len(skipped) == len(bad) == 8
+    assert examples[1].box == [0.0, 0.0, 64.0, 48.0]
+    assert examples[0].sentence_chars == (0, 27) and examples[0].caption[0:27] == "A red square is drawn here."
+    assert examples[0].image == str(tmp_path / "good.png")
+    # A record without a local pair is fine for a global-only method.
+    no_local = {k: v for k, v in GOOD.items() if k != "local"}
+    assert [e.id for e in load_examples(_write(tmp_path / "g.jsonl", [no_local]), need_local=False)] == ["good"]
+    with pytest.raises(ManifestError, match="no usable training examples"):
+        load_examples(_write(tmp_path / "bad.jsonl", bad[:2]), need_local=True, skip_invalid=True)
+
+
+# ----------------------------------------------------------------------------- dataset + collate
+
+
+@pytest.fixture(scope="module")
+def batch_examples(tiny_world, tmp_path_factory):
+    """Three examples over the tiny world's images (context 16), one sentence past the context."""
+    folder = tmp_path_factory.mktemp("collate")
+    images = tiny_world.root / "images"
+    records = [
+        {"id": "a", "image": str(images / "img4.png"),  # 48x48 -> scale 2/3
+         "caption": "A red circle is drawn here. Nothing else.",
+         "local": {"sentence": "A red circle is drawn here.", "box": [12, 12, 36, 24]}},
+        {"id": "b", "image": str(images / "img1.png"),  # 64x48: the second sentence ends past token 15
+         "caption": "The picture has a plain white background. A blue circle is drawn here. Nothing else is in it.",
+         "local": {"sentence": "A blue circle is drawn here.", "box": [0, 0, 6, 48]}},  # left of the crop
+        {"id": "c", "image": str(images / "img2.png"),  # 48x64 portrait: y -> 2y/3 - 5.33
+         "caption": "A green square.",
+         "local": {"sentence": "A green square.", "box": [0, 20, 24, 44]}},
+    ]
+    path = _write(folder / "train.jsonl", records)
+    return load_examples(path, need_local=True)
+
+
+def test_collate_local_batch(tiny_bundle, batch_examples) -> None:
+    tokenizer = tiny_bundle.tokenizer
+    dataset = TrainDataset(batch_examples, tiny_bundle, need_local=True)
+    items = [dataset[i] for i in range(3)]
+    batch = Collate(pad_id=tokenizer.pad_token_id)(items)
+    b = 3
+    assert batch["pixel_values"].shape == (2 * b, 3, 32, 32)
+
+    # Pixels: globals first, then the crops of the boxes, each exactly as the processor makes them.
+    proc = tiny_bundle.image_processor
+    for row, ex in enumerate(batch_examples):
+        image = Image.open(ex.image).convert("RGB")
+        whole = proc(images=[image], return_tensors="pt")["pixel_values"][0]
+        crop = proc(images=[image.crop(tuple(int(v) for v in ex.box))], return_tensors="pt")["pixel_values"][0]
+        assert torch.equal(batch["pixel_values"][row], whole)
+        assert torch.equal(batch["pixel_values"][b + row], crop)
+
+    # Captions: padded to the longest in the batch (b's is cut to the 16-token context, EOS last).
+    full = [tokenizer(ex.caption)["input_ids"] for ex in batch_examples]
+    assert len(full[1]) > 16
+    assert batch["caption_ids"].shape == (b, 16)
+    assert batch["caption_ids"][1].tolist() == full[1][:15] + [tokenizer.eos_token_id]
+    for row in (0, 2):
+        n = len(full[row])
+        assert batch["caption_ids"][row, :n].tolist() == full[row]
+        assert batch["caption_mask"][row].tolist() == [1] * n + [0] * (16 - n)
+
+    # Sentences: padded to their own longest, shorter than the captions.
+    sentences = [tokenizer(ex.sentence)["input_ids"] for ex in batch_examples]
+    longest = max(len(s) for s in sentences)
+    assert batch["sentence_ids"].shape == (b, longest) and longest < 16
+    for row, ids in enumerate(sentences):
+        assert batch["sentence_ids"][row, : len(ids)].tolist() == ids
+        assert batch["sentence_mask"][row].sum() == len(ids)
+
+    # Spans: the masked caption tokens are the sentence's own tokens; b's sentence is past the context.
+    assert batch["span_mask"].shape == batch["caption_ids"].shape
+    assert batch["text_tsl_valid"].tolist() == [True, False, True]
+    assert not batch["span_mask"][1].any()
+    for row in (0, 2):
+        assert batch["caption_ids"][row][batch["span_mask"][row]].tolist() == sentences[row][1:-1]
+    assert batch["span_mask"][0].nonzero().flatten().tolist() == list(range(1, 8))
+
+    # Boxes: a: [12, 12, 36, 24] * 2/3 = [8, 8, 24, 16]; b: left of the crop; c: [0, 8, 16, 24].
+    assert batch["image_tsl_valid"].tolist() == [True, False, True]
+    assert batch["patch_mask"].shape == (b, 16)
+    assert batch["patch_mask"][0].view(4, 4).int().tolist() == grid("....", ".XX.", "....", "....")
+    assert not batch["patch_mask"][1].any()
+    assert batch["patch_mask"][2].view(4, 4).int().tolist() == grid("....", "XX..", "XX..", "....")
+
+
+def test_collate_global_batch(tiny_bundle, batch_examples) -> None:
+    dataset = TrainDataset(batch_examples, tiny_bundle, need_local=False)
+    batch = Collate(pad_id=tiny_bundle.tokenizer.pad_token_id)([dataset[0], dataset[2]])
+    assert batch["pixel_values"].shape == (2, 3, 32, 32)
+    assert set(batch) == {"caption_ids", "caption_mask", "pixel_values"}
+    n = len(tiny_bundle.tokenizer(batch_examples[0].caption)["input_ids"])
+    assert batch["caption_ids"].shape == (2, n)  # the longer of the two, below the context
