@@ -95,7 +95,7 @@ def test_search_equals_brute_force_ranking(bundle, folder):
 
 
 def test_faiss_backend_gives_the_same_results(bundle, folder):
-    pytest.importorskip("faiss")
+    """faiss is a test dependency (and the optional `search` extra), so this always runs in CI."""
     index = build_index(bundle, folder, "tiny")
     _same(search(index, bundle, QUERIES, k=4, backend="faiss"), search(index, bundle, QUERIES, k=4, backend="torch"))
 

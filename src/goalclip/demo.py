@@ -34,12 +34,14 @@ class DemoPlan:
     n_pretrain: int = 3000
     n_train: int = 600
     n_test: int = 200
+    image_size: int = 64
+    patch_size: int = 16
     width: int = 64
     layers: int = 4
-    pretrain_steps: int = 600
+    pretrain_steps: int = 800
     pretrain_batch: int = 64
     pretrain_lr: float = 1e-3
-    finetune_epochs: int = 3
+    finetune_epochs: int = 5
     finetune_batch: int = 32
     finetune_lr: float = 1e-4
     context: int = 32
@@ -98,7 +100,8 @@ def run_demo(out: str | Path, *, quick: bool = False, seed: int = 0, num_workers
         n_pretrain=plan.n_pretrain, n_train=plan.n_train, n_test=plan.n_test, seed=seed))
     texts = [r["caption"] for path in (world.pretrain, world.train) for r in read_manifest(path)]
     init = timed("build", lambda: save_clip(build_tiny_clip(
-        texts, width=plan.width, layers=plan.layers, projection_dim=plan.width,
+        texts, image_size=plan.image_size, patch_size=plan.patch_size, width=plan.width, layers=plan.layers,
+        projection_dim=plan.width,
         context_length=plan.context, seed=seed), out / "models" / "init"))
     common = {"num_workers": num_workers, "seed": seed, "progress": True, "checkpoint_epochs": False}
     timed("pretrain", train, TrainConfig(

@@ -278,37 +278,50 @@ def embed_images(model: CLIPModel, pixel_values: torch.Tensor) -> torch.Tensor:
 def train_tokenizer(texts: Sequence[str], vocab_size: int = 1000) -> CLIPTokenizer:
     """Train a small CLIP-style BPE tokenizer (same normaliser, pre-tokeniser, ``</w>`` suffix).
 
-    The demo and the tests cannot download OpenAI's vocabulary; a BPE trained with the
-    tokenizers library on the corpus gives a real fast CLIPTokenizer with offset mappings.
+    The demo and the tests cannot download OpenAI's vocabulary. Words come from the real CLIP
+    fast tokenizer's normaliser and pre-tokeniser (tokenizers library); the merges are learned
+    here because the library's BPE trainer breaks frequency ties in a different order on each
+    run, which would make the demo irreproducible. Ties go to the lexicographically smallest
+    pair. Every byte, and every byte as a word end (``x</w>``), is in the vocabulary as in
+    OpenAI's, so no word becomes the unknown token (which is ``<|endoftext|>``, where the text
+    tower pools).
     """
-    import json
+    from collections import Counter
 
-    from tokenizers import Tokenizer
-    from tokenizers.models import BPE
     from tokenizers.pre_tokenizers import ByteLevel
-    from tokenizers.trainers import BpeTrainer
 
     template = CLIPTokenizer().backend_tokenizer
-    specials = ["<|startoftext|>", "<|endoftext|>"]
-    backend = Tokenizer(BPE(unk_token=specials[1], continuing_subword_prefix="", end_of_word_suffix="</w>"))
-    backend.normalizer = template.normalizer
-    backend.pre_tokenizer = template.pre_tokenizer
-    trainer = BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=specials,
-        end_of_word_suffix="</w>",
-        initial_alphabet=ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    backend.train_from_iterator([clean_text(t) for t in texts], trainer)
-    model_json = json.loads(backend.to_str())["model"]
-    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model_json["merges"]]
-    vocab = model_json["vocab"]
-    # The trainer's alphabet has every byte but not every byte as a word end ("x</w>"); without
-    # them a word ending in a character unseen in the corpus becomes the unknown token, which is
-    # <|endoftext|>, and the text tower would pool at that position. OpenAI's vocab has them all.
-    for char in ByteLevel.alphabet():
-        vocab.setdefault(char + "</w>", len(vocab))
+    words: Counter[tuple[str, ...]] = Counter()
+    for text in texts:
+        normalized = template.normalizer.normalize_str(clean_text(text))
+        for word, _ in template.pre_tokenizer.pre_tokenize_str(normalized):
+            words[tuple(word[:-1]) + (word[-1] + "</w>",)] += 1
+    alphabet = sorted(ByteLevel.alphabet())
+    vocab_list = ["<|startoftext|>", "<|endoftext|>"] + alphabet + [c + "</w>" for c in alphabet]
+    merges: list[tuple[str, str]] = []
+    while len(vocab_list) < vocab_size:
+        pairs: Counter[tuple[str, str]] = Counter()
+        for symbols, count in words.items():
+            for pair in zip(symbols, symbols[1:]):
+                pairs[pair] += count
+        if not pairs:
+            break
+        best = min(pairs, key=lambda pair: (-pairs[pair], pair))
+        merges.append(best)
+        vocab_list.append(best[0] + best[1])
+        merged: Counter[tuple[str, ...]] = Counter()
+        for symbols, count in words.items():
+            out, i = [], 0
+            while i < len(symbols):
+                if i + 1 < len(symbols) and (symbols[i], symbols[i + 1]) == best:
+                    out.append(best[0] + best[1])
+                    i += 2
+                else:
+                    out.append(symbols[i])
+                    i += 1
+            merged[tuple(out)] += count
+        words = merged
+    vocab = {token: index for index, token in enumerate(dict.fromkeys(vocab_list))}
     return CLIPTokenizer(vocab=vocab, merges=merges)
 
 

@@ -296,7 +296,7 @@ class Trainer:
                     loss, logs = model(batch)
                 if not torch.isfinite(loss):
                     raise TrainingError(
-                        f"non-finite loss ({float(loss)}) at step {step + 1}; last good checkpoint: "
+                        f"non-finite loss ({loss.item()}) at step {step + 1}; last good checkpoint: "
                         f"{last_ckpt or 'none (use --checkpoint-every)'}"
                     )
                 acc.backward(loss)
