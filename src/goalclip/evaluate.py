@@ -40,12 +40,11 @@ from accelerate.utils import (
     parse_flag_from_env,
 )
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from . import metrics
 from .images import PixelBatches
 from .manifest import ManifestError, atomic_write, captions_of, read_manifest
-from .model import ClipBundle, count_truncated, embed_images, embed_texts, load_clip, tokenize
+from .model import ClipBundle, count_truncated, embed_images, encode_texts, load_clip
 
 logger = logging.getLogger(__name__)
 
@@ -237,17 +236,9 @@ def _encode_items(
     failures = sorted(gather_object([(int(part_index[i]), msg) for i, msg in batches.failed]))
 
     text_part = _shard(state, len(items.texts))
-    # Longest first: batches of similar length pad little (tokenize pads to the batch's longest).
-    order = sorted(text_part, key=lambda i: len(items.texts[i]), reverse=True)
-    indices, rows = [torch.empty(0, dtype=torch.long)], [torch.empty(0, dim)]
-    for start in tqdm(
-        range(0, len(order), config.batch_size), desc=f"{items.kind} texts", disable=not progress, unit="batch"
-    ):
-        chunk = order[start : start + config.batch_size]
-        tokens = tokenize(bundle, [items.texts[i] for i in chunk], max_len).to(device)
-        indices.append(torch.tensor(chunk, dtype=torch.long))
-        rows.append(embed_texts(model, tokens["input_ids"], tokens["attention_mask"]).cpu())
-    texts, _ = _gather_rows(state, torch.cat(indices), torch.cat(rows), len(items.texts))
+    rows = encode_texts(bundle, [items.texts[i] for i in text_part], batch_size=config.batch_size, max_len=max_len,
+                        progress=progress, desc=f"{items.kind} texts").cpu()
+    texts, _ = _gather_rows(state, torch.tensor(text_part, dtype=torch.long), rows, len(items.texts))
     truncated = sum(gather_object([count_truncated(bundle, [items.texts[i] for i in text_part], max_len)]))
     return Embeddings(images, image_ok, texts, failures, truncated, max_len)
 

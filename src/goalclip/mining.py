@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from .images import ImageError, crop_to_box, load_rgb, pixel_values
 from .manifest import captions_of, iter_jsonl, read_manifest, relativize, write_jsonl, write_manifest
-from .model import ClipBundle, embed_images, embed_texts, load_clip, tokenize
+from .model import ClipBundle, embed_images, encode_texts, load_clip
 from .regions import Region, RegionProposer, build_proposer
 from .text import clean_text, split_sentences
 
@@ -117,14 +117,6 @@ def _crop_embeddings(bundle: ClipBundle, crops: list, batch_size: int, device: t
     return torch.cat(chunks)
 
 
-def _text_embeddings(bundle: ClipBundle, texts: list[str], batch_size: int, device: torch.device) -> torch.Tensor:
-    chunks = []
-    for start in range(0, len(texts), batch_size):
-        tokens = tokenize(bundle, texts[start : start + batch_size])
-        chunks.append(embed_texts(bundle.model, tokens["input_ids"].to(device), tokens["attention_mask"].to(device)))
-    return torch.cat(chunks)
-
-
 def mine_batch(
     bundle: ClipBundle,
     proposer: RegionProposer,
@@ -146,7 +138,7 @@ def mine_batch(
     if not crops or not flat_sentences:
         return [(r, None, "no regions" if not crops else "no sentences") for r in records]
     crop_emb = _crop_embeddings(bundle, crops, crop_batch_size, device)
-    text_emb = _text_embeddings(bundle, flat_sentences, crop_batch_size, device)
+    text_emb = encode_texts(bundle, flat_sentences, batch_size=crop_batch_size)
     results = []
     crop_at = text_at = 0
     for record, regs, sents in zip(records, regions, sentences):

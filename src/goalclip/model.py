@@ -272,6 +272,33 @@ def embed_images(model: CLIPModel, pixel_values: torch.Tensor) -> torch.Tensor:
     return F.normalize(embeds.float(), dim=-1)
 
 
+def encode_texts(
+    bundle: ClipBundle,
+    texts: Sequence[str],
+    *,
+    batch_size: int = 64,
+    max_len: int | None = None,
+    progress: bool = False,
+    desc: str = "texts",
+) -> torch.Tensor:
+    """L2-normalised float32 embeddings of many texts, in input order, on the model's device.
+
+    Texts are batched longest first so each batch pads little (``tokenize`` pads to the
+    batch's longest); truncation to the context is silent here: callers that care count it
+    with ``count_truncated`` and warn once.
+    """
+    from tqdm.auto import tqdm
+
+    device = next(bundle.model.parameters()).device
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
+    out = torch.empty(len(texts), int(bundle.model.config.projection_dim), device=device)
+    for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress, unit="batch"):
+        chunk = order[start : start + batch_size]
+        tokens = tokenize(bundle, [texts[i] for i in chunk], max_len).to(device)
+        out[torch.tensor(chunk, device=device)] = embed_texts(bundle.model, tokens["input_ids"], tokens["attention_mask"])
+    return out
+
+
 # ----------------------------------------------------------------------------- tiny models
 
 

@@ -38,10 +38,9 @@ from .model import (
     _is_state_dict_file,
     count_truncated,
     embed_images,
-    embed_texts,
     load_clip,
-    tokenize,
 )
+from .model import encode_texts as model_encode_texts
 
 logger = logging.getLogger(__name__)
 
@@ -168,16 +167,7 @@ def encode_texts(
             what,
             bundle.max_text_len,
         )
-    device, _ = _model_device(bundle)
-    chunks = []
-    for start in range(0, len(texts), batch_size):
-        tokens = tokenize(bundle, texts[start : start + batch_size])
-        chunks.append(
-            embed_texts(bundle.model, tokens["input_ids"].to(device), tokens["attention_mask"].to(device)).cpu()
-        )
-    if not chunks:
-        return torch.empty(0, int(bundle.model.config.projection_dim))
-    return torch.cat(chunks)
+    return model_encode_texts(bundle, list(texts), batch_size=batch_size).cpu()
 
 
 # ----------------------------------------------------------------------------- index
