@@ -510,6 +510,12 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
     return results
 
 
+def _row_names(models: list[str]) -> list[str]:
+    """Folder names when they tell the models apart (runs/goal, runs/global), else the full sources."""
+    names = [Path(m.rstrip("/\\")).name or m for m in models]
+    return names if len(set(names)) == len(names) else models
+
+
 def markdown_table(results: dict[str, Any]) -> str:
     """A Markdown table: one row per model, one column per metric (in first-seen order)."""
     columns: list[str] = []
@@ -519,9 +525,10 @@ def markdown_table(results: dict[str, Any]) -> str:
         "| " + " | ".join(["model", *columns]) + " |",
         "|" + "|".join(["---", *("---:" for _ in columns)]) + "|",
     ]
-    for row in results["models"]:
+    names = _row_names([row["model"] for row in results["models"]])
+    for name, row in zip(names, results["models"]):
         cells = [f"{row['metrics'][c]:.2f}" if c in row["metrics"] else "" for c in columns]
-        lines.append("| " + " | ".join([row["model"], *cells]) + " |")
+        lines.append("| " + " | ".join([name, *cells]) + " |")
     return "\n".join(lines)
 
 
