@@ -1,0 +1,75 @@
+"""The goalclip command line: the real subcommands end to end on the tiny world, and bad input
+ending in one clear message with exit code 2 instead of a traceback."""
+
+import json
+
+import pytest
+from transformers import AutoProcessor, CLIPModel
+
+from goalclip.cli import build_parser, main
+
+
+def test_mine_train_eval_chain(tiny_world, tmp_path, capsys):
+    mined = tmp_path / "mined.jsonl"
+    assert main(["mine", "--model", str(tiny_world.model), "--data", str(tiny_world.captions),
+                 "--regions", "flism", "--boxes", str(tiny_world.boxes), "--out", str(mined),
+                 "--num-workers", "0", "--no-progress"]) == 0
+    assert "mined 8 pairs from 8 images" in capsys.readouterr().out
+    records = [json.loads(line) for line in mined.read_text().splitlines()]
+    assert [r["id"] for r in records] == list(tiny_world.ids)
+    assert all(r["local"]["source"] in ("external", "grid") for r in records)
+
+    out = tmp_path / "goal"
+    assert main(["train", "--model", str(tiny_world.model), "--data", str(mined), "--method", "goal",
+                 "--out", str(out), "--max-steps", "2", "--batch-size", "4", "--max-text-len", "40",
+                 "--keep-positions", "4", "--num-workers", "0", "--no-progress"]) == 0
+    line = capsys.readouterr().out
+    assert "trained goal for 2 steps on 8 examples" in line and "context 40" in line
+    model = CLIPModel.from_pretrained(out)
+    assert model.config.text_config.max_position_embeddings == 40
+    assert AutoProcessor.from_pretrained(out) is not None
+
+    metrics = tmp_path / "metrics.json"
+    assert main(["eval", "--model", str(tiny_world.model), "--model", str(out), "--data", str(tiny_world.captions),
+                 "--ks", "1", "5", "--out", str(metrics), "--no-progress"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].startswith("| model | i2t@1 | i2t@5 | t2i@1 | t2i@5")
+    assert [row.split(" | ")[0] for row in printed[2:4]] == ["| model", "| goal"]
+    assert len(json.loads(metrics.read_text())["models"]) == 2
+
+
+def test_bad_manifest_line_is_one_clear_error(tiny_world, tmp_path, capsys):
+    bad = tiny_world.root / "torn.jsonl"
+    lines = tiny_world.mined.read_text().splitlines()
+    lines[2] = lines[2][:-5]  # a torn JSON line
+    bad.write_text("\n".join(lines) + "\n")
+    code = main(["train", "--model", str(tiny_world.model), "--data", str(bad), "--out", str(tmp_path / "o"),
+                 "--max-steps", "1", "--batch-size", "2", "--num-workers", "0", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"{bad}:3: malformed JSON" in err and "Traceback" not in err
+
+
+def test_skip_invalid_counts_instead_of_stopping(tiny_world, tmp_path, capsys):
+    bad = tmp_path / "bad.jsonl"
+    records = [json.loads(line) for line in tiny_world.mined.read_text().splitlines()]
+    for record in records:
+        record["image"] = str(tiny_world.root / record["image"])
+    records[0]["local"]["sentence"] = "A purple triangle is not in this caption."
+    records[1]["image"] = str(tmp_path / "missing.png")
+    bad.write_text("".join(json.dumps(r) + "\n" for r in records))
+    args = ["train", "--model", str(tiny_world.model), "--data", str(bad), "--out", str(tmp_path / "o"),
+            "--max-steps", "1", "--batch-size", "2", "--max-text-len", "40", "--keep-positions", "4",
+            "--num-workers", "0", "--no-progress"]
+    assert main(args) == 2
+    assert "field 'local.sentence' not found in the caption" in capsys.readouterr().err
+    assert main([*args, "--skip-invalid"]) == 0
+    assert "on 6 examples (2 skipped)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", ["mine", "train", "eval", "search", "demo"])
+def test_every_option_has_help(command):
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command").choices[command]
+    undocumented = [a.option_strings for a in sub._actions if a.option_strings and not a.help]
+    assert undocumented == []
