@@ -13,7 +13,15 @@ import pytest
 from PIL import Image
 
 from goalclip.manifest import read_boxes, read_manifest
-from goalclip.synth import COLOURS, WorldConfig, generate_world, vocabulary, world_texts
+from goalclip.synth import (
+    COLOURS,
+    OBJECT_TEMPLATES,
+    PRETRAIN_TEMPLATE,
+    WorldConfig,
+    generate_world,
+    vocabulary,
+    world_texts,
+)
 
 SMALL = WorldConfig(n_pretrain=24, n_train=20, n_test=30, seed=3)
 
@@ -87,9 +95,24 @@ def _check_geometry(record: dict, config: WorldConfig) -> None:
     assert (background[:, 0] == background[:, 1]).all() and (background[:, 1] == background[:, 2]).all()
 
 
+def _check_closeup(record: dict, config: WorldConfig) -> None:
+    """A close-up shows its one object zoomed in: the box holds the colour and is tight to +-1 px."""
+    (obj,) = record["objects"]
+    pixels = np.asarray(Image.open(record["image"]).convert("RGB")).astype(int)
+    assert pixels.shape == (config.image_size, config.image_size, 3)
+    x1, y1, x2, y2 = obj["box"]
+    colour = COLOURS[obj["colour"]]
+    assert tuple(pixels[(y1 + y2) // 2, (x1 + x2) // 2]) == colour
+    ys, xs = np.nonzero((pixels == colour).all(axis=2))
+    tight = [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
+    assert max(abs(a - b) for a, b in zip(tight, obj["box"])) <= 1, (record["id"], tight, obj["box"])
+    assert (x2 - x1) > config.image_size // config.grid, "a close-up is larger than a grid cell"
+
+
 def test_pixels_and_boxes_match_the_records(records):
     for record in itertools.chain(*records.values()):
-        _check_geometry(record, SMALL)
+        (_check_closeup if record.get("closeup") else _check_geometry)(record, SMALL)
+    assert any(r["closeup"] for r in records["pretrain"]) and not all(r["closeup"] for r in records["pretrain"])
 
 
 @pytest.mark.parametrize(("grid", "image_size"), [(2, 16), (3, 27), (5, 40)])
@@ -100,7 +123,7 @@ def test_other_grids_draw_exactly_too(tmp_path, grid, image_size):
     world = generate_world(tmp_path, config)
     for split in (world.pretrain, world.train, world.test):
         for record in read_manifest(split):
-            _check_geometry(record, config)
+            (_check_closeup if record.get("closeup") else _check_geometry)(record, config)
 
 
 def test_long_captions_are_the_object_sentences_plus_the_scene_sentence(records):
@@ -148,7 +171,8 @@ def test_test_families_share_all_objects_but_one(records):
 def test_pretraining_images_hold_one_object_with_a_short_caption(records):
     for record in records["pretrain"]:
         (obj,) = record["objects"]
-        assert record["caption"] == f"a {obj['size']} {obj['colour']} {obj['shape']} in the {obj['position']}"
+        words = {k: obj[k] for k in ("size", "colour", "shape", "position")}
+        assert record["caption"] in {t.format(**words) for t in (PRETRAIN_TEMPLATE, *OBJECT_TEMPLATES)}
         assert obj["sentence"] == record["caption"]
 
 

@@ -38,7 +38,7 @@ class DemoPlan:
     patch_size: int = 16
     width: int = 64
     layers: int = 4
-    pretrain_steps: int = 800
+    pretrain_steps: int = 1500
     pretrain_batch: int = 64
     pretrain_lr: float = 1e-3
     finetune_epochs: int = 5
@@ -123,13 +123,15 @@ def run_demo(out: str | Path, *, quick: bool = False, seed: int = 0, num_workers
     build_joint_test(str(world.test), str(mined["test"]), str(joint))
 
     models = {"pretrained": pretrained}
+    step_ms: dict[str, float] = {}
     for method in ("global", "goal"):
         target = out / "models" / method
-        timed(f"train_{method}", train, TrainConfig(
+        run = timed(f"train_{method}", train, TrainConfig(
             model=pretrained, data=str(mined["train"]), out=str(target), method=method,
             epochs=plan.finetune_epochs, batch_size=plan.finetune_batch, lr=plan.finetune_lr,
             max_text_len=plan.max_text_len, keep_positions=plan.keep_positions, **common))
         models[method] = str(target)
+        step_ms[method] = round(run["median_step_s"] * 1000, 1)
 
     results = timed("eval", evaluate, EvalConfig(
         models=list(models.values()), data=str(world.test), joint=str(joint), ks=[1, 5],
@@ -149,6 +151,7 @@ def run_demo(out: str | Path, *, quick: bool = False, seed: int = 0, num_workers
         "plan": asdict(plan),
         "quick": quick,
         "times_s": times,
+        "median_step_ms": step_ms,
         "wall_s": round(wall, 1),
         "mining": accuracy,
         "table": table,

@@ -119,6 +119,7 @@ class WorldConfig:
     max_objects: int = 5
     family_min: int = 2
     family_max: int = 4
+    closeup_percent: int = 50
     seed: int = 0
 
     def validate(self) -> None:
@@ -129,6 +130,8 @@ class WorldConfig:
                 raise ValueError(f"WorldConfig.{field.name} must be an int, got {value!r}")
         if self.n_pretrain < 0:
             raise ValueError(f"WorldConfig.n_pretrain must be >= 0, got {self.n_pretrain}")
+        if not 0 <= self.closeup_percent <= 100:
+            raise ValueError(f"WorldConfig.closeup_percent must be between 0 and 100, got {self.closeup_percent}")
         for name in ("n_train", "n_test"):
             if getattr(self, name) < 1:
                 raise ValueError(f"WorldConfig.{name} must be >= 1, got {getattr(self, name)}")
@@ -415,16 +418,43 @@ def _long_record(
     }
 
 
+def _closeup(image: Image.Image, box: tuple[int, int, int, int], zoom: float) -> tuple[Image.Image, list[int]]:
+    """Zoom in on one object: a square crop ``zoom`` times the box's size, scaled to full size.
+
+    Web images show objects at every scale; without close-ups a tiny CLIP pretrained only on
+    small objects cannot match the zoomed-in crops that pair mining embeds. Nearest-neighbour
+    scaling keeps the object's exact colour. Returns the image and the object's new box.
+    """
+    size = image.width
+    side = min(size, max(4, round((box[2] - box[0]) * zoom)))
+    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    left = min(max(0, round(cx - side / 2)), size - side)
+    top = min(max(0, round(cy - side / 2)), size - side)
+    scale = size / side
+    zoomed = image.crop((left, top, left + side, top + side)).resize((size, size), Image.Resampling.NEAREST)
+    new_box = [round((box[0] - left) * scale), round((box[1] - top) * scale),
+               round((box[2] - left) * scale), round((box[3] - top) * scale)]
+    return zoomed, [max(0, min(size, v)) for v in new_box]
+
+
 def _pretrain_record(index: int, images: Path, config: WorldConfig) -> dict[str, Any]:
     rng = _rng(config, "pretrain", index)
     rid = f"pretrain-{index:06d}"
     scene = _random_scene(rng, config, 1)
     obj = scene.objects[0]
-    caption = PRETRAIN_TEMPLATE.format(**_words(obj, config.grid))
+    closeup = bool(rng.integers(100) < config.closeup_percent)
+    zoom = float(rng.uniform(1.1, 2.5))
+    # Alt text comes in many phrasings; a tiny CLIP that saw only one template would not
+    # understand the long captions' sentences, so the object-sentence templates appear too. A
+    # close-up keeps its scene's caption (position included), as a zoomed photo's alt text does.
+    caption = _pick(rng, (PRETRAIN_TEMPLATE, *OBJECT_TEMPLATES)).format(**_words(obj, config.grid))
+    image = _render(scene, config)
+    record_obj = _object_record(obj, caption, config)
+    if closeup:
+        image, record_obj["box"] = _closeup(image, _object_box(obj.row, obj.col, obj.size, config), zoom)
     image_path = images / f"{rid}.png"
-    _save_png(_render(scene, config), image_path)
-    objects = [_object_record(obj, caption, config)]
-    return {"id": rid, "image": str(image_path), "caption": caption, "objects": objects}
+    _save_png(image, image_path)
+    return {"id": rid, "image": str(image_path), "caption": caption, "closeup": closeup, "objects": [record_obj]}
 
 
 def _train_record(index: int, images: Path, config: WorldConfig) -> dict[str, Any]:
