@@ -49,7 +49,7 @@ class DemoPlan:
     max_text_len: int = 104
 
 
-QUICK = DemoPlan(n_pretrain=512, n_train=128, n_test=64, pretrain_steps=40, finetune_epochs=1, finetune_batch=16)
+QUICK = DemoPlan(n_pretrain=1000, n_train=200, n_test=100, pretrain_steps=250, finetune_epochs=2)
 
 
 def iou(a: list[float], b: list[float]) -> float:
