@@ -245,6 +245,8 @@ def test_resume_after_crash_gives_identical_weights(
     assert checkpoints == (["step-2"] if crash_at_call == 3 else ["step-2", "step-3"])
     assert not (tmp_path / "model.safetensors").exists()
 
+    with pytest.raises(FileExistsError, match="pass --resume"):
+        train(_config(tiny_world, tmp_path, **config))  # a fresh run must not mix with the old checkpoints
     summary = train(_config(tiny_world, tmp_path, resume=True, **config))
     assert summary["steps"] == 4
     resumed = _final_weights(tmp_path)

@@ -259,6 +259,10 @@ class Trainer:
         model, optimizer, scheduler = acc.prepare(StepModule(model, cfg.method, cfg.weights), optimizer, scheduler)
 
         step = start_epoch = skip_batches = 0
+        if not cfg.resume and _latest_checkpoint(self.out) is not None:
+            raise FileExistsError(
+                f"{self.out} holds checkpoints of an earlier run; pass --resume to continue it or choose another --out"
+            )
         if cfg.resume and (ckpt := _latest_checkpoint(self.out)) is not None:
             acc.load_state(str(ckpt))
             progress = json.loads((ckpt / "progress.json").read_text())
