@@ -213,14 +213,14 @@ def mine(config: MineConfig) -> dict[str, Any]:
             good = [(todo[i], img) for i, img, _ in batch if img is not None]
             for i, _, error in batch:
                 if error is not None:
-                    skip_sink.write(json.dumps({"id": todo[i]["id"], "reason": error}) + "\n")
+                    skip_sink.write(json.dumps({"id": todo[i]["id"], "kind": "unreadable image", "reason": error}) + "\n")
             if good:
                 results = mine_batch(bundle, proposer, [r for r, _ in good], [img for _, img in good],
                                      top_k=config.top_k, crop_batch_size=config.crop_batch_size, device=device)
                 for record, match, reason in results:
                     if match is None or match.discarded:
                         reason = reason or "whole image won (LISM discard)"
-                        skip_sink.write(json.dumps({"id": record["id"], "reason": reason}) + "\n")
+                        skip_sink.write(json.dumps({"id": record["id"], "kind": reason, "reason": reason}) + "\n")
                         continue
                     mined = {**relativize(record, folder), "local": match.best, "candidates": match.candidates}
                     sink.write(json.dumps(mined, ensure_ascii=False) + "\n")
@@ -242,19 +242,18 @@ def _merge(out: Path, records: list[dict[str, Any]], seconds: float, processed: 
     for path in part_files + ([out] if out.exists() else []):
         for _, obj in iter_jsonl(path):
             mined[obj["id"]] = obj
-    skipped: dict[str, str] = {}
+    skipped: dict[str, dict[str, str]] = {}
     for path in skip_files:
         for _, obj in iter_jsonl(path):
-            skipped[obj["id"]] = obj["reason"]
+            skipped[obj["id"]] = obj
     ordered = [mined[r["id"]] for r in records if r["id"] in mined]
     write_jsonl(out, ordered)
     skipped_path = out.with_name(out.stem + ".skipped.jsonl")
-    write_jsonl(skipped_path, ({"id": k, "reason": v} for k, v in skipped.items()))
+    write_jsonl(skipped_path, skipped.values())
     for path in part_files + skip_files:
         os.unlink(path)
     sources = Counter(rec["local"]["source"] for rec in ordered)
-    reasons = Counter("unreadable image" if "image" in v and ("found" in v or "decode" in v) else v
-                      for v in skipped.values())
+    reasons = Counter(entry["kind"] for entry in skipped.values())
     summary = {
         "out": str(out),
         "images": len(records),

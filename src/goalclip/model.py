@@ -54,7 +54,7 @@ class ClipBundle:
         return int(cfg.image_size) // int(cfg.patch_size)
 
 
-def _is_state_dict_file(source: str) -> bool:
+def is_state_dict_file(source: str) -> bool:
     return os.path.isfile(source) and source.endswith(STATE_DICT_SUFFIXES)
 
 
@@ -72,7 +72,7 @@ def load_clip(
     any missing, unexpected or mismatched key is named in the error.
     """
     kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
-    if _is_state_dict_file(source):
+    if is_state_dict_file(source):
         if base is None:
             raise ModelLoadError(f"{source} is a bare state dict: pass --base with the architecture it fits")
         bundle = load_clip(base, attn_implementation=attn_implementation)

@@ -35,7 +35,7 @@ from .images import ImageError, PixelBatches, load_rgb
 from .manifest import atomic_write
 from .model import (
     ClipBundle,
-    _is_state_dict_file,
+    is_state_dict_file,
     count_truncated,
     embed_images,
     load_clip,
@@ -69,7 +69,7 @@ def load_vision_bundle(
     ``preprocessor_config.json`` otherwise fails deep inside transformers with a wall of
     missing keys; search and the attention/retrieval figures need both towers.
     """
-    config_source = base if (_is_state_dict_file(source) and base) else source
+    config_source = base if (is_state_dict_file(source) and base) else source
     if os.path.isdir(config_source):
         config = AutoConfig.from_pretrained(config_source)
         if getattr(config, "vision_config", None) is None:
