@@ -207,13 +207,15 @@ def mine(config: MineConfig) -> dict[str, Any]:
                         collate_fn=list)
     started = time.perf_counter()
     folder = out.resolve().parent
+    show = config.progress and state.is_main_process
     with part.open("a", encoding="utf-8") as sink, skipped_part.open("a", encoding="utf-8") as skip_sink, \
-            tqdm(total=len(todo), desc="mine", unit="img", disable=not (config.progress and state.is_main_process)) as bar:
+            tqdm(total=len(todo), desc="mine", unit="img", disable=not show) as bar:
         for batch in loader:
             good = [(todo[i], img) for i, img, _ in batch if img is not None]
             for i, _, error in batch:
                 if error is not None:
-                    skip_sink.write(json.dumps({"id": todo[i]["id"], "kind": "unreadable image", "reason": error}) + "\n")
+                    entry = {"id": todo[i]["id"], "kind": "unreadable image", "reason": error}
+                    skip_sink.write(json.dumps(entry) + "\n")
             if good:
                 results = mine_batch(bundle, proposer, [r for r, _ in good], [img for _, img in good],
                                      top_k=config.top_k, crop_batch_size=config.crop_batch_size, device=device)

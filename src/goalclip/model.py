@@ -295,7 +295,8 @@ def encode_texts(
     for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress, unit="batch"):
         chunk = order[start : start + batch_size]
         tokens = tokenize(bundle, [texts[i] for i in chunk], max_len).to(device)
-        out[torch.tensor(chunk, device=device)] = embed_texts(bundle.model, tokens["input_ids"], tokens["attention_mask"])
+        rows = torch.tensor(chunk, device=device)
+        out[rows] = embed_texts(bundle.model, tokens["input_ids"], tokens["attention_mask"])
     return out
 
 
