@@ -33,7 +33,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from goalclip.metrics import (  # noqa: E402
+from goalclip.evaluation.metrics import (  # noqa: E402
     ground_truth_ranks,
     joint_average_precisions,
     joint_map_at_k,

@@ -8,7 +8,7 @@ Per-image loop (the public GOAL miner's structure: one CLIP call per image over 
 crops and sentences): the same proposer, sentence splitter, processor, model, embedding and
 matching functions, called one image at a time.
 
-Data: the synthetic world of ``goalclip.synth`` (the demo's: 128 px images, 3-5 shapes, one
+Data: the synthetic world of ``goalclip.demo.world`` (the demo's: 128 px images, 3-5 shapes, one
 sentence per shape plus a scene sentence); regions = FLISM with the world's true boxes standing
 in for the detector (external boxes + the 5 grid boxes), as the demo mines. Model: the demo's
 size (width 64, 4 layers, 64 px, patch 8, context 32), random init. Images are decoded before
@@ -33,19 +33,19 @@ import _common  # noqa: F401  (first: sets thread/offline env variables before t
 import torch
 from _common import interleaved, machine_facts, markdown_table, print_facts
 
-from goalclip.images import load_rgb, pixel_values
-from goalclip.manifest import captions_of, read_manifest
-from goalclip.mining import Match, match_pairs, mine_batch
-from goalclip.model import (
+from goalclip.core.images import load_rgb, pixel_values
+from goalclip.core.manifest import captions_of, read_manifest
+from goalclip.mining.mine import Match, match_pairs, mine_batch
+from goalclip.models.clip import (
     ClipBundle,
     build_tiny_clip,
     embed_images,
     embed_texts,
     tokenize,
 )
-from goalclip.regions import RegionProposer, build_proposer
-from goalclip.synth import WorldConfig, generate_world, vocabulary
-from goalclip.text import clean_text, split_sentences
+from goalclip.mining.regions import RegionProposer, build_proposer
+from goalclip.demo.world import WorldConfig, generate_world, vocabulary
+from goalclip.core.text import clean_text, split_sentences
 
 
 def mine_batched(bundle: ClipBundle, proposer: RegionProposer, records, images, *, batch_size: int,

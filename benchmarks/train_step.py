@@ -1,6 +1,6 @@
 """One GOAL training step: goalclip's step vs a reference-style step, same weights, same batch.
 
-Ours (``goalclip.train.training_step`` on a ``goalclip.data.Collate`` batch): token spans and
+Ours (``goalclip.training.trainer.training_step`` on a ``goalclip.training.data.Collate`` batch): token spans and
 box patch masks come precomputed from the data pipeline; one vision forward over
 ``[global ; crops]``; each text input encoded once (captions padded to the batch's longest,
 sentences to their own length); TSL pools with one batched masked mean.
@@ -65,18 +65,18 @@ from _common import (
 )
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 
-from goalclip.data import Collate, TrainDataset, crop_geometry, load_examples
-from goalclip.losses import LossWeights
-from goalclip.manifest import read_manifest, write_manifest
-from goalclip.model import (
+from goalclip.training.data import Collate, TrainDataset, crop_geometry, load_examples
+from goalclip.training.losses import LossWeights
+from goalclip.core.manifest import read_manifest, write_manifest
+from goalclip.models.clip import (
     ClipBundle,
     build_tiny_clip,
     load_clip,
     save_clip,
     stretch_positions,
 )
-from goalclip.synth import WorldConfig, generate_world, vocabulary
-from goalclip.train import training_step
+from goalclip.demo.world import WorldConfig, generate_world, vocabulary
+from goalclip.training.trainer import training_step
 
 WEIGHTS = LossWeights()
 LR, WEIGHT_DECAY = 5e-6, 0.05

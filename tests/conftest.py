@@ -58,7 +58,7 @@ class TinyWorld:
 
 @pytest.fixture(scope="session")
 def tiny_world(tmp_path_factory: pytest.TempPathFactory) -> TinyWorld:
-    from goalclip.model import build_tiny_clip, save_clip
+    from goalclip.models.clip import build_tiny_clip, save_clip
 
     root = tmp_path_factory.mktemp("tiny_world")
     (root / "images").mkdir()
@@ -102,7 +102,7 @@ def tiny_world(tmp_path_factory: pytest.TempPathFactory) -> TinyWorld:
 @pytest.fixture(scope="session")
 def tiny_bundle(tiny_world: TinyWorld):
     """The saved tiny CLIP loaded once (read-only: tests that change it load their own copy)."""
-    from goalclip.model import load_clip
+    from goalclip.models.clip import load_clip
 
     bundle = load_clip(str(tiny_world.model))
     bundle.model.eval()

@@ -20,7 +20,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from goalclip.losses import LossWeights, combine_losses, contrastive_loss, masked_mean, tsl_loss
+from goalclip.training.losses import LossWeights, combine_losses, contrastive_loss, masked_mean, tsl_loss
 
 logger = logging.getLogger("dist_worker")
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from goalclip.adapters import (
+from goalclip.datasets.adapters import (
     ADAPTERS,
     SkipTally,
     add_convert_arguments,
@@ -26,7 +26,7 @@ from goalclip.adapters import (
     dci_boxes,
     run_convert,
 )
-from goalclip.manifest import ManifestError, read_boxes, read_manifest
+from goalclip.core.manifest import ManifestError, read_boxes, read_manifest
 
 # ----------------------------------------------------------------------------- fixture writers
 
@@ -292,7 +292,7 @@ def _goal(root: Path) -> tuple[Path, Path]:
 
 def _roundtrip(records: list[dict], out: Path) -> list[dict]:
     """Write through convert's writer and read back with the strict reader (images must exist)."""
-    from goalclip.manifest import write_manifest
+    from goalclip.core.manifest import write_manifest
 
     write_manifest(out, records)
     return read_manifest(out, check_images=True)
@@ -317,7 +317,7 @@ def test_docci_test_split_skips_missing_empty_and_aar(tmp_path: Path) -> None:
 
 
 def test_adapter_called_directly_still_warns(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="goalclip.adapters"):
+    with caplog.at_level(logging.WARNING, logger="goalclip.datasets.adapters"):
         convert_docci(_docci(tmp_path / "docci"), "test")
     assert "skipped 1 record(s): missing image (first ids: test_00001)" in caplog.text
 
@@ -563,7 +563,7 @@ def test_run_convert_cli_roundtrip(tmp_path: Path, caplog: pytest.LogCaptureFixt
             "0",
         ]
     )
-    with caplog.at_level(logging.WARNING, logger="goalclip.adapters"):
+    with caplog.at_level(logging.WARNING, logger="goalclip.datasets.adapters"):
         result = run_convert(args)
     assert result["written"] == 0 and result["skipped"] == {"missing image": 1} and result["total_skipped"] == 1
     assert "COCO_val2014_000000000001" in caplog.text

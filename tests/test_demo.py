@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from goalclip.demo import iou, mining_accuracy
+from goalclip.demo.pipeline import iou, mining_accuracy
 
 
 def test_iou_hand_cases():

@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
-from goalclip import evaluate as ev
-from goalclip.manifest import ManifestError, write_jsonl
-from goalclip.model import build_tiny_clip, load_clip, save_clip, tokenize
+from goalclip.evaluation import retrieval as ev
+from goalclip.core.manifest import ManifestError, write_jsonl
+from goalclip.models.clip import build_tiny_clip, load_clip, save_clip, tokenize
 
 SHAPES = [
     ("red", "square"),

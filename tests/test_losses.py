@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from goalclip.losses import (
+from goalclip.training.losses import (
     METHOD_TERMS,
     LossWeights,
     combine_losses,

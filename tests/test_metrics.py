@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 
-from goalclip.metrics import (
+from goalclip.evaluation.metrics import (
     ground_truth_ranks,
     joint_average_precisions,
     joint_map_at_k,

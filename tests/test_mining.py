@@ -9,12 +9,12 @@ import pytest
 import torch
 from PIL import Image
 
-import goalclip.mining as mining_module
-from goalclip.manifest import read_manifest
-from goalclip.mining import MineConfig, build_joint_test, match_pairs, mine
-from goalclip.model import load_clip
-from goalclip.regions import Region
-from goalclip.text import split_sentences
+import goalclip.mining.mine as mining_module
+from goalclip.core.manifest import read_manifest
+from goalclip.mining.mine import MineConfig, build_joint_test, match_pairs, mine
+from goalclip.models.clip import load_clip
+from goalclip.mining.regions import Region
+from goalclip.core.text import split_sentences
 
 # ----------------------------------------------------------------------------- match_pairs
 

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import save_file
 from transformers import AutoProcessor, CLIPModel
 
-from goalclip.model import (
+from goalclip.models.clip import (
     ModelLoadError,
     embed_texts,
     load_clip,

@@ -14,8 +14,8 @@ import pytest
 import torch
 from PIL import Image
 
-import goalclip.regions as regions
-from goalclip.regions import (
+import goalclip.mining.regions as regions
+from goalclip.mining.regions import (
     CombinedProposer,
     DetectorProposer,
     ExternalProposer,
@@ -173,7 +173,7 @@ def test_external_proposer_clips_drops_and_counts_missing_ids(caplog):
     }
     proposer = ExternalProposer(boxes)
     images = [_image(40, 30), _image(40, 30), _image(40, 30)]
-    with caplog.at_level(logging.WARNING, logger="goalclip.regions"):
+    with caplog.at_level(logging.WARNING, logger="goalclip.mining.regions"):
         out = proposer.propose(images, ["a", "b", "c"])
         proposer.propose(images[:1], ["d"])
     assert out[0] == [Region((0.0, 0.0, 20.0, 20.0), "external"), Region((10.0, 10.0, 30.0, 25.0), "external")]
@@ -217,7 +217,7 @@ def test_build_proposer_kinds_without_models(caplog):
     assert build_proposer("flism, grid,whole", boxes=boxes).name == "external+grid+whole"
     out = build_proposer("flism", boxes=boxes).propose([_image(40, 30)], ["a"])[0]
     assert [r.source for r in out] == ["external"] + ["grid"] * 5
-    with caplog.at_level(logging.WARNING, logger="goalclip.regions"):
+    with caplog.at_level(logging.WARNING, logger="goalclip.mining.regions"):
         build_proposer("grid", boxes=boxes)
     assert "--boxes is given but --regions grid does not use it" in caplog.text
 

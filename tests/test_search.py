@@ -1,4 +1,4 @@
-"""Folder search with a cached incremental index (goalclip.search)."""
+"""Folder search with a cached incremental index (goalclip.viz.search)."""
 
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ import torch
 from PIL import Image
 from transformers import CLIPTextModelWithProjection
 
-from goalclip import search as search_module
-from goalclip.images import load_rgb, pixel_values
-from goalclip.model import ClipBundle, build_tiny_clip, embed_images, embed_texts, load_clip, save_clip, tokenize
-from goalclip.search import SearchError, build_index, model_key, search
+from goalclip.viz import search as search_module
+from goalclip.core.images import load_rgb, pixel_values
+from goalclip.models.clip import ClipBundle, build_tiny_clip, embed_images, embed_texts, load_clip, save_clip, tokenize
+from goalclip.viz.search import SearchError, build_index, model_key, search
 
 TEXTS = [
     "a red square in the top left of a dark picture",
@@ -144,7 +144,7 @@ def test_inconsistent_index_is_rebuilt(bundle, folder, counter, caplog):
     data["token"] = "stale"
     listing.write_text(json.dumps(data))
     counter.clear()
-    with caplog.at_level(logging.WARNING, logger="goalclip.search"):
+    with caplog.at_level(logging.WARNING, logger="goalclip.viz.search"):
         index = build_index(bundle, folder, "tiny")
     assert index.embedded == 5 and sum(counter) == 5
     assert "does not match" in caplog.text
@@ -188,7 +188,7 @@ def test_text_only_model_is_a_clear_error(bundle, tmp_path):
 def test_long_query_is_truncated_with_a_warning(bundle, folder, caplog):
     index = build_index(bundle, folder, "tiny")
     long_query = " ".join(TEXTS)
-    with caplog.at_level(logging.WARNING, logger="goalclip.search"):
+    with caplog.at_level(logging.WARNING, logger="goalclip.viz.search"):
         results = search(index, bundle, [long_query, "a red square"], k=2)
     assert len(results) == 2 and "1 of 2 queries are longer than the model's 32-token context" in caplog.text
 

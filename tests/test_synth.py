@@ -12,8 +12,8 @@ import pysbd
 import pytest
 from PIL import Image
 
-from goalclip.manifest import read_boxes, read_manifest
-from goalclip.synth import (
+from goalclip.core.manifest import read_boxes, read_manifest
+from goalclip.demo.world import (
     COLOURS,
     OBJECT_TEMPLATES,
     PRETRAIN_TEMPLATE,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from goalclip.text import Sentence, clean_text, locate_sentence, split_sentences, token_span, usable_span
+from goalclip.core.text import Sentence, clean_text, locate_sentence, split_sentences, token_span, usable_span
 
 
 # ----------------------------------------------------------------------------- clean_text

@@ -1,4 +1,4 @@
-"""Attention/PCA maps, retrieval grids and mined-pair pictures (goalclip.viz)."""
+"""Attention/PCA maps, retrieval grids and mined-pair pictures (goalclip.viz.figures)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from goalclip import viz
-from goalclip.images import load_rgb, pixel_values
-from goalclip.model import ClipBundle, build_tiny_clip, embed_images, embed_texts, load_clip, save_clip, tokenize
+from goalclip.viz import figures as viz
+from goalclip.core.images import load_rgb, pixel_values
+from goalclip.models.clip import ClipBundle, build_tiny_clip, embed_images, embed_texts, load_clip, save_clip, tokenize
 
 TEXTS = [
     "a red square in the top left of a dark picture",

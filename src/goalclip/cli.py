@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .losses import LossWeights
+from goalclip.training.losses import LossWeights
 
 logger = logging.getLogger("goalclip")
 
@@ -51,7 +51,7 @@ def _add_mine(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_mine(args: argparse.Namespace) -> str:
-    from .mining import MineConfig, mine
+    from goalclip.mining.mine import MineConfig, mine
 
     summary = mine(MineConfig(
         model=args.model, base=args.base, data=args.data, out=args.out, regions=args.regions, boxes=args.boxes,
@@ -113,7 +113,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> str:
-    from .train import TrainConfig, train
+    from goalclip.training.trainer import TrainConfig, train
 
     summary = train(TrainConfig(
         model=args.model, base=args.base, data=args.data, out=args.out, method=args.method, epochs=args.epochs,
@@ -131,7 +131,7 @@ def _run_train(args: argparse.Namespace) -> str:
 
 
 def _add_data(sub: argparse._SubParsersAction) -> None:
-    from .adapters import add_convert_arguments
+    from goalclip.datasets.adapters import add_convert_arguments
 
     p = sub.add_parser("data", help="dataset conversion and joint-test building")
     data_sub = p.add_subparsers(dest="data_command", required=True)
@@ -147,14 +147,14 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_data_convert(args: argparse.Namespace) -> str:
-    from .adapters import run_convert
+    from goalclip.datasets.adapters import run_convert
 
     summary = run_convert(args)
     return f"converted {summary.get('written')} records ({summary.get('total_skipped', 0)} skipped) -> {summary.get('out')}"
 
 
 def _run_data_joint(args: argparse.Namespace) -> str:
-    from .mining import build_joint_test
+    from goalclip.mining.mine import build_joint_test
 
     s = build_joint_test(args.data, args.mined, args.out)
     return f"joint test: {s['joint_items']} of {s['images']} images have a local pair -> {s['out']}"
@@ -188,7 +188,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_demo(args: argparse.Namespace) -> str:
-    from .demo import run_demo
+    from goalclip.demo.pipeline import run_demo
 
     summary = run_demo(args.out, quick=args.quick, seed=args.seed, num_workers=args.num_workers)
     return summary["summary"]
@@ -205,16 +205,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_mine(sub)
     _add_train(sub)
     _add_delegated(sub, "eval", "retrieval Recall@K and joint mAP@K for one or more models on the same data",
-                   "evaluate", "add_eval_arguments", "run_eval")
+                   "evaluation.retrieval", "add_eval_arguments", "run_eval")
     _add_delegated(sub, "viz", "attention maps, retrieval grids and mined pairs as PNG files",
-                   "viz", "add_viz_arguments", "run_viz")
+                   "viz.figures", "add_viz_arguments", "run_viz")
     _add_delegated(sub, "search", "long-text search over an image folder with a cached index",
-                   "search", "add_search_arguments", "run_search")
+                   "viz.search", "add_search_arguments", "run_search")
     _add_data(sub)
     convert = sub.add_parser("convert", help="import checkpoints from other layouts")
     convert_sub = convert.add_subparsers(dest="convert_command", required=True)
     _add_delegated(convert_sub, "longclip", "convert a Long-CLIP (OpenAI-layout) checkpoint into a "
-                   "transformers CLIPModel folder", "convert", "add_convert_longclip_arguments",
+                   "transformers CLIPModel folder", "models.convert", "add_convert_longclip_arguments",
                    "run_convert_longclip")
     _add_demo(sub)
     return parser

@@ -16,13 +16,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .evaluate import EvalConfig, evaluate, markdown_table
-from .manifest import read_manifest
-from .mining import MineConfig, build_joint_test, mine
-from .model import build_tiny_clip, save_clip
-from .synth import WorldConfig, generate_world
-from .train import TrainConfig, train
-from .viz import plot_attention, plot_retrieval
+from goalclip.evaluation.retrieval import EvalConfig, evaluate, markdown_table
+from goalclip.core.manifest import read_manifest
+from goalclip.mining.mine import MineConfig, build_joint_test, mine
+from goalclip.models.clip import build_tiny_clip, save_clip
+from goalclip.demo.world import WorldConfig, generate_world
+from goalclip.training.trainer import TrainConfig, train
+from goalclip.viz.figures import plot_attention, plot_retrieval
 
 logger = logging.getLogger(__name__)
 

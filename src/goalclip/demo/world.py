@@ -37,7 +37,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
-from goalclip.manifest import atomic_write, read_manifest, write_jsonl, write_manifest
+from goalclip.core.manifest import atomic_write, read_manifest, write_jsonl, write_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -505,7 +505,7 @@ def _boxes(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _readme(config: WorldConfig) -> str:
-    return f"""Synthetic long-caption world made by goalclip.synth (seed {config.seed}).
+    return f"""Synthetic long-caption world made by goalclip.demo.world (seed {config.seed}).
 
 Each image is {config.image_size}x{config.image_size} pixels on a {config.grid}x{config.grid} grid;
 every object sits centred in its own cell. Image paths are relative to this folder.

@@ -41,10 +41,10 @@ from accelerate.utils import (
 )
 from torch import Tensor
 
-from . import metrics
-from .images import PixelBatches
-from .manifest import ManifestError, atomic_write, captions_of, read_manifest
-from .model import ClipBundle, count_truncated, embed_images, encode_texts, load_clip
+from goalclip.evaluation import metrics as metrics
+from goalclip.core.images import PixelBatches
+from goalclip.core.manifest import ManifestError, atomic_write, captions_of, read_manifest
+from goalclip.models.clip import ClipBundle, count_truncated, embed_images, encode_texts, load_clip
 
 logger = logging.getLogger(__name__)
 

@@ -31,16 +31,16 @@ from typing import Any
 import torch
 from transformers import AutoConfig
 
-from .images import ImageError, PixelBatches, load_rgb
-from .manifest import atomic_write
-from .model import (
+from goalclip.core.images import ImageError, PixelBatches, load_rgb
+from goalclip.core.manifest import atomic_write
+from goalclip.models.clip import (
     ClipBundle,
     is_state_dict_file,
     count_truncated,
     embed_images,
     load_clip,
 )
-from .model import encode_texts as model_encode_texts
+from goalclip.models.clip import encode_texts as model_encode_texts
 
 logger = logging.getLogger(__name__)
 

@@ -24,11 +24,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from .images import ImageError, crop_to_box, load_rgb, pixel_values
-from .manifest import captions_of, iter_jsonl, read_manifest, relativize, write_jsonl, write_manifest
-from .model import ClipBundle, embed_images, encode_texts, load_clip
-from .regions import Region, RegionProposer, build_proposer
-from .text import clean_text, split_sentences
+from goalclip.core.images import ImageError, crop_to_box, load_rgb, pixel_values
+from goalclip.core.manifest import captions_of, iter_jsonl, read_manifest, relativize, write_jsonl, write_manifest
+from goalclip.models.clip import ClipBundle, embed_images, encode_texts, load_clip
+from goalclip.mining.regions import Region, RegionProposer, build_proposer
+from goalclip.core.text import clean_text, split_sentences
 
 logger = logging.getLogger(__name__)
 

@@ -43,10 +43,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
-from .images import load_rgb, pixel_values
-from .manifest import atomic_write, captions_of, read_manifest
-from .model import ClipBundle
-from .search import IMAGE_SUFFIXES, encode_images, encode_texts, load_vision_bundle, topk_inner_product
+from goalclip.core.images import load_rgb, pixel_values
+from goalclip.core.manifest import atomic_write, captions_of, read_manifest
+from goalclip.models.clip import ClipBundle
+from goalclip.viz.search import IMAGE_SUFFIXES, encode_images, encode_texts, load_vision_bundle, topk_inner_product
 
 logger = logging.getLogger(__name__)
 

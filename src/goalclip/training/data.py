@@ -18,10 +18,10 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from .images import ImageError, crop_to_box, load_rgb, pixel_values
-from .manifest import ManifestError, SkipReport, captions_of, iter_records
-from .model import ClipBundle
-from .text import clean_text, locate_sentence, token_span, usable_span
+from goalclip.core.images import ImageError, crop_to_box, load_rgb, pixel_values
+from goalclip.core.manifest import ManifestError, SkipReport, captions_of, iter_records
+from goalclip.models.clip import ClipBundle
+from goalclip.core.text import clean_text, locate_sentence, token_span, usable_span
 
 logger = logging.getLogger(__name__)
 

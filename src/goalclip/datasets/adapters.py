@@ -2,13 +2,13 @@
 
 Every adapter reads a dataset exactly as its authors ship it and returns captioned records
 (``{"id", "image", "caption"}`` or ``"captions": [...]``, see DESIGN.md "Data formats") with
-absolute image paths; :func:`convert` writes them with :func:`~goalclip.manifest.write_manifest`,
+absolute image paths; :func:`convert` writes them with :func:`~goalclip.core.manifest.write_manifest`,
 which makes the paths relative to the manifest. Nothing is copied or re-encoded.
 
 Shared rules, so that every manifest can be trusted the same way:
 
 - a malformed source (a missing field, a wrong type, broken JSON) raises
-  :class:`~goalclip.manifest.ManifestError` naming the file, the entry and the field: silently
+  :class:`~goalclip.core.manifest.ManifestError` naming the file, the entry and the field: silently
   guessing would produce a manifest that evaluates on the wrong captions;
 - broken *entries* (an empty caption, a photo that is not on disk, a repeated id) are skipped and
   tallied, with the first few ids, because real downloads always miss a few files and one of them
@@ -35,7 +35,7 @@ from typing import Any
 
 from PIL import Image
 
-from .manifest import ManifestError, iter_jsonl, validate_record, write_jsonl, write_manifest
+from goalclip.core.manifest import ManifestError, iter_jsonl, validate_record, write_jsonl, write_manifest
 
 logger = logging.getLogger(__name__)
 

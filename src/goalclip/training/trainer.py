@@ -26,10 +26,10 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import CLIPModel, get_cosine_schedule_with_warmup
 
-from .data import Collate, TrainDataset, load_examples
-from .losses import METHOD_TERMS, LossWeights, combine_losses, contrastive_loss, masked_mean, tsl_loss
-from .manifest import SkipReport, atomic_write
-from .model import (
+from goalclip.training.data import Collate, TrainDataset, load_examples
+from goalclip.training.losses import METHOD_TERMS, LossWeights, combine_losses, contrastive_loss, masked_mean, tsl_loss
+from goalclip.core.manifest import SkipReport, atomic_write
+from goalclip.models.clip import (
     ClipBundle,
     image_forward,
     load_clip,

@@ -25,7 +25,7 @@ from transformers import (
     CLIPTokenizer,
 )
 
-from .text import clean_text
+from goalclip.core.text import clean_text
 
 logger = logging.getLogger(__name__)
 

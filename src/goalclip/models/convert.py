@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 from transformers import AutoImageProcessor, AutoTokenizer, CLIPConfig, CLIPModel, PreTrainedTokenizerBase
 
-from .model import ClipBundle, ModelLoadError, read_state_dict, save_clip
+from goalclip.models.clip import ClipBundle, ModelLoadError, read_state_dict, save_clip
 
 logger = logging.getLogger(__name__)
 

@@ -31,7 +31,7 @@ from typing import Protocol
 import torch
 from PIL import Image
 
-from goalclip.manifest import LOCAL_SOURCES, read_boxes
+from goalclip.core.manifest import LOCAL_SOURCES, read_boxes
 
 logger = logging.getLogger(__name__)
 

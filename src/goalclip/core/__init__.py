@@ -1,0 +1,1 @@
+"""Shared foundations: text cleaning and sentence spans, image decoding, JSONL manifests."""

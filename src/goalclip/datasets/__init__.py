@@ -1,0 +1,1 @@
+"""Adapters that turn public datasets' own layouts into goalclip manifests."""

@@ -1,0 +1,1 @@
+"""Evaluation: Recall@K and joint mAP@K as tensor ops, and the multi-model harness."""

@@ -1,0 +1,1 @@
+"""Local pair mining: region proposers and LISM/FLISM sentence-region matching."""

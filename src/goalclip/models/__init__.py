@@ -1,0 +1,1 @@
+"""Loading, saving and stretching CLIP models, and converting other checkpoint layouts."""

@@ -1,0 +1,1 @@
+"""Training: examples and collate, the GOAL losses, the Accelerate training loop."""

@@ -1,0 +1,1 @@
+"""Seeing results: attention maps, retrieval grids, mined pairs, long-text image search."""
