@@ -46,7 +46,7 @@ def test_bad_manifest_line_is_one_clear_error(tiny_world, tmp_path, capsys):
     code = main(["train", "--model", str(tiny_world.model), "--data", str(bad), "--out", str(tmp_path / "o"),
                  "--max-steps", "1", "--batch-size", "2", "--num-workers", "0", "--no-progress"])
     err = capsys.readouterr().err
-    assert code == 2
+    assert code == 1
     assert f"{bad}:3: malformed JSON" in err and "Traceback" not in err
 
 
@@ -61,7 +61,7 @@ def test_skip_invalid_counts_instead_of_stopping(tiny_world, tmp_path, capsys):
     args = ["train", "--model", str(tiny_world.model), "--data", str(bad), "--out", str(tmp_path / "o"),
             "--max-steps", "1", "--batch-size", "2", "--max-text-len", "40", "--keep-positions", "4",
             "--num-workers", "0", "--no-progress"]
-    assert main(args) == 2
+    assert main(args) == 1
     assert "field 'local.sentence' not found in the caption" in capsys.readouterr().err
     assert main([*args, "--skip-invalid"]) == 0
     assert "on 6 examples (2 skipped)" in capsys.readouterr().out
@@ -73,3 +73,81 @@ def test_every_option_has_help(command):
     sub = next(a for a in parser._actions if a.dest == "command").choices[command]
     undocumented = [a.option_strings for a in sub._actions if a.option_strings and not a.help]
     assert undocumented == []
+
+
+def _subparsers(parser):
+    """Every (name, parser) pair below ``parser``, nested subcommands included (viz attention, ...)."""
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield name, sub
+                yield from ((f"{name} {n}", s) for n, s in _subparsers(sub))
+
+
+def test_building_the_parser_imports_neither_torch_nor_transformers():
+    """--help must be instant: parsers are built without the heavy libraries."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from goalclip.cli import build_parser; build_parser(); "
+            "print(sorted(m for m in ('torch', 'transformers', 'accelerate') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_every_subcommand_option_has_help_and_devices_default_to_auto():
+    for name, sub in _subparsers(build_parser()):
+        for action in sub._actions:
+            if action.option_strings and action.dest != "help":
+                assert action.help, f"goalclip {name} {action.option_strings} has no help"
+            if action.dest == "device":
+                assert action.default == "auto", f"goalclip {name} --device defaults to {action.default!r}"
+
+
+@pytest.mark.parametrize("command", ["mine", "train", "eval", "search", "demo", "viz attention", "viz retrieval"])
+def test_long_commands_take_no_progress(command):
+    parsers = dict(_subparsers(build_parser()))
+    assert "--no-progress" in parsers[command]._option_string_actions
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.startswith("goalclip ")
+
+
+def test_usage_error_exits_2_and_runtime_error_exits_1(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--model", "m"])  # --data and --out missing
+    assert exit_info.value.code == 2
+    capsys.readouterr()
+    code = main(["eval", "--model", "m", "--data", str(tmp_path / "missing.jsonl"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 1 and err.startswith("goalclip eval: error:") and "Traceback" not in err
+
+
+def test_unexpected_exception_is_one_line_and_verbose_shows_the_traceback(monkeypatch, tmp_path, capsys):
+    import goalclip.cli.data as data_cli
+
+    def broken(args):
+        raise KeyError("boom")
+
+    monkeypatch.setattr(data_cli, "run_joint", broken)  # bound when main() builds the parser
+    argv = ["data", "joint", "--data", "a", "--mined", "b", "--out", str(tmp_path / "c")]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unexpected error (KeyError)" in err and "-v" in err
+    with pytest.raises(KeyError):
+        main(["-v", *argv])
+
+
+def test_no_progress_also_silences_transformers_bars(tmp_path):
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.enable_progress_bar()
+    main(["eval", "--model", "m", "--data", str(tmp_path / "missing.jsonl"), "--no-progress"])
+    assert not hf_logging.is_progress_bar_enabled()
+    hf_logging.enable_progress_bar()

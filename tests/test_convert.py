@@ -10,13 +10,13 @@ argmax picks on real OpenAI vocabularies.
 
 from __future__ import annotations
 
-import argparse
 
 import open_clip
 import pytest
 import torch
 from safetensors.torch import save_file
 
+from goalclip.cli import main
 from goalclip.models import convert as convert
 from goalclip.models.clip import ModelLoadError, build_tiny_clip, load_clip, save_clip
 
@@ -120,7 +120,7 @@ def test_longclip_tables_fold_into_one(tiny):
     torch.testing.assert_close(want[1], plain[1], atol=1e-5, rtol=0)
 
 
-def test_cli_converts_an_fp16_checkpoint_file(tiny, tmp_path):
+def test_cli_converts_an_fp16_checkpoint_file(tiny, tmp_path, capsys):
     reference = _open_clip(tiny["tokenizer"], context_length=248, seed=2)
     state = reference.state_dict()
     state["positional_embedding_res"] = state["positional_embedding"].flip(0)
@@ -128,13 +128,11 @@ def test_cli_converts_an_fp16_checkpoint_file(tiny, tmp_path):
     torch.save(half, tmp_path / "longclip.pt")
     processor_dir = save_clip(tiny["bundle"], tmp_path / "processor")
 
-    parser = convert.add_convert_longclip_arguments(argparse.ArgumentParser())
-    args = parser.parse_args(
-        ["--checkpoint", str(tmp_path / "longclip.pt"), "--processor", str(processor_dir),
+    assert main(
+        ["convert", "longclip", "--checkpoint", str(tmp_path / "longclip.pt"), "--processor", str(processor_dir),
          "--out", str(tmp_path / "converted"), "--heads", "2"]
-    )
-    result = convert.run_convert_longclip(args)
-    assert result["max_text_len"] == 248 and "text context 248" in result["summary"]
+    ) == 0
+    assert "text context 248" in capsys.readouterr().out
 
     loaded = load_clip(str(tmp_path / "converted"))
     direct = _convert(half, tiny)

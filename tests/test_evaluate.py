@@ -8,7 +8,6 @@ metric mismatch.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 from pathlib import Path
@@ -18,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
+from goalclip.cli import main
 from goalclip.evaluation import retrieval as ev
 from goalclip.core.manifest import ManifestError, write_jsonl
 from goalclip.models.clip import build_tiny_clip, load_clip, save_clip, tokenize
@@ -264,16 +264,16 @@ def test_cache_hit_does_not_encode(world, tmp_path, monkeypatch):
 
 
 def test_two_models_one_table_and_cli(world, tmp_path, capsys):
-    parser = ev.add_eval_arguments(argparse.ArgumentParser())
     out = tmp_path / "metrics.json"
-    args = parser.parse_args(
-        ["--model", world["models"][0], "--model", world["models"][1], "--data", _single(world["root"]),
+    assert main(
+        ["eval", "--model", world["models"][0], "--model", world["models"][1], "--data", _single(world["root"]),
          "--joint", _joint(world["root"]), "--ks", "1", "5", "--device", "cpu", "--out", str(out), "--no-progress"]
-    )
-    results = ev.run_eval(args)
+    ) == 0
+    results = json.loads(out.read_text())
     table = ev.markdown_table(results).splitlines()
-    assert capsys.readouterr().out.strip().splitlines() == table
-    assert results["summary"].startswith("evaluated 2 model(s); retrieval: 6 images / 6 texts; joint: 12 images")
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert printed[:-1] == table
+    assert printed[-1].startswith("evaluated 2 model(s); retrieval: 6 images / 6 texts; joint: 12 images")
     assert table[0] == "| model | i2t@1 | i2t@5 | t2i@1 | t2i@5 | i2t_map@10 | t2i_map@10 |"
     # rows are named by folder when the folder names tell the models apart
     assert [line.split(" | ")[0] for line in table[2:]] == [f"| {Path(m).name}" for m in world["models"]]

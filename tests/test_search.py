@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -17,6 +16,7 @@ from transformers import CLIPTextModelWithProjection
 from goalclip.viz import search as search_module
 from goalclip.core.images import load_rgb, pixel_values
 from goalclip.models.clip import ClipBundle, build_tiny_clip, embed_images, embed_texts, load_clip, save_clip, tokenize
+from goalclip.cli import main
 from goalclip.viz.search import SearchError, build_index, model_key, search
 
 TEXTS = [
@@ -208,15 +208,12 @@ def test_model_key_changes_when_the_model_files_change(model_dir, tmp_path):
 
 
 def test_command_line_prints_results_writes_sheet_and_reuses_the_index(model_dir, folder, tmp_path, capsys):
-    parser = argparse.ArgumentParser(prog="goalclip search")
-    search_module.add_search_arguments(parser)
-    for action in parser._actions:
-        if action.option_strings and action.dest != "help":
-            assert action.help, f"{action.option_strings} has no help"
     queries_file = tmp_path / "queries.txt"
     queries_file.write_text("a dark picture\n\n", encoding="utf-8")
     (folder / "broken.png").write_bytes(b"not an image")
+    results_file = tmp_path / "results.json"
     argv = [
+        "search",
         "--model",
         str(model_dir),
         "--images",
@@ -230,20 +227,22 @@ def test_command_line_prints_results_writes_sheet_and_reuses_the_index(model_dir
         "--sheet",
         str(tmp_path / "sheet.png"),
         "--out",
-        str(tmp_path / "results.json"),
+        str(results_file),
+        "--no-progress",
     ]
-    summary = search_module.run_search(parser.parse_args(argv))
+    assert main(argv) == 0
     printed = capsys.readouterr().out
+    summary = json.loads(results_file.read_text())
     assert "skipped unreadable image" in printed and "broken.png" in printed
     assert f"query: {QUERIES[0]}" in printed and "query: a dark picture" in printed
     assert printed.strip().splitlines()[-1].startswith("search: 2 queries over 5 images (5 embedded, 0 reused")
     assert [len(r["hits"]) for r in summary["results"]] == [3, 3]
-    assert json.loads((tmp_path / "results.json").read_text())["results"] == summary["results"]
     with Image.open(tmp_path / "sheet.png") as sheet:
         assert sheet.format == "PNG" and sheet.width > 300
 
-    second = search_module.run_search(parser.parse_args(argv))
+    assert main(argv) == 0
+    second = json.loads(results_file.read_text())
     assert (second["embedded"], second["reused"]) == (0, 5)
     assert second["results"] == summary["results"]
-    with pytest.raises(SearchError, match="no queries"):
-        search_module.run_search(parser.parse_args(["--model", str(model_dir), "--images", str(folder)]))
+    assert main(["search", "--model", str(model_dir), "--images", str(folder)]) == 1
+    assert "goalclip search: error: no queries" in capsys.readouterr().err

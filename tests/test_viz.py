@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
+from goalclip.cli import build_parser, main
 from goalclip.viz import figures as viz
 from goalclip.core.images import load_rgb, pixel_values
 from goalclip.models.clip import ClipBundle, build_tiny_clip, embed_images, embed_texts, load_clip, save_clip, tokenize
@@ -296,8 +297,7 @@ def test_plot_pairs_draws_the_box_where_it_belongs(tmp_path):
 
 
 def test_viz_command_line_options_have_help_and_run(tmp_path, capsys):
-    parser = argparse.ArgumentParser(prog="goalclip viz")
-    viz.add_viz_arguments(parser)
+    parser = next(a for a in build_parser()._actions if a.dest == "command").choices["viz"]
     subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     assert set(subparsers.choices) == {"attention", "retrieval", "pairs"}
     for sub in subparsers.choices.values():
@@ -313,7 +313,6 @@ def test_viz_command_line_options_have_help_and_run(tmp_path, capsys):
         "local": {"sentence": "x.", "box": [1, 2, 20, 25], "score": 0.5, "source": "external"},
     }
     (tmp_path / "m.jsonl").write_text(json.dumps(record) + "\n", encoding="utf-8")
-    args = parser.parse_args(["pairs", "--data", str(tmp_path / "m.jsonl"), "--out", str(tmp_path / "out")])
-    result = viz.run_viz(args)
-    assert len(result["files"]) == 1
+    assert main(["viz", "pairs", "--data", str(tmp_path / "m.jsonl"), "--out", str(tmp_path / "out")]) == 0
+    assert len(list((tmp_path / "out").glob("*.png"))) == 1
     assert capsys.readouterr().out.strip().splitlines()[-1].startswith("viz pairs: 1 pairs")

@@ -87,7 +87,9 @@ def mining_accuracy(world_manifest: str | Path, mined_manifest: str | Path) -> d
             "scene_sentence_chosen": scene}
 
 
-def run_demo(out: str | Path, *, quick: bool = False, seed: int = 0, num_workers: int = 0) -> dict[str, Any]:
+def run_demo(
+    out: str | Path, *, quick: bool = False, seed: int = 0, num_workers: int = 0, progress: bool = True
+) -> dict[str, Any]:
     """Run every step and write ``summary.json`` + ``README.txt`` describing the outputs."""
     started = time.perf_counter()
     plan = QUICK if quick else DemoPlan()
@@ -109,7 +111,7 @@ def run_demo(out: str | Path, *, quick: bool = False, seed: int = 0, num_workers
         texts, image_size=plan.image_size, patch_size=plan.patch_size, width=plan.width, layers=plan.layers,
         projection_dim=plan.width,
         context_length=plan.context, seed=seed), out / "models" / "init"))
-    common = {"num_workers": num_workers, "seed": seed, "progress": True, "checkpoint_epochs": False}
+    common = {"num_workers": num_workers, "seed": seed, "progress": progress, "checkpoint_epochs": False}
     timed("pretrain", train, TrainConfig(
         model=str(init), data=str(world.pretrain), out=str(out / "models" / "pretrained"), method="global",
         max_steps=plan.pretrain_steps, batch_size=plan.pretrain_batch, lr=plan.pretrain_lr,
@@ -123,7 +125,7 @@ def run_demo(out: str | Path, *, quick: bool = False, seed: int = 0, num_workers
             stale.unlink()
         timed(f"mine_{split}", mine, MineConfig(
             model=pretrained, data=str(manifest), out=str(mined[split]), regions="flism", boxes=str(boxes),
-            num_workers=num_workers, batch_size=64, progress=True))
+            num_workers=num_workers, batch_size=64, progress=progress))
     accuracy = mining_accuracy(world.train, mined["train"])
     joint = out / "mined" / "test_joint.jsonl"
     build_joint_test(str(world.test), str(mined["test"]), str(joint))

@@ -20,7 +20,6 @@ gathered and the main process scores and writes. A plain single process needs no
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
@@ -41,7 +40,7 @@ from accelerate.utils import (
 )
 from torch import Tensor
 
-from goalclip.evaluation import metrics as metrics
+from goalclip.evaluation import metrics
 from goalclip.core.images import PixelBatches
 from goalclip.core.manifest import ManifestError, atomic_write, captions_of, read_manifest
 from goalclip.models.clip import ClipBundle, count_truncated, embed_images, encode_texts, load_clip
@@ -530,93 +529,3 @@ def markdown_table(results: dict[str, Any]) -> str:
         cells = [f"{row['metrics'][c]:.2f}" if c in row["metrics"] else "" for c in columns]
         lines.append("| " + " | ".join([name, *cells]) + " |")
     return "\n".join(lines)
-
-
-# ----------------------------------------------------------------------------- command line
-
-
-def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add ``goalclip eval``'s options to ``parser``."""
-    parser.add_argument(
-        "--model", action="append", required=True, dest="models", metavar="M",
-        help="model to evaluate: a hub id, a local folder (CLIPModel + tokenizer + image processor) "
-        "or a state-dict file (needs --base); repeat to compare several models in one table",
-    )
-    parser.add_argument(
-        "--base", default=None,
-        help="architecture (hub id or folder) that state-dict files given to --model are loaded onto",
-    )
-    parser.add_argument(
-        "--data", required=True,
-        help="test manifest (JSON Lines: id, image, caption or captions) for Recall@K both ways",
-    )
-    parser.add_argument(
-        "--joint", default=None,
-        help="mined manifest (records with a 'local' pair) for the global-local joint test: global "
-        "image + crop and caption + sentence per record, scored with mAP@10 both ways",
-    )
-    parser.add_argument(
-        "--ks", type=int, nargs="+", default=None,
-        help="K values for Recall@K (default: 1 5 25 50, or 1 5 10 when records have several captions)",
-    )
-    parser.add_argument("--batch-size", type=int, default=64, help="images or texts per forward pass")
-    parser.add_argument(
-        "--num-workers", type=int, default=0, help="DataLoader worker processes decoding images (0 = in process)"
-    )
-    parser.add_argument(
-        "--device", default="cuda" if torch.cuda.is_available() else "cpu",
-        help="device for a single process (under accelerate launch each process uses its own)",
-    )
-    parser.add_argument(
-        "--precision", choices=sorted(PRECISIONS), default="fp32",
-        help="weights and activations dtype; embeddings are compared in fp32 either way",
-    )
-    parser.add_argument(
-        "--cache-dir", default=None,
-        help="folder caching embeddings per model + data + max text length + precision, so reruns "
-        "and added models do not re-encode (default: no cache)",
-    )
-    parser.add_argument("--out", default=None, help="write metrics, counts and timing as JSON to this file")
-    parser.add_argument(
-        "--max-text-len", type=int, default=None,
-        help="truncate texts to this many tokens (default and upper bound: each model's own context)",
-    )
-    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    return parser
-
-
-def run_eval(args: argparse.Namespace) -> dict[str, Any]:
-    """``goalclip eval``: evaluate and print the Markdown table.
-
-    Returns the results with a one-line ``"summary"``, which the ``goalclip`` entry point prints
-    last (as for every command); other processes under ``accelerate launch`` return ``{}``.
-    """
-    config = EvalConfig(
-        models=list(args.models),
-        data=args.data,
-        base=args.base,
-        joint=args.joint,
-        ks=args.ks,
-        batch_size=args.batch_size,
-        num_workers=args.num_workers,
-        device=args.device,
-        precision=args.precision,
-        cache_dir=args.cache_dir,
-        out=args.out,
-        progress=not args.no_progress,
-        max_text_len=args.max_text_len,
-    )
-    results = evaluate(config)
-    if not results:
-        return results
-    print(markdown_table(results))
-    parts = [
-        f"{kind}: {s['image_items']} images / {s['text_items']} texts"
-        + (f" ({len(s['excluded_ids'])} records excluded)" if s["excluded_ids"] else "")
-        for kind, s in results["sets"].items()
-    ]
-    where = f"; metrics -> {config.out}" if config.out else ""
-    results["summary"] = (
-        f"evaluated {len(results['models'])} model(s); {'; '.join(parts)}; {results['elapsed_s']:.1f}s{where}"
-    )
-    return results

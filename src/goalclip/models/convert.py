@@ -21,17 +21,15 @@ reproduces Long-CLIP's text embeddings exactly.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import re
 from collections.abc import Mapping
-from typing import Any
 
 import torch
 from torch import Tensor
 from transformers import AutoImageProcessor, AutoTokenizer, CLIPConfig, CLIPModel, PreTrainedTokenizerBase
 
-from goalclip.models.clip import ClipBundle, ModelLoadError, read_state_dict, save_clip
+from goalclip.models.clip import ClipBundle, ModelLoadError
 
 logger = logging.getLogger(__name__)
 
@@ -298,58 +296,3 @@ def convert_openai_state_dict(
         " (Long-CLIP tables folded)" if folded else "",
     )
     return ClipBundle(model, tokenizer, processor)
-
-
-# ----------------------------------------------------------------------------- command line
-
-
-def add_convert_longclip_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add ``goalclip convert longclip``'s options to ``parser``."""
-    parser.add_argument(
-        "--checkpoint", required=True,
-        help="Long-CLIP (or any OpenAI-layout ViT CLIP) checkpoint file: .pt/.pth/.bin/.safetensors",
-    )
-    parser.add_argument(
-        "--processor", required=True,
-        help="hub id or folder whose tokenizer and image processor the checkpoint was trained with "
-        "(LongCLIP-L: openai/clip-vit-large-patch14; LongCLIP-B: openai/clip-vit-base-patch16)",
-    )
-    parser.add_argument(
-        "--out", required=True, help="output folder loadable by CLIPModel/AutoProcessor.from_pretrained"
-    )
-    parser.add_argument(
-        "--heads", type=int, default=None,
-        help="attention heads in both towers (default: width // 64, right for every OpenAI and Long-CLIP model)",
-    )
-    parser.add_argument(
-        "--keep", type=int, default=LONGCLIP_KEEP,
-        help="Long-CLIP mask boundary: text positions below it come from positional_embedding, the "
-        "rest from positional_embedding_res (20 in every released Long-CLIP)",
-    )
-    return parser
-
-
-def run_convert_longclip(args: argparse.Namespace) -> dict[str, Any]:
-    """``goalclip convert longclip``: convert a checkpoint and save the folder.
-
-    Returns the output folder, the context length and a one-line ``"summary"`` that the
-    ``goalclip`` entry point prints.
-    """
-    state = read_state_dict(args.checkpoint)
-    bundle = convert_openai_state_dict(
-        state,
-        tokenizer_source=args.processor,
-        text_heads=args.heads,
-        vision_heads=args.heads,
-        longclip_keep=args.keep,
-    )
-    out = save_clip(bundle, args.out)
-    vision = bundle.model.config.vision_config
-    return {
-        "out": str(out),
-        "max_text_len": bundle.max_text_len,
-        "summary": (
-            f"converted {args.checkpoint} -> {out} (ViT {vision.num_hidden_layers}x{vision.hidden_size}/"
-            f"{vision.patch_size} at {vision.image_size}px, text context {bundle.max_text_len})"
-        ),
-    }

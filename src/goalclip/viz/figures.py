@@ -26,8 +26,6 @@ importing this module changes no global backend and leaks no figures.
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import math
 import os
@@ -558,54 +556,8 @@ def plot_pairs(mined_manifest: str | os.PathLike, out_dir: str | os.PathLike, li
     return files
 
 
-# ----------------------------------------------------------------------------- command line
-
-
-def _model_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--model",
-        action="append",
-        required=True,
-        help="hub id, model folder or state-dict file; repeat to compare checkpoints",
-    )
-    parser.add_argument(
-        "--label",
-        action="append",
-        default=None,
-        help="name shown for each --model, in the same order (default: folder names)",
-    )
-    parser.add_argument("--base", default=None, help="architecture to load bare state-dict models into")
-    parser.add_argument("--device", default="cpu", help="torch device for the models (default cpu)")
-
-
-def add_viz_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Subcommands of ``goalclip viz``: attention, retrieval, pairs."""
-    sub = parser.add_subparsers(dest="viz_command", required=True, metavar="{attention,retrieval,pairs}")
-
-    attention = sub.add_parser("attention", help="CLS attention and patch-PCA maps, models side by side")
-    _model_options(attention)
-    attention.add_argument(
-        "--images", nargs="+", required=True, help="image files, or a folder whose images are used (sorted)"
-    )
-    attention.add_argument("--limit", type=int, default=8, help="at most this many images (default 8)")
-    attention.add_argument("--out", required=True, help="output PNG")
-
-    retrieval = sub.add_parser("retrieval", help="text->image top-k grids and image->text captions")
-    _model_options(retrieval)
-    retrieval.add_argument("--data", required=True, help="captioned-image manifest (JSON Lines)")
-    retrieval.add_argument("--queries", type=int, default=4, help="number of caption queries (default 4)")
-    retrieval.add_argument("--k", type=int, default=5, help="images shown per query and model (default 5)")
-    retrieval.add_argument("--seed", type=int, default=0, help="seed choosing the queries (default 0)")
-    retrieval.add_argument("--out", required=True, help="output PNG; ranks go to the same name with .json")
-
-    pairs = sub.add_parser("pairs", help="mined local pairs: box on the image with sentence, score, source")
-    pairs.add_argument("--data", required=True, help="mined-pairs manifest (JSON Lines with 'local')")
-    pairs.add_argument("--limit", type=int, default=50, help="at most this many pairs (default 50)")
-    pairs.add_argument("--out", required=True, help="output folder for one PNG per pair")
-    return parser
-
-
-def _expand_images(items: Sequence[str], limit: int) -> list[str]:
+def expand_images(items: Sequence[str], limit: int) -> list[str]:
+    """Image files given directly, or the images of given folders (sorted), at most ``limit``."""
     paths: list[str] = []
     for item in items:
         if os.path.isdir(item):
@@ -615,37 +567,3 @@ def _expand_images(items: Sequence[str], limit: int) -> list[str]:
     if not paths:
         raise VizError(f"no images found in {', '.join(items)}")
     return paths[:limit]
-
-
-def run_viz(args: argparse.Namespace) -> dict[str, Any]:
-    """Run ``goalclip viz <subcommand>`` and print a one-line summary."""
-    if args.viz_command == "attention":
-        images = _expand_images(args.images, args.limit)
-        result = plot_attention(args.model, images, args.out, args.label, base=args.base, device=args.device)
-        print(f"viz attention: {len(images)} images x {len(args.model)} models -> {result['out']}")
-        return result
-    if args.viz_command == "retrieval":
-        result = plot_retrieval(
-            args.model,
-            args.data,
-            args.out,
-            queries=args.queries,
-            k=args.k,
-            seed=args.seed,
-            labels=args.label,
-            base=args.base,
-            device=args.device,
-        )
-        ranks_file = Path(args.out).with_suffix(".json")
-        with atomic_write(ranks_file) as handle:
-            json.dump(result, handle, indent=1)
-        hits = ", ".join(
-            f"{name} R@1 {np.mean([row[0] for row in result['t2i'][name]['hits']]):.2f}" for name in result["models"]
-        )
-        print(f"viz retrieval: {len(result['queries'])} queries ({hits}) -> {result['out']}, ranks {ranks_file}")
-        return result
-    if args.viz_command == "pairs":
-        files = plot_pairs(args.data, args.out, limit=args.limit)
-        print(f"viz pairs: {len(files)} pairs -> {args.out}")
-        return {"out": args.out, "files": files}
-    raise VizError(f"unknown viz command {args.viz_command!r}")

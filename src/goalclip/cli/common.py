@@ -1,0 +1,41 @@
+"""Options and helpers shared by several commands, so each means the same everywhere."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+
+def add_device(parser: argparse.ArgumentParser, what: str = "the model") -> None:
+    parser.add_argument(
+        "--device", default="auto",
+        help=f"torch device for {what}: auto (CUDA when available, or each process's own device under "
+        "accelerate launch; else CPU), cpu, cuda, cuda:1, ... (default: auto)",
+    )
+
+
+def add_no_progress(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--no-progress", action="store_true",
+                        help="hide progress bars (goalclip's and the libraries' own, e.g. weight loading)")
+
+
+def add_model(parser: argparse.ArgumentParser, help_text: str) -> None:
+    parser.add_argument("--model", required=True, help=help_text)
+    parser.add_argument("--base", default=None, help="base model id/folder when --model is a bare state-dict file")
+
+
+def resolve_device(name: str) -> str:
+    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; anything else unchanged."""
+    if name != "auto":
+        return name
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def silence_library_progress_bars() -> None:
+    """``--no-progress`` also covers transformers' and huggingface_hub's own bars."""
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()

@@ -1,0 +1,84 @@
+"""``goalclip viz``: attention maps, retrieval grids and mined pairs as PNG files."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from goalclip.cli.common import add_device, add_no_progress, resolve_device
+
+
+def _model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", action="append", required=True,
+                        help="hub id, model folder or state-dict file; repeat to compare checkpoints")
+    parser.add_argument("--label", action="append", default=None,
+                        help="name shown for each --model, in the same order (default: folder names)")
+    parser.add_argument("--base", default=None, help="architecture to load bare state-dict models into")
+    add_device(parser, "the models")
+    add_no_progress(parser)
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    help_text = "attention maps, retrieval grids and mined pairs as PNG files"
+    parser = sub.add_parser("viz", help=help_text, description=help_text)
+    viz_sub = parser.add_subparsers(dest="viz_command", required=True, metavar="{attention,retrieval,pairs}")
+
+    attention = viz_sub.add_parser(
+        "attention", help="CLS attention and patch-PCA maps, models side by side",
+        description="For each image and model: the last layer's CLS-to-patch attention and the top-3 principal "
+        "components of the patch tokens as RGB (the attention and PCA figures of GOAL / FAST-GOAL).")
+    _model_options(attention)
+    attention.add_argument("--images", nargs="+", required=True,
+                           help="image files, or a folder whose images are used (sorted)")
+    attention.add_argument("--limit", type=int, default=8, help="at most this many images (default: 8)")
+    attention.add_argument("--out", required=True, help="output PNG")
+    attention.set_defaults(func=run_attention)
+
+    retrieval = viz_sub.add_parser("retrieval", help="text->image top-k grids and image->text captions")
+    _model_options(retrieval)
+    retrieval.add_argument("--data", required=True, help="captioned-image manifest (JSON Lines)")
+    retrieval.add_argument("--queries", type=int, default=4, help="number of caption queries (default: 4)")
+    retrieval.add_argument("--k", type=int, default=5, help="images shown per query and model (default: 5)")
+    retrieval.add_argument("--seed", type=int, default=0, help="seed choosing the queries (default: 0)")
+    retrieval.add_argument("--out", required=True, help="output PNG; ranks go to the same name with .json")
+    retrieval.set_defaults(func=run_retrieval)
+
+    pairs = viz_sub.add_parser("pairs", help="mined local pairs: box on the image with sentence, score, source")
+    pairs.add_argument("--data", required=True, help="mined-pairs manifest (JSON Lines with 'local')")
+    pairs.add_argument("--limit", type=int, default=50, help="at most this many pairs (default: 50)")
+    pairs.add_argument("--out", required=True, help="output folder for one PNG per pair")
+    pairs.set_defaults(func=run_pairs)
+
+
+def run_attention(args: argparse.Namespace) -> str:
+    from goalclip.viz.figures import expand_images, plot_attention
+
+    images = expand_images(args.images, args.limit)
+    result = plot_attention(args.model, images, args.out, args.label, base=args.base,
+                            device=resolve_device(args.device))
+    return f"viz attention: {len(images)} images x {len(args.model)} models -> {result['out']}"
+
+
+def run_retrieval(args: argparse.Namespace) -> str:
+    import numpy as np
+
+    from goalclip.core.manifest import atomic_write
+    from goalclip.viz.figures import plot_retrieval
+
+    result = plot_retrieval(args.model, args.data, args.out, queries=args.queries, k=args.k, seed=args.seed,
+                            labels=args.label, base=args.base, device=resolve_device(args.device))
+    ranks_file = Path(args.out).with_suffix(".json")
+    with atomic_write(ranks_file) as handle:
+        json.dump(result, handle, indent=1)
+    hits = ", ".join(
+        f"{name} R@1 {np.mean([row[0] for row in result['t2i'][name]['hits']]):.2f}" for name in result["models"]
+    )
+    return f"viz retrieval: {len(result['queries'])} queries ({hits}) -> {result['out']}, ranks {ranks_file}"
+
+
+def run_pairs(args: argparse.Namespace) -> str:
+    from goalclip.viz.figures import plot_pairs
+
+    files = plot_pairs(args.data, args.out, limit=args.limit)
+    return f"viz pairs: {len(files)} pairs -> {args.out}"
