@@ -9,8 +9,14 @@ from goalclip.cli.common import add_device, add_no_progress, resolve_device
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    help_text = "retrieval Recall@K and joint mAP@K for one or more models on the same data"
+    help_text = "retrieval Recall@K and joint mAP@K, or zero-shot classification, for one or more models"
     parser = sub.add_parser("eval", help=help_text, description=help_text)
+    parser.add_argument(
+        "--task", choices=("retrieval", "classify"), default="retrieval",
+        help="retrieval: Recall@K both ways (+ joint mAP@10 with --joint) on a captioned manifest; classify: "
+        "zero-shot top-1/top-5 accuracy on a labelled image set (--data is its folder, see --format) "
+        "(default: retrieval)",
+    )
     parser.add_argument(
         "--model", action="append", required=True, dest="models", metavar="M",
         help="model to evaluate: a hub id, a local folder (CLIPModel + tokenizer + image processor) "
@@ -22,7 +28,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--data", required=True,
-        help="test manifest (JSON Lines: id, image, caption or captions) for Recall@K both ways",
+        help="retrieval: test manifest (JSON Lines: id, image, caption or captions); classify: the dataset folder",
+    )
+    parser.add_argument(
+        "--format", choices=("imagefolder", "cifar10", "cifar100"), default="imagefolder",
+        help="classify: imagefolder (one subfolder per class, e.g. an ImageNet val folder by synset), or the "
+        "CIFAR-10/100 Python pickles (test split) (default: imagefolder)",
+    )
+    parser.add_argument(
+        "--class-names", default=None,
+        help="classify: readable class names: one per line in sorted folder order, 'folder name' lines "
+        "(e.g. 'n01440764 tench'), or a JSON object (default: folder names, '_' as spaces)",
+    )
+    parser.add_argument(
+        "--templates", default=None,
+        help="classify: prompt templates, one per line with {} for the class name (default: a built-in "
+        "ensemble of 7 photo prompts)",
     )
     parser.add_argument(
         "--joint", default=None,
@@ -31,7 +52,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--ks", type=int, nargs="+", default=None,
-        help="K values for Recall@K (default: 1 5 25 50, or 1 5 10 when records have several captions)",
+        help="K values for Recall@K (default: 1 5 25 50, or 1 5 10 when records have several captions) or "
+        "for top-K accuracy (default: 1 5)",
     )
     parser.add_argument("--batch-size", type=int, default=64, help="images or texts per forward pass (default: 64)")
     parser.add_argument(
@@ -59,6 +81,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> str:
     """Evaluate, print the Markdown table, return the summary line (empty on non-main processes)."""
+    if args.task == "classify":
+        return run_classify(args)
     from goalclip.evaluation.retrieval import EvalConfig, evaluate, markdown_table
 
     config = EvalConfig(
@@ -78,3 +102,23 @@ def run(args: argparse.Namespace) -> str:
     ]
     where = f"; metrics -> {config.out}" if config.out else ""
     return f"evaluated {len(results['models'])} model(s); {'; '.join(parts)}; {results['elapsed_s']:.1f}s{where}"
+
+
+def run_classify(args: argparse.Namespace) -> str:
+    from goalclip.evaluation.classify import CLASSIFY_KS, ClassifyConfig, classify
+    from goalclip.evaluation.retrieval import markdown_table
+
+    if args.joint:
+        raise ValueError("--joint belongs to --task retrieval")
+    config = ClassifyConfig(
+        models=list(args.models), data=args.data, format=args.format, base=args.base,
+        class_names=args.class_names, templates=args.templates, ks=args.ks or CLASSIFY_KS,
+        batch_size=args.batch_size, num_workers=args.num_workers, device=resolve_device(args.device),
+        out=args.out, progress=not args.no_progress,
+    )
+    results = classify(config)
+    print(markdown_table(results))
+    where = f"; metrics -> {config.out}" if config.out else ""
+    return (f"classified {results['images']} images into {results['classes']} classes with "
+            f"{len(results['templates'])} templates, {len(results['models'])} model(s); "
+            f"{results['elapsed_s']:.1f}s{where}")
