@@ -299,7 +299,7 @@ def test_plot_pairs_draws_the_box_where_it_belongs(tmp_path):
 def test_viz_command_line_options_have_help_and_run(tmp_path, capsys):
     parser = next(a for a in build_parser()._actions if a.dest == "command").choices["viz"]
     subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    assert set(subparsers.choices) == {"attention", "retrieval", "pairs"}
+    assert set(subparsers.choices) == {"attention", "retrieval", "errors", "pairs"}
     for sub in subparsers.choices.values():
         for action in sub._actions:
             if action.option_strings and action.dest != "help":

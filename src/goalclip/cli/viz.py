@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from goalclip.cli.common import add_device, add_no_progress, resolve_device
+from goalclip.cli.common import add_device, add_model, add_no_progress, resolve_device
 
 
 def _model_options(parser: argparse.ArgumentParser) -> None:
@@ -22,7 +22,7 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
 def add_parser(sub: argparse._SubParsersAction) -> None:
     help_text = "attention maps, retrieval grids and mined pairs as PNG files"
     parser = sub.add_parser("viz", help=help_text, description=help_text)
-    viz_sub = parser.add_subparsers(dest="viz_command", required=True, metavar="{attention,retrieval,pairs}")
+    viz_sub = parser.add_subparsers(dest="viz_command", required=True, metavar="{attention,retrieval,errors,pairs}")
 
     attention = viz_sub.add_parser(
         "attention", help="CLS attention and patch-PCA maps, models side by side",
@@ -43,6 +43,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     retrieval.add_argument("--seed", type=int, default=0, help="seed choosing the queries (default: 0)")
     retrieval.add_argument("--out", required=True, help="output PNG; ranks go to the same name with .json")
     retrieval.set_defaults(func=run_retrieval)
+
+    errors = viz_sub.add_parser(
+        "errors", help="the most confident image->text mistakes, with the words that differ marked",
+        description="For each image, retrieve the top caption; draw the failures with the largest margin "
+        "(retrieved score minus the best own-caption score) with ground truth vs retrieved caption, differing "
+        "words highlighted (FAST-GOAL's error-analysis figure). The full list goes to the same name with .json.")
+    add_model(errors, "hub id, model folder or state-dict file (with --base)")
+    add_device(errors)
+    add_no_progress(errors)
+    errors.add_argument("--data", required=True, help="captioned-image manifest (JSON Lines)")
+    errors.add_argument("--limit", type=int, default=8, help="failures drawn, largest margin first (default: 8)")
+    errors.add_argument("--out", required=True, help="output PNG; the failure list goes to the same name with .json")
+    errors.set_defaults(func=run_errors)
 
     pairs = viz_sub.add_parser("pairs", help="mined local pairs: box on the image with sentence, score, source")
     pairs.add_argument("--data", required=True, help="mined-pairs manifest (JSON Lines with 'local')")
@@ -82,3 +95,12 @@ def run_pairs(args: argparse.Namespace) -> str:
 
     files = plot_pairs(args.data, args.out, limit=args.limit)
     return f"viz pairs: {len(files)} pairs -> {args.out}"
+
+
+def run_errors(args: argparse.Namespace) -> str:
+    from goalclip.viz.errors import plot_errors
+
+    result = plot_errors(args.model, args.data, args.out, limit=args.limit, base=args.base,
+                         device=resolve_device(args.device), progress=not args.no_progress)
+    return (f"viz errors: {result['failures']} of {result['images']} images fail image->text; "
+            f"{len(result['shown'])} drawn -> {result['out']}")
