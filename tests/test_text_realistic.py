@@ -157,3 +157,12 @@ def test_glued_quote_and_period_keep_exact_spans(clip_tokenizer) -> None:
         'He said "no".The dog runs away.',
         ['He said "no".', "The dog runs away."],
     )
+
+
+def test_title_after_a_glued_boundary_stays_with_its_name(clip_tokenizer) -> None:
+    """``bicycle.Dr. Patel``: the glued boundary is before the title, not after it."""
+    _assert_split(
+        clip_tokenizer,
+        "A green bicycle.Dr. Patel's clinic sign hangs above the door. It is red.",
+        ["A green bicycle.", "Dr. Patel's clinic sign hangs above the door.", "It is red."],
+    )

@@ -33,8 +33,9 @@ _GLUED_BOUNDARY = re.compile(r"(?<=[a-z0-9)\]]{2}[.!?])(?=[A-Z][a-z])")
 # A closing quote after an end mark with a stray space before it (`"TAXI. " There`) or no space
 # after it (`"STOP."The`): pysbd keeps the next sentence with the quote.
 _QUOTED_END = re.compile(r'[.!?] ?"(?= ?["(]?[A-Z])')
-# Splits caused by a spaced writing style (`1. 5`, `p. m.`, `U. S.`, `www. x. com`, `No. 5`): the
-# end of the piece before and the start of the piece after that together mean "no boundary".
+# Splits caused by a spaced writing style (`1. 5`, `p. m.`, `U. S.`, `www. x. com`, `No. 5`) or by
+# a title glued to the sentence before (`bicycle.Dr. Patel`): the end of the piece before and the
+# start of the piece after that together mean "no boundary".
 _NOT_A_BOUNDARY = (
     (re.compile(r"\d\.$"), re.compile(r"^\d")),
     (re.compile(r"(?:^|[^\w.])[a-z]\.$"), re.compile(r"^[a-z]")),
@@ -42,6 +43,7 @@ _NOT_A_BOUNDARY = (
     (re.compile(r"(?:^|[^\w.])www\.$", re.IGNORECASE), re.compile(r"^\w")),
     (re.compile(r"\w\.$"), re.compile(r"^(?:com|org|net|edu|gov|info|io|co|uk)\b")),
     (re.compile(r"(?:^|[^\w.])(?:no|nos|approx|fig|vol|pp?)\.$", re.IGNORECASE), re.compile(r"^\d")),
+    (re.compile(r"(?:^|[^\w])(?:Mr|Mrs|Ms|Dr|Prof|Capt|Sgt|Lt|Rev)\.$"), re.compile(r"^[A-Z]")),
 )
 
 
