@@ -40,6 +40,7 @@ def _texts(caption: str) -> list[str]:
         ("The sign reads \"STOP\". A car waits.", ['The sign reads "STOP".', "A car waits."]),
         ("A red ball on the left. A blue cube on the right", ["A red ball on the left.", "A blue cube on the right"]),
         ("A red ball.The blue cube is large.", ["A red ball.", "The blue cube is large."]),
+        ("A red ball.A blue cube is large.", ["A red ball.", "A blue cube is large."]),
         ("It is 3.5 m tall.The door is red.", ["It is 3.5 m tall.", "The door is red."]),
         ("The U.S.A. flag flies.The sky is blue.", ["The U.S.A. flag flies.", "The sky is blue."]),
         ("Mr.Smith waves at e.g.This dog.", ["Mr.Smith waves at e.g.This dog."]),

@@ -26,10 +26,10 @@ import pysbd
 _SPACES = re.compile(r"[^\S\n]+")
 _LINE_BREAKS = re.compile(r"\s*\n\s*")
 _LINE = re.compile(r"[^\n]+")
-# A sentence end glued to the next sentence ("red.The"): pysbd keeps these as one sentence. Two
-# lowercase letters/digits/closing brackets before the mark and a capitalised word after it, so
-# "Mr.Smith", "U.S.A." and "e.g.This" are left alone.
-_GLUED_BOUNDARY = re.compile(r"(?<=[a-z0-9)\]]{2}[.!?])(?=[A-Z][a-z])")
+# A sentence end glued to the next sentence ("red.The", "red.A dog"): pysbd keeps these as one
+# sentence. Two lowercase letters/digits/closing brackets before the mark and a capitalised word
+# (or the word "A") after it, so "Mr.Smith", "U.S.A." and "e.g.This" are left alone.
+_GLUED_BOUNDARY = re.compile(r"(?<=[a-z0-9)\]]{2}[.!?])(?=[A-Z][a-z]|A )")
 # A closing quote after an end mark with a stray space before it (`"TAXI. " There`) or no space
 # after it (`"STOP."The`): pysbd keeps the next sentence with the quote.
 _QUOTED_END = re.compile(r'[.!?] ?"(?= ?["(]?[A-Z])')
