@@ -71,7 +71,7 @@ def test_inch_mark_does_not_swallow_the_next_sentences(clip_tokenizer) -> None:
     _assert_split(
         clip_tokenizer,
         'A man about 6\'2" tall stands by a door. The sign above says "OPEN". The door is red.',
-        ['A man about 6\'2" tall stands by a door.', 'The sign above says "OPEN".', "The door is red."],
+        ["A man about 6'2\" tall stands by a door.", 'The sign above says "OPEN".', "The door is red."],
     )
 
 

@@ -79,7 +79,8 @@ def _pysbd_starts(text: str) -> list[int]:
     """Where pysbd's sentences start in ``text``.
 
     Found left to right here because pysbd's own ``char_span`` may place a short sentence
-    (``". "``) at an earlier occurrence, overlapping the sentence before it.
+    (``". "``) at an earlier occurrence, overlapping the sentence before it. A sentence that
+    cannot be found (pysbd changed its text) stays part of the sentence before it.
     """
     starts, position = [], 0
     for sentence in _segmenter().segment(text):
