@@ -9,12 +9,16 @@ real ones.
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
 import pytest
 
+from goalclip.cli import main
+from goalclip.core.manifest import read_manifest
 from goalclip.core.text import Sentence, clean_text, split_sentences, token_span
+from goalclip.training.data import TrainDataset, load_examples
 
 pytest.importorskip("open_clip")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -166,3 +170,34 @@ def test_title_after_a_glued_boundary_stays_with_its_name(clip_tokenizer) -> Non
         "A green bicycle.Dr. Patel's clinic sign hangs above the door. It is red.",
         ["A green bicycle.", "Dr. Patel's clinic sign hangs above the door.", "It is red."],
     )
+
+
+def test_mine_and_train_data_on_dci_style_captions(tiny_world, tiny_bundle, tmp_path) -> None:
+    """User path: ``goalclip mine`` on captions whose lines lack end punctuation mines one line,
+    and the training data finds that sentence's exact token span in the caption."""
+    records = [json.loads(line) for line in tiny_world.captions.read_text().splitlines()]
+    lines = {}
+    for record in records:
+        record["image"] = str(tiny_world.root / record["image"])
+        object_line = split_sentences(record["caption"])[1].text.rstrip(".")  # "A red square is drawn here"
+        lines[record["id"]] = ["The picture has a plain white background", object_line, "Nothing else"]
+        record["caption"] = "\n".join(lines[record["id"]])
+    data = tmp_path / "dci.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in records))
+    out = tmp_path / "mined.jsonl"
+    args = ["mine", "--model", str(tiny_world.model), "--data", str(data), "--out", str(out)]
+    assert main([*args, "--regions", "grid", "--num-workers", "0", "--no-progress"]) == 0
+    mined = read_manifest(out)
+    assert len(mined) == len(records)
+    for record in mined:
+        assert record["local"]["sentence"] in lines[record["id"]]
+
+    examples = load_examples(out, need_local=True)
+    dataset = TrainDataset(examples, tiny_bundle, need_local=True)
+    tokenizer = tiny_bundle.tokenizer
+    for index, example in enumerate(examples):
+        assert example.caption[slice(*example.sentence_chars)] == example.sentence
+        enc = tokenizer(example.caption, return_offsets_mapping=True, return_special_tokens_mask=True)
+        span = token_span(enc["offset_mapping"], enc["special_tokens_mask"], example.sentence_chars)
+        assert _squash(tokenizer.decode(enc["input_ids"][span[0] : span[1]])) == _squash(example.sentence)
+        assert dataset[index]["span"] in (span, None)  # None: past the tiny model's 16 tokens
