@@ -11,8 +11,8 @@ from goalclip.core.text import Sentence, clean_text, locate_sentence, split_sent
 
 
 def test_clean_text_quotes_entities_and_whitespace() -> None:
-    raw = "  \u201cStop\u201d &amp; it\u2019s a &lt;b&gt; sign\n\n\twith   &amp;amp; spaces  "
-    assert clean_text(raw) == "\"Stop\" & it's a <b> sign with & spaces"
+    raw = "  \u201cStop\u201d &amp; it\u2019s a &lt;b&gt; sign\t with   &amp;amp; spaces \n\n\tand lines  "
+    assert clean_text(raw) == "\"Stop\" & it's a <b> sign with & spaces\nand lines"
 
 
 def test_clean_text_fixes_mojibake_and_leaves_clean_text_alone() -> None:
@@ -40,6 +40,7 @@ def _texts(caption: str) -> list[str]:
         ("The sign reads \"STOP\". A car waits.", ['The sign reads "STOP".', "A car waits."]),
         ("A red ball on the left. A blue cube on the right", ["A red ball on the left.", "A blue cube on the right"]),
         ("A red ball.The blue cube is large.", ["A red ball.", "The blue cube is large."]),
+        ("A red ball.A blue cube is large.", ["A red ball.", "A blue cube is large."]),
         ("It is 3.5 m tall.The door is red.", ["It is 3.5 m tall.", "The door is red."]),
         ("The U.S.A. flag flies.The sky is blue.", ["The U.S.A. flag flies.", "The sky is blue."]),
         ("Mr.Smith waves at e.g.This dog.", ["Mr.Smith waves at e.g.This dog."]),
@@ -85,6 +86,14 @@ def test_locate_sentence_first_occurrence_and_absent() -> None:
     assert locate_sentence(caption, "") is None
 
 
+def test_locate_sentence_finds_a_sentence_across_a_line_break() -> None:
+    # Mined before line breaks were kept in cleaned captions: one sentence over two lines.
+    caption = clean_text("A red car\nparked by the road. A tree.")
+    assert caption == "A red car\nparked by the road. A tree."
+    assert locate_sentence(caption, "A red car parked by the road.") == (0, 29)
+    assert locate_sentence(caption, "A tree.") == (30, 37)
+
+
 def test_locate_sentence_substring_fallback() -> None:
     # Not a splitter sentence, but present: its first occurrence.
     caption = "A red ball, a blue cube and a red ball."
@@ -107,6 +116,14 @@ def test_token_span_straddling_token_goes_to_majority_side() -> None:
     # A span holding no token midpoint, and special tokens are never part of a span.
     assert token_span(offsets, special, (4, 5)) is None
     assert token_span([(0, 0), (0, 0)], [1, 1], (0, 10)) is None
+
+
+def test_token_span_even_split_goes_to_the_earlier_sentence() -> None:
+    # BOS, "left" (3-7), '."' (7-9), "stop" (9-13), EOS: the boundary at 8 splits '."' 1/1.
+    offsets = [(0, 0), (3, 7), (7, 9), (9, 13), (0, 0)]
+    special = [1, 0, 0, 0, 1]
+    assert token_span(offsets, special, (3, 8)) == (1, 3)
+    assert token_span(offsets, special, (8, 13)) == (3, 4)
 
 
 def test_token_span_skips_empty_tokens() -> None:
