@@ -197,7 +197,8 @@ def mine_batch(
 ) -> MinedBatch:
     """Mine one batch of images: all crops and all sentences are embedded together.
 
-    Returns, per record, the record, its match (None if it had no region) and a skip reason.
+    Returns, per record, the record, its match (None if it had no region) and a skip reason, and
+    the number of sentences cut to the model's text context.
     """
     regions = proposer.propose(images, [r["id"] for r in records])
     sentences = [[s.text for s in split_sentences(clean_text(captions_of(r)[0]))] for r in records]
