@@ -354,9 +354,16 @@ def test_mine_counts_truncated_sentences_without_transformers_length_warnings(ti
 
 def test_a_launch_whose_processes_did_not_join_is_refused_rather_than_repeated(monkeypatch):
     """WORLD_SIZE=2 but no process group (e.g. a CUDA device asked for on CPU ranks): an error, not 2x work."""
+    from accelerate import PartialState
+
     from goalclip.core.processes import process_state
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.delenv("LOCAL_RANK", raising=False)
-    with pytest.raises(RuntimeError, match="did not join one process group"):
-        process_state("cuda")
+    fresh = not PartialState._shared_state  # a state made here must not leak a CUDA device into later tests
+    try:
+        with pytest.raises(RuntimeError, match="did not join one process group"):
+            process_state("cuda")
+    finally:
+        if fresh:
+            PartialState._reset_state()
