@@ -28,6 +28,7 @@ from goalclip.mining.regions import (
     dedupe_regions,
     grid_boxes,
     mask_boxes,
+    take_invalid_boxes,
 )
 
 
@@ -410,3 +411,16 @@ def test_sam_proposer_matches_the_transformers_mask_generation_pipeline(sam_dir)
         _, boxes = mask_boxes(masks, min_area=0.3, max_area=0.7, margin=0.1)
         expected = {tuple(round(v, 3) for v in box) for box in boxes.tolist()}
         assert {tuple(round(v, 3) for v in r.box) for r in found} == expected
+
+
+def test_external_proposer_keeps_each_invalid_box_with_its_reason_until_taken():
+    proposer = ExternalProposer(
+        {"a": [[50, 50, 60, 60], [5, 5, 5, 10], [float("nan"), 0, 4, 4], [0, 0, float("inf"), 9], [1, 1, 9, 9]]}
+    )
+    out = proposer.propose([_image(40, 30)], ["a"])
+    assert out == [[Region((1.0, 1.0, 9.0, 9.0), "external")]]
+    taken = take_invalid_boxes(CombinedProposer([proposer, GridProposer()]))
+    assert [(bad.image_id, bad.reason) for bad in taken] == [
+        ("a", "outside the image"), ("a", "zero or negative area"), ("a", "not finite"), ("a", "not finite"),
+    ]
+    assert take_invalid_boxes(proposer) == []  # taken once

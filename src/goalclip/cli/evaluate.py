@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> str:
     """Evaluate, print the Markdown table, return the summary line (empty on non-main processes)."""
     if args.task == "classify":
         return run_classify(args)
-    from goalclip.evaluation.retrieval import EvalConfig, evaluate, markdown_table
+    from goalclip.evaluation.retrieval import EvalConfig, evaluate, markdown_table, write_results
 
     config = EvalConfig(
         models=list(args.models), data=args.data, base=args.base, joint=args.joint, ks=args.ks,
@@ -91,10 +91,12 @@ def run(args: argparse.Namespace) -> str:
         precision=args.precision, cache_dir=args.cache_dir, out=args.out, progress=not args.no_progress,
         max_text_len=args.max_text_len,
     )
-    results: dict[str, Any] = evaluate(config)
+    results: dict[str, Any] = evaluate(config, write_out=False)
     if not results:
         return ""
-    print(markdown_table(results))
+    print(markdown_table(results), flush=True)  # before writing: a failed write must not lose the numbers
+    if config.out is not None:
+        write_results(results, config.out)
     parts = [
         f"{kind}: {s['image_items']} images / {s['text_items']} texts"
         + (f" ({len(s['excluded_ids'])} records excluded)" if s["excluded_ids"] else "")

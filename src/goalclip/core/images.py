@@ -110,7 +110,7 @@ class PixelBatches:
         with tqdm(total=len(self.paths), desc=self.desc, disable=not self.progress, unit="img") as bar:
             for indices, pixels, bad in loader:
                 for index, message in bad:
-                    logger.warning("skipping unreadable image: %s", message)
+                    logger.warning("skipping image: %s", message)
                 self.failed.extend(bad)
                 bar.update(len(indices) + len(bad))
                 if pixels is not None:

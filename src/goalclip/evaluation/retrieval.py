@@ -11,8 +11,9 @@ Every model is scored on exactly the same items with the same protocol:
 Images that cannot be read are excluded together with their captions (and, in the joint test,
 with the rest of their group), and ground-truth indices are recomputed from the surviving items;
 the exclusion is the union over all models, so a gallery never differs between rows of the table.
-Embeddings are cached per model + manifest + text length + precision, so recomputing a metric or
-adding a model to a table never re-encodes the others.
+Embeddings are cached per model + manifest + the bytes of its images + text length + precision, so
+recomputing a metric or adding a model to a table never re-encodes the others, and an image changed
+in place is never scored from stale embeddings. Output paths are checked before any encoding.
 
 Under ``accelerate launch`` (or ``torchrun``) each process encodes a contiguous slice of the items; the slices are
 gathered and the main process scores and writes. A plain single process needs no launcher.
@@ -20,29 +21,27 @@ gathered and the main process scores and writes. A plain single process needs no
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import torch
 from accelerate import PartialState
-from accelerate.utils import (
-    broadcast_object_list,
-    gather,
-    gather_object,
-    pad_across_processes,
-    parse_flag_from_env,
-)
+from accelerate.utils import broadcast_object_list, gather, gather_object, pad_across_processes
 from torch import Tensor
 
+from goalclip.core.fingerprint import digest_of, files_fingerprint, fingerprint
 from goalclip.evaluation import metrics
 from goalclip.core.images import PixelBatches
-from goalclip.core.manifest import ManifestError, atomic_write, captions_of, read_manifest
+from goalclip.core.manifest import ManifestError, atomic_write, captions_of, iter_records, read_manifest
+from goalclip.core.paths import check_writable_dir, check_writable_file, refuse_input_as_output
+from goalclip.core.processes import process_device, process_state
 from goalclip.models.clip import ClipBundle, count_truncated, embed_images, encode_texts, load_clip
 
 logger = logging.getLogger(__name__)
@@ -51,8 +50,8 @@ PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float
 LONG_CAPTION_KS = (1, 5, 25, 50)
 MULTI_CAPTION_KS = (1, 5, 10)
 JOINT_K = 10
-# Bumped whenever the cached content or its meaning changes, so old caches are never misread.
-CACHE_VERSION = 1
+# Bumped whenever the cached content, its meaning or its key changes, so old caches are never misread.
+CACHE_VERSION = 2
 
 
 @dataclass
@@ -97,6 +96,12 @@ class EvalItems:
     texts: list[str]
     text_groups: list[int]
     multi_caption: bool = False
+
+    @cached_property
+    def data_key(self) -> str:
+        """The manifest's bytes and its images' bytes: what the embeddings were computed from."""
+        images = files_fingerprint(dict.fromkeys(self.image_paths))
+        return f"{fingerprint(self.manifest, contents=True)}|images:{images}"
 
 
 @dataclass
@@ -144,15 +149,22 @@ def joint_items(path: str) -> EvalItems:
     """Global image + crop of ``local.box`` and captions + ``local.sentence``, grouped per record.
 
     Every record needs a ``local`` pair: a record without one would enter the test with a single
-    image item and change what mAP@10 measures, so it is an error naming the records.
+    image item and change what mAP@10 measures, so it is an error naming the records. A box
+    with a non-finite number is an error naming its line (a crop of it cannot be defined).
     """
-    records = _read_nonempty(path)
+    located = list(iter_records(path))
+    if not located:
+        raise ManifestError(f"{path}: the manifest holds no records")
+    records = [record for _, record in located]
     missing = [r["id"] for r in records if "local" not in r]
     if missing:
         raise ManifestError(
             f"{path}: the joint test needs a 'local' pair in every record; {len(missing)} have none "
             f"(first: {', '.join(missing[:5])}); mine pairs with 'goalclip mine' first"
         )
+    for where, record in located:
+        if not all(math.isfinite(v) for v in record["local"]["box"]):
+            raise ManifestError(f"{where}: field 'local.box': {record['local']['box']} holds a non-finite number")
     items = EvalItems("joint", str(path), [], [], [], [], [], [])
     for group, record in enumerate(records):
         items.group_ids.append(record["id"])
@@ -251,25 +263,6 @@ def _text_len(bundle: ClipBundle, requested: int | None) -> int:
 # ----------------------------------------------------------------------------- cache
 
 
-def _fingerprint(source: str | None) -> str | None:
-    """Identify a model/manifest by path and modification times, or by name for a hub id.
-
-    A folder's fingerprint covers every file in it, because ``save_pretrained`` overwrites
-    files in place without changing the folder's own mtime.
-    """
-    if source is None:
-        return None
-    path = Path(source)
-    if path.is_file():
-        stat = path.stat()
-        return f"{path.resolve()}:{stat.st_mtime_ns}:{stat.st_size}"
-    if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file())
-        stamps = ",".join(f"{p.relative_to(path)}:{p.stat().st_mtime_ns}:{p.stat().st_size}" for p in files)
-        return f"{path.resolve()}:{stamps}"
-    return source
-
-
 def cache_path(config: EvalConfig, source: str, items: EvalItems) -> Path | None:
     """Where one model's embeddings of one item set are cached (None when caching is off)."""
     if config.cache_dir is None:
@@ -277,14 +270,13 @@ def cache_path(config: EvalConfig, source: str, items: EvalItems) -> Path | None
     key = {
         "version": CACHE_VERSION,
         "kind": items.kind,
-        "model": _fingerprint(source),
-        "base": _fingerprint(config.base) if Path(source).is_file() else None,
-        "data": _fingerprint(items.manifest),
+        "model": fingerprint(source),
+        "base": fingerprint(config.base) if Path(source).is_file() else None,
+        "data": items.data_key,
         "max_text_len": config.max_text_len,
         "precision": config.precision,
     }
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
-    return Path(config.cache_dir) / f"{items.kind}-{digest}.safetensors"
+    return Path(config.cache_dir) / f"{items.kind}-{digest_of(key)}.safetensors"
 
 
 def save_embeddings(path: Path, embeddings: Embeddings) -> None:
@@ -416,7 +408,7 @@ def _embed_model(
     missing = [items for items in item_sets if items.kind not in run.embeddings]
     run.timing = {"load_s": 0.0, "encode_s": 0.0}
     if missing:
-        device = state.device if state.num_processes > 1 else torch.device(config.device)
+        device = process_device(state, config.device)
         start = time.perf_counter()
         bundle = load_clip(source, base=config.base, device=device)
         bundle.model.to(PRECISIONS[config.precision]).eval()
@@ -446,17 +438,27 @@ def _embed_model(
     return run
 
 
-def evaluate(config: EvalConfig) -> dict[str, Any]:
+def _check_outputs(config: EvalConfig) -> None:
+    """Fail before any encoding when an output cannot be written or would overwrite an input."""
+    if config.out is not None:
+        refuse_input_as_output(config.out, "--out", data=config.data, joint=config.joint)
+        check_writable_file(config.out, "--out")
+    if config.cache_dir is not None:
+        check_writable_dir(config.cache_dir, "--cache-dir")
+
+
+def evaluate(config: EvalConfig, *, write_out: bool = True) -> dict[str, Any]:
     """Evaluate every model in ``config`` on the same data; returns metrics, counts and timing.
 
     Under ``accelerate launch`` all processes encode and the main process scores, writes
     ``config.out`` and returns the results; the other processes return an empty dict.
+    ``write_out=False`` leaves writing ``config.out`` to the caller (``run_eval`` prints the table
+    first, so a failing write never loses the numbers); it is still checked before encoding.
     """
     _check_config(config)
+    _check_outputs(config)
     started = time.perf_counter()
-    # PartialState only picks gloo for CPU processes when asked; ``accelerate launch --cpu`` says so
-    # through ACCELERATE_USE_CPU, a plain run through ``device``.
-    state = PartialState(cpu=config.device == "cpu" or parse_flag_from_env("ACCELERATE_USE_CPU"))
+    state = process_state(config.device)
     item_sets = [retrieval_items(config.data)]
     if config.joint is not None:
         item_sets.append(joint_items(config.joint))
@@ -502,11 +504,16 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
             }
         )
     results["elapsed_s"] = round(time.perf_counter() - started, 3)
-    if config.out is not None:
-        with atomic_write(config.out) as handle:
-            json.dump(results, handle, indent=2)
-        logger.info("wrote metrics to %s", config.out)
+    if config.out is not None and write_out:
+        write_results(results, config.out)
     return results
+
+
+def write_results(results: dict[str, Any], path: str) -> None:
+    """Write the results of :func:`evaluate` as JSON, atomically."""
+    with atomic_write(path) as handle:
+        json.dump(results, handle, indent=2)
+    logger.info("wrote metrics to %s", path)
 
 
 def _row_names(models: list[str]) -> list[str]:

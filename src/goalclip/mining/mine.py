@@ -6,16 +6,28 @@ batches, score each sentence against its own image's regions, and keep the best
 
 Output streams to ``OUT.part<rank>`` (flushed per record, so a crash loses at most the batch in
 flight); ``--resume`` skips ids already in the part files; the final manifest is written by a
-merge into a temporary file and renamed. Under ``accelerate launch`` each process mines a shard.
+merge into a temporary file and renamed. Under ``accelerate launch`` or ``torchrun`` (GPU or CPU)
+each process mines its own share of the images.
+
+Image decoding runs in DataLoader workers that die with the run: a killed or terminated run never
+leaves workers behind, and SIGTERM ends the run cleanly with every written record kept.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import functools
 import json
 import logging
+import math
 import os
+import signal
+import sys
+import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,11 +38,19 @@ from tqdm.auto import tqdm
 
 from goalclip.core.images import ImageError, crop_to_box, load_rgb, pixel_values
 from goalclip.core.manifest import captions_of, iter_jsonl, read_manifest, relativize, write_jsonl, write_manifest
-from goalclip.models.clip import ClipBundle, embed_images, encode_texts, load_clip
-from goalclip.mining.regions import Region, RegionProposer, build_proposer
+from goalclip.core.paths import refuse_input_as_output
+from goalclip.core.processes import process_device, process_state
+from goalclip.models.clip import ClipBundle, count_truncated, embed_images, encode_texts, load_clip
+from goalclip.mining.regions import InvalidBox, Region, RegionProposer, build_proposer, take_invalid_boxes
 from goalclip.core.text import clean_text, split_sentences
 
 logger = logging.getLogger(__name__)
+
+PR_SET_PDEATHSIG = 1  # prctl option, from <linux/prctl.h>
+
+
+class MiningInterrupted(RuntimeError):
+    """The run was asked to stop (SIGTERM); what was written is kept for ``--resume``."""
 
 
 @dataclass
@@ -67,6 +87,15 @@ class Match:
     discarded: bool
 
 
+@dataclass
+class MinedBatch:
+    """One batch's outcome: per record (record, match or None, skip reason) and how many sentences
+    were longer than the text context (cut to fit, so their embeddings see only their start)."""
+
+    results: list[tuple[dict[str, Any], Match | None, str | None]]
+    truncated: int = 0
+
+
 def match_pairs(
     similarity: torch.Tensor, sentences: list[str], regions: list[Region], top_k: int
 ) -> Match:
@@ -94,7 +123,11 @@ def match_pairs(
 
 
 class _MineImages(Dataset):
-    """Decode images in workers; unreadable ones come back as an error string."""
+    """Decode images in workers; unreadable ones come back as a one-line error string.
+
+    Any exception is caught here, in the worker: one that escaped would reach the user wrapped
+    in a DataLoader traceback and end the run over a single bad file.
+    """
 
     def __init__(self, records: list[dict[str, Any]]):
         self.records = records
@@ -103,10 +136,45 @@ class _MineImages(Dataset):
         return len(self.records)
 
     def __getitem__(self, index: int):
+        path = self.records[index]["image"]
         try:
-            return index, load_rgb(self.records[index]["image"]), None
+            return index, load_rgb(path), None
         except ImageError as exc:
             return index, None, str(exc)
+        except Exception as exc:  # noqa: BLE001 - any decoder failure is this file's, not the run's
+            return index, None, f"{path}: cannot decode image ({type(exc).__name__}: {exc})"
+
+
+def _die_with_parent(parent_pid: int, worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: end this worker when the mining process dies.
+
+    A worker blocked on a full result pipe never notices a killed parent by itself and would
+    hold its memory forever. Linux delivers SIGTERM to the worker when its parent exits
+    (``PR_SET_PDEATHSIG``); a parent already gone before that was set is caught by the pid check.
+    """
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+
+@contextlib.contextmanager
+def _stop_on_sigterm(part: Path) -> Iterator[None]:
+    """While mining, SIGTERM raises MiningInterrupted, so files are flushed and closed and workers
+    shut down on the way out (only the main thread can own signal handlers)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        raise MiningInterrupted(f"terminated (SIGTERM); records written so far are kept in {part}: "
+                                "rerun with --resume to continue")
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _crop_embeddings(bundle: ClipBundle, crops: list, batch_size: int, device: torch.device) -> torch.Tensor:
@@ -126,17 +194,18 @@ def mine_batch(
     top_k: int,
     crop_batch_size: int,
     device: torch.device,
-) -> list[tuple[dict[str, Any], Match | None, str | None]]:
+) -> MinedBatch:
     """Mine one batch of images: all crops and all sentences are embedded together.
 
-    Returns, per record, the record, its match (None if it had no region) and a skip reason.
+    Returns, per record, the record, its match (None if it had no region) and a skip reason, and
+    the number of sentences cut to the model's text context.
     """
     regions = proposer.propose(images, [r["id"] for r in records])
     sentences = [[s.text for s in split_sentences(clean_text(captions_of(r)[0]))] for r in records]
     crops = [crop_to_box(img, reg.box) for img, regs in zip(images, regions) for reg in regs]
     flat_sentences = [s for sents in sentences for s in sents]
     if not crops or not flat_sentences:
-        return [(r, None, "no regions" if not crops else "no sentences") for r in records]
+        return MinedBatch([(r, None, "no regions" if not crops else "no sentences") for r in records])
     crop_emb = _crop_embeddings(bundle, crops, crop_batch_size, device)
     text_emb = encode_texts(bundle, flat_sentences, batch_size=crop_batch_size)
     results = []
@@ -150,7 +219,7 @@ def mine_batch(
             results.append((record, None, "no regions" if not regs else "no sentences"))
             continue
         results.append((record, match_pairs(image_texts @ image_crops.T, sents, regs, top_k), None))
-    return results
+    return MinedBatch(results, count_truncated(bundle, flat_sentences))
 
 
 def _done_ids(paths: list[Path]) -> set[str]:
@@ -175,10 +244,11 @@ def _part_paths(out: Path) -> tuple[list[Path], list[Path]]:
 
 def mine(config: MineConfig) -> dict[str, Any]:
     """Run mining and merge; returns the summary the CLI prints (and writes next to ``out``)."""
-    from accelerate import PartialState
+    from accelerate.utils import gather_object
 
-    state = PartialState()
     out = Path(config.out)
+    refuse_input_as_output(out, "--out", data=config.data, boxes=config.boxes)
+    state = process_state(config.device)
     out.parent.mkdir(parents=True, exist_ok=True)
     records = read_manifest(config.data)
     if config.max_images:
@@ -191,10 +261,12 @@ def mine(config: MineConfig) -> dict[str, Any]:
     done = _done_ids(part_files + skip_files) if config.resume else set()
     if out.exists():
         done |= {obj["id"] for _, obj in iter_jsonl(out)}
-    todo = [r for r in records if r["id"] not in done][state.process_index :: state.num_processes]
-    logger.info("mining %d images (%d already done)", len(todo), len(done))
+    pending = [r for r in records if r["id"] not in done]
+    todo = pending[state.process_index :: state.num_processes]
+    logger.info("mining %d images (%d of %d already done; process %d of %d)", len(todo),
+                len(records) - len(pending), len(records), state.process_index + 1, state.num_processes)
 
-    device = torch.device(config.device if config.device != "auto" else state.device)
+    device = process_device(state, config.device)
     bundle = load_clip(config.model, base=config.base, device=device)
     bundle.model.eval()
     proposer = build_proposer(
@@ -204,11 +276,13 @@ def mine(config: MineConfig) -> dict[str, Any]:
     part = out.with_name(f"{out.name}.part{state.process_index}")
     skipped_part = out.with_name(f"{out.name}.part{state.process_index}.skipped")
     loader = DataLoader(_MineImages(todo), batch_size=config.batch_size, num_workers=config.num_workers,
-                        collate_fn=list)
+                        collate_fn=list, worker_init_fn=functools.partial(_die_with_parent, os.getpid()))
     started = time.perf_counter()
     folder = out.resolve().parent
     show = config.progress and state.is_main_process
-    with part.open("a", encoding="utf-8") as sink, skipped_part.open("a", encoding="utf-8") as skip_sink, \
+    truncated = 0
+    with _stop_on_sigterm(part), part.open("a", encoding="utf-8") as sink, \
+            skipped_part.open("a", encoding="utf-8") as skip_sink, \
             tqdm(total=len(todo), desc="mine", unit="img", disable=not show) as bar:
         for batch in loader:
             good = [(todo[i], img) for i, img, _ in batch if img is not None]
@@ -217,54 +291,94 @@ def mine(config: MineConfig) -> dict[str, Any]:
                     entry = {"id": todo[i]["id"], "kind": "unreadable image", "reason": error}
                     skip_sink.write(json.dumps(entry) + "\n")
             if good:
-                results = mine_batch(bundle, proposer, [r for r, _ in good], [img for _, img in good],
-                                     top_k=config.top_k, crop_batch_size=config.crop_batch_size, device=device)
-                for record, match, reason in results:
+                mined_batch = mine_batch(bundle, proposer, [r for r, _ in good], [img for _, img in good],
+                                         top_k=config.top_k, crop_batch_size=config.crop_batch_size, device=device)
+                truncated += mined_batch.truncated
+                for record, match, reason in mined_batch.results:
                     if match is None or match.discarded:
                         reason = reason or "whole image won (LISM discard)"
                         skip_sink.write(json.dumps({"id": record["id"], "kind": reason, "reason": reason}) + "\n")
                         continue
                     mined = {**relativize(record, folder), "local": match.best, "candidates": match.candidates}
                     sink.write(json.dumps(mined, ensure_ascii=False) + "\n")
+                for entry in _invalid_box_entries(take_invalid_boxes(proposer)):
+                    skip_sink.write(json.dumps(entry) + "\n")
             sink.flush()
             skip_sink.flush()
             bar.update(len(batch))
     state.wait_for_everyone()
+    truncated = sum(gather_object([truncated])) if state.num_processes > 1 else truncated
     summary: dict[str, Any] = {}
     if state.is_main_process:
-        summary = _merge(out, records, time.perf_counter() - started, len(todo))
+        summary = _merge(out, records, time.perf_counter() - started, len(pending), state.num_processes, truncated)
+        if truncated:
+            logger.warning("%d sentences were longer than the model's %d-token context and were cut to fit",
+                           truncated, bundle.max_text_len)
     state.wait_for_everyone()
     return summary
 
 
-def _merge(out: Path, records: list[dict[str, Any]], seconds: float, processed: int) -> dict[str, Any]:
-    """Merge part files into ``out`` in manifest order, write the skipped list and the summary."""
+def _invalid_box_entries(invalid: list[InvalidBox]) -> list[dict[str, Any]]:
+    """Skipped-file entries (kind "invalid box"), one per image, for user boxes that gave no region."""
+    by_id: dict[str, list[InvalidBox]] = {}
+    for bad in invalid:
+        by_id.setdefault(bad.image_id, []).append(bad)
+    entries = []
+    for image_id, bads in by_id.items():
+        boxes = [{"box": [v if math.isfinite(v) else str(v) for v in map(float, b.box)], "reason": b.reason}
+                 for b in bads]
+        reason = "; ".join(f"box {b['box']} {b['reason']}" for b in boxes)
+        entries.append({"id": image_id, "kind": "invalid box", "reason": reason, "boxes": boxes})
+    return entries
+
+
+def _merge(
+    out: Path, records: list[dict[str, Any]], seconds: float, processed: int, processes: int, truncated: int
+) -> dict[str, Any]:
+    """Merge part files into ``out`` in manifest order, write the skipped list and the summary.
+
+    The skipped file lists skipped images and, as entries of kind "invalid box", images some of
+    whose external boxes were unusable (such an image is still mined with its other regions).
+    """
     part_files, skip_files = _part_paths(out)
     mined: dict[str, dict[str, Any]] = {}
     for path in part_files + ([out] if out.exists() else []):
         for _, obj in iter_jsonl(path):
             mined[obj["id"]] = obj
-    skipped: dict[str, dict[str, str]] = {}
-    for path in skip_files:
+    skipped_path = out.with_name(out.stem + ".skipped.jsonl")
+    skipped: dict[str, dict[str, Any]] = {}
+    invalid: dict[str, dict[str, Any]] = {}
+    # A finished run's skipped file is carried into its resumed run; skipped images were retried,
+    # so an entry whose image is mined now is dropped, and a repeated failure replaces the old one.
+    earlier = [skipped_path] if skipped_path.exists() and out.exists() else []
+    for path in earlier + skip_files:
         for _, obj in iter_jsonl(path):
-            skipped[obj["id"]] = obj
+            (invalid if obj["kind"] == "invalid box" else skipped)[obj["id"]] = obj
+    skipped = {image_id: entry for image_id, entry in skipped.items() if image_id not in mined}
     ordered = [mined[r["id"]] for r in records if r["id"] in mined]
     write_jsonl(out, ordered)
-    skipped_path = out.with_name(out.stem + ".skipped.jsonl")
-    write_jsonl(skipped_path, skipped.values())
+    write_jsonl(skipped_path, [*skipped.values(), *invalid.values()])
     for path in part_files + skip_files:
         os.unlink(path)
     sources = Counter(rec["local"]["source"] for rec in ordered)
     reasons = Counter(entry["kind"] for entry in skipped.values())
+    box_reasons = Counter(box["reason"] for entry in invalid.values() for box in entry["boxes"])
+    if box_reasons:
+        logger.warning("%d external boxes gave no region and were not used (%s); listed in %s",
+                       sum(box_reasons.values()), ", ".join(f"{n} {r}" for r, n in box_reasons.items()),
+                       skipped_path)
     summary = {
         "out": str(out),
         "images": len(records),
         "pairs": len(ordered),
         "skipped": len(skipped),
         "skipped_reasons": dict(reasons),
+        "invalid_boxes": dict(box_reasons),
+        "truncated_sentences": truncated,
         "skipped_file": str(skipped_path),
         "sources": dict(sources),
         "mean_score": (sum(r["local"]["score"] for r in ordered) / len(ordered)) if ordered else None,
+        "processes": processes,
         "images_per_s": processed / seconds if seconds > 0 else None,
     }
     with open(out.with_name(out.stem + ".summary.json"), "w", encoding="utf-8") as handle:
@@ -278,6 +392,7 @@ def build_joint_test(test_path: str, mined_path: str, out_path: str) -> dict[str
     Images without a mined pair are left out (and counted), so every item of the joint
     gallery has both its global and its local view.
     """
+    refuse_input_as_output(out_path, "--out", data=test_path, mined=mined_path)
     tests = read_manifest(test_path)
     mined = {r["id"]: r for r in read_manifest(mined_path)}
     joint = [{**rec, "local": mined[rec["id"]]["local"]} for rec in tests if rec["id"] in mined

@@ -89,6 +89,22 @@ def clip_box(box: Sequence[float], width: float, height: float) -> Box | None:
     return (x1, y1, x2, y2)
 
 
+def box_problem(box: Sequence[float], width: float, height: float) -> str | None:
+    """Why a user's box gives no region in a ``width`` x ``height`` image, or None when it does.
+
+    The reasons are the counting categories of a mining run's summary.
+    """
+    values = [float(v) for v in box]
+    if not all(math.isfinite(v) for v in values):
+        return "not finite"
+    x1, y1, x2, y2 = values
+    if x2 <= x1 or y2 <= y1:
+        return "zero or negative area"
+    if clip_box(values, width, height) is None:
+        return "outside the image"
+    return None
+
+
 def grid_boxes(width: float, height: float) -> list[Box]:
     """FAST-GOAL's 5 fixed regions: the 4 quadrants, then the centre box joining their centres.
 
@@ -200,13 +216,24 @@ class WholeImageProposer:
         return [[Region((0.0, 0.0, float(image.width), float(image.height)), "whole")] for image in images]
 
 
+@dataclass(frozen=True)
+class InvalidBox:
+    """A user-supplied box that gave no region, and why (see :func:`box_problem`)."""
+
+    image_id: str
+    box: list[float]
+    reason: str
+
+
 class ExternalProposer:
     """Boxes the user supplies, keyed by image id (a dict, or an external-boxes JSONL path).
 
     Boxes are clipped to each image and zero-area ones dropped, because files made by other tools
-    routinely carry boxes that overhang the border. An id with no boxes yields no regions; the
-    first time that happens a warning is logged, and all such ids are collected in
-    :attr:`missing_ids` so the caller can report the total at the end of a run.
+    routinely carry boxes that overhang the border. A box that gives no region (not finite, no
+    area, wholly outside its image) is collected with its reason until :meth:`take_invalid`, so
+    the caller can count and list it. An id with no boxes yields no regions; the first time that
+    happens a warning is logged, and all such ids are collected in :attr:`missing_ids` so the
+    caller can report the total at the end of a run.
     """
 
     name = "external"
@@ -216,24 +243,32 @@ class ExternalProposer:
             boxes = read_boxes(boxes)
         self.boxes: dict[str, list[list[float]]] = {k: [list(b) for b in v] for k, v in boxes.items()}
         self.missing_ids: set[str] = set()
+        self._invalid: list[InvalidBox] = []
         self._warned = False
+
+    def take_invalid(self) -> list[InvalidBox]:
+        """The boxes dropped as invalid since the last call (and forget them)."""
+        taken, self._invalid = self._invalid, []
+        return taken
 
     def propose(self, images: Sequence[Image.Image], ids: Sequence[str]) -> list[list[Region]]:
         _check_batch(images, ids)
         out: list[list[Region]] = []
         missing_here: list[str] = []
-        dropped = 0
         for image, image_id in zip(images, ids):
             raw = self.boxes.get(image_id)
             if not raw:
                 missing_here.append(image_id)
                 out.append([])
                 continue
-            clipped = [clip_box(b, image.width, image.height) for b in raw]
-            dropped += sum(c is None for c in clipped)
-            out.append(dedupe_regions(Region(c, "external") for c in clipped if c is not None))
-        if dropped:
-            logger.debug("external boxes: dropped %d boxes with no area inside their image", dropped)
+            regions = []
+            for box in raw:
+                problem = box_problem(box, image.width, image.height)
+                if problem is None:
+                    regions.append(Region(clip_box(box, image.width, image.height), "external"))
+                else:
+                    self._invalid.append(InvalidBox(image_id, list(box), problem))
+            out.append(dedupe_regions(regions))
         if missing_here:
             self.missing_ids.update(missing_here)
             if not self._warned:
@@ -482,6 +517,16 @@ class SamProposer:
         if self.max_boxes is not None:
             out = [r[: self.max_boxes] for r in out]
         return out
+
+
+def take_invalid_boxes(proposer: RegionProposer) -> list[InvalidBox]:
+    """Invalid user boxes any external proposer in ``proposer`` dropped since the last call.
+
+    Only external boxes are counted: they are the user's data, while detector and SAM boxes
+    falling outside an image are routine and clipped away.
+    """
+    members = proposer.proposers if isinstance(proposer, CombinedProposer) else [proposer]
+    return [bad for member in members if isinstance(member, ExternalProposer) for bad in member.take_invalid()]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -15,7 +15,6 @@ it is importable, a torch matmul + topk otherwise; both give the same results.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -29,6 +28,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig
 
+from goalclip.core.fingerprint import digest_of, fingerprint
 from goalclip.core.images import ImageError, PixelBatches, load_rgb
 from goalclip.core.manifest import atomic_write
 from goalclip.models.clip import (
@@ -89,26 +89,13 @@ def _require_vision(bundle: ClipBundle) -> None:
 
 
 def model_key(source: str, base: str | None = None) -> str:
-    """A file-name-safe key for a model: its name plus a hash of its files' sizes and mtimes.
+    """A file-name-safe key for a model: its name plus a digest of its fingerprint (and its base's).
 
-    Hashing the files (not just the path) means that retraining into the same folder, or
-    changing its image processor, gives a new key and therefore a fresh index. Hub ids hash
-    the id only: pass ``--rebuild`` after the hub copy changes.
+    The fingerprint covers every file's size and mtime (``core.fingerprint``, shared with the eval
+    cache), so retraining into the same folder, or changing its image processor, gives a new key
+    and therefore a fresh index. Hub ids hash the id only: pass ``--rebuild`` after the hub copy changes.
     """
-    parts: list[str] = []
-    for item in (source, base):
-        if not item:
-            continue
-        path = Path(item)
-        if path.exists():
-            parts.append(str(path.resolve()))
-            files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
-            for file in files:
-                stat = file.stat()
-                parts.append(f"{file.name}:{stat.st_size}:{stat.st_mtime_ns}")
-        else:
-            parts.append(item)
-    digest = hashlib.sha1("\n".join(parts).encode("utf-8")).hexdigest()[:12]
+    digest = digest_of([fingerprint(source), fingerprint(base)], length=12)
     stem = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(source.rstrip("/\\")).name or "model")[:40]
     return f"{stem}-{digest}"
 

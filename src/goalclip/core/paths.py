@@ -1,0 +1,61 @@
+"""Checks on output paths made before a long run starts, so a run never ends by losing its work.
+
+- an output that is one of the run's inputs (the same file, also through a symlink) would be
+  overwritten or read while being written;
+- an output that cannot be written would fail only after hours of encoding.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+
+class OutputPathError(ValueError):
+    """An output path is unusable; the message names the option and the path."""
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    if a.exists() and b.exists():
+        return os.path.samefile(a, b)
+    return a.resolve() == b.resolve()
+
+
+def refuse_input_as_output(out: str | os.PathLike, out_option: str, **inputs: str | os.PathLike | None) -> None:
+    """Raise when ``out`` is the same file as any input; ``inputs`` maps option names to paths.
+
+    Option names are given without dashes and with underscores (``data=...`` -> ``--data``).
+    """
+    out_path = Path(out)
+    for option, value in inputs.items():
+        if value is not None and _same_file(out_path, Path(value)):
+            flag = "--" + option.replace("_", "-")
+            raise OutputPathError(
+                f"{out_option} {out} is the same file as {flag} {value}; choose another {out_option}"
+            )
+
+
+def check_writable_file(path: str | os.PathLike, option: str) -> None:
+    """Raise unless a file can be created at ``path`` (its folder is created if missing).
+
+    Tries a real file in the target folder: permission bits do not tell the whole story
+    (root, read-only mounts, a file where a folder should be).
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise OutputPathError(f"{option} {path} is a folder; give a file name")
+    check_writable_dir(path.parent, option, shown=path)
+
+
+def check_writable_dir(folder: str | os.PathLike, option: str, *, shown: str | os.PathLike | None = None) -> None:
+    """Raise unless files can be created in ``folder`` (created if missing)."""
+    folder = Path(folder)
+    shown = folder if shown is None else shown
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".goalclip-write-check.", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise OutputPathError(f"{option} {shown} cannot be written: {exc.strerror or exc}") from None

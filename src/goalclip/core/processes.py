@@ -1,0 +1,46 @@
+"""The processes of one run (``torchrun``, ``accelerate launch`` or a plain single process).
+
+Mining and evaluation split their work over whatever processes were launched. Accelerate joins
+CPU processes (gloo) only when told the run is on CPU; otherwise each rank of a CPU launch runs
+alone and silently redoes all the work. :func:`process_state` always tells it, and refuses a
+launch whose processes still did not join.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+
+def process_state(device: str):
+    """Accelerate's ``PartialState`` for a run on ``device`` (``cpu``, ``cuda[:i]``, ``auto``).
+
+    CPU is chosen for ``cpu``, under ``accelerate launch --cpu`` and for ``auto`` on a machine
+    without CUDA. Raises RuntimeError when the launcher started several processes that did not
+    join one group, instead of letting each process do everything.
+    """
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    cpu = (
+        device.startswith("cpu")
+        or parse_flag_from_env("ACCELERATE_USE_CPU")
+        or (device == "auto" and not torch.cuda.is_available())
+    )
+    state = PartialState(cpu=cpu)
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if state.num_processes != launched:
+        raise RuntimeError(
+            f"{launched} processes were launched but they did not join one process group "
+            f"(device {device!r}, {state.distributed_type}); each would repeat all the work. "
+            "Use --device cpu for CPU processes, or a device every process has."
+        )
+    return state
+
+
+def process_device(state, device: str) -> torch.device:
+    """This process's device: its own under several processes, else ``device`` (``auto``: Accelerate's)."""
+    if state.num_processes > 1 or device == "auto":
+        return state.device
+    return torch.device(device)
