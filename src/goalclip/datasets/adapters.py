@@ -33,8 +33,6 @@ from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from PIL import Image
-
 from goalclip.core.manifest import ManifestError, iter_jsonl, validate_record, write_jsonl, write_manifest
 
 logger = logging.getLogger(__name__)
@@ -218,14 +216,6 @@ def _first_file(candidates: list[Path], what: str) -> Path:
         if path.is_file():
             return path
     raise ManifestError(f"no {what} found; looked for: {', '.join(str(p) for p in candidates)}")
-
-
-def _image_size(path: Path) -> tuple[int, int] | None:
-    try:
-        with Image.open(path) as image:
-            return image.size
-    except (OSError, ValueError):
-        return None
 
 
 # ----------------------------------------------------------------------------- DOCCI
@@ -646,6 +636,8 @@ def _goal_local(pairs: list[_GoalPair], image: Path, rid: str, tally: SkipTally)
     from pixels here. A crop named ``original_image.*`` means the whole photo won, so its box is
     the photo itself (source ``whole``); boxes from the file get source ``external``.
     """
+    from goalclip.core.images import ImageError, image_size  # imports torch: not at parser-building time
+
     usable: list[Record] = []
     for pair in pairs:
         if not pair.sentence:
@@ -655,8 +647,9 @@ def _goal_local(pairs: list[_GoalPair], image: Path, rid: str, tally: SkipTally)
             tally.note("local pair without a similarity_score", rid)
             continue
         if PurePosixPath(pair.crop).stem == "original_image":
-            size = _image_size(image)
-            if size is None:
+            try:
+                size = image_size(str(image))
+            except ImageError:
                 tally.note("whole-image local pair without a readable image", rid)
                 continue
             box, source = [0.0, 0.0, float(size[0]), float(size[1])], "whole"
