@@ -47,6 +47,9 @@ def _add_mine(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue an interrupted run: ids already written are "
                    "skipped, never duplicated")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--max-image-pixels", type=int, help="refuse images with more pixels than this as possible "
+                   "decompression bombs (skipped and counted like unreadable files); 0 = no limit "
+                   "(default: PIL's 89478485)")
     p.set_defaults(func=_run_mine)
 
 
@@ -58,7 +61,7 @@ def _run_mine(args: argparse.Namespace) -> str:
         detector=args.detector, sam=args.sam, threshold=args.threshold, max_boxes=args.max_boxes,
         margin=args.margin, top_k=args.top_k, batch_size=args.batch_size, crop_batch_size=args.crop_batch_size,
         num_workers=args.num_workers, device=args.device, resume=args.resume, max_images=args.max_images,
-        progress=not args.no_progress,
+        progress=not args.no_progress, max_image_pixels=args.max_image_pixels,
     ))
     if not summary:  # non-main process under accelerate launch
         return ""
@@ -109,6 +112,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
     p.add_argument("--skip-invalid", action="store_true", help="skip and count bad records instead of stopping")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--max-image-pixels", type=int, help="refuse images with more pixels than this as possible "
+                   "decompression bombs (skipped and counted like unreadable files); 0 = no limit "
+                   "(default: PIL's 89478485)")
     p.set_defaults(func=_run_train)
 
 
@@ -124,6 +130,7 @@ def _run_train(args: argparse.Namespace) -> str:
         num_workers=args.num_workers, checkpoint_every=args.checkpoint_every,
         checkpoint_epochs=not args.no_epoch_checkpoints, log_every=args.log_every, report_to=args.report_to,
         resume=args.resume, skip_invalid=args.skip_invalid, progress=not args.no_progress,
+        max_image_pixels=args.max_image_pixels,
     ))
     return (f"trained {summary['method']} for {summary['steps']} steps on {summary['examples']} examples "
             f"({summary['skipped']} skipped), final loss {summary['final_loss']:.4f}, median step "

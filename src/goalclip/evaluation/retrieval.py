@@ -42,7 +42,7 @@ from accelerate.utils import (
 from torch import Tensor
 
 from goalclip.evaluation import metrics as metrics
-from goalclip.core.images import PixelBatches
+from goalclip.core.images import PixelBatches, set_max_image_pixels
 from goalclip.core.manifest import ManifestError, atomic_write, captions_of, read_manifest
 from goalclip.models.clip import ClipBundle, count_truncated, embed_images, encode_texts, load_clip
 
@@ -79,6 +79,7 @@ class EvalConfig:
     out: str | None = None
     progress: bool = True
     max_text_len: int | None = None
+    max_image_pixels: int | None = None
 
 
 @dataclass
@@ -454,6 +455,7 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
     ``config.out`` and returns the results; the other processes return an empty dict.
     """
     _check_config(config)
+    set_max_image_pixels(config.max_image_pixels)
     started = time.perf_counter()
     # PartialState only picks gloo for CPU processes when asked; ``accelerate launch --cpu`` says so
     # through ACCELERATE_USE_CPU, a plain run through ``device``.
@@ -582,6 +584,11 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
         help="truncate texts to this many tokens (default and upper bound: each model's own context)",
     )
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.add_argument(
+        "--max-image-pixels", type=int, default=None,
+        help="refuse images with more pixels than this as possible decompression bombs (skipped and "
+        "counted like unreadable files); 0 = no limit (default: PIL's 89478485)",
+    )
     return parser
 
 
@@ -605,6 +612,7 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
         out=args.out,
         progress=not args.no_progress,
         max_text_len=args.max_text_len,
+        max_image_pixels=args.max_image_pixels,
     )
     results = evaluate(config)
     if not results:

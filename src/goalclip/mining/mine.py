@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from goalclip.core.images import ImageError, crop_to_box, load_rgb, pixel_values
+from goalclip.core.images import ImageError, crop_to_box, load_rgb, pixel_values, set_max_image_pixels
 from goalclip.core.manifest import captions_of, iter_jsonl, read_manifest, relativize, write_jsonl, write_manifest
 from goalclip.models.clip import ClipBundle, embed_images, encode_texts, load_clip
 from goalclip.mining.regions import Region, RegionProposer, build_proposer
@@ -56,6 +56,7 @@ class MineConfig:
     resume: bool = False
     max_images: int | None = None
     progress: bool = True
+    max_image_pixels: int | None = None
 
 
 @dataclass
@@ -178,6 +179,7 @@ def mine(config: MineConfig) -> dict[str, Any]:
     from accelerate import PartialState
 
     state = PartialState()
+    set_max_image_pixels(config.max_image_pixels)
     out = Path(config.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     records = read_manifest(config.data)

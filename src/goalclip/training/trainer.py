@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import CLIPModel, get_cosine_schedule_with_warmup
 
+from goalclip.core.images import set_max_image_pixels
 from goalclip.training.data import Collate, TrainDataset, load_examples
 from goalclip.training.losses import METHOD_TERMS, LossWeights, combine_losses, contrastive_loss, masked_mean, tsl_loss
 from goalclip.core.manifest import SkipReport, atomic_write
@@ -81,6 +82,7 @@ class TrainConfig:
     skip_invalid: bool = False
     report_to: str | None = None
     progress: bool = True
+    max_image_pixels: int | None = None
 
     def validate(self) -> None:
         if self.method not in METHODS:
@@ -236,6 +238,7 @@ class Trainer:
 
     def run(self) -> dict[str, Any]:
         cfg, acc = self.config, self.accelerator
+        set_max_image_pixels(cfg.max_image_pixels)
         local = needs_local(cfg.method)
         examples = load_examples(cfg.data, need_local=local, skip_invalid=cfg.skip_invalid, skipped=self.skipped)
         bundle = load_clip(cfg.model, base=cfg.base)

@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
-from goalclip.core.images import load_rgb, pixel_values, to_rgb
+from goalclip.core.images import load_rgb, pixel_values, set_max_image_pixels, to_rgb
 from goalclip.core.manifest import atomic_write, captions_of, read_manifest
 from goalclip.models.clip import ClipBundle
 from goalclip.viz.search import IMAGE_SUFFIXES, encode_images, encode_texts, load_vision_bundle, topk_inner_product
@@ -602,6 +602,12 @@ def add_viz_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     pairs.add_argument("--data", required=True, help="mined-pairs manifest (JSON Lines with 'local')")
     pairs.add_argument("--limit", type=int, default=50, help="at most this many pairs (default 50)")
     pairs.add_argument("--out", required=True, help="output folder for one PNG per pair")
+    for command in (attention, retrieval, pairs):
+        command.add_argument(
+            "--max-image-pixels", type=int, default=None,
+            help="refuse images with more pixels than this as possible decompression bombs; 0 = no limit "
+            "(default: PIL's 89478485)",
+        )
     return parser
 
 
@@ -619,6 +625,7 @@ def _expand_images(items: Sequence[str], limit: int) -> list[str]:
 
 def run_viz(args: argparse.Namespace) -> dict[str, Any]:
     """Run ``goalclip viz <subcommand>`` and print a one-line summary."""
+    set_max_image_pixels(args.max_image_pixels)
     if args.viz_command == "attention":
         images = _expand_images(args.images, args.limit)
         result = plot_attention(args.model, images, args.out, args.label, base=args.base, device=args.device)

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from transformers import AutoConfig
 
-from goalclip.core.images import ImageError, PixelBatches, load_rgb
+from goalclip.core.images import ImageError, PixelBatches, load_rgb, set_max_image_pixels
 from goalclip.core.manifest import atomic_write
 from goalclip.models.clip import (
     ClipBundle,
@@ -447,6 +447,11 @@ def add_search_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
         default="auto",
         help="exact ranking with faiss IndexFlatIP or torch matmul (auto: faiss when installed)",
     )
+    parser.add_argument(
+        "--max-image-pixels", type=int, default=None,
+        help="refuse images with more pixels than this as possible decompression bombs (skipped and "
+        "counted like unreadable files); 0 = no limit (default: PIL's 89478485)",
+    )
     return parser
 
 
@@ -465,6 +470,7 @@ def _read_queries(args: argparse.Namespace) -> list[str]:
 def run_search(args: argparse.Namespace) -> dict[str, Any]:
     """Run ``goalclip search``: index (incrementally), rank, print, optionally sheet and JSON."""
     queries = _read_queries(args)
+    set_max_image_pixels(args.max_image_pixels)
     bundle = load_vision_bundle(args.model, base=args.base, device=args.device)
     bundle.model.eval()
     index = build_index(
