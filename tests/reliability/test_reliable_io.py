@@ -399,7 +399,7 @@ def test_nan_box_is_reported_as_not_finite(tmp_path: Path) -> None:
 def test_malformed_json_message_keeps_the_error_position(tmp_path: Path) -> None:
     path = tmp_path / "m.jsonl"
     path.write_text('{"id": "a", "image": "a.png", "caption": "tab\there"}\n')
-    with pytest.raises(ManifestError, match=r"m\.jsonl:1: malformed JSON \(Invalid control character at column 43\)"):
+    with pytest.raises(ManifestError, match=r"m\.jsonl:1: malformed JSON \(Invalid control character at column 46\)"):
         read_manifest(path)
 
 

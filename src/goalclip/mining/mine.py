@@ -11,6 +11,7 @@ merge into a temporary file and renamed. Under ``accelerate launch`` each proces
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -25,7 +26,9 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from goalclip.core.images import ImageError, crop_to_box, load_rgb, pixel_values, set_max_image_pixels
-from goalclip.core.manifest import captions_of, iter_jsonl, read_manifest, relativize, write_jsonl, write_manifest
+from goalclip.core.manifest import (
+    captions_of, iter_jsonl, output_lock, read_manifest, relativize, write_jsonl, write_manifest,
+)
 from goalclip.models.clip import ClipBundle, embed_images, encode_texts, load_clip
 from goalclip.mining.regions import Region, RegionProposer, build_proposer
 from goalclip.core.text import clean_text, split_sentences
@@ -175,10 +178,19 @@ def _part_paths(out: Path) -> tuple[list[Path], list[Path]]:
 
 
 def mine(config: MineConfig) -> dict[str, Any]:
-    """Run mining and merge; returns the summary the CLI prints (and writes next to ``out``)."""
+    """Run mining and merge; returns the summary the CLI prints (and writes next to ``out``).
+
+    The main process holds ``<out>.lock`` throughout, so a second run on the same ``out`` fails
+    instead of both losing records.
+    """
     from accelerate import PartialState
 
     state = PartialState()
+    with output_lock(config.out) if state.is_main_process else contextlib.nullcontext():
+        return _mine(config, state)
+
+
+def _mine(config: MineConfig, state) -> dict[str, Any]:
     set_max_image_pixels(config.max_image_pixels)
     out = Path(config.out)
     out.parent.mkdir(parents=True, exist_ok=True)

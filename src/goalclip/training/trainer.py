@@ -9,6 +9,7 @@ with batch b train exactly like one process with batch N*b.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -29,7 +30,7 @@ from transformers import CLIPModel, get_cosine_schedule_with_warmup
 from goalclip.core.images import set_max_image_pixels
 from goalclip.training.data import Collate, TrainDataset, load_examples
 from goalclip.training.losses import METHOD_TERMS, LossWeights, combine_losses, contrastive_loss, masked_mean, tsl_loss
-from goalclip.core.manifest import SkipReport, atomic_write
+from goalclip.core.manifest import SkipReport, atomic_write, output_lock
 from goalclip.models.clip import (
     ClipBundle,
     image_forward,
@@ -364,5 +365,10 @@ class Trainer:
 
 
 def train(config: TrainConfig) -> dict[str, Any]:
-    """Run one training job and return its summary (what the CLI prints)."""
-    return Trainer(config).run()
+    """Run one training job and return its summary (what the CLI prints).
+
+    The main process holds ``<out>.lock`` throughout, so two runs never write one folder.
+    """
+    trainer = Trainer(config)
+    with output_lock(config.out) if trainer.accelerator.is_main_process else contextlib.nullcontext():
+        return trainer.run()
