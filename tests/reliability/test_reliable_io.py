@@ -228,6 +228,9 @@ def test_exif_rotated_jpeg_decodes_in_displayed_orientation(tmp_path: Path) -> N
     assert image.size == (64, 128) and image_size(str(path)) == (64, 128)
     red, blue = image.getpixel((32, 10)), image.getpixel((32, 118))  # stored left half is displayed on top
     assert red[0] > 200 and red[2] < 60 and blue[2] > 200 and blue[0] < 60
+    png = tmp_path / "rotated.png"
+    Image.open(path).save(png, exif=Image.open(path).getexif())
+    assert load_rgb(str(png)).size == image_size(str(png)) == (64, 128)
 
 
 def test_training_accepts_a_box_drawn_on_the_displayed_image(tmp_path: Path) -> None:

@@ -117,11 +117,16 @@ def load_rgb(path: str) -> Image.Image:
 
 
 def image_size(path: str) -> tuple[int, int]:
-    """(width, height) as displayed (EXIF orientation applied), read from the header without decoding."""
+    """(width, height) as displayed (EXIF orientation applied), read from the header without decoding.
+
+    A PNG's EXIF is read only when it precedes the pixels (where writers put it): PIL would decode
+    the whole image to look for it after them, which a size check over a dataset cannot afford.
+    """
     try:
         with _open(path) as image:
             width, height = image.size
-            orientation = image.getexif().get(_EXIF_ORIENTATION)
+            header_only = image.format == "PNG" and "exif" not in image.info
+            orientation = None if header_only else image.getexif().get(_EXIF_ORIENTATION)
     except _DECODE_ERRORS as exc:
         raise _image_error(path, exc) from None
     return (height, width) if orientation in _QUARTER_TURNS else (width, height)

@@ -180,7 +180,7 @@ def output_lock(out: str | os.PathLike) -> Iterator[Path]:
     on this host (a killed run) is taken over with a warning; a lock from another host is never
     guessed stale. The lock is removed when the block ends, whether it succeeds or fails.
     """
-    out = Path(out)
+    out = Path(os.path.abspath(out))
     lock = out.with_name(out.name + ".lock")
     lock.parent.mkdir(parents=True, exist_ok=True)
     me = {"pid": os.getpid(), "host": socket.gethostname()}
