@@ -238,8 +238,8 @@ def test_training_accepts_a_box_drawn_on_the_displayed_image(tmp_path: Path) -> 
 
     path = _rotated_jpeg(tmp_path / "rotated.jpg")
     caption = "A photo standing upright. A red block is on top. A blue block is below."
-    record = {"id": "r", "image": str(path), "caption": caption,
-              "local": {"sentence": "A red block is on top.", "box": [0, 0, 64, 120], "score": 1.0, "source": "external"}}
+    local = {"sentence": "A red block is on top.", "box": [0, 0, 64, 120], "score": 1.0, "source": "external"}
+    record = {"id": "r", "image": str(path), "caption": caption, "local": local}
     manifest = tmp_path / "mined.jsonl"
     manifest.write_text(json.dumps(record) + "\n")
     (example,) = load_examples(manifest, need_local=True)
@@ -350,9 +350,8 @@ def test_lock_of_another_host_is_never_taken_over(tmp_path: Path) -> None:
 
     out = tmp_path / "mined.jsonl"
     _hold_lock(out, _dead_pid(), host="some-other-host")
-    with pytest.raises(OutputLocked, match="some-other-host"):
-        with output_lock(out):
-            pass
+    with pytest.raises(OutputLocked, match="some-other-host"), output_lock(out):
+        pass
 
 
 def test_output_lock_is_released_after_the_run_and_after_an_error(tmp_path: Path) -> None:
@@ -441,10 +440,10 @@ def test_temp_file_left_by_a_killed_writer_is_removed_by_the_next_write(tmp_path
 def test_killed_writer_leaves_no_partial_target_and_its_temp_names_its_pid(tmp_path: Path) -> None:
     target = tmp_path / "m.jsonl"
     with pytest.raises(KeyboardInterrupt), atomic_write(target) as handle:
-        (tmp := next(tmp_path.glob(".m.jsonl.*.tmp")))
+        temps = list(tmp_path.glob(".m.jsonl.*.tmp"))
         handle.write("partial")
         raise KeyboardInterrupt
-    assert f".m.jsonl.{os.getpid()}." in tmp.name
+    assert [p.name.split(".")[3] for p in temps] == [str(os.getpid())]
     assert not target.exists() and not list(tmp_path.iterdir())
 
 

@@ -60,15 +60,15 @@ def _high_bit_depth_to_l(image: Image.Image) -> Image.Image:
     (the usual float convention), else 8-bit-range values clipped to [0, 255]; NaN is black.
     PIL's own conversion clips instead of scaling, which turns a 16-bit image white.
     """
-    values = np.asarray(image).astype(np.float64)
+    values = np.asarray(image)
     if image.mode == "F":
-        values = np.nan_to_num(values, nan=0.0)
-        finite = values[np.isfinite(values)]
-        if finite.size and finite.min() >= 0 and finite.max() <= 1:
+        values = np.nan_to_num(values, nan=0.0, posinf=255.0, neginf=0.0)
+        if values.size and values.min() >= 0 and values.max() <= 1:
             values = values * 255
-    else:
-        values = values / 257
-    return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8))
+        grey = np.clip(np.rint(values), 0, 255)
+    else:  # round(v / 257) in integers: 16-bit images can be large
+        grey = (np.clip(values, 0, 65535).astype(np.uint32) * 255 + 32767) // 65535
+    return Image.fromarray(grey.astype(np.uint8))
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -98,7 +98,7 @@ def _image_error(path: str, exc: BaseException) -> ImageError:
     if isinstance(exc, FileNotFoundError):
         return ImageError(f"{path}: image file not found")
     if isinstance(exc, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
-        return ImageError(f"{path}: image too large to decode safely ({exc}); raise the limit with --max-image-pixels")
+        return ImageError(f"{path}: image too large to decode safely ({exc}); --max-image-pixels raises the limit")
     return ImageError(f"{path}: cannot decode image ({exc})")
 
 
@@ -107,7 +107,10 @@ _DECODE_ERRORS = (UnidentifiedImageError, OSError, ValueError, Image.Decompressi
 
 
 def load_rgb(path: str) -> Image.Image:
-    """Open an image as displayed (EXIF orientation applied) in RGB; any failure is an ImageError naming the file."""
+    """Open an image as displayed (EXIF orientation applied) in 8-bit RGB.
+
+    Any failure (missing, corrupt, over the pixel limit) is an ImageError naming the file.
+    """
     try:
         with _open(path) as image:
             image.load()
@@ -133,7 +136,7 @@ def image_size(path: str) -> tuple[int, int]:
 
 
 def crop_to_box(image: Image.Image, box: Sequence[float], path: str = "image") -> Image.Image:
-    """Crop to a box in original pixel coordinates, widened to whole pixels and clipped to the image.
+    """Crop to a box in the displayed image's pixel coordinates, widened to whole pixels and clipped to the image.
 
     A box with no area inside the image is an ImageError, so the item is excluded like an
     unreadable file instead of feeding the model an empty or padded crop.

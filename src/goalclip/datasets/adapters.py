@@ -970,8 +970,8 @@ def run_convert(args: argparse.Namespace) -> dict[str, Any]:
             "--no-restval" if n == "restval_into_train" else "--" + n.replace("_", "-") for n in not_taken
         )
         raise ValueError(f"{flags} do(es) not apply to --format {args.format}")
+    allow_skips = getattr(args, "allow_skips", False)
     summary = convert(
-        args.format, args.root, args.split, args.out, boxes_out=args.boxes_out, allow_skips=getattr(args, "allow_skips", False),
-        **options,
+        args.format, args.root, args.split, args.out, boxes_out=args.boxes_out, allow_skips=allow_skips, **options
     )
     return summary.as_dict()
