@@ -521,6 +521,18 @@ def test_goal_training_format_gives_mined_records(tmp_path: Path) -> None:
     assert record["local"]["box"] == [4.0, 2.0, 8.0, 9.0]
 
 
+def test_goal_pair_with_a_nan_box_is_counted_not_written(tmp_path: Path) -> None:
+    root, photos = _goal(tmp_path / "GOAL")
+    path = root / "datasets" / "goal_train.json"
+    data = json.loads(path.read_text())
+    data[0]["segment"][1]["bbox_coordinates"]["x2"] = float("nan")  # json writes NaN, as numpy-based tools do
+    path.write_text(json.dumps(data))
+    tally = SkipReport()
+    (record,) = convert_goal_json(root, "goal_train", image_root=photos, tally=tally)
+    assert [c["sentence"] for c in record["candidates"]] == ["Cars park"]
+    assert tally.notes == {"local pair with a non-finite box": 1}
+
+
 def test_goal_json_errors(tmp_path: Path) -> None:
     root, _ = _goal(tmp_path / "GOAL")
     with pytest.raises(ManifestError, match="no GOAL JSON file 'nope' found"):

@@ -1,4 +1,4 @@
-"""JSON Lines manifests: reading with line-numbered errors, validation, atomic writing.
+"""JSON Lines manifests: reading with line-numbered errors, validation, atomic writing, output locks.
 
 Every command reads and writes the same record shapes (see DESIGN.md "Data formats"):
 
