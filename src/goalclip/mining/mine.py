@@ -19,7 +19,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -32,6 +32,9 @@ from goalclip.core.manifest import (
 from goalclip.models.clip import ClipBundle, embed_images, encode_texts, load_clip
 from goalclip.mining.regions import Region, RegionProposer, build_proposer
 from goalclip.core.text import clean_text, split_sentences
+
+if TYPE_CHECKING:
+    from accelerate import PartialState
 
 logger = logging.getLogger(__name__)
 
@@ -190,7 +193,7 @@ def mine(config: MineConfig) -> dict[str, Any]:
         return _mine(config, state)
 
 
-def _mine(config: MineConfig, state) -> dict[str, Any]:
+def _mine(config: MineConfig, state: PartialState) -> dict[str, Any]:
     set_max_image_pixels(config.max_image_pixels)
     out = Path(config.out)
     out.parent.mkdir(parents=True, exist_ok=True)
