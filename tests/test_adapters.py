@@ -13,7 +13,6 @@ from PIL import Image
 
 from goalclip.datasets.adapters import (
     ADAPTERS,
-    SkipTally,
     add_convert_arguments,
     convert,
     convert_coco,
@@ -26,7 +25,7 @@ from goalclip.datasets.adapters import (
     dci_boxes,
     run_convert,
 )
-from goalclip.core.manifest import ManifestError, read_boxes, read_manifest
+from goalclip.core.manifest import ManifestError, SkipReport, read_boxes, read_manifest
 
 # ----------------------------------------------------------------------------- fixture writers
 
@@ -330,7 +329,7 @@ def test_docci_train_strips_and_keeps_order(tmp_path: Path) -> None:
 
 
 def test_docci_keeps_missing_images_when_not_checking(tmp_path: Path) -> None:
-    tally = SkipTally()
+    tally = SkipReport()
     records = convert_docci(_docci(tmp_path / "docci"), "test", check_images=False, tally=tally)
     assert [r["id"] for r in records] == ["test_00000", "test_00001"]
     assert tally.skipped == {"empty caption": 1}
@@ -353,7 +352,7 @@ def test_docci_errors_name_file_line_and_field(tmp_path: Path) -> None:
 
 def test_dci_captions_splits_and_missing_image(tmp_path: Path) -> None:
     root = _dci(tmp_path / "dci")
-    tally = SkipTally()
+    tally = SkipReport()
     test = convert_dci(root, "test", tally=tally)
     assert [r["id"] for r in test] == ["sa_2"]
     assert test[0]["caption"] == "Waves roll in."
@@ -484,7 +483,7 @@ def test_goal_test_json_with_image_root(tmp_path: Path) -> None:
     records = convert_goal_json(root, "DCI_test", image_root=photos)
     assert [r["id"] for r in records] == ["sa_1", "sa_2"]
     assert Path(records[0]["image"]) == (photos / "sa_1.jpg").resolve()
-    tally = SkipTally()
+    tally = SkipReport()
     assert convert_goal_json(root, "datasets/DCI_test.json", tally=tally) == []  # authors' paths do not exist here
     assert tally.skipped == {"missing image": 2}
 
@@ -520,6 +519,18 @@ def test_goal_training_format_gives_mined_records(tmp_path: Path) -> None:
     assert record["local"]["sentence"] == "A shop is open"  # best score first
     assert [c["sentence"] for c in record["candidates"]] == ["A shop is open", "Cars park"]
     assert record["local"]["box"] == [4.0, 2.0, 8.0, 9.0]
+
+
+def test_goal_pair_with_a_nan_box_is_counted_not_written(tmp_path: Path) -> None:
+    root, photos = _goal(tmp_path / "GOAL")
+    path = root / "datasets" / "goal_train.json"
+    data = json.loads(path.read_text())
+    data[0]["segment"][1]["bbox_coordinates"]["x2"] = float("nan")  # json writes NaN, as numpy-based tools do
+    path.write_text(json.dumps(data))
+    tally = SkipReport()
+    (record,) = convert_goal_json(root, "goal_train", image_root=photos, tally=tally)
+    assert [c["sentence"] for c in record["candidates"]] == ["Cars park"]
+    assert tally.notes == {"local pair with a non-finite box": 1}
 
 
 def test_goal_json_errors(tmp_path: Path) -> None:
@@ -563,10 +574,10 @@ def test_run_convert_cli_roundtrip(tmp_path: Path, caplog: pytest.LogCaptureFixt
             "0",
         ]
     )
-    with caplog.at_level(logging.WARNING, logger="goalclip.datasets.adapters"):
-        result = run_convert(args)
-    assert result["written"] == 0 and result["skipped"] == {"missing image": 1} and result["total_skipped"] == 1
-    assert "COCO_val2014_000000000001" in caplog.text
+    with caplog.at_level(logging.WARNING), pytest.raises(ManifestError, match="no records to write") as error:
+        run_convert(args)  # nothing would be written: an error naming a missing image, not an empty manifest
+    assert str(root / "val2014" / "COCO_val2014_000000000001.jpg") in str(error.value)
+    assert "COCO_val2014_000000000001" in caplog.text and not (tmp_path / "c.jsonl").exists()
     args = _parse(
         [
             "--format",

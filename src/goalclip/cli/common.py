@@ -19,6 +19,14 @@ def add_no_progress(parser: argparse.ArgumentParser) -> None:
                         help="hide progress bars (goalclip's and the libraries' own, e.g. weight loading)")
 
 
+def add_max_image_pixels(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--max-image-pixels", type=int, default=None,
+        help="refuse images with more pixels than this as possible decompression bombs (skipped and counted "
+        "like unreadable files); 0 = no limit (default: PIL's 89478485)",
+    )
+
+
 def add_model(parser: argparse.ArgumentParser, help_text: str) -> None:
     parser.add_argument("--model", required=True, help=help_text)
     parser.add_argument("--base", default=None, help="base model id/folder when --model is a bare state-dict file")

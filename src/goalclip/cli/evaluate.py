@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from goalclip.cli.common import add_device, add_no_progress, resolve_device
+from goalclip.cli.common import add_device, add_max_image_pixels, add_no_progress, resolve_device
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -76,6 +76,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="truncate texts to this many tokens (default and upper bound: each model's own context)",
     )
     add_no_progress(parser)
+    add_max_image_pixels(parser)
     parser.set_defaults(func=run)
 
 
@@ -89,7 +90,7 @@ def run(args: argparse.Namespace) -> str:
         models=list(args.models), data=args.data, base=args.base, joint=args.joint, ks=args.ks,
         batch_size=args.batch_size, num_workers=args.num_workers, device=resolve_device(args.device),
         precision=args.precision, cache_dir=args.cache_dir, out=args.out, progress=not args.no_progress,
-        max_text_len=args.max_text_len,
+        max_text_len=args.max_text_len, max_image_pixels=args.max_image_pixels,
     )
     results: dict[str, Any] = evaluate(config, write_out=False)
     if not results:
@@ -107,6 +108,7 @@ def run(args: argparse.Namespace) -> str:
 
 
 def run_classify(args: argparse.Namespace) -> str:
+    from goalclip.core.images import set_max_image_pixels
     from goalclip.evaluation.classify import CLASSIFY_KS, ClassifyConfig, classify
     from goalclip.evaluation.retrieval import markdown_table
 
@@ -118,6 +120,7 @@ def run_classify(args: argparse.Namespace) -> str:
         batch_size=args.batch_size, num_workers=args.num_workers, device=resolve_device(args.device),
         out=args.out, progress=not args.no_progress,
     )
+    set_max_image_pixels(args.max_image_pixels)
     results = classify(config)
     print(markdown_table(results))
     where = f"; metrics -> {config.out}" if config.out else ""

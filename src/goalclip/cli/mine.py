@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from goalclip.cli.common import add_device, add_model, add_no_progress
+from goalclip.cli.common import add_device, add_max_image_pixels, add_model, add_no_progress
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -35,6 +35,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue an interrupted run: ids already written are "
                    "skipped, never duplicated")
     add_no_progress(p)
+    add_max_image_pixels(p)
     p.set_defaults(func=run)
 
 
@@ -46,7 +47,7 @@ def run(args: argparse.Namespace) -> str:
         detector=args.detector, sam=args.sam, threshold=args.threshold, max_boxes=args.max_boxes,
         margin=args.margin, top_k=args.top_k, batch_size=args.batch_size, crop_batch_size=args.crop_batch_size,
         num_workers=args.num_workers, device=args.device, resume=args.resume, max_images=args.max_images,
-        progress=not args.no_progress,
+        progress=not args.no_progress, max_image_pixels=args.max_image_pixels,
     ))
     if not summary:  # non-main process under accelerate launch
         return ""

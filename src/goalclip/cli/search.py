@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from goalclip.cli.common import add_device, add_model, add_no_progress, resolve_device
+from goalclip.cli.common import add_device, add_max_image_pixels, add_model, add_no_progress, resolve_device
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -31,6 +31,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="exact ranking with faiss IndexFlatIP or torch matmul (default: auto = faiss when installed)",
     )
     add_no_progress(parser)
+    add_max_image_pixels(parser)
     parser.set_defaults(func=run)
 
 
@@ -48,10 +49,12 @@ def _read_queries(args: argparse.Namespace) -> list[str]:
 
 def run(args: argparse.Namespace) -> str:
     """Index (incrementally), rank, print the hits; optionally a contact sheet and JSON."""
+    from goalclip.core.images import set_max_image_pixels
     from goalclip.core.manifest import atomic_write
     from goalclip.viz.search import build_index, load_vision_bundle, model_key, search, write_sheet
 
     queries = _read_queries(args)
+    set_max_image_pixels(args.max_image_pixels)
     bundle = load_vision_bundle(args.model, base=args.base, device=resolve_device(args.device))
     bundle.model.eval()
     index = build_index(

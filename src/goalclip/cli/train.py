@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from goalclip.cli.common import add_model, add_no_progress
+from goalclip.cli.common import add_max_image_pixels, add_model, add_no_progress
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -47,6 +47,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
     p.add_argument("--skip-invalid", action="store_true", help="skip and count bad records instead of stopping")
     add_no_progress(p)
+    add_max_image_pixels(p)
     p.set_defaults(func=run)
 
 
@@ -63,6 +64,7 @@ def run(args: argparse.Namespace) -> str:
         num_workers=args.num_workers, checkpoint_every=args.checkpoint_every,
         checkpoint_epochs=not args.no_epoch_checkpoints, log_every=args.log_every, report_to=args.report_to,
         resume=args.resume, skip_invalid=args.skip_invalid, progress=not args.no_progress,
+        max_image_pixels=args.max_image_pixels,
     ))
     return (f"trained {summary['method']} for {summary['steps']} steps on {summary['examples']} examples "
             f"({summary['skipped']} skipped), final loss {summary['final_loss']:.4f}, median step "

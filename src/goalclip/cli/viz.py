@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from goalclip.cli.common import add_device, add_model, add_no_progress, resolve_device
+from goalclip.cli.common import add_device, add_max_image_pixels, add_model, add_no_progress, resolve_device
 
 
 def _model_options(parser: argparse.ArgumentParser) -> None:
@@ -17,6 +17,7 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--base", default=None, help="architecture to load bare state-dict models into")
     add_device(parser, "the models")
     add_no_progress(parser)
+    add_max_image_pixels(parser)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -52,6 +53,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_model(errors, "hub id, model folder or state-dict file (with --base)")
     add_device(errors)
     add_no_progress(errors)
+    add_max_image_pixels(errors)
     errors.add_argument("--data", required=True, help="captioned-image manifest (JSON Lines)")
     errors.add_argument("--limit", type=int, default=8, help="failures drawn, largest margin first (default: 8)")
     errors.add_argument("--out", required=True, help="output PNG; the failure list goes to the same name with .json")
@@ -61,10 +63,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     pairs.add_argument("--data", required=True, help="mined-pairs manifest (JSON Lines with 'local')")
     pairs.add_argument("--limit", type=int, default=50, help="at most this many pairs (default: 50)")
     pairs.add_argument("--out", required=True, help="output folder for one PNG per pair")
+    add_max_image_pixels(pairs)
     pairs.set_defaults(func=run_pairs)
 
 
+def _limit_image_pixels(args: argparse.Namespace) -> None:
+    from goalclip.core.images import set_max_image_pixels
+
+    set_max_image_pixels(args.max_image_pixels)
+
+
 def run_attention(args: argparse.Namespace) -> str:
+    _limit_image_pixels(args)
     from goalclip.viz.figures import expand_images, plot_attention
 
     images = expand_images(args.images, args.limit)
@@ -74,6 +84,7 @@ def run_attention(args: argparse.Namespace) -> str:
 
 
 def run_retrieval(args: argparse.Namespace) -> str:
+    _limit_image_pixels(args)
     import numpy as np
 
     from goalclip.core.manifest import atomic_write
@@ -91,6 +102,7 @@ def run_retrieval(args: argparse.Namespace) -> str:
 
 
 def run_pairs(args: argparse.Namespace) -> str:
+    _limit_image_pixels(args)
     from goalclip.viz.figures import plot_pairs
 
     files = plot_pairs(args.data, args.out, limit=args.limit)
@@ -98,6 +110,7 @@ def run_pairs(args: argparse.Namespace) -> str:
 
 
 def run_errors(args: argparse.Namespace) -> str:
+    _limit_image_pixels(args)
     from goalclip.viz.errors import plot_errors
 
     result = plot_errors(args.model, args.data, args.out, limit=args.limit, base=args.base,

@@ -3,41 +3,140 @@
 Decoding happens in DataLoader workers so the model never waits on PIL; an unreadable file
 is reported by index (the caller decides: skip and count, or stop) instead of crashing a
 worker with a traceback from deep inside PIL.
+
+Every image goes through :func:`load_rgb` (pixels) or :func:`image_size` (size only), so all
+commands see the same picture: the one a viewer shows. EXIF orientation is applied, so boxes
+(in manifests, external box files and mined pairs) are in the displayed orientation's pixels.
+Every PIL mode becomes 8-bit RGB by one rule per mode (see :func:`to_rgb`).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 logger = logging.getLogger(__name__)
+
+PIL_MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS
+"""PIL's own decompression-bomb limit (about 89 megapixels; twice that is refused outright)."""
+
+BACKGROUND = (255, 255, 255)
+"""Transparent pixels are composited over white, as a browser or image viewer shows them."""
+
+_EXIF_ORIENTATION = 0x0112
+_QUARTER_TURNS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 
 
 class ImageError(ValueError):
     """An image file is missing or cannot be decoded."""
 
 
+def set_max_image_pixels(limit: int | None) -> None:
+    """Set the process-wide pixel limit above which an image is refused as a decompression bomb.
+
+    ``None`` restores PIL's default, ``0`` removes the limit. An image over the limit is an
+    unreadable image (:class:`ImageError` with its size), skipped and counted like a corrupt file.
+    DataLoader workers started by fork inherit the setting.
+    """
+    if limit is not None and limit < 0:
+        raise ValueError(f"max image pixels must be >= 0 (0 = no limit), got {limit}")
+    Image.MAX_IMAGE_PIXELS = PIL_MAX_IMAGE_PIXELS if limit is None else (limit or None)
+
+
+def _high_bit_depth_to_l(image: Image.Image) -> Image.Image:
+    """Greyscale with more than 8 bits (modes I;16*, I, F) scaled to 8 bits.
+
+    I;16* and I hold 16-bit samples (I is how PIL opens some 16-bit PNG/TIFF files): 65535 is
+    white, larger I values saturate. F holds intensities in [0, 1] when every value lies there
+    (the usual float convention), else 8-bit-range values clipped to [0, 255]; NaN is black.
+    PIL's own conversion clips instead of scaling, which turns a 16-bit image white.
+    """
+    values = np.asarray(image)
+    if image.mode == "F":
+        values = np.nan_to_num(values, nan=0.0, posinf=255.0, neginf=0.0)
+        if values.size and values.min() >= 0 and values.max() <= 1:
+            values = values * 255
+        grey = np.clip(np.rint(values), 0, 255)
+    else:  # round(v / 257) in integers: 16-bit images can be large
+        grey = (np.clip(values, 0, 65535).astype(np.uint32) * 255 + 32767) // 65535
+    return Image.fromarray(grey.astype(np.uint8))
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL mode as 8-bit RGB, for pixels the way a viewer shows them.
+
+    High-bit-depth greyscale is scaled to 8 bits (see :func:`_high_bit_depth_to_l`); images with
+    transparency (an alpha band, or a palette or greyscale image with a transparent colour) are
+    composited over :data:`BACKGROUND`; every other mode (1, L, P, CMYK, YCbCr, LAB, HSV, ...)
+    uses PIL's conversion.
+    """
+    if image.mode in ("I", "F") or image.mode.startswith("I;16"):
+        return _high_bit_depth_to_l(image).convert("RGB")
+    if image.mode in ("RGBA", "RGBa", "LA", "La", "PA") or "transparency" in image.info:
+        rgba = image.convert("RGBA") if image.mode != "La" else image.convert("LA").convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, BACKGROUND + (255,)), rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def _open(path: str) -> Image.Image:
+    """``Image.open`` with a decompression bomb (over the limit) raised as an error, not a warning."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        return Image.open(path)
+
+
+def _image_error(path: str, exc: BaseException) -> ImageError:
+    if isinstance(exc, FileNotFoundError):
+        return ImageError(f"{path}: image file not found")
+    if isinstance(exc, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
+        return ImageError(f"{path}: image too large to decode safely ({exc}); --max-image-pixels raises the limit")
+    return ImageError(f"{path}: cannot decode image ({exc})")
+
+
+_DECODE_ERRORS = (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError,
+                  Image.DecompressionBombWarning)
+
+
 def load_rgb(path: str) -> Image.Image:
-    """Open an image as RGB, raising ImageError that names the file on any failure."""
+    """Open an image as displayed (EXIF orientation applied) in 8-bit RGB.
+
+    Any failure (missing, corrupt, over the pixel limit) is an ImageError naming the file.
+    """
     try:
-        with Image.open(path) as image:
+        with _open(path) as image:
             image.load()
-            return image.convert("RGB")
-    except FileNotFoundError:
-        raise ImageError(f"{path}: image file not found") from None
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise ImageError(f"{path}: cannot decode image ({exc})") from None
+            return to_rgb(ImageOps.exif_transpose(image))
+    except _DECODE_ERRORS as exc:
+        raise _image_error(path, exc) from None
+
+
+def image_size(path: str) -> tuple[int, int]:
+    """(width, height) as displayed (EXIF orientation applied), read from the header without decoding.
+
+    A PNG's EXIF is read only when it precedes the pixels (where writers put it): PIL would decode
+    the whole image to look for it after them, which a size check over a dataset cannot afford.
+    """
+    try:
+        with _open(path) as image:
+            width, height = image.size
+            header_only = image.format == "PNG" and "exif" not in image.info
+            orientation = None if header_only else image.getexif().get(_EXIF_ORIENTATION)
+    except _DECODE_ERRORS as exc:
+        raise _image_error(path, exc) from None
+    return (height, width) if orientation in _QUARTER_TURNS else (width, height)
 
 
 def crop_to_box(image: Image.Image, box: Sequence[float], path: str = "image") -> Image.Image:
-    """Crop to a box in original pixel coordinates, widened to whole pixels and clipped to the image.
+    """Crop to a box in the displayed image's pixel coordinates, widened to whole pixels and clipped to the image.
 
     A box with no area inside the image is an ImageError, so the item is excluded like an
     unreadable file instead of feeding the model an empty or padded crop.

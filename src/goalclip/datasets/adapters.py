@@ -12,7 +12,9 @@ Shared rules, so that every manifest can be trusted the same way:
   guessing would produce a manifest that evaluates on the wrong captions;
 - broken *entries* (an empty caption, a photo that is not on disk, a repeated id) are skipped and
   tallied, with the first few ids, because real downloads always miss a few files and one of them
-  must not stop a conversion of thousands;
+  must not stop a conversion of thousands; but a conversion that would write nothing, or that
+  misses the images of more than half its records (the sign of a wrong ``--root`` or
+  ``--image-root``), fails without writing, unless ``allow_skips`` (``--allow-skips``) accepts it;
 - captions are stripped; ids are unique within a manifest and stable across runs (the dataset's
   own id or the image's file stem, prefixed with the dataset's name where that stem is a bare
   number); records come out in the dataset's own order (or natural file-name order where the
@@ -25,6 +27,7 @@ import argparse
 import inspect
 import json
 import logging
+import math
 import os
 import re
 from collections.abc import Callable
@@ -33,9 +36,15 @@ from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from PIL import Image
-
-from goalclip.core.manifest import ManifestError, iter_jsonl, validate_record, write_jsonl, write_manifest
+from goalclip.core.manifest import (
+    ManifestError,
+    SkipReport,
+    iter_jsonl,
+    json_error,
+    validate_record,
+    write_jsonl,
+    write_manifest,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -56,43 +65,8 @@ SHAREGPT4V_FILE = "share-captioner_coco_lcs_sam_1246k_1107.json"
 # logit scale is exactly 100, so dividing gives back the cosine that goalclip's miner reports.
 GOAL_LOGIT_SCALE = 100.0
 
-
-class SkipTally:
-    """What a conversion left out, by reason, with the first few ids of each reason.
-
-    ``skipped`` counts whole records dropped; ``notes`` counts parts of kept records dropped (an
-    empty caption among five, a local pair without a box). Tallying instead of logging each one
-    keeps a 1.2M-record conversion readable while still telling the user which ids to look at.
-    """
-
-    def __init__(self, keep_examples: int = 5) -> None:
-        self.skipped: dict[str, int] = {}
-        self.notes: dict[str, int] = {}
-        self.examples: dict[str, list[str]] = {}
-        self._keep = keep_examples
-
-    def _add(self, counts: dict[str, int], reason: str, rid: str) -> None:
-        counts[reason] = counts.get(reason, 0) + 1
-        examples = self.examples.setdefault(reason, [])
-        if len(examples) < self._keep:
-            examples.append(rid)
-
-    def skip(self, reason: str, rid: str) -> None:
-        """Count a record that will not be written."""
-        self._add(self.skipped, reason, rid)
-
-    def note(self, reason: str, rid: str) -> None:
-        """Count a part of a written record that was dropped."""
-        self._add(self.notes, reason, rid)
-
-    def log(self) -> None:
-        """One warning per reason, so problems show up even when nobody reads the summary."""
-        for reason, count in self.skipped.items():
-            logger.warning("skipped %d record(s): %s (first ids: %s)", count, reason, ", ".join(self.examples[reason]))
-        for reason, count in self.notes.items():
-            logger.info(
-                "%d record(s) kept without a part: %s (first ids: %s)", count, reason, ", ".join(self.examples[reason])
-            )
+MAX_MISSING_SHARE = 0.5
+"""A conversion missing the images of more records than this share fails (unless allow_skips)."""
 
 
 class _Collector:
@@ -102,9 +76,9 @@ class _Collector:
     directly still warns about what it skipped.
     """
 
-    def __init__(self, tally: SkipTally | None, check_images: bool) -> None:
+    def __init__(self, tally: SkipReport | None, check_images: bool) -> None:
         self.owns_tally = tally is None
-        self.tally = tally if tally is not None else SkipTally()
+        self.tally = tally if tally is not None else SkipReport()
         self.check_images = check_images
         self.records: list[Record] = []
         self._seen: set[str] = set()
@@ -146,7 +120,7 @@ class _Collector:
                 self.tally.note("empty caption dropped", rid)
             record["captions"] = kept[:limit] if limit else kept
         if self.check_images and not image.is_file():
-            self.tally.skip("missing image", rid)
+            self.tally.skip("missing image", rid, detail=str(image))
             return None
         if extra is not None:
             record.update(extra())
@@ -188,7 +162,9 @@ def _load_json(path: Path) -> Any:
         with path.open(encoding="utf-8") as handle:
             return json.load(handle)
     except json.JSONDecodeError as exc:
-        raise ManifestError(f"{path}: malformed JSON ({exc.msg} at line {exc.lineno})") from None
+        raise ManifestError(f"{path}: malformed JSON ({json_error(exc)})") from None
+    except UnicodeDecodeError as exc:
+        raise ManifestError(f"{path}: not UTF-8 text (byte {exc.start + 1}: {exc.reason})") from None
 
 
 def _type_name(kind: type | tuple[type, ...]) -> str:
@@ -220,14 +196,6 @@ def _first_file(candidates: list[Path], what: str) -> Path:
     raise ManifestError(f"no {what} found; looked for: {', '.join(str(p) for p in candidates)}")
 
 
-def _image_size(path: Path) -> tuple[int, int] | None:
-    try:
-        with Image.open(path) as image:
-            return image.size
-    except (OSError, ValueError):
-        return None
-
-
 # ----------------------------------------------------------------------------- DOCCI
 
 
@@ -236,7 +204,7 @@ def convert_docci(
     split: str,
     *,
     check_images: bool = True,
-    tally: SkipTally | None = None,
+    tally: SkipReport | None = None,
 ) -> list[Record]:
     """DOCCI: ``docci_descriptions.jsonlines`` (one JSON object a line) with photos in ``images/``.
 
@@ -320,7 +288,7 @@ def convert_dci(
     *,
     caption: str = "extra",
     check_images: bool = True,
-    tally: SkipTally | None = None,
+    tally: SkipReport | None = None,
 ) -> list[Record]:
     """Densely Captioned Images: one JSON per image in ``annotations/``, photos in ``photos/``.
 
@@ -367,7 +335,7 @@ def dci_boxes(
     split: str,
     *,
     out_path: str | os.PathLike | None = None,
-    tally: SkipTally | None = None,
+    tally: SkipReport | None = None,
 ) -> list[Record]:
     """DCI's human mask boxes as external boxes ``{"id", "boxes": [[x1, y1, x2, y2], ...]}``.
 
@@ -380,7 +348,7 @@ def dci_boxes(
     _check_split(split, DCI_SPLITS, "dci")
     base = _dci_base(root)
     own_tally = tally is None
-    tally = tally if tally is not None else SkipTally()
+    tally = tally if tally is not None else SkipReport()
     out: list[Record] = []
     for path in _dci_files(base, split, prefer_complete=False):
         obj = _load_json(path)
@@ -394,7 +362,9 @@ def dci_boxes(
             if isinstance(mask, dict) and mask.get("mask_quality") == 2:
                 continue
             box = _dci_mask_box(mask, mask_where)
-            if box[2] <= box[0] or box[3] <= box[1]:
+            if not all(math.isfinite(v) for v in box):
+                tally.note("mask box not finite", rid)
+            elif box[2] <= box[0] or box[3] <= box[1]:
                 tally.note("mask box without area", rid)
             elif box not in boxes:
                 boxes.append(box)
@@ -417,7 +387,7 @@ def convert_urban1k(
     split: str = "test",
     *,
     check_images: bool = True,
-    tally: SkipTally | None = None,
+    tally: SkipReport | None = None,
 ) -> list[Record]:
     """Urban1k: ``image/<n>.jpg`` and ``caption/<n>.txt`` (same stem), 1,000 pairs, test only.
 
@@ -462,7 +432,7 @@ def _convert_karpathy(
     id_of: Callable[[str], str],
     max_captions: int | None,
     check_images: bool,
-    tally: SkipTally | None,
+    tally: SkipReport | None,
 ) -> list[Record]:
     """Shared reader of Karpathy's split files: ``{"images": [{filename, split, sentences}]}``."""
     data = _load_json(path)
@@ -495,7 +465,7 @@ def convert_coco(
     restval_into_train: bool = True,
     max_captions: int | None = 5,
     check_images: bool = True,
-    tally: SkipTally | None = None,
+    tally: SkipReport | None = None,
 ) -> list[Record]:
     """MS-COCO with Karpathy's splits (``dataset_coco.json``): 5,000 val, 5,000 test images.
 
@@ -531,7 +501,7 @@ def convert_flickr30k(
     image_root: str | os.PathLike | None = None,
     max_captions: int | None = 5,
     check_images: bool = True,
-    tally: SkipTally | None = None,
+    tally: SkipReport | None = None,
 ) -> list[Record]:
     """Flickr30k with Karpathy's splits (``dataset_flickr30k.json``): 1,000 val, 1,000 test.
 
@@ -572,7 +542,7 @@ def convert_sharegpt4v(
     image_root: str | os.PathLike | None = None,
     test_size: int = 1000,
     check_images: bool = True,
-    tally: SkipTally | None = None,
+    tally: SkipReport | None = None,
 ) -> list[Record]:
     """ShareGPT4V captions: a JSON list of ``{"id", "image", "conversations": [...]}``.
 
@@ -638,7 +608,7 @@ def _goal_is_local(entry: dict[str, Any]) -> bool:
     return "similarity_score" in entry or "bbox_coordinates" in entry or parent.endswith("_results")
 
 
-def _goal_local(pairs: list[_GoalPair], image: Path, rid: str, tally: SkipTally) -> Record:
+def _goal_local(pairs: list[_GoalPair], image: Path, rid: str, tally: SkipReport) -> Record:
     """``local`` (the best-scoring usable pair) and ``candidates`` (all usable, best first).
 
     GOAL keeps crops as PNG files; only its mining output for training carries the crop's box
@@ -646,6 +616,8 @@ def _goal_local(pairs: list[_GoalPair], image: Path, rid: str, tally: SkipTally)
     from pixels here. A crop named ``original_image.*`` means the whole photo won, so its box is
     the photo itself (source ``whole``); boxes from the file get source ``external``.
     """
+    from goalclip.core.images import ImageError, image_size  # imports torch: not at parser-building time
+
     usable: list[Record] = []
     for pair in pairs:
         if not pair.sentence:
@@ -655,8 +627,9 @@ def _goal_local(pairs: list[_GoalPair], image: Path, rid: str, tally: SkipTally)
             tally.note("local pair without a similarity_score", rid)
             continue
         if PurePosixPath(pair.crop).stem == "original_image":
-            size = _image_size(image)
-            if size is None:
+            try:
+                size = image_size(str(image))
+            except ImageError:
                 tally.note("whole-image local pair without a readable image", rid)
                 continue
             box, source = [0.0, 0.0, float(size[0]), float(size[1])], "whole"
@@ -665,6 +638,9 @@ def _goal_local(pairs: list[_GoalPair], image: Path, rid: str, tally: SkipTally)
             continue
         else:
             box, source = pair.box, "external"
+        if not all(math.isfinite(v) for v in box):
+            tally.note("local pair with a non-finite box", rid)
+            continue
         if box[2] <= box[0] or box[3] <= box[1]:
             tally.note("local pair with an empty box", rid)
             continue
@@ -681,7 +657,7 @@ def convert_goal_json(
     *,
     image_root: str | os.PathLike | None = None,
     check_images: bool = True,
-    tally: SkipTally | None = None,
+    tally: SkipReport | None = None,
 ) -> list[Record]:
     """The GOAL repo's JSON files (``datasets/*.json``), which are JSON lists of three shapes.
 
@@ -801,6 +777,26 @@ def _adapter(format: str) -> Callable[..., list[Record]]:
         raise ValueError(f"unknown format {format!r}; choose from {', '.join(ADAPTERS)}") from None
 
 
+def _check_enough_kept(format: str, split: str, kept: int, tally: SkipReport, allow_skips: bool) -> None:
+    """Refuse a conversion that keeps nothing, or misses most images, with a hint at the cause."""
+    missing = tally.skipped.get("missing image", 0)
+    total = kept + len(tally)
+    if kept and (allow_skips or missing <= MAX_MISSING_SHARE * total):
+        return
+    tally.log()
+    reasons = ", ".join(f"{count} {kind}" for kind, count in tally.skipped.items()) or "the source has none"
+    problem = f"no records to write ({reasons})" if not kept else f"{missing} of {total} records skipped: missing image"
+    hint = ""
+    if missing:
+        example = tally.details["missing image"]
+        where = "--image-root (the folder holding the images)" if "image_root" in adapter_options(format) else "--root"
+        hint = (f"; e.g. {tally.examples['missing image'][0]}: {example} not found. If the images are elsewhere, "
+                f"pass {where}; --no-check-images keeps records without their image")
+    if kept:
+        hint += f"; --allow-skips writes the {kept} records found"
+    raise ManifestError(f"{format} {split}: {problem}{hint}")
+
+
 def convert(
     format: str,
     root: str | os.PathLike,
@@ -808,6 +804,7 @@ def convert(
     out_path: str | os.PathLike,
     *,
     boxes_out: str | os.PathLike | None = None,
+    allow_skips: bool = False,
     **options: Any,
 ) -> ConvertSummary:
     """Convert one split of a dataset to a manifest at ``out_path``; return the counts.
@@ -815,6 +812,8 @@ def convert(
     ``options`` go to the format's adapter (see :func:`adapter_options`); one it does not take is
     an error rather than silently ignored. ``boxes_out`` (DCI only) also writes the mask boxes of
     the records actually written, with the same ids, for ``goalclip mine --regions external``.
+    Nothing is written when no record is left, or when more than :data:`MAX_MISSING_SHARE` of the
+    records miss their image and ``allow_skips`` is false: a ManifestError names an example path.
     """
     adapter = _adapter(format)
     unknown = sorted(set(options) - set(adapter_options(format)))
@@ -825,8 +824,9 @@ def convert(
         )
     if boxes_out is not None and format != "dci":
         raise ValueError(f"boxes_out is only available for format 'dci' (its mask boxes), not {format!r}")
-    tally = SkipTally()
+    tally = SkipReport()
     records = adapter(root, split, tally=tally, **options)
+    _check_enough_kept(format, split, len(records), tally, allow_skips)
     written = write_manifest(out_path, records)
     boxes_written = 0
     if boxes_out is not None:
@@ -907,6 +907,12 @@ def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
         "e.g. to convert captions before the photos are downloaded",
     )
     parser.add_argument(
+        "--allow-skips",
+        action="store_true",
+        help="write the manifest even when more than half of the records miss their image (by default "
+        "that fails, as it usually means a wrong --root or --image-root)",
+    )
+    parser.add_argument(
         "--caption",
         choices=DCI_CAPTIONS,
         default=None,
@@ -964,5 +970,8 @@ def run_convert(args: argparse.Namespace) -> dict[str, Any]:
             "--no-restval" if n == "restval_into_train" else "--" + n.replace("_", "-") for n in not_taken
         )
         raise ValueError(f"{flags} do(es) not apply to --format {args.format}")
-    summary = convert(args.format, args.root, args.split, args.out, boxes_out=args.boxes_out, **options)
+    allow_skips = getattr(args, "allow_skips", False)
+    summary = convert(
+        args.format, args.root, args.split, args.out, boxes_out=args.boxes_out, allow_skips=allow_skips, **options
+    )
     return summary.as_dict()

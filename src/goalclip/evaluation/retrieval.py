@@ -38,7 +38,7 @@ from torch import Tensor
 
 from goalclip.core.fingerprint import digest_of, files_fingerprint, fingerprint
 from goalclip.evaluation import metrics
-from goalclip.core.images import PixelBatches
+from goalclip.core.images import PixelBatches, set_max_image_pixels
 from goalclip.core.manifest import ManifestError, atomic_write, captions_of, iter_records, read_manifest
 from goalclip.core.paths import check_writable_dir, check_writable_file, refuse_input_as_output
 from goalclip.core.processes import process_device, process_state
@@ -77,6 +77,7 @@ class EvalConfig:
     out: str | None = None
     progress: bool = True
     max_text_len: int | None = None
+    max_image_pixels: int | None = None
 
 
 @dataclass
@@ -457,6 +458,7 @@ def evaluate(config: EvalConfig, *, write_out: bool = True) -> dict[str, Any]:
     """
     _check_config(config)
     _check_outputs(config)
+    set_max_image_pixels(config.max_image_pixels)
     started = time.perf_counter()
     state = process_state(config.device)
     item_sets = [retrieval_items(config.data)]

@@ -30,19 +30,24 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from goalclip.core.images import ImageError, crop_to_box, load_rgb, pixel_values
-from goalclip.core.manifest import captions_of, iter_jsonl, read_manifest, relativize, write_jsonl, write_manifest
+from goalclip.core.images import ImageError, crop_to_box, load_rgb, pixel_values, set_max_image_pixels
+from goalclip.core.manifest import (
+    captions_of, iter_jsonl, output_lock, read_manifest, relativize, write_jsonl, write_manifest,
+)
 from goalclip.core.paths import refuse_input_as_output
 from goalclip.core.processes import process_device, process_state
 from goalclip.models.clip import ClipBundle, count_truncated, embed_images, encode_texts, load_clip
 from goalclip.mining.regions import InvalidBox, Region, RegionProposer, build_proposer, take_invalid_boxes
 from goalclip.core.text import clean_text, split_sentences
+
+if TYPE_CHECKING:
+    from accelerate import PartialState
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +81,7 @@ class MineConfig:
     resume: bool = False
     max_images: int | None = None
     progress: bool = True
+    max_image_pixels: int | None = None
 
 
 @dataclass
@@ -243,12 +249,22 @@ def _part_paths(out: Path) -> tuple[list[Path], list[Path]]:
 
 
 def mine(config: MineConfig) -> dict[str, Any]:
-    """Run mining and merge; returns the summary the CLI prints (and writes next to ``out``)."""
+    """Run mining and merge; returns the summary the CLI prints (and writes next to ``out``).
+
+    The main process holds ``<out>.lock`` throughout, so a second run on the same ``out`` fails
+    instead of both losing records.
+    """
+    refuse_input_as_output(Path(config.out), "--out", data=config.data, boxes=config.boxes)
+    state = process_state(config.device)
+    with output_lock(config.out) if state.is_main_process else contextlib.nullcontext():
+        return _mine(config, state)
+
+
+def _mine(config: MineConfig, state: PartialState) -> dict[str, Any]:
     from accelerate.utils import gather_object
 
+    set_max_image_pixels(config.max_image_pixels)
     out = Path(config.out)
-    refuse_input_as_output(out, "--out", data=config.data, boxes=config.boxes)
-    state = process_state(config.device)
     out.parent.mkdir(parents=True, exist_ok=True)
     records = read_manifest(config.data)
     if config.max_images:

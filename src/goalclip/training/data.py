@@ -15,10 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
-from goalclip.core.images import ImageError, crop_to_box, load_rgb, pixel_values
+from goalclip.core.images import ImageError, crop_to_box, image_size, load_rgb, pixel_values
 from goalclip.core.manifest import ManifestError, SkipReport, captions_of, iter_records
 from goalclip.models.clip import ClipBundle
 from goalclip.core.text import clean_text, locate_sentence, token_span, usable_span
@@ -122,10 +121,9 @@ def load_examples(
 
 def _validate_example(record: dict[str, Any], where: str, need_local: bool) -> Example:
     try:
-        with Image.open(record["image"]) as image:
-            width, height = image.size
-    except (FileNotFoundError, OSError) as exc:
-        raise ManifestError(f"{where}: field 'image': cannot read {record['image']} ({exc})") from None
+        width, height = image_size(record["image"])
+    except ImageError as exc:
+        raise ManifestError(f"{where}: field 'image': {exc}") from None
     caption = clean_text(captions_of(record)[0])
     example = Example(record["id"], record["image"], caption)
     local = record.get("local")

@@ -9,6 +9,7 @@ with batch b train exactly like one process with batch N*b.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -26,9 +27,10 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import CLIPModel, get_cosine_schedule_with_warmup
 
+from goalclip.core.images import set_max_image_pixels
 from goalclip.training.data import Collate, TrainDataset, load_examples
 from goalclip.training.losses import METHOD_TERMS, LossWeights, combine_losses, contrastive_loss, masked_mean, tsl_loss
-from goalclip.core.manifest import SkipReport, atomic_write
+from goalclip.core.manifest import SkipReport, atomic_write, output_lock
 from goalclip.models.clip import (
     ClipBundle,
     image_forward,
@@ -81,6 +83,7 @@ class TrainConfig:
     skip_invalid: bool = False
     report_to: str | None = None
     progress: bool = True
+    max_image_pixels: int | None = None
 
     def validate(self) -> None:
         if self.method not in METHODS:
@@ -236,6 +239,7 @@ class Trainer:
 
     def run(self) -> dict[str, Any]:
         cfg, acc = self.config, self.accelerator
+        set_max_image_pixels(cfg.max_image_pixels)
         local = needs_local(cfg.method)
         examples = load_examples(cfg.data, need_local=local, skip_invalid=cfg.skip_invalid, skipped=self.skipped)
         bundle = load_clip(cfg.model, base=cfg.base)
@@ -361,5 +365,10 @@ class Trainer:
 
 
 def train(config: TrainConfig) -> dict[str, Any]:
-    """Run one training job and return its summary (what the CLI prints)."""
-    return Trainer(config).run()
+    """Run one training job and return its summary (what the CLI prints).
+
+    The main process holds ``<out>.lock`` throughout, so two runs never write one folder.
+    """
+    trainer = Trainer(config)
+    with output_lock(config.out) if trainer.accelerator.is_main_process else contextlib.nullcontext():
+        return trainer.run()

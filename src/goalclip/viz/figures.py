@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
-from goalclip.core.images import load_rgb, pixel_values
+from goalclip.core.images import load_rgb, pixel_values, to_rgb
 from goalclip.core.manifest import atomic_write, captions_of, read_manifest
 from goalclip.models.clip import ClipBundle
 from goalclip.viz.search import IMAGE_SUFFIXES, encode_images, encode_texts, load_vision_bundle, topk_inner_product
@@ -64,7 +64,7 @@ class VizError(ValueError):
 
 
 def _as_images(images: Sequence[ImageLike]) -> list[Image.Image]:
-    return [im.convert("RGB") if isinstance(im, Image.Image) else load_rgb(str(im)) for im in images]
+    return [to_rgb(im) if isinstance(im, Image.Image) else load_rgb(str(im)) for im in images]
 
 
 def _last_layer_attention_and_tokens(bundle: ClipBundle, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
