@@ -115,7 +115,10 @@ def test_two_processes_at_batch_b_train_exactly_like_one_process_at_batch_2b(
     start, w1, w2 = load_file(str(tiny_world.model / "model.safetensors")), _weights(single), _weights(double)
     moved = max((w1[k] - start[k]).abs().max().item() for k in start if "position" not in k)
     assert moved > 1e-3  # the tolerance below is far smaller than the update
-    _assert_same_weights(w1, w2, atol=1e-5)
+    # Attention key biases get a zero gradient in exact arithmetic (softmax ignores a shift shared
+    # by all keys); Adam scales their rounding noise up to full-size steps, so they carry no signal.
+    signal = [k for k in w1 if not k.endswith("k_proj.bias")]
+    _assert_same_weights({k: w1[k] for k in signal}, {k: w2[k] for k in signal}, atol=1e-6)
     assert json.loads((double / "train_config.json").read_text())["derived"]["num_processes"] == 2
 
 
