@@ -301,6 +301,8 @@ def _versions() -> dict[str, str]:
 
 def _git_commit() -> str | None:
     """The commit of the goalclip checkout that ran, or None for an installed package."""
+    if "site-packages" in Path(__file__).parts:
+        return None
     try:
         result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
                                 text=True, timeout=10, check=True)
@@ -317,6 +319,14 @@ def _read_record(out: Path) -> dict[str, Any] | None:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}: unreadable run record ({exc})") from None
+
+
+def _metrics_step(line: str) -> float:
+    """The step of a metrics.jsonl line; infinite for a line torn by a kill, so it is dropped."""
+    try:
+        return float(json.loads(line)["step"])
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return math.inf
 
 
 def _same_setting(name: str, recorded: Any, now: Any) -> bool:
@@ -352,7 +362,7 @@ class Trainer:
             raise ValueError(f"--out {self.out} is the --model folder: write the fine-tuned model to a new folder")
         self.accelerator = Accelerator(
             mixed_precision=config.precision,
-            log_with=config.report_to,
+            log_with=config.report_to.split(",") if config.report_to else None,
             project_dir=str(self.out),
             cpu=_cpu_multiprocess(),
         )
@@ -449,7 +459,7 @@ class Trainer:
         if not (self.accelerator.is_main_process and path.exists()):
             return
         lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
-        kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
+        kept = [line for line in lines if _metrics_step(line) <= step]
         if len(kept) != len(lines):
             with atomic_write(path) as handle:
                 handle.writelines(kept)
