@@ -385,6 +385,8 @@ def test_metrics_hold_each_step_once_after_a_resume(tiny_world, tmp_path, capsys
         main(["train", *args])
     monkeypatch.undo()
     assert [m["step"] for m in _metrics(out)] == [1, 2, 3]
+    with (out / "metrics.jsonl").open("a") as handle:
+        handle.write('{"step": 4, "lo')  # a line torn by the kill
     rc, _, err = _cli(capsys, *args, "--resume")
     assert rc == 0, err
     assert [m["step"] for m in _metrics(out)] == [1, 2, 3, 4]
