@@ -52,8 +52,8 @@ def _weights(out: Path) -> dict[str, torch.Tensor]:
 
 def _assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], atol: float = 0.0) -> None:
     assert a.keys() == b.keys()
-    for key in a:
-        assert torch.allclose(a[key], b[key], atol=atol, rtol=0), key
+    for key, value in a.items():
+        assert torch.allclose(value, b[key], atol=atol, rtol=0), key
 
 
 # ----------------------------------------------------------------------------- several processes
@@ -180,7 +180,7 @@ def test_report_to_a_tracker_that_is_not_installed_fails_before_training(
 ) -> None:
     import accelerate.tracking
 
-    monkeypatch.setattr(accelerate.tracking, "get_available_trackers", lambda: [])
+    monkeypatch.setattr(accelerate.tracking, "get_available_trackers", list)
     rc, _, err = _cli(capsys, *_args(tiny_world, tmp_path / "out", "--max-steps", "1", "--report-to", "tensorboard"))
     assert rc != 0
     assert "tensorboard" in err and "not installed" in err
