@@ -121,7 +121,7 @@ def test_version(capsys):
 
 def test_usage_error_exits_2_and_runtime_error_exits_1(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        main(["train", "--model", "m"])  # --data and --out missing
+        main(["train", "--method", "bogus"])  # not one of the choices
     assert exit_info.value.code == 2
     capsys.readouterr()
     code = main(["eval", "--model", "m", "--data", str(tmp_path / "missing.jsonl"), "--no-progress"])

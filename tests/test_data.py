@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -246,3 +247,19 @@ def test_collate_global_batch(tiny_bundle, batch_examples) -> None:
     assert set(batch) == {"caption_ids", "caption_mask", "pixel_values"}
     n = len(tiny_bundle.tokenizer(batch_examples[0].caption)["input_ids"])
     assert batch["caption_ids"].shape == (2, n)  # the longer of the two, below the context
+
+
+def test_collate_drops_items_whose_image_failed_to_decode(tiny_bundle, batch_examples, tmp_path) -> None:
+    """A decode failure in a worker becomes a reason string, not an exception; the rest still batch."""
+    truncated = tmp_path / "truncated.png"
+    data = Path(batch_examples[1].image).read_bytes()
+    truncated.write_bytes(data[: len(data) // 2])
+    examples = [batch_examples[0], replace(batch_examples[1], image=str(truncated)), batch_examples[2]]
+    dataset = TrainDataset(examples, tiny_bundle, need_local=True)
+    collate = Collate(pad_id=tiny_bundle.tokenizer.pad_token_id)
+    batch = collate([dataset[i] for i in range(3)])
+    assert batch["pixel_values"].shape == (4, 3, 32, 32)  # 2 globals + 2 crops
+    assert batch["caption_ids"].shape[0] == 2 and batch["patch_mask"].shape[0] == 2
+    [reason] = batch["failed"]
+    assert reason.startswith("example 'b':") and str(truncated) in reason
+    assert collate([dataset[1]]) == {"failed": [reason]}

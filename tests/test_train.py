@@ -127,7 +127,7 @@ def test_goal_loss_equals_plain_torch_recomputation(step_setup, reference_terms)
         ("goal", {"global", "local", "tsl_image", "tsl_text"}, {"global": 1.0, "local": 0.5, "tsl_image": 1.0, "tsl_text": 1.0}),
         ("wo-tsl", {"global", "local"}, {"global": 1.0, "local": 0.5}),
         ("global", {"global"}, {"global": 1.0}),
-        ("local", {"local"}, {"local": 0.5}),
+        ("local", {"local"}, {"local": 1.0}),  # the local loss alone
     ],
 )
 def test_training_step_terms_per_method(step_setup, reference_terms, method, terms, weights) -> None:
@@ -192,7 +192,8 @@ def test_train_end_to_end(tiny_world, tmp_path, method: str) -> None:
     assert any(not torch.equal(trained[k], initial[k]) for k in initial if "position_embedding" not in k)
 
     config = json.loads((out / "train_config.json").read_text())
-    assert config["method"] == method and config["context_length"] == 52 and config["total_steps"] == 2
+    assert config["config"]["method"] == method
+    assert config["derived"]["context_length"] == 52 and config["derived"]["total_steps"] == 2
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == [1, 2]
     assert all(math.isfinite(m["loss"]) for m in metrics)
@@ -245,7 +246,7 @@ def test_resume_after_crash_gives_identical_weights(
     assert checkpoints == (["step-2"] if crash_at_call == 3 else ["step-2", "step-3"])
     assert not (tmp_path / "model.safetensors").exists()
 
-    with pytest.raises(FileExistsError, match="pass --resume"):
+    with pytest.raises(FileExistsError, match="pass --resume to continue"):
         train(_config(tiny_world, tmp_path, **config))  # a fresh run must not mix with the old checkpoints
     summary = train(_config(tiny_world, tmp_path, resume=True, **config))
     assert summary["steps"] == 4

@@ -21,7 +21,7 @@ def add_no_progress(parser: argparse.ArgumentParser) -> None:
 
 def add_max_image_pixels(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--max-image-pixels", type=int, default=None,
+        "--max-image-pixels", type=int,
         help="refuse images with more pixels than this as possible decompression bombs (skipped and counted "
         "like unreadable files); 0 = no limit (default: PIL's 89478485)",
     )

@@ -1,50 +1,61 @@
-"""``goalclip train``: fine-tune a CLIP with GOAL or one of its ablations."""
+"""``goalclip train``: fine-tune a CLIP with GOAL or one of its ablations.
+
+Options have no argparse defaults (``argument_default=SUPPRESS``): only the flags a user types
+reach :func:`run`, where they override a ``--config`` file; the defaults live in ``TrainConfig``.
+"""
 
 from __future__ import annotations
 
 import argparse
 
-from goalclip.cli.common import add_max_image_pixels, add_model, add_no_progress
+from goalclip.cli.common import add_max_image_pixels, add_no_progress
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="fine-tune a CLIP with GOAL / its ablations",
+    p = sub.add_parser("train", help="fine-tune a CLIP with GOAL / its ablations", argument_default=argparse.SUPPRESS,
                        description="Fine-tune with L = w_global L_global + w_local L_local + w_tsl L_TSL on mined "
-                       "pairs; text positions are stretched Long-CLIP style when the model's context is shorter "
-                       "than --max-text-len. Run under `accelerate launch` for several GPUs or nodes. Defaults "
-                       "are the GOAL authors' code's settings (AdamW lr 5e-6, wd 0.05, cosine, 10 epochs, batch 16).")
-    add_model(p, "starting CLIP: hub id, model folder (e.g. a previous run's --out, for two-stage training) or "
-              "state-dict file (with --base)")
-    p.add_argument("--data", required=True, help="mined-pairs manifest (a captioned manifest is enough for "
-                   "--method global)")
-    p.add_argument("--out", required=True, help="output folder: the final model (loads with "
-                   "CLIPModel.from_pretrained), train_config.json, metrics.jsonl, checkpoints/")
-    p.add_argument("--method", default="goal", choices=["goal", "wo-tsl", "global", "local"],
+                       "pairs (a method with one term trains it with weight 1); text positions are stretched "
+                       "Long-CLIP style when the model's context is shorter than --max-text-len. Run under "
+                       "`accelerate launch` for several GPUs or nodes. Defaults are the GOAL authors' code's "
+                       "settings (AdamW lr 5e-6, wd 0.05, cosine, 10 epochs, batch 16).")
+    p.add_argument("--config", help="settings file: a run's train_config.json (to run it again) or a JSON object "
+                   "of TrainConfig fields; flags given on the command line override it")
+    p.add_argument("--model", help="starting CLIP: hub id, model folder (e.g. a previous run's "
+                   "--out, for two-stage training) or state-dict file (with --base); required unless in --config")
+    p.add_argument("--base", help="base model id/folder when --model is a bare state-dict file")
+    p.add_argument("--data", help="mined-pairs manifest (a captioned manifest is enough for "
+                   "--method global); required unless in --config")
+    p.add_argument("--out", help="output folder: the final model (loads with CLIPModel.from_pretrained), "
+                   "train_config.json, metrics.jsonl, checkpoints/; required unless in --config")
+    p.add_argument("--method", choices=["goal", "wo-tsl", "global", "local"],
                    help="loss terms: goal = global+local+TSL, wo-tsl = global+local, global, local (default: goal)")
-    p.add_argument("--epochs", type=int, default=10, help="passes over the data (default: 10)")
+    p.add_argument("--epochs", type=int, help="passes over the data (default: 10)")
     p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps (overrides --epochs)")
-    p.add_argument("--batch-size", type=int, default=16, help="pairs per process per step (default: 16)")
-    p.add_argument("--lr", type=float, default=5e-6, help="AdamW learning rate (default: 5e-6)")
-    p.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay (default: 0.05)")
-    p.add_argument("--warmup-steps", type=int, default=0, help="linear warmup before the cosine decay (default: 0)")
-    p.add_argument("--max-text-len", type=int, default=248, help="text context after stretching (default: 248)")
-    p.add_argument("--keep-positions", type=int, default=20, help="leading positions copied unchanged by the "
+    p.add_argument("--batch-size", type=int, help="pairs per process per step (default: 16)")
+    p.add_argument("--lr", type=float, help="AdamW learning rate (default: 5e-6)")
+    p.add_argument("--weight-decay", type=float, help="AdamW weight decay (default: 0.05)")
+    p.add_argument("--warmup-steps", type=int, help="linear warmup before the cosine decay (default: 0)")
+    p.add_argument("--max-text-len", type=int, help="text context after stretching (default: 248)")
+    p.add_argument("--keep-positions", type=int, help="leading positions copied unchanged by the "
                    "stretch (default: 20)")
-    p.add_argument("--w-global", type=float, default=1.0, help="weight of the global loss (default: 1.0)")
-    p.add_argument("--w-local", type=float, default=0.5, help="weight of the local loss (default: 0.5)")
-    p.add_argument("--w-tsl", type=float, default=1.0, help="weight of each TSL term (default: 1.0)")
-    p.add_argument("--seed", type=int, default=0, help="random seed for init, data order and crops (default: 0)")
-    p.add_argument("--precision", default="no", choices=["no", "fp16", "bf16"],
+    p.add_argument("--w-global", type=float, help="weight of the global loss (default: 1.0)")
+    p.add_argument("--w-local", type=float, help="weight of the local loss (default: 0.5)")
+    p.add_argument("--w-tsl", type=float, help="weight of each TSL term (default: 1.0)")
+    p.add_argument("--seed", type=int, help="random seed for init, data order and crops (default: 0)")
+    p.add_argument("--precision", choices=["no", "fp16", "bf16"],
                    help="mixed precision through Accelerate (default: no = fp32)")
-    p.add_argument("--grad-clip", type=float, default=1.0, help="gradient norm clip; 0 disables (default: 1.0)")
+    p.add_argument("--grad-clip", type=float, help="gradient norm clip; 0 disables (default: 1.0)")
     p.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations to save memory")
-    p.add_argument("--num-workers", type=int, default=2, help="data-loading worker processes (default: 2)")
-    p.add_argument("--checkpoint-every", type=int, default=0, help="also checkpoint every N steps (default: only "
+    p.add_argument("--num-workers", type=int, help="data-loading worker processes (default: 2)")
+    p.add_argument("--checkpoint-every", type=int, help="also checkpoint every N steps (default: only "
                    "at each epoch end)")
     p.add_argument("--no-epoch-checkpoints", action="store_true", help="do not checkpoint at epoch ends")
-    p.add_argument("--log-every", type=int, default=10, help="steps between metrics.jsonl lines (default: 10)")
+    p.add_argument("--keep-checkpoints", type=int, help="newest checkpoints kept, older ones deleted (default: 2)")
+    p.add_argument("--log-every", type=int, help="steps between metrics.jsonl lines (default: 10)")
     p.add_argument("--report-to", help="Accelerate tracker: tensorboard, wandb, all (needs the package installed)")
-    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    p.add_argument("--resume", action="store_true", help="continue the unfinished run in --out from its latest "
+                   "checkpoint (same settings; a finished run is left as it is)")
+    p.add_argument("--overwrite", action="store_true", help="replace the model and run record already in --out")
     p.add_argument("--skip-invalid", action="store_true", help="skip and count bad records instead of stopping")
     add_no_progress(p)
     add_max_image_pixels(p)
@@ -52,20 +63,33 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> str:
+    from dataclasses import asdict
+
     from goalclip.training.losses import LossWeights
     from goalclip.training.trainer import TrainConfig, train
 
-    summary = train(TrainConfig(
-        model=args.model, base=args.base, data=args.data, out=args.out, method=args.method, epochs=args.epochs,
-        max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-        warmup_steps=args.warmup_steps, max_text_len=args.max_text_len, keep_positions=args.keep_positions,
-        weights=LossWeights(args.w_global, args.w_local, args.w_tsl), seed=args.seed, precision=args.precision,
-        grad_clip=args.grad_clip or None, gradient_checkpointing=args.gradient_checkpointing,
-        num_workers=args.num_workers, checkpoint_every=args.checkpoint_every,
-        checkpoint_epochs=not args.no_epoch_checkpoints, log_every=args.log_every, report_to=args.report_to,
-        resume=args.resume, skip_invalid=args.skip_invalid, progress=not args.no_progress,
-        max_image_pixels=args.max_image_pixels,
-    ))
+    given = {k: v for k, v in vars(args).items() if k not in ("command", "func", "verbose", "config")}
+    values = TrainConfig.from_file(args.config).to_dict() if "config" in vars(args) else {}
+    weights = dict(values.get("weights") or asdict(LossWeights()))
+    for flag, name in (("w_global", "global_"), ("w_local", "local"), ("w_tsl", "tsl")):
+        if flag in given:
+            weights[name] = given.pop(flag)
+    values["weights"] = weights
+    if "grad_clip" in given:
+        given["grad_clip"] = given["grad_clip"] or None
+    if given.pop("no_epoch_checkpoints", False):
+        given["checkpoint_epochs"] = False
+    if given.pop("no_progress", False):
+        given["progress"] = False
+    values.update(given)
+    missing = [f"--{name}" for name in ("model", "data", "out") if not values.get(name)]
+    if missing:
+        raise ValueError(f"{', '.join(missing)} required (as flags or in --config)")
+    summary = train(TrainConfig.from_dict(values))
+    if summary.get("already_finished"):
+        return (f"{summary['out']} holds a finished run ({summary['steps']} steps); nothing to resume "
+                "(pass --overwrite to train it again)")
+    loss = summary["final_loss"]
     return (f"trained {summary['method']} for {summary['steps']} steps on {summary['examples']} examples "
-            f"({summary['skipped']} skipped), final loss {summary['final_loss']:.4f}, median step "
+            f"({summary['skipped']} skipped), final loss {'n/a' if loss is None else f'{loss:.4f}'}, median step "
             f"{summary['median_step_s'] * 1000:.0f} ms, context {summary['context_length']} -> {summary['out']}")

@@ -111,7 +111,9 @@ def run_demo(
         texts, image_size=plan.image_size, patch_size=plan.patch_size, width=plan.width, layers=plan.layers,
         projection_dim=plan.width,
         context_length=plan.context, seed=seed), out / "models" / "init"))
-    common = {"num_workers": num_workers, "seed": seed, "progress": progress, "checkpoint_epochs": False}
+    # the demo owns its output folder: a re-run replaces the models of the previous one
+    common = {"num_workers": num_workers, "seed": seed, "progress": progress, "checkpoint_epochs": False,
+              "overwrite": True}
     timed("pretrain", train, TrainConfig(
         model=str(init), data=str(world.pretrain), out=str(out / "models" / "pretrained"), method="global",
         max_steps=plan.pretrain_steps, batch_size=plan.pretrain_batch, lr=plan.pretrain_lr,

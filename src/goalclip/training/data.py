@@ -147,7 +147,12 @@ def _validate_example(record: dict[str, Any], where: str, need_local: bool) -> E
 
 
 class TrainDataset(Dataset):
-    """Examples -> tensors for one training sample (decoded and processed in a worker)."""
+    """Examples -> tensors for one training sample (decoded and processed in a worker).
+
+    An image that passed validation (its header) but fails to decode gives ``{"failed": reason}``
+    instead of raising: raised in a DataLoader worker, the error would reach the user wrapped in
+    a torch traceback. The trainer decides whether to stop or to skip and count it.
+    """
 
     def __init__(self, examples: list[Example], bundle: ClipBundle, *, need_local: bool):
         self.examples = examples
@@ -164,9 +169,12 @@ class TrainDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         ex = self.examples[index]
         try:
-            image = load_rgb(ex.image)
+            return self._item(ex)
         except ImageError as exc:
-            raise ImageError(f"example {ex.id!r}: {exc}") from None
+            return {"failed": f"example {ex.id!r}: {exc}"}
+
+    def _item(self, ex: Example) -> dict[str, Any]:
+        image = load_rgb(ex.image)
         enc = self.tokenizer(ex.caption, return_offsets_mapping=True, return_special_tokens_mask=True)
         ids = enc["input_ids"]
         if len(ids) > self.max_len:
@@ -209,11 +217,20 @@ class Collate:
 
     Captions pad to the batch's longest caption and sentences to the batch's longest sentence
     (never to the 248-token context): CLIP's causal text attention makes right padding exact.
+    Items that failed to decode are dropped from the batch; their reasons travel in
+    ``batch["failed"]`` (present only when some failed, and then possibly the only key).
     """
 
     pad_id: int
 
-    def __call__(self, items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        failed = [it["failed"] for it in items if "failed" in it]
+        if failed:
+            good = [it for it in items if "failed" not in it]
+            return {**(self._stack(good) if good else {}), "failed": failed}
+        return self._stack(items)
+
+    def _stack(self, items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         caption_ids, caption_mask = _pad([it["caption_ids"] for it in items], self.pad_id)
         batch = {"caption_ids": caption_ids, "caption_mask": caption_mask}
         pixels = [it["pixels"] for it in items]

@@ -30,7 +30,6 @@ __all__ = [
     "LossWeights",
     "combine_losses",
     "contrastive_loss",
-    "gather_with_grad",
     "masked_mean",
     "tsl_loss",
 ]
@@ -84,20 +83,6 @@ class _GatherWithGrad(torch.autograd.Function):
 
 def _gather(x: Tensor, sizes: list[int], rank: int) -> Tensor:
     return _GatherWithGrad.apply(x, sizes, rank)
-
-
-def gather_with_grad(x: Tensor) -> Tensor:
-    """Concatenate ``x`` from all processes along dim 0 (rank order), keeping gradients.
-
-    Identity when ``torch.distributed`` is not initialised or the world has one process, so the same
-    code runs on one device. Per-process lengths may differ (e.g. a last batch split unevenly):
-    lengths are exchanged first and shards padded for the collective, then unpadded. Every process
-    must call this, and (when gradients flow) call backward through it, the same number of times.
-    """
-    rank, world = _dist_rank_world()
-    if world == 1:
-        return x
-    return _gather(x, _gather_sizes(x, world), rank)
 
 
 def contrastive_loss(
@@ -216,7 +201,9 @@ class LossWeights:
     """Weights of the GOAL objective ``L = global_ * L_global + local * L_local + tsl * L_TSL``.
 
     ``global_`` has a trailing underscore because ``global`` is a Python keyword. Defaults are the
-    paper's 1.0 / 0.5 / 1.0.
+    paper's 1.0 / 0.5 / 1.0. The weights balance terms against each other, so a method with a
+    single term (``global``, ``local``) trains on that term alone with weight 1: the papers'
+    local baseline is the local loss by itself, not half of it.
     """
 
     global_: float = 1.0
@@ -238,7 +225,8 @@ def combine_losses(terms: dict[str, Tensor], method: str, weights: LossWeights) 
 
     ``terms`` keys: ``"global"``, ``"local"``, ``"tsl_image"``, ``"tsl_text"``; only the keys the
     method needs must be present (a ``global``-only run need not compute local or TSL terms). The
-    TSL term is ``tsl_image + tsl_text``, each weighted by ``weights.tsl``.
+    TSL term is ``tsl_image + tsl_text``, each weighted by ``weights.tsl``. A single-term method
+    returns its term unweighted (see :class:`LossWeights`).
     """
     if method not in METHOD_TERMS:
         raise ValueError(f"unknown method {method!r}; valid methods: {', '.join(METHOD_TERMS)}")
@@ -253,6 +241,8 @@ def combine_losses(terms: dict[str, Tensor], method: str, weights: LossWeights) 
     missing = [key for key in needed if key not in terms]
     if missing:
         raise ValueError(f"method {method!r} needs loss terms {needed}; missing {missing}")
+    if len(needed) == 1:
+        return terms[needed[0]]
     total = weight_of[needed[0]] * terms[needed[0]]
     for key in needed[1:]:
         total = total + weight_of[key] * terms[key]

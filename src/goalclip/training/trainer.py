@@ -10,26 +10,30 @@ with batch b train exactly like one process with batch N*b.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import math
 import os
+import platform
 import shutil
+import subprocess
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import accelerate.tracking
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import gather_object, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import CLIPModel, get_cosine_schedule_with_warmup
 
-from goalclip.core.images import set_max_image_pixels
 from goalclip.training.data import Collate, TrainDataset, load_examples
 from goalclip.training.losses import METHOD_TERMS, LossWeights, combine_losses, contrastive_loss, masked_mean, tsl_loss
+from goalclip.core.images import ImageError, set_max_image_pixels
 from goalclip.core.manifest import SkipReport, atomic_write, output_lock
 from goalclip.models.clip import (
     ClipBundle,
@@ -52,9 +56,20 @@ class TrainingError(RuntimeError):
     """Training cannot go on (e.g. a non-finite loss); the message says where it stopped."""
 
 
+# Flags that say how this invocation runs, not what the run is: never part of the record.
+INVOCATION_FIELDS = ("resume", "overwrite")
+# Settings a resumed run may change: they do not change what is computed.
+SAFE_ON_RESUME = frozenset(
+    {"out", "num_workers", "log_every", "progress", "checkpoint_every", "checkpoint_epochs", "keep_checkpoints",
+     "report_to", "skip_invalid", "gradient_checkpointing", *INVOCATION_FIELDS}
+)
+MODEL_FILES = ("model.safetensors", "config.json")
+RECORD_FILES = ("train_config.json", "metrics.jsonl")
+
+
 @dataclass
 class TrainConfig:
-    """Everything a run needs; saved next to the model as ``train_config.json``."""
+    """Everything a run needs; recorded next to the model in ``train_config.json`` (``"config"``)."""
 
     model: str
     data: str
@@ -80,6 +95,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     log_every: int = 10
     resume: bool = False
+    overwrite: bool = False
     skip_invalid: bool = False
     report_to: str | None = None
     progress: bool = True
@@ -94,6 +110,43 @@ class TrainConfig:
             raise ValueError("--epochs must be at least 1")
         if self.precision not in ("no", "fp16", "bf16"):
             raise ValueError(f"--precision must be no, fp16 or bf16, got {self.precision!r}")
+        if self.keep_checkpoints < 1:
+            raise ValueError("--keep-checkpoints must be at least 1")
+        if self.resume and self.overwrite:
+            raise ValueError("--resume continues the run in --out and --overwrite replaces it: pass one of them")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The run's definition as JSON-ready values (invocation flags left out)."""
+        values = asdict(self)
+        for name in INVOCATION_FIELDS:
+            values.pop(name)
+        return values
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str = "config") -> TrainConfig:
+        """Build from :meth:`to_dict` output or a whole ``train_config.json`` record."""
+        values = dict(values.get("config", values))
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"{source}: unknown training settings {', '.join(unknown)}")
+        if isinstance(values.get("weights"), dict):
+            values["weights"] = LossWeights(**values["weights"])
+        try:
+            return cls(**values)
+        except TypeError as exc:
+            raise ValueError(f"{source}: {exc}") from None
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike) -> TrainConfig:
+        """Read a config or a run's ``train_config.json``, so any run can be run again."""
+        try:
+            values = json.loads(Path(path).read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: not valid JSON ({exc})") from None
+        if not isinstance(values, dict):
+            raise ValueError(f"{path}: expected a JSON object of training settings")
+        return cls.from_dict(values, source=str(path))
 
 
 def needs_local(method: str) -> bool:
@@ -127,7 +180,7 @@ def training_step(
     use_tsl = "tsl" in terms_on
     b = batch["caption_ids"].shape[0]
     image_emb, patch_tokens = image_forward(model, batch["pixel_values"])
-    scale = model.logit_scale.exp().clamp(max=MAX_LOGIT_SCALE)
+    scale = model.logit_scale.exp()  # bounded by clamping the parameter after each step, not here
     terms: dict[str, torch.Tensor] = {}
     logs: dict[str, torch.Tensor] = {"logit_scale": scale.detach()}
     caption_emb = caption_states = sentence_emb = None
@@ -200,20 +253,220 @@ def _latest_checkpoint(out: Path) -> Path | None:
     return ckpts[-1] if ckpts else None
 
 
+def clamp_logit_scale(clip: CLIPModel) -> None:
+    """Keep the temperature in [1, MAX_LOGIT_SCALE] by clamping the parameter (as open_clip does).
+
+    Clamping ``exp(logit_scale)`` inside the forward instead would zero its gradient for OpenAI
+    weights, which store exactly ln(100), and freeze the temperature for the whole run.
+    """
+    with torch.no_grad():
+        clip.logit_scale.clamp_(0.0, math.log(MAX_LOGIT_SCALE))
+
+
+def _cpu_multiprocess() -> bool:
+    """Launched as several processes (torchrun / accelerate launch) on a machine without CUDA.
+
+    Accelerate then needs ``cpu=True`` to set up a gloo process group; without it every process
+    would train alone on all the data and write into the same folder.
+    """
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+
+
+def _check_trackers(report_to: str | None) -> None:
+    """Fail before any work when a requested tracker's package is missing (Accelerate only warns)."""
+    if not report_to:
+        return
+    available = {str(t) for t in accelerate.tracking.get_available_trackers()}
+    for name in report_to.split(","):
+        if name == "all" and not available:
+            raise ValueError("--report-to all: no tracker package is installed (e.g. pip install tensorboard)")
+        if name != "all" and name not in available:
+            raise ValueError(f"--report-to {name}: the {name} package is not installed (pip install {name})")
+
+
+def _tracker_hparams(config: TrainConfig) -> dict[str, Any]:
+    """Flat hyperparameters for trackers (they take scalars): the loss weights as w_global/w_local/w_tsl."""
+    values = {k: v for k, v in config.to_dict().items() if k != "weights"}
+    weights = config.weights
+    return {**values, "w_global": weights.global_, "w_local": weights.local, "w_tsl": weights.tsl}
+
+
+def _versions() -> dict[str, str]:
+    import accelerate as accelerate_pkg
+    import transformers
+
+    import goalclip
+
+    return {"goalclip": goalclip.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "accelerate": accelerate_pkg.__version__, "python": platform.python_version()}
+
+
+def _git_commit() -> str | None:
+    """The commit of the goalclip checkout that ran, or None for an installed package."""
+    if "site-packages" in Path(__file__).parts:
+        return None
+    try:
+        result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                                text=True, timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return result.stdout.strip() or None
+
+
+def _read_record(out: Path) -> dict[str, Any] | None:
+    path = out / "train_config.json"
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: unreadable run record ({exc})") from None
+
+
+def _metrics_step(line: str) -> float:
+    """The step of a metrics.jsonl line; infinite for a line torn by a kill, so it is dropped."""
+    try:
+        return float(json.loads(line)["step"])
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return math.inf
+
+
+def _same_setting(name: str, recorded: Any, now: Any) -> bool:
+    if recorded == now:
+        return True
+    # the same file named by another path (relative / absolute) is the same input
+    return (name in ("model", "data", "base") and isinstance(recorded, str) and isinstance(now, str)
+            and Path(recorded).exists() and Path(recorded).resolve() == Path(now).resolve())
+
+
+LOW_DISK_BYTES = 64 * 2**20  # below this, a failed write is reported as a full disk
+
+
+def _write_error(exc: BaseException, what: str, path: Path) -> OSError | None:
+    """A clear error for a failed write when the disk is full (torch says only 'enforce fail')."""
+    probe = next((p for p in (path, *path.parents) if p.exists()), Path("."))
+    free = shutil.disk_usage(probe).free
+    if getattr(exc, "errno", None) == errno.ENOSPC or free < LOW_DISK_BYTES:
+        return OSError(errno.ENOSPC, f"no space left on device while writing {what} {path} "
+                                     f"({free / 2**20:.0f} MiB free): {exc}")
+    return None
+
+
 class Trainer:
-    """Runs a ``TrainConfig``: data validation, Accelerate setup, the loop, checkpoints, export."""
+    """Runs a ``TrainConfig``: output checks, data validation, Accelerate setup, the loop, checkpoints, export."""
 
     def __init__(self, config: TrainConfig):
         config.validate()
+        _check_trackers(config.report_to)
         self.config = config
         self.out = Path(config.out)
+        if Path(config.model).exists() and Path(config.model).resolve() == self.out.resolve():
+            raise ValueError(f"--out {self.out} is the --model folder: write the fine-tuned model to a new folder")
         self.accelerator = Accelerator(
             mixed_precision=config.precision,
-            log_with=config.report_to,
+            log_with=config.report_to.split(",") if config.report_to else None,
             project_dir=str(self.out),
+            cpu=_cpu_multiprocess(),
         )
+        launched = int(os.environ.get("WORLD_SIZE", "0"))  # set by torchrun / accelerate launch
+        if launched and launched != self.accelerator.num_processes:
+            raise RuntimeError(
+                f"launched as {launched} processes but Accelerate set up {self.accelerator.num_processes}; "
+                "each would train on its own into one folder (use `accelerate launch`)"
+            )
         set_seed(config.seed)
         self.skipped = SkipReport()
+        self.failed: dict[str, str] = {}  # example -> why its image did not decode mid-run
+        self._commit: str | None = None
+
+    # ------------------------------------------------------------------ the output folder
+
+    def _prepare_out(self) -> tuple[Path | None, dict[str, Any] | None]:
+        """Decide what ``--out`` allows: ``(checkpoint to resume or None, finished run's record or None)``.
+
+        A fresh run refuses a folder that holds a model, a run record or checkpoints (unless
+        ``overwrite``, which clears them first); ``resume`` continues an unfinished goalclip run
+        with the same defining settings and reports a finished one without touching it.
+        """
+        cfg, acc, out = self.config, self.accelerator, self.out
+        record = _read_record(out)
+        ckpt = _latest_checkpoint(out)
+        held = [name for name in (*MODEL_FILES, *RECORD_FILES) if (out / name).exists()]
+        held += ["checkpoints"] if ckpt else []
+        if cfg.overwrite:
+            acc.wait_for_everyone()
+            if acc.is_main_process and held:
+                self._clear_run()
+            acc.wait_for_everyone()
+            return None, None
+        if not cfg.resume:
+            if held:
+                raise FileExistsError(
+                    f"{out} holds an earlier run or model ({', '.join(held)}); pass --resume to continue an "
+                    "unfinished run, --overwrite to replace it, or choose another --out"
+                )
+            return None, None
+        if record is not None and "result" in record:
+            return None, record
+        if record is None and ckpt is None and held:
+            raise FileExistsError(f"{out} holds a model but no unfinished goalclip run to resume "
+                                  f"({', '.join(held)}); pass --overwrite to replace it or choose another --out")
+        if record is not None:
+            self._check_resume_settings(record)
+        return ckpt, None
+
+    def _clear_run(self) -> None:
+        logger.info("--overwrite: removing the earlier run in %s", self.out)
+        for name in (*MODEL_FILES, *RECORD_FILES):
+            (self.out / name).unlink(missing_ok=True)
+        for folder in (self.out / "checkpoints", self.out / ".export-tmp"):
+            if folder.exists():
+                shutil.rmtree(folder)
+
+    def _check_resume_settings(self, record: dict[str, Any]) -> None:
+        """Refuse to continue a run with settings that change what it computes, naming each one."""
+        recorded = dict(record.get("config", record))
+        now = self.config.to_dict()
+        diffs = [
+            f"{name} (run: {recorded[name]!r}, now: {value!r})"
+            for name, value in now.items()
+            if name not in SAFE_ON_RESUME and name in recorded and not _same_setting(name, recorded[name], value)
+        ]
+        processes = record.get("derived", {}).get("num_processes")
+        if processes is not None and processes != self.accelerator.num_processes:
+            diffs.append(f"num_processes (run: {processes}, now: {self.accelerator.num_processes})")
+        if diffs:
+            raise ValueError(
+                f"--resume: {self.out} was trained with other settings: {'; '.join(diffs)}. Resume with the "
+                f"run's settings (goalclip train --config {self.out / 'train_config.json'} --resume) or "
+                "choose another --out"
+            )
+
+    def _write_record(self, derived: dict[str, Any], result: dict[str, Any] | None = None) -> None:
+        """``train_config.json``: the user's config (re-runnable with --config) apart from derived facts.
+
+        ``result`` is added once the model is exported: its presence marks the run finished.
+        """
+        if not self.accelerator.is_main_process:
+            return
+        record = {"config": self.config.to_dict(), "derived": derived, "versions": _versions(),
+                  "git_commit": self._commit}
+        if result is not None:
+            record["result"] = result
+        with atomic_write(self.out / "train_config.json") as handle:
+            json.dump(record, handle, indent=2)
+
+    def _truncate_metrics(self, path: Path, step: int) -> None:
+        """Drop metric lines past the step a resumed run restarts from, so no step appears twice."""
+        if not (self.accelerator.is_main_process and path.exists()):
+            return
+        lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+        kept = [line for line in lines if _metrics_step(line) <= step]
+        if len(kept) != len(lines):
+            with atomic_write(path) as handle:
+                handle.writelines(kept)
+
+    # ------------------------------------------------------------------ checkpoints and bad images
 
     def _save_checkpoint(self, step: int, epoch: int, step_in_epoch: int) -> Path:
         """Model + optimizer + scheduler + RNG + position, written to a temp dir then renamed."""
@@ -223,7 +476,15 @@ class Trainer:
         if acc.is_main_process and tmp.exists():
             shutil.rmtree(tmp)
         acc.wait_for_everyone()
-        acc.save_state(str(tmp))
+        try:
+            acc.save_state(str(tmp))
+        except (OSError, RuntimeError) as exc:
+            if acc.is_main_process:
+                shutil.rmtree(tmp, ignore_errors=True)
+            clear = _write_error(exc, "checkpoint", final)
+            if clear is None:
+                raise
+            raise clear from exc
         if acc.is_main_process:
             (tmp / "progress.json").write_text(
                 json.dumps({"step": step, "epoch": epoch, "step_in_epoch": step_in_epoch})
@@ -237,14 +498,46 @@ class Trainer:
         acc.wait_for_everyone()
         return final
 
+    def _note_failed(self, reasons: list[str], batch: dict[str, Any]) -> None:
+        """Images that failed to decode mid-run: stop with one line, or (--skip-invalid) skip and count.
+
+        The batch goes on with the remaining items (the gathered losses accept unequal shares).
+        """
+        if not self.config.skip_invalid:
+            raise ImageError(f"{reasons[0]}; pass --skip-invalid to skip and count such images")
+        for reason in reasons:
+            key = reason.split(":", 1)[0]
+            if key not in self.failed:
+                self.failed[key] = reason
+                logger.warning("skipping: %s", reason)
+        if "caption_ids" not in batch:
+            raise TrainingError(f"every image of a batch failed to decode ({reasons[0]})")
+
+    def _all_failed(self) -> dict[str, str]:
+        """Decode failures of every process (each saw only its own share of the batches)."""
+        if self.accelerator.num_processes == 1:
+            return dict(self.failed)
+        merged: dict[str, str] = {}
+        for part in gather_object([self.failed]):
+            merged.update(part)
+        return merged
+
+    # ------------------------------------------------------------------ the run
+
     def run(self) -> dict[str, Any]:
         cfg, acc = self.config, self.accelerator
         set_max_image_pixels(cfg.max_image_pixels)
+        ckpt, finished = self._prepare_out()
+        if finished is not None:
+            logger.info("%s holds a finished run; nothing to resume", self.out)
+            return {"out": str(self.out), "method": cfg.method, "already_finished": True, **finished["result"]}
+        self._commit = _git_commit()
         local = needs_local(cfg.method)
         examples = load_examples(cfg.data, need_local=local, skip_invalid=cfg.skip_invalid, skipped=self.skipped)
         bundle = load_clip(cfg.model, base=cfg.base)
         context = prepare_text_positions(bundle, cfg.max_text_len, cfg.keep_positions)
         model = bundle.model
+        clamp_logit_scale(model)
         if cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable()
         dataset = TrainDataset(examples, bundle, need_local=local)
@@ -259,29 +552,29 @@ class Trainer:
         total_steps = cfg.max_steps or steps_per_epoch * cfg.epochs
         epochs = math.ceil(total_steps / steps_per_epoch)
         optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr)
+        # The schedule counts optimizer steps, so it stays out of accelerate.prepare (whose wrapper
+        # would step it once per process per step); checkpoints still save and restore it.
         scheduler = get_cosine_schedule_with_warmup(optimizer, cfg.warmup_steps, total_steps)
-        model, optimizer, scheduler = acc.prepare(StepModule(model, cfg.method, cfg.weights), optimizer, scheduler)
+        acc.register_for_checkpointing(scheduler)
+        model, optimizer = acc.prepare(StepModule(model, cfg.method, cfg.weights), optimizer)
+        clip = acc.unwrap_model(model).clip
 
         step = start_epoch = skip_batches = 0
-        if not cfg.resume and _latest_checkpoint(self.out) is not None:
-            raise FileExistsError(
-                f"{self.out} holds checkpoints of an earlier run; pass --resume to continue it or choose another --out"
-            )
-        if cfg.resume and (ckpt := _latest_checkpoint(self.out)) is not None:
+        if ckpt is not None:
             acc.load_state(str(ckpt))
             progress = json.loads((ckpt / "progress.json").read_text())
             step, start_epoch, skip_batches = progress["step"], progress["epoch"], progress["step_in_epoch"]
             logger.info("resumed from %s at step %d", ckpt, step)
+        metrics_path = self.out / "metrics.jsonl"
+        derived = {"context_length": context, "num_processes": acc.num_processes, "examples": len(dataset),
+                   "skipped": len(self.skipped), "steps_per_epoch": steps_per_epoch, "total_steps": total_steps}
         if acc.is_main_process:
             self.out.mkdir(parents=True, exist_ok=True)
-            resolved = {**asdict(cfg), "context_length": context, "num_processes": acc.num_processes,
-                        "examples": len(dataset), "skipped": len(self.skipped), "total_steps": total_steps}
-            with atomic_write(self.out / "train_config.json") as handle:
-                json.dump(resolved, handle, indent=2)
+            self._truncate_metrics(metrics_path, step)
+            self._write_record(derived)
         if cfg.report_to:
-            acc.init_trackers("goalclip", config={k: v for k, v in asdict(cfg).items() if not isinstance(v, dict)})
+            acc.init_trackers("goalclip", config=_tracker_hparams(cfg))
 
-        metrics_path = self.out / "metrics.jsonl"
         last_ckpt = _latest_checkpoint(self.out)
         bar = tqdm(total=total_steps, initial=step, desc=f"train {cfg.method}",
                    disable=not (cfg.progress and acc.is_main_process))
@@ -298,6 +591,8 @@ class Trainer:
             for batch in loader:
                 if step >= total_steps:
                     break
+                if "failed" in batch:
+                    self._note_failed(batch.pop("failed"), batch)
                 batch = {k: v.to(acc.device, non_blocking=True) for k, v in batch.items()}
                 tick = time.perf_counter()
                 with acc.autocast():
@@ -311,8 +606,10 @@ class Trainer:
                 if cfg.grad_clip:
                     acc.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                 optimizer.step()
-                scheduler.step()
+                if not optimizer.step_was_skipped:  # fp16 overflow: the schedule waits too
+                    scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
+                clamp_logit_scale(clip)
                 step += 1
                 step_in_epoch += 1
                 step_times.append(time.perf_counter() - tick)
@@ -330,22 +627,23 @@ class Trainer:
             if cfg.checkpoint_epochs:
                 last_ckpt = self._save_checkpoint(step, epoch + 1, 0)
         bar.close()
+        failed = self._all_failed()
         acc.wait_for_everyone()
-        if acc.is_main_process:
-            self._export(ClipBundle(acc.unwrap_model(model).clip, bundle.tokenizer, bundle.image_processor))
-        acc.end_training()
         median = sorted(step_times)[len(step_times) // 2] if step_times else float("nan")
-        return {
-            "out": str(self.out),
-            "method": cfg.method,
+        result = {
             "steps": step,
             "examples": len(dataset),
-            "skipped": len(self.skipped),
+            "skipped": len(self.skipped) + len(failed),
+            "skipped_reasons": [m for kind in self.skipped.examples.values() for m in kind] + sorted(failed.values()),
             "context_length": context,
             "final_loss": float(logs["loss"]) if "loss" in logs else None,
-            "median_step_s": median,
-            "wall_s": time.perf_counter() - started,
         }
+        if acc.is_main_process:
+            self._export(ClipBundle(clip, bundle.tokenizer, bundle.image_processor))
+            self._write_record(derived, result)
+        acc.end_training()
+        return {"out": str(self.out), "method": cfg.method, **result, "median_step_s": median,
+                "wall_s": time.perf_counter() - started}
 
     def _log(self, path: Path, step: int, epoch: int, logs: dict[str, float]) -> None:
         self.accelerator.log(logs, step=step)
@@ -358,7 +656,14 @@ class Trainer:
         tmp = self.out / ".export-tmp"
         if tmp.exists():
             shutil.rmtree(tmp)
-        save_clip(bundle, tmp)
+        try:
+            save_clip(bundle, tmp)
+        except (OSError, RuntimeError) as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            clear = _write_error(exc, "the final model", self.out)
+            if clear is None:
+                raise
+            raise clear from exc
         for item in tmp.iterdir():
             os.replace(item, self.out / item.name)
         tmp.rmdir()
@@ -367,7 +672,9 @@ class Trainer:
 def train(config: TrainConfig) -> dict[str, Any]:
     """Run one training job and return its summary (what the CLI prints).
 
-    The main process holds ``<out>.lock`` throughout, so two runs never write one folder.
+    The main process holds ``<out>.lock`` throughout, so two runs never write one folder. A resumed
+    run that had already finished returns its recorded result with ``already_finished=True`` and
+    leaves the folder untouched.
     """
     trainer = Trainer(config)
     with output_lock(config.out) if trainer.accelerator.is_main_process else contextlib.nullcontext():
