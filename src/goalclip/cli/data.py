@@ -54,11 +54,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run_convert(args: argparse.Namespace) -> str:
-    from goalclip.datasets.adapters import run_convert as convert
+    if args.format == "sa1b":  # its boxes come from its own masks, written by the sa1b module
+        from goalclip.datasets.sa1b import run_convert_sa1b as convert
+    else:
+        from goalclip.datasets.adapters import run_convert as convert
 
     summary = convert(args)
-    return (f"converted {summary.get('written')} records ({summary.get('total_skipped', 0)} skipped) -> "
+    line = (f"converted {summary.get('written')} records ({summary.get('total_skipped', 0)} skipped) -> "
             f"{summary.get('out')}")
+    if summary.get("boxes_out"):
+        line += f"; {summary['boxes_written']} box lists -> {summary['boxes_out']}"
+    return line
 
 
 def run_joint(args: argparse.Namespace) -> str:

@@ -36,6 +36,7 @@ from typing import Any
 from PIL import Image
 
 from goalclip.core.manifest import ManifestError, iter_jsonl, validate_record, write_jsonl, write_manifest
+from goalclip.datasets.sa1b import convert_sa1b
 
 logger = logging.getLogger(__name__)
 
@@ -762,6 +763,7 @@ ADAPTERS: dict[str, Callable[..., list[Record]]] = {
     "flickr30k": convert_flickr30k,
     "sharegpt4v": convert_sharegpt4v,
     "goal-json": convert_goal_json,
+    "sa1b": convert_sa1b,
 }
 
 
