@@ -292,3 +292,53 @@ def test_text_only_model_is_refused_with_a_clear_message(image_folder: Path, tmp
     tokenizer.save_pretrained(tmp_path / "llama")
     assert main(_args(image_folder, tmp_path / "c.jsonl", tmp_path / "llama")) == 1
     assert "is not an image-text-to-text model" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- the whole pipeline
+
+
+def test_pipeline_sa1b_sample_caption_score_mine_train_two_stages(tiny_llava: Path, tiny_world, tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture) -> None:
+    """SA-1B layout -> data convert -> data sample -> caption -> data score (filter) -> mine with the masks'
+    boxes -> train stage 1 -> train stage 2 on a target set, all through the CLI on tiny offline models."""
+    root = tmp_path / "sa1b" / "sa_000000"
+    root.mkdir(parents=True)
+    for i, (size, colour) in enumerate(zip(SIZES, COLOURS), start=1):
+        image = Image.new("RGB", (96, 72), colour)
+        image.paste((255 - colour[0], 128, colour[2]), (10 + 5 * i, 8, 50 + 5 * i, 48))
+        image.save(root / f"sa_{i}.jpg")
+        masks = [{"bbox": [10 + 5 * i, 8, 40, 40], "area": 1600}, {"bbox": [0, 50, 96, 22], "area": 2112}]
+        info = {"image_id": i, "width": 96, "height": 72, "file_name": f"sa_{i}.jpg"}
+        (root / f"sa_{i}.json").write_text(json.dumps({"image": info, "annotations": masks}))
+    work = tmp_path / "work"
+    steps = [
+        ["data", "convert", "--format", "sa1b", "--root", str(root.parent), "--split", "all",
+         "--out", str(work / "sa1b.jsonl"), "--boxes-out", str(work / "boxes.jsonl")],
+        ["data", "sample", "--data", str(work / "sa1b.jsonl"), "--n", "5", "--seed", "0",
+         "--out", str(work / "sample.jsonl")],
+        _args(work / "sample.jsonl", work / "captions.jsonl", tiny_llava),
+        ["data", "score", "--model", str(tiny_world.model), "--data", str(work / "captions.jsonl"),
+         "--min-score", "-1", "--out", str(work / "kept.jsonl"), "--scores-out", str(work / "scores.jsonl"),
+         "--no-progress"],
+        ["mine", "--model", str(tiny_world.model), "--data", str(work / "kept.jsonl"), "--out",
+         str(work / "mined.jsonl"), "--regions", "external", "--boxes", str(work / "boxes.jsonl"),
+         "--num-workers", "0", "--no-progress"],
+        ["train", "--model", str(tiny_world.model), "--data", str(work / "mined.jsonl"), "--out",
+         str(work / "stage1"), "--max-steps", "2", "--batch-size", "2", "--max-text-len", "52",
+         "--keep-positions", "4", "--num-workers", "0", "--no-progress"],
+        ["train", "--model", str(work / "stage1"), "--data", str(tiny_world.mined), "--out", str(work / "stage2"),
+         "--max-steps", "2", "--batch-size", "2", "--max-text-len", "52", "--num-workers", "0", "--no-progress"],
+    ]
+    for argv in steps:
+        assert main(argv) == 0, f"{argv[0]} {argv[1]} failed: {capsys.readouterr().err[-2000:]}"
+    captioned = _read(work / "captions.jsonl")
+    mined = _read(work / "mined.jsonl")
+    assert len(_read(work / "sample.jsonl")) == 5 and len(captioned) >= 2
+    assert [r["id"] for r in _read(work / "kept.jsonl")] == [r["id"] for r in captioned]
+    assert mined and all(r["local"]["source"] == "external" and r["local"]["sentence"] in r["caption"]
+                         for r in mined)
+    boxes = {r["id"]: r["boxes"] for r in _read(work / "boxes.jsonl")}
+    assert all(r["local"]["box"] in boxes[r["id"]] for r in mined)
+    for stage in ("stage1", "stage2"):
+        config = json.loads((work / stage / "train_config.json").read_text())
+        assert config["total_steps"] == 2 and (work / stage / "model.safetensors").is_file()
