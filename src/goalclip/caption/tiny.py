@@ -45,8 +45,13 @@ def build_tiny_tokenizer(chat_template: str | None = CHAT_TEMPLATE):
     return tokenizer
 
 
-def build_tiny_llava_next(out_dir: str | os.PathLike, *, seed: int = 0, chat_template: bool = True) -> Path:
-    """Save a tiny LLaVA-NeXT (model, processor, tokenizer) to ``out_dir``; returns the folder."""
+def build_tiny_llava_next(
+    out_dir: str | os.PathLike, *, seed: int = 0, chat_template: bool = True, width: int = 32, layers: int = 2
+) -> Path:
+    """Save a tiny LLaVA-NeXT (model, processor, tokenizer) to ``out_dir``; returns the folder.
+
+    ``width`` and ``layers`` size the language model (the benchmark uses a larger one than the tests).
+    """
     from transformers import (CLIPVisionConfig, LlamaConfig, LlavaNextConfig, LlavaNextForConditionalGeneration,
                               LlavaNextImageProcessor, LlavaNextProcessor)
 
@@ -59,7 +64,8 @@ def build_tiny_llava_next(out_dir: str | os.PathLike, *, seed: int = 0, chat_tem
     config = LlavaNextConfig(
         vision_config=CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                        num_attention_heads=2, image_size=32, patch_size=8, projection_dim=32),
-        text_config=LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        text_config=LlamaConfig(hidden_size=width, intermediate_size=2 * width, num_hidden_layers=layers,
+                                num_attention_heads=4,
                                 num_key_value_heads=2, vocab_size=len(tokenizer), max_position_embeddings=1024,
                                 bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                                 pad_token_id=tokenizer.pad_token_id, initializer_range=0.2),
