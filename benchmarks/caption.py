@@ -77,8 +77,8 @@ def main() -> None:
             for name in ("one at a time", "batched")]
     ratio = timer.paired_ratio("one at a time", "batched")
     rows.append(["**ratio**", "", f"**{ratio:.2f}x**"])
-    print(markdown_table([f"variant ({len(pictures)} images, batch {args.batch_size}, {args.max_new_tokens} new "
-                          "tokens)", "median ms", "images/s"], rows))
+    title = f"variant ({len(pictures)} images, batch {args.batch_size}, {args.max_new_tokens} new tokens)"
+    print(markdown_table([title, "median ms", "images/s"], rows))
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import types
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 import torch
@@ -188,7 +189,7 @@ def test_two_process_sharding_gives_the_same_records_as_one(tiny_llava: Path, im
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                "--main_process_port", str(port), "-m", "goalclip.cli", *_args(image_folder, out, tiny_llava)]
     try:
-        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
+        done = subprocess.run(command, check=False, env=env, capture_output=True, text=True, timeout=240)
     except subprocess.TimeoutExpired:
         pytest.fail("2-process captioning did not finish within 240 s")
     assert done.returncode == 0, done.stderr[-3000:]
@@ -207,7 +208,7 @@ class _FakeOutput:
 class _FakeLLM:
     """Stands in for ``vllm.LLM``: records what it was given, answers by image width."""
 
-    instances: list[_FakeLLM] = []
+    instances: ClassVar[list[_FakeLLM]] = []
 
     def __init__(self, model: str, **kwargs):
         self.model, self.kwargs, self.requests = model, kwargs, []

@@ -92,6 +92,8 @@ class TransformersEngine:
         self.device, self.dtype, self.max_new_tokens = device, dtype, max_new_tokens
         eos = self.model.generation_config.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        if self.processor.tokenizer.eos_token_id is not None:
+            self.eos_ids.add(self.processor.tokenizer.eos_token_id)
         self.pad_id = self.processor.tokenizer.pad_token_id
         if self.pad_id is None:
             self.pad_id = next(iter(self.eos_ids), 0)

@@ -117,7 +117,8 @@ def caption(config: CaptionConfig, engine: CaptionEngine | None = None) -> dict[
         for batch in loader:
             for i, _, error in batch:
                 if error is not None:
-                    skip_sink.write(json.dumps({"id": todo[i]["id"], "kind": "unreadable image", "reason": error}) + "\n")
+                    entry = {"id": todo[i]["id"], "kind": "unreadable image", "reason": error}
+                    skip_sink.write(json.dumps(entry) + "\n")
             good = [(todo[i], image) for i, image, _ in batch if image is not None]
             generations = engine.generate([image for _, image in good], prompt.text) if good else []
             for (record, _), generation in zip(good, generations):

@@ -13,11 +13,14 @@ from pathlib import Path
 
 import torch
 
-WORDS = ("a the an red blue green yellow white black square circle shape picture image background plain "
-         "small large left right top bottom of on in next to above below is are and with near . ,").split() + [
+WORDS = [
+    "a", "the", "an", "red", "blue", "green", "yellow", "white", "black", "square", "circle", "shape",
+    "picture", "image", "background", "plain", "small", "large", "left", "right", "top", "bottom", "of", "on",
+    "in", "next", "to", "above", "below", "is", "are", "and", "with", "near", ".", ",",
     # Words that end a sentence when decoded (never produced by encoding), so random generations contain
     # finished sentences and the clean-up has something to keep.
-    "here.", "there.", "it.", "them.", "too."]
+    "here.", "there.", "it.", "them.", "too.",
+]
 SPECIAL = ("<unk>", "<s>", "</s>", "<pad>", "<image>", "[INST]", "[/INST]")
 CHAT_TEMPLATE = (
     "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}[INST] "
@@ -52,8 +55,14 @@ def build_tiny_llava_next(
 
     ``width`` and ``layers`` size the language model (the benchmark uses a larger one than the tests).
     """
-    from transformers import (CLIPVisionConfig, LlamaConfig, LlavaNextConfig, LlavaNextForConditionalGeneration,
-                              LlavaNextImageProcessor, LlavaNextProcessor)
+    from transformers import (
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaNextConfig,
+        LlavaNextForConditionalGeneration,
+        LlavaNextImageProcessor,
+        LlavaNextProcessor,
+    )
 
     tokenizer = build_tiny_tokenizer(CHAT_TEMPLATE if chat_template else None)
     image_processor = LlavaNextImageProcessor(
