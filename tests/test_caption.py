@@ -343,3 +343,15 @@ def test_pipeline_sa1b_sample_caption_score_mine_train_two_stages(tiny_llava: Pa
     for stage in ("stage1", "stage2"):
         config = json.loads((work / stage / "train_config.json").read_text())
         assert config["total_steps"] == 2 and (work / stage / "model.safetensors").is_file()
+
+
+def test_vllm_backend_under_several_processes_is_refused(image_folder: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import accelerate
+
+    class TwoProcesses:
+        num_processes, process_index, is_main_process, device = 2, 0, True, torch.device("cpu")
+
+    monkeypatch.setattr(accelerate, "PartialState", TwoProcesses)
+    with pytest.raises(ValueError, match="--backend vllm runs as one process"):
+        caption(CaptionConfig(data=str(image_folder), out=str(tmp_path / "c.jsonl"), backend="vllm"))

@@ -78,6 +78,9 @@ def caption(config: CaptionConfig, engine: CaptionEngine | None = None) -> dict[
     if config.max_new_tokens < 1 or config.batch_size < 1:
         raise ValueError("--max-new-tokens and --batch-size must be at least 1")
     state = PartialState()
+    if config.backend == "vllm" and state.num_processes > 1:
+        raise ValueError("--backend vllm runs as one process (vLLM batches continuously and spreads a model over "
+                         "GPUs itself); start it without accelerate launch, or use --backend transformers")
     out = Path(config.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     prompt = load_prompt(config.prompt_file)

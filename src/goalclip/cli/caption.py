@@ -26,7 +26,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "(its sha256 is recorded with every caption)")
     p.add_argument("--backend", choices=("transformers", "vllm"), default="transformers",
                    help="generation engine: transformers, or vllm for 100k-image runs where it is installed "
-                   "(default: transformers)")
+                   "(one process, not under accelerate launch) (default: transformers)")
     p.add_argument("--max-new-tokens", type=int, default=512, help="generation limit per caption; a last sentence "
                    "cut off by it is dropped and counted (default: 512)")
     p.add_argument("--batch-size", type=int, default=8, help="images per generate call (default: 8)")
