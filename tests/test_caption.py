@@ -355,3 +355,10 @@ def test_vllm_backend_under_several_processes_is_refused(image_folder: Path, tmp
     monkeypatch.setattr(accelerate, "PartialState", TwoProcesses)
     with pytest.raises(ValueError, match="--backend vllm runs as one process"):
         caption(CaptionConfig(data=str(image_folder), out=str(tmp_path / "c.jsonl"), backend="vllm"))
+
+
+def test_cli_default_model_is_the_library_default() -> None:
+    from goalclip.caption.engines import DEFAULT_MODEL
+    from goalclip.cli import caption as caption_cli
+
+    assert caption_cli.DEFAULT_MODEL == DEFAULT_MODEL
