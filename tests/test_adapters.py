@@ -620,7 +620,7 @@ def test_options_that_do_not_apply_are_errors(tmp_path: Path) -> None:
         convert("laion", root, "test", tmp_path / "c.jsonl")
     with pytest.raises(SystemExit):
         _parse(["--format", "laion", "--root", "r", "--split", "s", "--out", "o"])
-    assert set(ADAPTERS) == {"docci", "dci", "urban1k", "coco", "flickr30k", "sharegpt4v", "goal-json"}
+    assert set(ADAPTERS) == {"docci", "dci", "urban1k", "coco", "flickr30k", "sharegpt4v", "goal-json", "sa1b"}
 
 
 def test_outputs_are_deterministic(tmp_path: Path) -> None:

@@ -1,8 +1,10 @@
-"""``goalclip data``: dataset conversion and joint-test building."""
+"""``goalclip data``: dataset conversion, sampling, caption scoring and joint-test building."""
 
 from __future__ import annotations
 
 import argparse
+
+from goalclip.cli.common import add_device, add_no_progress, resolve_device
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -19,14 +21,50 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     joint.add_argument("--mined", required=True, help="mined pairs of the same test images (goalclip mine)")
     joint.add_argument("--out", required=True, help="joint test manifest to write")
     joint.set_defaults(func=run_joint)
+    sample = data_sub.add_parser("sample", help="a seeded random sample of images from a folder or manifest")
+    sample.add_argument("--data", required=True, help="a folder of images or a manifest (captions not needed)")
+    sample.add_argument("--n", type=int, required=True, help="how many images to pick")
+    sample.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    sample.add_argument("--out", required=True, help="manifest of the sampled images to write")
+    sample.set_defaults(func=run_sample)
+    score = data_sub.add_parser("score", help="mean image-caption cosine of a manifest under a CLIP; optionally "
+                                "drop records scoring below a threshold",
+                                description="Score how well captions match their images: the cosine of each "
+                                "image and its (first) caption under a CLIP, averaged over a seeded sample.")
+    score.add_argument("--model", required=True, help="CLIP: hub id, model folder or state-dict file (a long-text "
+                       "CLIP is read at its own context)")
+    score.add_argument("--base", default=None, help="base model id/folder when --model is a bare state-dict file")
+    score.add_argument("--data", required=True, help="captioned manifest")
+    score.add_argument("--sample", type=int, default=None, help="records scored, drawn with --seed; 0 scores all "
+                       "(default: 1000, or all with --min-score)")
+    score.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
+    score.add_argument("--scores-out", help="write per-record scores {id, score} here (JSONL)")
+    score.add_argument("--min-score", type=float, help="score every record and write those scoring at least "
+                       "this to --out (a filter for captions that do not match their image)")
+    score.add_argument("--out", help="filtered manifest to write with --min-score")
+    score.add_argument("--max-text-len", type=int, help="stretch a shorter text context (Long-CLIP style) to this "
+                       "many tokens first, e.g. 248 for a stock 77-token CLIP (default: the model's own context)")
+    score.add_argument("--keep-positions", type=int, default=20, help="leading positions copied unchanged by the "
+                       "stretch (default: 20)")
+    score.add_argument("--batch-size", type=int, default=64, help="images or texts per forward pass (default: 64)")
+    score.add_argument("--num-workers", type=int, default=0, help="image-decoding worker processes (default: 0)")
+    add_device(score, "the CLIP")
+    add_no_progress(score)
+    score.set_defaults(func=run_score)
 
 
 def run_convert(args: argparse.Namespace) -> str:
-    from goalclip.datasets.adapters import run_convert as convert
+    if args.format == "sa1b":  # its boxes come from its own masks, written by the sa1b module
+        from goalclip.datasets.sa1b import run_convert_sa1b as convert
+    else:
+        from goalclip.datasets.adapters import run_convert as convert
 
     summary = convert(args)
-    return (f"converted {summary.get('written')} records ({summary.get('total_skipped', 0)} skipped) -> "
+    line = (f"converted {summary.get('written')} records ({summary.get('total_skipped', 0)} skipped) -> "
             f"{summary.get('out')}")
+    if summary.get("boxes_out"):
+        line += f"; {summary['boxes_written']} box lists -> {summary['boxes_out']}"
+    return line
 
 
 def run_joint(args: argparse.Namespace) -> str:
@@ -34,3 +72,28 @@ def run_joint(args: argparse.Namespace) -> str:
 
     s = build_joint_test(args.data, args.mined, args.out)
     return f"joint test: {s['joint_items']} of {s['images']} images have a local pair -> {s['out']}"
+
+
+def run_sample(args: argparse.Namespace) -> str:
+    from goalclip.datasets.sample import sample_images
+
+    s = sample_images(args.data, args.out, args.n, args.seed)
+    return f"sampled {s['written']} of {s['available']} images (seed {s['seed']}) -> {s['out']}"
+
+
+def run_score(args: argparse.Namespace) -> str:
+    from goalclip.caption.score import ScoreConfig, score_manifest
+
+    s = score_manifest(ScoreConfig(
+        model=args.model, base=args.base, data=args.data, sample=args.sample, seed=args.seed,
+        scores_out=args.scores_out, min_score=args.min_score, out=args.out, max_text_len=args.max_text_len,
+        keep_positions=args.keep_positions, batch_size=args.batch_size, num_workers=args.num_workers,
+        device=resolve_device(args.device), progress=not args.no_progress,
+    ))
+    line = (f"mean image-caption cosine {s['mean_score']:.4f} over {s['scored']} of {s['records']} records "
+            f"({s['unreadable']} unreadable, {s['truncated']} captions truncated at {s['context']} tokens)")
+    if s["scores_out"]:
+        line += f"; scores -> {s['scores_out']}"
+    if "kept" in s:
+        line += f"; {s['kept']} records scoring >= {s['min_score']} -> {s['out']}"
+    return line

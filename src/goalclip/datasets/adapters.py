@@ -45,6 +45,7 @@ from goalclip.core.manifest import (
     write_jsonl,
     write_manifest,
 )
+from goalclip.datasets.sa1b import convert_sa1b
 
 logger = logging.getLogger(__name__)
 
@@ -738,6 +739,7 @@ ADAPTERS: dict[str, Callable[..., list[Record]]] = {
     "flickr30k": convert_flickr30k,
     "sharegpt4v": convert_sharegpt4v,
     "goal-json": convert_goal_json,
+    "sa1b": convert_sa1b,
 }
 
 

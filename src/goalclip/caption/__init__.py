@@ -1,0 +1,1 @@
+"""Long captions for images with an image-text-to-text model, and caption-image agreement scores."""

@@ -1,0 +1,181 @@
+"""``goalclip caption``: long captions for a folder or manifest of images, resumable and sharded.
+
+Works like mining: each process (one per GPU under ``accelerate launch``) captions its shard and
+appends records to ``OUT.part<rank>``, flushed per batch; ``--resume`` skips ids already written
+(a torn last line from a kill is cut off first); the main process merges the parts into ``OUT``
+in input order. Every record carries ``caption_meta``: model, prompt sha256, backend and
+generation settings, so captions made with different prompts or models can be told apart.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from goalclip.caption.clean import clean_caption
+from goalclip.caption.engines import DEFAULT_MODEL, CaptionEngine, load_engine, resolve_dtype
+from goalclip.caption.prompt import load_prompt
+from goalclip.core.images import ImageError, load_rgb
+from goalclip.core.manifest import iter_jsonl, relativize, write_jsonl
+from goalclip.datasets.sample import read_images
+from goalclip.mining.mine import _done_ids, _part_paths
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class CaptionConfig:
+    """Options of ``goalclip caption`` (see the CLI help for each)."""
+
+    data: str
+    out: str
+    model: str = DEFAULT_MODEL
+    prompt_file: str | None = None
+    backend: str = "transformers"
+    max_new_tokens: int = 512
+    batch_size: int = 8
+    num_workers: int = 2
+    device: str = "auto"
+    precision: str = "auto"
+    resume: bool = False
+    max_images: int | None = None
+    progress: bool = True
+
+
+class _Images(Dataset):
+    """Decode images in workers; an unreadable one comes back as its error message."""
+
+    def __init__(self, records: list[dict[str, Any]]):
+        self.records = records
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int):
+        try:
+            return index, load_rgb(self.records[index]["image"]), None
+        except ImageError as exc:
+            return index, None, str(exc)
+
+
+def caption(config: CaptionConfig, engine: CaptionEngine | None = None) -> dict[str, Any]:
+    """Caption every image not yet in ``out``; returns the summary (empty on non-main processes).
+
+    ``engine`` replaces the backend named in the config (tests pass a fake one).
+    """
+    from accelerate import PartialState
+
+    if config.max_new_tokens < 1 or config.batch_size < 1:
+        raise ValueError("--max-new-tokens and --batch-size must be at least 1")
+    state = PartialState()
+    if config.backend == "vllm" and state.num_processes > 1:
+        raise ValueError("--backend vllm runs as one process (vLLM batches continuously and spreads a model over "
+                         "GPUs itself); start it without accelerate launch, or use --backend transformers")
+    out = Path(config.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    prompt = load_prompt(config.prompt_file)
+    records = read_images(config.data)
+    if config.max_images:
+        records = records[: config.max_images]
+    if out.exists() and not config.resume:
+        raise FileExistsError(f"{out} exists; pass --resume to continue it or choose another --out")
+    part_files, skip_files = _part_paths(out)
+    if (part_files or skip_files) and not config.resume:
+        raise FileExistsError(f"{out}.part* files from an interrupted run exist; pass --resume")
+    done = _done_ids(part_files + skip_files) if config.resume else set()
+    if out.exists():
+        done |= {obj["id"] for _, obj in iter_jsonl(out)}
+    todo = [r for r in records if r["id"] not in done][state.process_index :: state.num_processes]
+    logger.info("captioning %d images (%d already done)", len(todo), len(done))
+
+    device = torch.device(config.device if config.device != "auto" else state.device)
+    dtype = resolve_dtype(config.precision, device)
+    meta = {
+        "model": config.model, "backend": config.backend, "prompt_sha256": prompt.sha256,
+        "prompt_source": prompt.source, "max_new_tokens": config.max_new_tokens, "decoding": "greedy",
+        "dtype": str(dtype).removeprefix("torch."),
+    }
+    if engine is None and todo:
+        engine = load_engine(config.backend, config.model, device=device, dtype=dtype,
+                             max_new_tokens=config.max_new_tokens)
+    part = out.with_name(f"{out.name}.part{state.process_index}")
+    skipped_part = out.with_name(f"{out.name}.part{state.process_index}.skipped")
+    loader = DataLoader(_Images(todo), batch_size=config.batch_size, num_workers=config.num_workers,
+                        collate_fn=list)
+    folder = out.resolve().parent
+    started = time.perf_counter()
+    show = config.progress and state.is_main_process
+    with part.open("a", encoding="utf-8") as sink, skipped_part.open("a", encoding="utf-8") as skip_sink, \
+            tqdm(total=len(todo), desc="caption", unit="img", disable=not show) as bar:
+        for batch in loader:
+            for i, _, error in batch:
+                if error is not None:
+                    entry = {"id": todo[i]["id"], "kind": "unreadable image", "reason": error}
+                    skip_sink.write(json.dumps(entry) + "\n")
+            good = [(todo[i], image) for i, image, _ in batch if image is not None]
+            generations = engine.generate([image for _, image in good], prompt.text) if good else []
+            for (record, _), generation in zip(good, generations):
+                cleaned = clean_caption(generation.text, prompt.text, generation.hit_limit)
+                if not cleaned.text:
+                    reason = "empty generation" if not cleaned.cut_sentence else "only an unfinished sentence"
+                    skip_sink.write(json.dumps({"id": record["id"], "kind": "empty generation",
+                                                "reason": reason}) + "\n")
+                    continue
+                kept = {k: v for k, v in record.items() if k not in ("caption", "captions", "caption_meta")}
+                row = {**relativize(kept, folder), "caption": cleaned.text,
+                       "caption_meta": {**meta, "cut_sentence": cleaned.cut_sentence}}
+                sink.write(json.dumps(row, ensure_ascii=False) + "\n")
+            sink.flush()
+            skip_sink.flush()
+            bar.update(len(batch))
+    state.wait_for_everyone()
+    summary: dict[str, Any] = {}
+    if state.is_main_process:
+        summary = _merge(out, records, time.perf_counter() - started, len(todo) * state.num_processes)
+    state.wait_for_everyone()
+    return summary
+
+
+def _merge(out: Path, records: list[dict[str, Any]], seconds: float, processed: int) -> dict[str, Any]:
+    """Merge part files into ``out`` in input order, write the skipped list and the summary."""
+    part_files, skip_files = _part_paths(out)
+    captioned: dict[str, dict[str, Any]] = {}
+    for path in ([out] if out.exists() else []) + part_files:
+        for _, obj in iter_jsonl(path):
+            captioned[obj["id"]] = obj
+    skipped: dict[str, dict[str, str]] = {}
+    skipped_path = out.with_name(out.stem + ".skipped.jsonl")
+    for path in ([skipped_path] if skipped_path.exists() else []) + skip_files:
+        for _, obj in iter_jsonl(path):
+            if obj["id"] not in captioned:
+                skipped[obj["id"]] = obj
+    ordered = [captioned[r["id"]] for r in records if r["id"] in captioned]
+    write_jsonl(out, ordered)
+    write_jsonl(skipped_path, skipped.values())
+    for path in part_files + skip_files:
+        os.unlink(path)
+    words = [len(r["caption"].split()) for r in ordered]
+    summary = {
+        "out": str(out),
+        "images": len(records),
+        "captioned": len(ordered),
+        "skipped": len(skipped),
+        "skipped_reasons": dict(Counter(entry["kind"] for entry in skipped.values())),
+        "skipped_file": str(skipped_path),
+        "cut_sentences": sum(bool(r.get("caption_meta", {}).get("cut_sentence")) for r in ordered),
+        "mean_words": sum(words) / len(words) if words else None,
+        "images_per_s": processed / seconds if seconds > 0 and processed else None,
+    }
+    with open(out.with_name(out.stem + ".summary.json"), "w", encoding="utf-8") as handle:
+        json.dump(summary, handle, indent=2)
+    return summary
