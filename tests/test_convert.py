@@ -17,8 +17,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from goalclip.demo.tiny import build_tiny_clip
 from goalclip.models import convert as convert
-from goalclip.models.clip import ModelLoadError, build_tiny_clip, load_clip, save_clip
+from goalclip.models.clip import ModelLoadError, load_clip, save_clip
 
 TEXTS = [
     "a red square sits in the top left corner of a white picture",

@@ -14,9 +14,12 @@ import torch
 from PIL import Image
 from transformers import CLIPTextModelWithProjection
 
-from goalclip.viz import search as search_module
 from goalclip.core.images import load_rgb, pixel_values
-from goalclip.models.clip import ClipBundle, build_tiny_clip, embed_images, embed_texts, load_clip, save_clip, tokenize
+from goalclip.demo.tiny import build_tiny_clip
+from goalclip.models import embed as embed_module
+from goalclip.models.clip import ClipBundle, load_clip, save_clip
+from goalclip.models.embed import embed_images, embed_texts, tokenize
+from goalclip.viz import search as search_module
 from goalclip.viz.search import SearchError, build_index, model_key, search
 
 TEXTS = [
@@ -60,13 +63,13 @@ def folder(tmp_path: Path) -> Path:
 def counter(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Rows that go through the image tower during indexing."""
     seen: list[int] = []
-    original = search_module.embed_images
+    original = embed_module.embed_images
 
     def counting(model, pixels):
         seen.append(int(pixels.shape[0]))
         return original(model, pixels)
 
-    monkeypatch.setattr(search_module, "embed_images", counting)
+    monkeypatch.setattr(embed_module, "embed_images", counting)
     return seen
 
 

@@ -35,13 +35,11 @@ from typing import Any
 
 from PIL import Image
 
-from goalclip.core.manifest import ManifestError, iter_jsonl, validate_record, write_jsonl, write_manifest
+from goalclip.core.manifest import IMAGE_SUFFIXES, ManifestError, iter_jsonl, validate_record, write_jsonl, write_manifest
 
 logger = logging.getLogger(__name__)
 
 Record = dict[str, Any]
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
 DOCCI_SPLITS = ("train", "test", "qual_dev", "qual_test")
 DCI_SPLITS = ("train", "valid", "test", "all")

@@ -44,7 +44,8 @@ from torch import Tensor
 from goalclip.evaluation import metrics as metrics
 from goalclip.core.images import PixelBatches
 from goalclip.core.manifest import ManifestError, atomic_write, captions_of, read_manifest
-from goalclip.models.clip import ClipBundle, count_truncated, embed_images, encode_texts, load_clip
+from goalclip.models.clip import ClipBundle, load_clip
+from goalclip.models.embed import count_truncated, embed_images, encode_texts
 
 logger = logging.getLogger(__name__)
 

@@ -26,7 +26,8 @@ from tqdm.auto import tqdm
 
 from goalclip.core.images import ImageError, crop_to_box, load_rgb, pixel_values
 from goalclip.core.manifest import captions_of, iter_jsonl, read_manifest, relativize, write_jsonl, write_manifest
-from goalclip.models.clip import ClipBundle, embed_images, encode_texts, load_clip
+from goalclip.models.clip import ClipBundle, load_clip
+from goalclip.models.embed import embed_images, encode_texts
 from goalclip.mining.regions import Region, RegionProposer, build_proposer
 from goalclip.core.text import clean_text, split_sentences
 

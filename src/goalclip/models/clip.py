@@ -1,4 +1,4 @@
-"""Load, build, stretch and save CLIP models; the tower forwards that training and evaluation share.
+"""Load, stretch and save CLIP models; the tower forwards that training and embedding share.
 
 A model is a ``ClipBundle``: a ``transformers.CLIPModel`` with its fast tokenizer and image
 processor, so that ``save_clip`` writes a folder that ``CLIPModel.from_pretrained`` and
@@ -9,23 +9,17 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-import transformers
 from transformers import (
     AutoImageProcessor,
     AutoTokenizer,
-    CLIPConfig,
     CLIPImageProcessor,
     CLIPModel,
     CLIPTokenizer,
 )
-
-from goalclip.core.text import clean_text
 
 logger = logging.getLogger(__name__)
 
@@ -233,170 +227,3 @@ def text_forward(
 def project_text_tokens(model: CLIPModel, pooled: torch.Tensor) -> torch.Tensor:
     """Send pooled text token states through the final layernorm and text projection."""
     return model.text_projection(model.text_model.final_layer_norm(pooled))
-
-
-def tokenize(bundle: ClipBundle, texts: Sequence[str], max_len: int | None = None) -> dict[str, torch.Tensor]:
-    """Clean and tokenise texts, padded to the longest in the batch and truncated to the context.
-
-    CLIP's text attention is causal, so right padding never changes the real tokens' states:
-    padding to the batch's longest (not to 248) is exact and much cheaper for short sentences.
-    """
-    max_len = max_len or bundle.max_text_len
-    return bundle.tokenizer(
-        [clean_text(t) for t in texts],
-        padding="longest",
-        truncation=True,
-        max_length=max_len,
-        return_tensors="pt",
-    )
-
-
-def count_truncated(bundle: ClipBundle, texts: Sequence[str], max_len: int | None = None) -> int:
-    """How many texts are longer than the context (they would be cut)."""
-    max_len = max_len or bundle.max_text_len
-    lengths = bundle.tokenizer([clean_text(t) for t in texts], truncation=False, verbose=False)["input_ids"]
-    return sum(len(ids) > max_len for ids in lengths)
-
-
-@torch.no_grad()
-def embed_texts(model: CLIPModel, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """L2-normalised text embeddings for one tokenised batch."""
-    embeds, _ = text_forward(model, input_ids, attention_mask)
-    return F.normalize(embeds.float(), dim=-1)
-
-
-@torch.no_grad()
-def embed_images(model: CLIPModel, pixel_values: torch.Tensor) -> torch.Tensor:
-    """L2-normalised image embeddings for one pixel batch."""
-    embeds, _ = image_forward(model, pixel_values)
-    return F.normalize(embeds.float(), dim=-1)
-
-
-def encode_texts(
-    bundle: ClipBundle,
-    texts: Sequence[str],
-    *,
-    batch_size: int = 64,
-    max_len: int | None = None,
-    progress: bool = False,
-    desc: str = "texts",
-) -> torch.Tensor:
-    """L2-normalised float32 embeddings of many texts, in input order, on the model's device.
-
-    Texts are batched longest first so each batch pads little (``tokenize`` pads to the
-    batch's longest); truncation to the context is silent here: callers that care count it
-    with ``count_truncated`` and warn once.
-    """
-    from tqdm.auto import tqdm
-
-    device = next(bundle.model.parameters()).device
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
-    out = torch.empty(len(texts), int(bundle.model.config.projection_dim), device=device)
-    for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress, unit="batch"):
-        chunk = order[start : start + batch_size]
-        tokens = tokenize(bundle, [texts[i] for i in chunk], max_len).to(device)
-        rows = torch.tensor(chunk, device=device)
-        out[rows] = embed_texts(bundle.model, tokens["input_ids"], tokens["attention_mask"])
-    return out
-
-
-# ----------------------------------------------------------------------------- tiny models
-
-
-def train_tokenizer(texts: Sequence[str], vocab_size: int = 1000) -> CLIPTokenizer:
-    """Train a small CLIP-style BPE tokenizer (same normaliser, pre-tokeniser, ``</w>`` suffix).
-
-    The demo and the tests cannot download OpenAI's vocabulary. Words come from the real CLIP
-    fast tokenizer's normaliser and pre-tokeniser (tokenizers library); the merges are learned
-    here because the library's BPE trainer breaks frequency ties in a different order on each
-    run, which would make the demo irreproducible. Ties go to the lexicographically smallest
-    pair. Every byte, and every byte as a word end (``x</w>``), is in the vocabulary as in
-    OpenAI's, so no word becomes the unknown token (which is ``<|endoftext|>``, where the text
-    tower pools).
-    """
-    from collections import Counter
-
-    from tokenizers.pre_tokenizers import ByteLevel
-
-    template = CLIPTokenizer().backend_tokenizer
-    words: Counter[tuple[str, ...]] = Counter()
-    for text in texts:
-        normalized = template.normalizer.normalize_str(clean_text(text))
-        for word, _ in template.pre_tokenizer.pre_tokenize_str(normalized):
-            words[tuple(word[:-1]) + (word[-1] + "</w>",)] += 1
-    alphabet = sorted(ByteLevel.alphabet())
-    vocab_list = ["<|startoftext|>", "<|endoftext|>"] + alphabet + [c + "</w>" for c in alphabet]
-    merges: list[tuple[str, str]] = []
-    while len(vocab_list) < vocab_size:
-        pairs: Counter[tuple[str, str]] = Counter()
-        for symbols, count in words.items():
-            for pair in zip(symbols, symbols[1:]):
-                pairs[pair] += count
-        if not pairs:
-            break
-        best = min(pairs, key=lambda pair: (-pairs[pair], pair))
-        merges.append(best)
-        vocab_list.append(best[0] + best[1])
-        merged: Counter[tuple[str, ...]] = Counter()
-        for symbols, count in words.items():
-            out, i = [], 0
-            while i < len(symbols):
-                if i + 1 < len(symbols) and (symbols[i], symbols[i + 1]) == best:
-                    out.append(best[0] + best[1])
-                    i += 2
-                else:
-                    out.append(symbols[i])
-                    i += 1
-            merged[tuple(out)] += count
-        words = merged
-    vocab = {token: index for index, token in enumerate(dict.fromkeys(vocab_list))}
-    return CLIPTokenizer(vocab=vocab, merges=merges)
-
-
-def build_tiny_clip(
-    texts: Sequence[str],
-    *,
-    image_size: int = 64,
-    patch_size: int = 8,
-    width: int = 128,
-    layers: int = 4,
-    heads: int = 4,
-    projection_dim: int = 128,
-    context_length: int = 32,
-    vocab_size: int = 1000,
-    seed: int = 0,
-) -> ClipBundle:
-    """A small randomly initialised CLIP with a tokenizer trained on ``texts``.
-
-    Stands in for a downloaded checkpoint in the demo and the tests; everything downstream
-    treats it exactly like ``openai/clip-vit-base-patch16`` loaded from a folder.
-    """
-    tokenizer = train_tokenizer(texts, vocab_size=vocab_size)
-    tokenizer.model_max_length = context_length
-    common = {
-        "hidden_size": width,
-        "intermediate_size": 4 * width,
-        "num_hidden_layers": layers,
-        "num_attention_heads": heads,
-        "hidden_act": "quick_gelu",
-    }
-    config = CLIPConfig(
-        text_config={
-            **common,
-            "vocab_size": len(tokenizer),
-            "max_position_embeddings": context_length,
-            "bos_token_id": tokenizer.bos_token_id,
-            "eos_token_id": tokenizer.eos_token_id,
-            "pad_token_id": tokenizer.pad_token_id,
-        },
-        vision_config={**common, "image_size": image_size, "patch_size": patch_size},
-        projection_dim=projection_dim,
-    )
-    torch.manual_seed(seed)
-    model = CLIPModel(config)
-    processor_class = getattr(transformers, "CLIPImageProcessorPil", CLIPImageProcessor)
-    processor = processor_class(
-        size={"shortest_edge": image_size},
-        crop_size={"height": image_size, "width": image_size},
-    )
-    return ClipBundle(model, tokenizer, processor)

@@ -29,9 +29,16 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from transformers import AutoImageProcessor, AutoTokenizer, CLIPConfig, CLIPModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoImageProcessor,
+    AutoTokenizer,
+    CLIPConfig,
+    CLIPModel,
+    PreTrainedTokenizerBase,
+)
 
 from goalclip.models.clip import ClipBundle, ModelLoadError, read_state_dict, save_clip
+from goalclip.models.embed import crop_geometry
 
 logger = logging.getLogger(__name__)
 
@@ -238,15 +245,6 @@ def _tokenizer_and_processor(source: str | ClipBundle):
     return tokenizer, AutoImageProcessor.from_pretrained(source)
 
 
-def _processor_size(processor) -> int | None:
-    """The square size a CLIP-style processor crops to (None when it does not centre-crop)."""
-    if not getattr(processor, "do_center_crop", False):
-        return None
-    crop = processor.crop_size
-    height = crop.get("height") if isinstance(crop, dict) else getattr(crop, "height", None)
-    return None if height is None else int(height)
-
-
 def convert_openai_state_dict(
     state_dict: Mapping[str, Tensor],
     *,
@@ -275,10 +273,11 @@ def convert_openai_state_dict(
             f"the tokenizer has {len(tokenizer)} tokens but the checkpoint's embedding only {text_config.vocab_size}"
         )
     image_size = int(config.vision_config.image_size)
-    processed = _processor_size(processor)
-    if processed is not None and processed != image_size:
+    *_, width, height = crop_geometry(processor, image_size, image_size)
+    if (width, height) != (image_size, image_size):
+        processed = f"{width}px" if width == height else f"{width}x{height}px"
         raise ModelLoadError(
-            f"the image processor makes {processed}px images but the checkpoint expects {image_size}px; "
+            f"the image processor makes {processed} images but the checkpoint expects {image_size}px; "
             "pass the processor of the matching model (e.g. a -336 checkpoint needs a 336px processor)"
         )
     model = CLIPModel(config)

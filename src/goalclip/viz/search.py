@@ -31,22 +31,15 @@ from typing import Any
 import torch
 from transformers import AutoConfig
 
-from goalclip.core.images import ImageError, PixelBatches, load_rgb
-from goalclip.core.manifest import atomic_write
-from goalclip.models.clip import (
-    ClipBundle,
-    is_state_dict_file,
-    count_truncated,
-    embed_images,
-    load_clip,
-)
-from goalclip.models.clip import encode_texts as model_encode_texts
+from goalclip.core.images import ImageError, load_rgb
+from goalclip.core.manifest import IMAGE_SUFFIXES, atomic_write
+from goalclip.models.clip import ClipBundle, is_state_dict_file, load_clip
+from goalclip.models.embed import encode_images, encode_texts
 
 logger = logging.getLogger(__name__)
 
 INDEX_DIRNAME = ".goalclip-index"
 INDEX_VERSION = 1
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 
 
 class SearchError(ValueError):
@@ -85,11 +78,6 @@ def load_vision_bundle(
     return load_clip(source, base=base, device=device, attn_implementation=attn_implementation)
 
 
-def _require_vision(bundle: ClipBundle) -> None:
-    if getattr(bundle.model, "vision_model", None) is None or bundle.image_processor is None:
-        raise SearchError("the model has no vision tower or image processor; image search needs both")
-
-
 def model_key(source: str, base: str | None = None) -> str:
     """A file-name-safe key for a model: its name plus a hash of its files' sizes and mtimes.
 
@@ -113,61 +101,6 @@ def model_key(source: str, base: str | None = None) -> str:
     digest = hashlib.sha1("\n".join(parts).encode("utf-8")).hexdigest()[:12]
     stem = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(source.rstrip("/\\")).name or "model")[:40]
     return f"{stem}-{digest}"
-
-
-def _model_device(bundle: ClipBundle) -> tuple[torch.device, torch.dtype]:
-    param = next(bundle.model.parameters())
-    return param.device, param.dtype
-
-
-# ----------------------------------------------------------------------------- encoding
-
-
-def encode_images(
-    bundle: ClipBundle,
-    paths: Sequence[str],
-    *,
-    batch_size: int = 64,
-    num_workers: int = 0,
-    progress: bool = False,
-) -> tuple[torch.Tensor, list[int], list[tuple[int, str]]]:
-    """Embed image files; returns ``(embeddings [n_ok, D] on CPU, ok indices, failures)``.
-
-    Unreadable files are logged and returned as ``(index, message)`` rather than raised, so
-    one corrupt photo does not stop a whole folder from being indexed.
-    """
-    device, dtype = _model_device(bundle)
-    batches = PixelBatches(
-        paths, bundle.image_processor, batch_size=batch_size, num_workers=num_workers, progress=progress
-    )
-    chunks: list[torch.Tensor] = []
-    ok: list[int] = []
-    for indices, pixels in batches:
-        chunks.append(embed_images(bundle.model, pixels.to(device=device, dtype=dtype)).cpu())
-        ok.extend(indices.tolist())
-    dim = int(bundle.model.config.projection_dim)
-    embeddings = torch.cat(chunks) if chunks else torch.empty(0, dim)
-    return embeddings, ok, list(batches.failed)
-
-
-def encode_texts(
-    bundle: ClipBundle, texts: Sequence[str], *, batch_size: int = 64, what: str = "queries"
-) -> torch.Tensor:
-    """Embed texts (L2-normalised, CPU float32), warning once about texts cut at the context.
-
-    A long query past the model's context (77 for stock CLIP, 248 after stretching) silently
-    loses its tail; the warning says how many were cut so the user knows what was searched.
-    """
-    cut = count_truncated(bundle, texts)
-    if cut:
-        logger.warning(
-            "%d of %d %s are longer than the model's %d-token context and were truncated",
-            cut,
-            len(texts),
-            what,
-            bundle.max_text_len,
-        )
-    return model_encode_texts(bundle, list(texts), batch_size=batch_size).cpu()
 
 
 # ----------------------------------------------------------------------------- index
@@ -282,7 +215,6 @@ def build_index(
     next time, so fixing a file is enough to get it indexed. An empty folder, or one whose
     images are all unreadable, is an error rather than an index that silently finds nothing.
     """
-    _require_vision(bundle)
     root = Path(folder)
     if not root.is_dir():
         raise SearchError(f"{root}: not a folder")
@@ -380,7 +312,7 @@ def search(
         return []
     if k < 1:
         raise SearchError(f"k must be at least 1, got {k}")
-    query_embeddings = encode_texts(bundle, list(queries))
+    query_embeddings = encode_texts(bundle, list(queries), desc="queries", warn_truncated=True).cpu()
     scores, ids = topk_inner_product(index.embeddings, query_embeddings, k, backend=backend)
     return [
         [(index.paths[int(i)], float(s)) for s, i in zip(row_scores, row_ids)]
