@@ -17,7 +17,7 @@ from transformers import CLIPTextModelWithProjection
 from goalclip.core.images import load_rgb, pixel_values
 from goalclip.demo.tiny import build_tiny_clip
 from goalclip.models import embed as embed_module
-from goalclip.models.clip import ClipBundle, load_clip, save_clip
+from goalclip.models.clip import ClipBundle, ModelLoadError, load_clip, save_clip
 from goalclip.models.embed import embed_images, embed_texts, tokenize
 from goalclip.viz import search as search_module
 from goalclip.viz.search import SearchError, build_index, model_key, search
@@ -179,13 +179,13 @@ def test_text_only_model_is_a_clear_error(bundle, tmp_path):
     text_only = tmp_path / "text_only"
     CLIPTextModelWithProjection(bundle.model.config.text_config).save_pretrained(text_only)
     bundle.tokenizer.save_pretrained(text_only)
-    with pytest.raises(SearchError, match="no vision tower"):
-        search_module.load_vision_bundle(str(text_only))
+    with pytest.raises(ModelLoadError, match="no vision tower"):
+        load_clip(str(text_only))
     no_processor = tmp_path / "no_processor"
     save_clip(bundle, no_processor)
     (no_processor / "preprocessor_config.json").unlink()
-    with pytest.raises(SearchError, match="no image processor"):
-        search_module.load_vision_bundle(str(no_processor))
+    with pytest.raises(ModelLoadError, match="no image processor"):
+        load_clip(str(no_processor))
 
 
 def test_long_query_is_truncated_with_a_warning(bundle, folder, caplog):

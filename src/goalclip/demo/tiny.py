@@ -14,7 +14,7 @@ import transformers
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
 
 from goalclip.core.text import clean_text
-from goalclip.models.clip import ClipBundle
+from goalclip.models.clip import ClipBundle, align_sub_configs
 
 
 def train_tokenizer(texts: Sequence[str], vocab_size: int = 1000) -> CLIPTokenizer:
@@ -89,7 +89,7 @@ def build_tiny_clip(
     tokenizer.model_max_length = context_length
     common = {"num_hidden_layers": layers, "num_attention_heads": heads, "hidden_act": "quick_gelu"}
     text_width = text_width or width
-    config = CLIPConfig(
+    config = align_sub_configs(CLIPConfig(
         text_config={
             **common,
             "hidden_size": text_width,
@@ -108,7 +108,7 @@ def build_tiny_clip(
             "patch_size": patch_size,
         },
         projection_dim=projection_dim,
-    )
+    ))
     torch.manual_seed(seed)
     model = CLIPModel(config)
     processor_class = getattr(transformers, "CLIPImageProcessorPil", CLIPImageProcessor)

@@ -13,9 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from transformers import (
+    AutoConfig,
     AutoImageProcessor,
     AutoTokenizer,
+    CLIPConfig,
     CLIPImageProcessor,
     CLIPModel,
     CLIPTokenizer,
@@ -61,42 +64,105 @@ def load_clip(
 ) -> ClipBundle:
     """Load a CLIP from a hub id, a local folder, or a bare state-dict file on top of ``base``.
 
-    Bare state dicts (e.g. the GOAL authors' released ``.pth`` with 248 text positions) are
-    loaded strictly: the base's text positions are resized to the file's length first, and
-    any missing, unexpected or mismatched key is named in the error.
+    Loading is strict either way, so a broken checkpoint stops here instead of producing
+    garbage later: a folder's missing, unexpected or mismatched weights, an unreadable weights
+    file, a missing tokenizer or image processor are each a ``ModelLoadError`` naming the
+    folder or file. Bare state dicts (e.g. the GOAL authors' released ``.pth`` with 248 text
+    positions) get the base's text positions resized to the file's length first.
     """
-    kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
     if is_state_dict_file(source):
         if base is None:
             raise ModelLoadError(f"{source} is a bare state dict: pass --base with the architecture it fits")
         bundle = load_clip(base, attn_implementation=attn_implementation)
         load_state_dict_file(bundle.model, source)
+        bundle.model.name_or_path = source
     else:
         if os.path.isfile(source):
             raise ModelLoadError(
                 f"{source} is a file but not a state dict ({', '.join(STATE_DICT_SUFFIXES)}); "
                 "pass a hub id, a model folder or a state-dict file"
             )
-        model = CLIPModel.from_pretrained(source, **kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(source)
-        if not tokenizer.is_fast:
-            raise ModelLoadError(f"{source}: a fast tokenizer is needed (offset mappings give exact spans)")
-        bundle = ClipBundle(model, tokenizer, load_image_processor(source))
+        model = _load_model(source, attn_implementation)
+        tokenizer, image_processor = load_processors(source)
+        if len(tokenizer) > model.config.text_config.vocab_size:
+            raise ModelLoadError(
+                f"{source}: the tokenizer has {len(tokenizer)} tokens but the model's text embedding only "
+                f"{model.config.text_config.vocab_size}; the tokenizer belongs to another model"
+            )
+        bundle = ClipBundle(model, tokenizer, image_processor)
     bundle.model.to(device)
     return bundle
 
 
-def load_image_processor(source: str):
-    """The PIL backend of the image processor where transformers has one.
+def _load_model(source: str, attn_implementation: str | None) -> CLIPModel:
+    """``CLIPModel.from_pretrained`` that refuses what transformers would only report.
 
-    Images are processed one at a time in DataLoader workers on the CPU; there the PIL backend
-    is about 10x faster than the torchvision one (1.5 vs 16 ms per image measured here) and the
-    saved config is the same ``CLIPImageProcessor`` any transformers version loads.
+    transformers initialises missing weights randomly and drops unexpected ones with a printed
+    load report; a model folder that does not hold exactly this model's weights is an error
+    here, like a state-dict file (``load_state_dict_file``).
+    """
+    config = AutoConfig.from_pretrained(source)
+    absent = [tower for tower in ("text", "vision") if getattr(config, f"{tower}_config", None) is None]
+    if absent:
+        raise ModelLoadError(
+            f"{source}: a '{config.model_type}' checkpoint has no {' and no '.join(absent)} tower; "
+            "goalclip needs a full CLIP with both towers"
+        )
+    kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    try:
+        model, info = CLIPModel.from_pretrained(source, output_loading_info=True, **kwargs)
+    except SafetensorError as exc:
+        files = ", ".join(str(p) for p in _weight_files(source)) or source
+        raise ModelLoadError(f"{files}: cannot be read as model weights ({exc})") from None
+    problems = [
+        f"{label} ({len(keys)}): {', '.join(sorted(keys)[:10])}{' ...' if len(keys) > 10 else ''}"
+        for label, keys in (("missing", info["missing_keys"]), ("unexpected", info["unexpected_keys"]))
+        if keys
+    ]
+    if problems:
+        raise ModelLoadError(f"{source}: the weights do not fit its config; " + "; ".join(problems))
+    return model
+
+
+def _weight_files(source: str) -> list[Path]:
+    folder = Path(source)
+    return sorted(p for p in folder.glob("*") if p.suffix in (".safetensors", ".bin")) if folder.is_dir() else []
+
+
+def load_processors(source: str) -> tuple[CLIPTokenizer, CLIPImageProcessor]:
+    """The fast tokenizer and image processor of a hub id or folder, found by transformers.
+
+    Both layouts a folder may have work: ``preprocessor_config.json`` (what ``save_clip``
+    writes) and transformers 5's ``processor_config.json`` with the image processor nested.
+    The image processor is the PIL backend where transformers has one: images are processed
+    one at a time in DataLoader workers on the CPU, where it is about 10x faster than the
+    torchvision one (1.5 vs 16 ms per image measured here), and its saved config is the same
+    ``CLIPImageProcessor`` any transformers version loads.
     """
     try:
-        return AutoImageProcessor.from_pretrained(source, backend="pil")
-    except (TypeError, ValueError):
-        return AutoImageProcessor.from_pretrained(source)
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"{source}: no usable tokenizer ({str(exc).splitlines()[0]})") from None
+    # Without tokenizer files transformers builds an empty CLIP tokenizer (only its special
+    # tokens), which would turn every word into the unknown token.
+    if len(tokenizer) <= len(set(tokenizer.all_special_ids)):
+        raise ModelLoadError(
+            f"{source}: no tokenizer files (tokenizer.json, or vocab.json and merges.txt); "
+            "copy them from the model this one was trained from"
+        )
+    if not tokenizer.is_fast:
+        raise ModelLoadError(f"{source}: a fast tokenizer is needed (offset mappings give exact spans)")
+    try:
+        try:
+            image_processor = AutoImageProcessor.from_pretrained(source, backend="pil")
+        except (TypeError, ValueError):  # transformers without a PIL backend
+            image_processor = AutoImageProcessor.from_pretrained(source)
+    except OSError:
+        raise ModelLoadError(
+            f"{source}: no image processor (preprocessor_config.json or processor_config.json); "
+            "cannot turn images into pixel values for this model"
+        ) from None
+    return tokenizer, image_processor
 
 
 def read_state_dict(path: str) -> dict[str, torch.Tensor]:
@@ -188,10 +254,24 @@ def stretch_positions(model: CLIPModel, *, keep: int = 20, target: int | None = 
     return stretched.shape[0]
 
 
+def align_sub_configs(config: CLIPConfig) -> CLIPConfig:
+    """Copy the top-level ``projection_dim`` into the text and vision sub-configs (in place).
+
+    ``CLIPConfig(projection_dim=...)`` leaves the sub-configs at their default 512, and
+    ``CLIPTextModelWithProjection`` / ``CLIPVisionModelWithProjection`` (what diffusers and
+    most downstream users load) build their projection from the sub-config: a folder must
+    agree everywhere or those classes fail with a size mismatch.
+    """
+    config.text_config.projection_dim = config.projection_dim
+    config.vision_config.projection_dim = config.projection_dim
+    return config
+
+
 def save_clip(bundle: ClipBundle, out_dir: str | os.PathLike) -> Path:
-    """Save model (safetensors), tokenizer and image processor into one loadable folder."""
+    """Save model (safetensors), tokenizer and image processor into one folder every CLIP class loads."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    align_sub_configs(bundle.model.config)
     bundle.model.save_pretrained(out, safe_serialization=True)
     bundle.tokenizer.model_max_length = bundle.max_text_len
     bundle.tokenizer.save_pretrained(out)

@@ -44,15 +44,10 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
 from goalclip.core.images import load_rgb, pixel_values
-from goalclip.core.manifest import (
-    IMAGE_SUFFIXES,
-    atomic_write,
-    captions_of,
-    read_manifest,
-)
-from goalclip.models.clip import ClipBundle
+from goalclip.core.manifest import IMAGE_SUFFIXES, atomic_write, captions_of, read_manifest
+from goalclip.models.clip import ClipBundle, load_clip
 from goalclip.models.embed import encode_images, encode_texts, model_view_box
-from goalclip.viz.search import load_vision_bundle, topk_inner_product
+from goalclip.viz.search import topk_inner_product
 
 logger = logging.getLogger(__name__)
 
@@ -238,7 +233,7 @@ def plot_attention(
     originals = _as_images(images)
     per_model: list[tuple[torch.Tensor, torch.Tensor, list[Image.Image]]] = []
     for source in models:
-        bundle = load_vision_bundle(source, base=base, device=device, attn_implementation="eager")
+        bundle = load_clip(source, base=base, device=device, attn_implementation="eager")
         bundle.model.eval()
         attention, z = attention_maps(bundle, originals)
         views = [model_view(im, bundle.image_processor, display_size) for im in originals]
@@ -327,7 +322,7 @@ def plot_retrieval(
     bundles, embedded = [], []
     readable = set(range(len(gallery)))
     for source in models:
-        bundle = load_vision_bundle(source, base=base, device=device)
+        bundle = load_clip(source, base=base, device=device)
         bundle.model.eval()
         embeddings, ok, _ = encode_images(bundle, gallery, batch_size=batch_size)
         readable &= set(ok)

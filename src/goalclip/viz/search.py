@@ -29,11 +29,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoConfig
 
 from goalclip.core.images import ImageError, load_rgb
 from goalclip.core.manifest import IMAGE_SUFFIXES, atomic_write
-from goalclip.models.clip import ClipBundle, is_state_dict_file, load_clip
+from goalclip.models.clip import ClipBundle, load_clip
 from goalclip.models.embed import encode_images, encode_texts
 
 logger = logging.getLogger(__name__)
@@ -43,39 +42,10 @@ INDEX_VERSION = 1
 
 
 class SearchError(ValueError):
-    """Search cannot run: no images, no image encoder, or no queries; the message says which."""
+    """Search cannot run: no images or no queries; the message says which."""
 
 
 # ----------------------------------------------------------------------------- models
-
-
-def load_vision_bundle(
-    source: str,
-    *,
-    base: str | None = None,
-    device: str | torch.device = "cpu",
-    attn_implementation: str | None = None,
-) -> ClipBundle:
-    """Load a CLIP that has an image tower and image processor, or fail with a clear message.
-
-    A text-only checkpoint (``CLIPTextModelWithProjection``) or a folder without
-    ``preprocessor_config.json`` otherwise fails deep inside transformers with a wall of
-    missing keys; search and the attention/retrieval figures need both towers.
-    """
-    config_source = base if (is_state_dict_file(source) and base) else source
-    if os.path.isdir(config_source):
-        config = AutoConfig.from_pretrained(config_source)
-        if getattr(config, "vision_config", None) is None:
-            raise SearchError(
-                f"{config_source}: a '{config.model_type}' checkpoint has no vision tower; "
-                "image search and attention maps need a full CLIP with an image encoder"
-            )
-        if not (Path(config_source) / "preprocessor_config.json").is_file():
-            raise SearchError(
-                f"{config_source}: no image processor (preprocessor_config.json); "
-                "cannot turn images into pixel values for this model"
-            )
-    return load_clip(source, base=base, device=device, attn_implementation=attn_implementation)
 
 
 def model_key(source: str, base: str | None = None) -> str:
@@ -397,7 +367,7 @@ def _read_queries(args: argparse.Namespace) -> list[str]:
 def run_search(args: argparse.Namespace) -> dict[str, Any]:
     """Run ``goalclip search``: index (incrementally), rank, print, optionally sheet and JSON."""
     queries = _read_queries(args)
-    bundle = load_vision_bundle(args.model, base=args.base, device=args.device)
+    bundle = load_clip(args.model, base=args.base, device=args.device)
     bundle.model.eval()
     index = build_index(
         bundle,
