@@ -203,6 +203,16 @@ def test_a_model_folder_with_missing_or_unexpected_weights_is_an_error_naming_th
     assert dropped[0] in err and "Traceback" not in err
 
 
+def test_a_model_folder_whose_weights_do_not_fit_its_config_is_an_error_naming_the_keys(exported, tmp_path):
+    folder = _copy(exported, tmp_path, "mismatched")
+    config = json.loads((folder / "config.json").read_text())
+    for section in (config, config["text_config"], config["vision_config"]):
+        section["projection_dim"] = 40
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelLoadError, match=r"mismatched \(2\): text_projection.weight: file \(48, 24\) vs config \(40, 24\)"):
+        load_clip(str(folder))
+
+
 def test_a_complete_folder_loads_without_complaint(exported):
     bundle = load_clip(str(exported))
     assert bundle.model.config.projection_dim == 48 and len(bundle.tokenizer) > 200

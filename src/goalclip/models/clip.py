@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,9 +98,10 @@ def load_clip(
 def _load_model(source: str, attn_implementation: str | None) -> CLIPModel:
     """``CLIPModel.from_pretrained`` that refuses what transformers would only report.
 
-    transformers initialises missing weights randomly and drops unexpected ones with a printed
-    load report; a model folder that does not hold exactly this model's weights is an error
-    here, like a state-dict file (``load_state_dict_file``).
+    transformers initialises missing (and, when told to ignore them, mismatched) weights randomly
+    and drops unexpected ones with a printed load report; a model folder that does not hold
+    exactly this model's weights is an error here naming the keys, like a state-dict file
+    (``load_state_dict_file``).
     """
     config = AutoConfig.from_pretrained(source)
     absent = [tower for tower in ("text", "vision") if getattr(config, f"{tower}_config", None) is None]
@@ -110,17 +112,16 @@ def _load_model(source: str, attn_implementation: str | None) -> CLIPModel:
         )
     kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
     try:
-        model, info = CLIPModel.from_pretrained(source, output_loading_info=True, **kwargs)
+        model, info = CLIPModel.from_pretrained(
+            source, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs
+        )
     except SafetensorError as exc:
         files = ", ".join(str(p) for p in _weight_files(source)) or source
         raise ModelLoadError(f"{files}: cannot be read as model weights ({exc})") from None
-    problems = [
-        f"{label} ({len(keys)}): {', '.join(sorted(keys)[:10])}{' ...' if len(keys) > 10 else ''}"
-        for label, keys in (("missing", info["missing_keys"]), ("unexpected", info["unexpected_keys"]))
-        if keys
-    ]
+    mismatched = [f"{key}: file {tuple(file)} vs config {tuple(own)}" for key, file, own in info["mismatched_keys"]]
+    problems = _key_problems(info["missing_keys"], info["unexpected_keys"], mismatched)
     if problems:
-        raise ModelLoadError(f"{source}: the weights do not fit its config; " + "; ".join(problems))
+        raise ModelLoadError(f"{source}: the weights do not fit its config; {problems}")
     return model
 
 
@@ -198,14 +199,20 @@ def load_state_dict_file(model: CLIPModel, path: str) -> None:
         for k in set(own) & set(state)
         if own[k].shape != state[k].shape
     )
-    if missing or unexpected or mismatched:
-        parts = [
-            f"{label} ({len(keys)}): {', '.join(keys[:10])}{' ...' if len(keys) > 10 else ''}"
-            for label, keys in (("missing", missing), ("unexpected", unexpected), ("mismatched", mismatched))
-            if keys
-        ]
-        raise ModelLoadError(f"{path} does not fit the base model; " + "; ".join(parts))
+    problems = _key_problems(missing, unexpected, mismatched)
+    if problems:
+        raise ModelLoadError(f"{path} does not fit the base model; {problems}")
     model.load_state_dict(state, strict=True)
+
+
+def _key_problems(missing: Iterable[str], unexpected: Iterable[str], mismatched: Iterable[str]) -> str:
+    """``missing (n): a, b ...; unexpected (n): ...`` listing at most ten keys of each kind; empty if none."""
+    parts = []
+    for label, keys in (("missing", missing), ("unexpected", unexpected), ("mismatched", mismatched)):
+        keys = sorted(keys)
+        if keys:
+            parts.append(f"{label} ({len(keys)}): {', '.join(keys[:10])}{' ...' if len(keys) > 10 else ''}")
+    return "; ".join(parts)
 
 
 def set_text_positions(model: CLIPModel, weight: torch.Tensor) -> None:

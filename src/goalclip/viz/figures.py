@@ -46,7 +46,7 @@ from PIL import Image, ImageDraw, ImageFont
 from goalclip.core.images import load_rgb, pixel_values
 from goalclip.core.manifest import IMAGE_SUFFIXES, atomic_write, captions_of, read_manifest
 from goalclip.models.clip import ClipBundle, load_clip
-from goalclip.models.embed import encode_images, encode_texts, model_view_box
+from goalclip.models.embed import encode_images, encode_texts, model_device, model_view_box
 from goalclip.viz.search import topk_inner_product
 
 logger = logging.getLogger(__name__)
@@ -104,12 +104,12 @@ def raw_maps(
     bundle: ClipBundle, images: Sequence[ImageLike], *, batch_size: int = 8
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """CLS-to-patch attention ``[N, g, g]`` (mean over heads, unnormalised) and patch tokens ``[N, g*g, D]``."""
-    param = next(bundle.model.parameters())
+    device, dtype = model_device(bundle)
     pil = _as_images(images)
     attention, tokens = [], []
     for start in range(0, len(pil), batch_size):
         pixels = pixel_values(bundle.image_processor, pil[start : start + batch_size])
-        weights, patch_tokens = _last_layer_attention_and_tokens(bundle, pixels.to(param.device, param.dtype))
+        weights, patch_tokens = _last_layer_attention_and_tokens(bundle, pixels.to(device, dtype))
         attention.append(weights[:, :, 0, 1:].mean(dim=1).cpu())
         tokens.append(patch_tokens.cpu())
     cls_to_patch = torch.cat(attention)
