@@ -142,7 +142,7 @@ def load_processors(source: str) -> tuple[CLIPTokenizer, CLIPImageProcessor]:
     """
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
-    except (OSError, ValueError) as exc:
+    except (OSError, TypeError, ValueError) as exc:  # no tokenizer files; older transformers raise here
         raise ModelLoadError(f"{source}: no usable tokenizer ({str(exc).splitlines()[0]})") from None
     # Without tokenizer files transformers builds an empty CLIP tokenizer (only its special
     # tokens), which would turn every word into the unknown token.
