@@ -213,6 +213,15 @@ def test_a_model_folder_whose_weights_do_not_fit_its_config_is_an_error_naming_t
         load_clip(str(folder))
 
 
+def test_a_model_folder_holding_another_models_tokenizer_is_an_error(exported, tmp_path):
+    folder = _copy(exported, tmp_path, "foreign_tokenizer")
+    bigger = build_tiny_clip([*TEXTS, "purple triangles and orange hexagons everywhere"], vocab_size=700)
+    assert len(bigger.tokenizer) > json.loads((folder / "config.json").read_text())["text_config"]["vocab_size"]
+    bigger.tokenizer.save_pretrained(folder)
+    with pytest.raises(ModelLoadError, match=f"{folder}: the tokenizer has {len(bigger.tokenizer)} tokens"):
+        load_clip(str(folder))
+
+
 def test_a_complete_folder_loads_without_complaint(exported):
     bundle = load_clip(str(exported))
     assert bundle.model.config.projection_dim == 48 and len(bundle.tokenizer) > 200
