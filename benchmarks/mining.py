@@ -36,13 +36,9 @@ from _common import interleaved, machine_facts, markdown_table, print_facts
 from goalclip.core.images import load_rgb, pixel_values
 from goalclip.core.manifest import captions_of, read_manifest
 from goalclip.mining.mine import Match, match_pairs, mine_batch
-from goalclip.models.clip import (
-    ClipBundle,
-    build_tiny_clip,
-    embed_images,
-    embed_texts,
-    tokenize,
-)
+from goalclip.demo.tiny import build_tiny_clip
+from goalclip.models.clip import ClipBundle
+from goalclip.models.embed import embed_images, embed_texts, tokenize
 from goalclip.mining.regions import RegionProposer, build_proposer
 from goalclip.demo.world import WorldConfig, generate_world, vocabulary
 from goalclip.core.text import clean_text, split_sentences

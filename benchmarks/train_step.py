@@ -65,16 +65,17 @@ from _common import (
 )
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 
-from goalclip.training.data import Collate, TrainDataset, crop_geometry, load_examples
+from goalclip.training.data import Collate, TrainDataset, load_examples
 from goalclip.training.losses import LossWeights
 from goalclip.core.manifest import read_manifest, write_manifest
+from goalclip.demo.tiny import build_tiny_clip
 from goalclip.models.clip import (
     ClipBundle,
-    build_tiny_clip,
     load_clip,
     save_clip,
     stretch_positions,
 )
+from goalclip.models.embed import crop_geometry
 from goalclip.demo.world import WorldConfig, generate_world, vocabulary
 from goalclip.training.trainer import training_step
 

@@ -58,7 +58,8 @@ class TinyWorld:
 
 @pytest.fixture(scope="session")
 def tiny_world(tmp_path_factory: pytest.TempPathFactory) -> TinyWorld:
-    from goalclip.models.clip import build_tiny_clip, save_clip
+    from goalclip.demo.tiny import build_tiny_clip
+    from goalclip.models.clip import save_clip
 
     root = tmp_path_factory.mktemp("tiny_world")
     (root / "images").mkdir()

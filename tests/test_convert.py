@@ -17,8 +17,9 @@ import torch
 from safetensors.torch import save_file
 
 from goalclip.cli import main
+from goalclip.demo.tiny import build_tiny_clip
 from goalclip.models import convert as convert
-from goalclip.models.clip import ModelLoadError, build_tiny_clip, load_clip, save_clip
+from goalclip.models.clip import ModelLoadError, load_clip, save_clip
 
 TEXTS = [
     "a red square sits in the top left corner of a white picture",
@@ -186,3 +187,18 @@ def test_goal_style_hf_state_dict_with_more_positions_loads_on_a_base(tiny, tmp_
     with pytest.raises(ModelLoadError, match=r"text_projection\.weight: file \(31, 64\)") as error:
         load_clip(str(tmp_path / "bad.pth"), base=str(base))
     assert "extra.weight" in str(error.value)
+
+
+def test_long_clip_l_shapes_give_768_in_every_config_section():
+    """Long-CLIP-L projects to 768: the text and vision sections must say so too, not 512."""
+    shapes = {
+        "visual.conv1.weight": (1024, 3, 14, 14), "visual.positional_embedding": (257, 1024),
+        "visual.proj": (1024, 768), "token_embedding.weight": (49408, 768), "positional_embedding": (248, 768),
+        "ln_final.weight": (768,), "text_projection": (768, 768),
+        **{f"transformer.resblocks.{i}.mlp.c_fc.weight": (3072, 768) for i in range(12)},
+        **{f"visual.transformer.resblocks.{i}.mlp.c_fc.weight": (4096, 1024) for i in range(24)},
+    }
+    config = convert.infer_openai_config({k: torch.empty(s, device="meta") for k, s in shapes.items()})
+    sections = (config, config.text_config, config.vision_config)
+    assert [section.projection_dim for section in sections] == [768, 768, 768]
+    assert (config.text_config.hidden_size, config.vision_config.hidden_size) == (768, 1024)

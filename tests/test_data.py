@@ -11,7 +11,8 @@ import torch
 from PIL import Image, ImageDraw
 from transformers import CLIPImageProcessor
 
-from goalclip.training.data import Collate, TrainDataset, box_patch_mask, crop_geometry, load_examples
+from goalclip.models.embed import crop_geometry
+from goalclip.training.data import Collate, TrainDataset, box_patch_mask, load_examples
 from goalclip.core.manifest import ManifestError, SkipReport
 
 PATCH = 8

@@ -20,7 +20,9 @@ from PIL import Image, ImageDraw
 from goalclip.cli import main
 from goalclip.evaluation import retrieval as ev
 from goalclip.core.manifest import ManifestError, write_jsonl
-from goalclip.models.clip import build_tiny_clip, load_clip, save_clip, tokenize
+from goalclip.demo.tiny import build_tiny_clip
+from goalclip.models.clip import load_clip, save_clip
+from goalclip.models.embed import tokenize
 
 SHAPES = [
     ("red", "square"),

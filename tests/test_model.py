@@ -11,13 +11,12 @@ from transformers import AutoProcessor, CLIPModel
 
 from goalclip.models.clip import (
     ModelLoadError,
-    embed_texts,
     load_clip,
     save_clip,
     stretch_positions,
     stretched_positions,
-    tokenize,
 )
+from goalclip.models.embed import embed_texts, tokenize
 
 LONG_TEXT = (
     "The picture has a plain white background. A red square is drawn here. Nothing else is in it. "

@@ -13,10 +13,12 @@ import torch
 from PIL import Image
 from transformers import CLIPTextModelWithProjection
 
-from goalclip.viz import search as search_module
 from goalclip.core.images import load_rgb, pixel_values
-from goalclip.models.clip import ClipBundle, build_tiny_clip, embed_images, embed_texts, load_clip, save_clip, tokenize
 from goalclip.cli import main
+from goalclip.demo.tiny import build_tiny_clip
+from goalclip.models import embed as embed_module
+from goalclip.models.clip import ClipBundle, ModelLoadError, load_clip, save_clip
+from goalclip.models.embed import embed_images, embed_texts, tokenize
 from goalclip.viz.search import SearchError, build_index, model_key, search
 
 TEXTS = [
@@ -60,13 +62,13 @@ def folder(tmp_path: Path) -> Path:
 def counter(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Rows that go through the image tower during indexing."""
     seen: list[int] = []
-    original = search_module.embed_images
+    original = embed_module.embed_images
 
     def counting(model, pixels):
         seen.append(int(pixels.shape[0]))
         return original(model, pixels)
 
-    monkeypatch.setattr(search_module, "embed_images", counting)
+    monkeypatch.setattr(embed_module, "embed_images", counting)
     return seen
 
 
@@ -176,13 +178,13 @@ def test_text_only_model_is_a_clear_error(bundle, tmp_path):
     text_only = tmp_path / "text_only"
     CLIPTextModelWithProjection(bundle.model.config.text_config).save_pretrained(text_only)
     bundle.tokenizer.save_pretrained(text_only)
-    with pytest.raises(SearchError, match="no vision tower"):
-        search_module.load_vision_bundle(str(text_only))
+    with pytest.raises(ModelLoadError, match="no vision tower"):
+        load_clip(str(text_only))
     no_processor = tmp_path / "no_processor"
     save_clip(bundle, no_processor)
     (no_processor / "preprocessor_config.json").unlink()
-    with pytest.raises(SearchError, match="no image processor"):
-        search_module.load_vision_bundle(str(no_processor))
+    with pytest.raises(ModelLoadError, match="no image processor"):
+        load_clip(str(no_processor))
 
 
 def test_long_query_is_truncated_with_a_warning(bundle, folder, caplog):

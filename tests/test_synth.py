@@ -20,7 +20,6 @@ from goalclip.demo.world import (
     WorldConfig,
     generate_world,
     vocabulary,
-    world_texts,
 )
 
 SMALL = WorldConfig(n_pretrain=24, n_train=20, n_test=30, seed=3)
@@ -194,7 +193,7 @@ def test_manifests_and_boxes_read_back(world, records):
 
 def test_vocabulary_covers_every_caption(world):
     words = set(vocabulary(SMALL))
-    texts = world_texts(world)
+    texts = [r["caption"] for path in (world.pretrain, world.train, world.test) for r in read_manifest(path)]
     assert len(texts) == SMALL.n_pretrain + SMALL.n_train + SMALL.n_test
     used = {w for text in texts for w in re.findall(r"[a-z]+", text.lower())}
     assert used <= words

@@ -15,7 +15,9 @@ from PIL import Image, ImageDraw
 from goalclip.cli import build_parser, main
 from goalclip.viz import figures as viz
 from goalclip.core.images import load_rgb, pixel_values
-from goalclip.models.clip import ClipBundle, build_tiny_clip, embed_images, embed_texts, load_clip, save_clip, tokenize
+from goalclip.demo.tiny import build_tiny_clip
+from goalclip.models.clip import ClipBundle, load_clip, save_clip
+from goalclip.models.embed import embed_images, embed_texts, model_view_box, tokenize
 
 TEXTS = [
     "a red square in the top left of a dark picture",
@@ -103,7 +105,8 @@ def _manual_cls_attention(bundle: ClipBundle, pixels: torch.Tensor) -> torch.Ten
 def test_maps_are_the_models_attention_in_range_and_on_the_grid(model_dirs):
     bundle = load_clip(str(model_dirs["random"]), attn_implementation="eager")
     images = [_scene((0, 0)), _scene((1, 3)), _scene((3, 2), colour=(40, 90, 225))]
-    attention, colours = viz.attention_maps(bundle, images)
+    attention, z = viz.attention_maps(bundle, images)
+    colours = viz.pca_rgb(z, viz.shared_pca_clip([z]))
     assert attention.shape == (3, 4, 4) and colours.shape == (3, 4, 4, 3)
     assert attention.min() >= 0 and attention.max() <= 1
     assert colours.min() >= 0 and colours.max() <= 1
@@ -120,10 +123,10 @@ def test_maps_are_the_models_attention_in_range_and_on_the_grid(model_dirs):
     # A model loaded with sdpa is switched to eager for the call, gives the same maps, and is restored.
     sdpa = load_clip(str(model_dirs["random"]))
     assert sdpa.model.config._attn_implementation == "sdpa"
-    again, colours_again = viz.attention_maps(sdpa, images)
+    again, z_again = viz.attention_maps(sdpa, images)
     assert sdpa.model.config._attn_implementation == "sdpa"
     assert torch.allclose(again, attention, atol=1e-5)
-    assert torch.equal(colours_again, viz.attention_maps(sdpa, images)[1])  # deterministic colours
+    assert torch.equal(z_again, viz.attention_maps(sdpa, images)[1])  # deterministic colours
 
 
 def test_pca_zscores_are_principal_components_with_fixed_sign():
@@ -150,7 +153,8 @@ def test_attention_follows_the_bright_object_of_a_spotlight_model(model_dirs):
     """Can fail: the map must peak on the object's cell wherever it is, including off-centre crops."""
     bundle = load_clip(str(model_dirs["spotlight"]), attn_implementation="eager")
     cells = [(0, 0), (1, 3), (3, 2)]
-    attention, colours = viz.attention_maps(bundle, [_scene(cell) for cell in cells])
+    attention, z = viz.attention_maps(bundle, [_scene(cell) for cell in cells])
+    colours = viz.pca_rgb(z, viz.shared_pca_clip([z]))
     for i, (row, col) in enumerate(cells):
         assert divmod(int(attention[i].argmax()), 4) == (row, col)
         others = attention[i].clone()
@@ -163,7 +167,7 @@ def test_attention_follows_the_bright_object_of_a_spotlight_model(model_dirs):
 
     # A 48x32 photo is centre-cropped to x in [8, 40): an object at x = 8..15 is the crop's column 0.
     wide = _scene((1, 0), size=(48, 32), offset=8)
-    assert viz.model_view_box(wide.size, bundle.image_processor) == (8.0, 0.0, 40.0, 32.0)
+    assert model_view_box(wide.size, bundle.image_processor) == (8.0, 0.0, 40.0, 32.0)
     wide_attention, _ = viz.attention_maps(bundle, [wide])
     assert divmod(int(wide_attention[0].argmax()), 4) == (1, 0)
     view = np.asarray(viz.model_view(wide, bundle.image_processor, 32))

@@ -51,11 +51,12 @@ def run(args: argparse.Namespace) -> str:
     """Index (incrementally), rank, print the hits; optionally a contact sheet and JSON."""
     from goalclip.core.images import set_max_image_pixels
     from goalclip.core.manifest import atomic_write
-    from goalclip.viz.search import build_index, load_vision_bundle, model_key, search, write_sheet
+    from goalclip.models.clip import load_clip
+    from goalclip.viz.search import build_index, model_key, search, write_sheet
 
     queries = _read_queries(args)
     set_max_image_pixels(args.max_image_pixels)
-    bundle = load_vision_bundle(args.model, base=args.base, device=resolve_device(args.device))
+    bundle = load_clip(args.model, base=args.base, device=resolve_device(args.device))
     bundle.model.eval()
     index = build_index(
         bundle, args.images, model_key(args.model, args.base), rebuild=args.rebuild, index_dir=args.index_dir,

@@ -27,6 +27,8 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 LOCAL_SOURCES = ("detector", "grid", "sam", "external", "whole")
+# File endings that count as images when a folder is listed (dataset adapters, search, viz).
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 
 
 class ManifestError(ValueError):

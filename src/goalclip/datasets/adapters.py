@@ -37,6 +37,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from goalclip.core.manifest import (
+    IMAGE_SUFFIXES,
     ManifestError,
     SkipReport,
     iter_jsonl,
@@ -50,8 +51,6 @@ from goalclip.datasets.sa1b import convert_sa1b
 logger = logging.getLogger(__name__)
 
 Record = dict[str, Any]
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
 DOCCI_SPLITS = ("train", "test", "qual_dev", "qual_test")
 DCI_SPLITS = ("train", "valid", "test", "all")

@@ -19,7 +19,8 @@ from typing import Any
 from goalclip.evaluation.retrieval import EvalConfig, evaluate, markdown_table
 from goalclip.core.manifest import read_manifest
 from goalclip.mining.mine import MineConfig, build_joint_test, mine
-from goalclip.models.clip import build_tiny_clip, save_clip
+from goalclip.demo.tiny import build_tiny_clip
+from goalclip.models.clip import save_clip
 from goalclip.demo.world import WorldConfig, generate_world
 from goalclip.training.trainer import TrainConfig, train
 from goalclip.viz.figures import plot_attention, plot_retrieval

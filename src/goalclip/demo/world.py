@@ -37,7 +37,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
-from goalclip.core.manifest import atomic_write, read_manifest, write_jsonl, write_manifest
+from goalclip.core.manifest import atomic_write, write_jsonl, write_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -576,15 +576,6 @@ def generate_world(
         len(pretrain), len(train), len(test), len(sizes), world.root,
     )
     return world
-
-
-def world_texts(world: World) -> list[str]:
-    """Every caption of the world (pretrain, train, test), e.g. to train a tokenizer on."""
-    texts: list[str] = []
-    for path in (world.pretrain, world.train, world.test):
-        for record in read_manifest(path):
-            texts.append(record["caption"])
-    return texts
 
 
 def vocabulary(config: WorldConfig | None = None) -> list[str]:

@@ -32,8 +32,9 @@ from tqdm.auto import tqdm
 
 from goalclip.core.images import PixelBatches, pixel_values
 from goalclip.core.manifest import atomic_write
-from goalclip.models.clip import ClipBundle, embed_images, encode_texts, load_clip
-from goalclip.viz.search import IMAGE_SUFFIXES
+from goalclip.core.manifest import IMAGE_SUFFIXES
+from goalclip.models.clip import ClipBundle, load_clip
+from goalclip.models.embed import embed_images, encode_texts
 
 logger = logging.getLogger(__name__)
 

@@ -42,7 +42,8 @@ from goalclip.core.images import PixelBatches, set_max_image_pixels
 from goalclip.core.manifest import ManifestError, atomic_write, captions_of, iter_records, read_manifest
 from goalclip.core.paths import check_writable_dir, check_writable_file, refuse_input_as_output
 from goalclip.core.processes import process_device, process_state
-from goalclip.models.clip import ClipBundle, count_truncated, embed_images, encode_texts, load_clip
+from goalclip.models.clip import ClipBundle, load_clip
+from goalclip.models.embed import count_truncated, embed_images, encode_texts
 
 logger = logging.getLogger(__name__)
 

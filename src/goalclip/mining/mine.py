@@ -42,7 +42,8 @@ from goalclip.core.manifest import (
 )
 from goalclip.core.paths import refuse_input_as_output
 from goalclip.core.processes import process_device, process_state
-from goalclip.models.clip import ClipBundle, count_truncated, embed_images, encode_texts, load_clip
+from goalclip.models.clip import ClipBundle, load_clip
+from goalclip.models.embed import count_truncated, embed_images, encode_texts
 from goalclip.mining.regions import InvalidBox, Region, RegionProposer, build_proposer, take_invalid_boxes
 from goalclip.core.text import clean_text, split_sentences
 

@@ -1,4 +1,4 @@
-"""Load, build, stretch and save CLIP models; the tower forwards that training and evaluation share.
+"""Load, stretch and save CLIP models; the tower forwards that training and embedding share.
 
 A model is a ``ClipBundle``: a ``transformers.CLIPModel`` with its fast tokenizer and image
 processor, so that ``save_clip`` writes a folder that ``CLIPModel.from_pretrained`` and
@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-import transformers
+from safetensors import SafetensorError
 from transformers import (
+    AutoConfig,
     AutoImageProcessor,
     AutoTokenizer,
     CLIPConfig,
@@ -24,8 +24,6 @@ from transformers import (
     CLIPModel,
     CLIPTokenizer,
 )
-
-from goalclip.core.text import clean_text
 
 logger = logging.getLogger(__name__)
 
@@ -67,42 +65,105 @@ def load_clip(
 ) -> ClipBundle:
     """Load a CLIP from a hub id, a local folder, or a bare state-dict file on top of ``base``.
 
-    Bare state dicts (e.g. the GOAL authors' released ``.pth`` with 248 text positions) are
-    loaded strictly: the base's text positions are resized to the file's length first, and
-    any missing, unexpected or mismatched key is named in the error.
+    Loading is strict either way, so a broken checkpoint stops here instead of producing
+    garbage later: a folder's missing, unexpected or mismatched weights, an unreadable weights
+    file, a missing tokenizer or image processor are each a ``ModelLoadError`` naming the
+    folder or file. Bare state dicts (e.g. the GOAL authors' released ``.pth`` with 248 text
+    positions) get the base's text positions resized to the file's length first.
     """
-    kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
     if is_state_dict_file(source):
         if base is None:
             raise ModelLoadError(f"{source} is a bare state dict: pass --base with the architecture it fits")
         bundle = load_clip(base, attn_implementation=attn_implementation)
         load_state_dict_file(bundle.model, source)
+        bundle.model.name_or_path = source
     else:
         if os.path.isfile(source):
             raise ModelLoadError(
                 f"{source} is a file but not a state dict ({', '.join(STATE_DICT_SUFFIXES)}); "
                 "pass a hub id, a model folder or a state-dict file"
             )
-        model = CLIPModel.from_pretrained(source, **kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(source)
-        if not tokenizer.is_fast:
-            raise ModelLoadError(f"{source}: a fast tokenizer is needed (offset mappings give exact spans)")
-        bundle = ClipBundle(model, tokenizer, load_image_processor(source))
+        model = _load_model(source, attn_implementation)
+        tokenizer, image_processor = load_processors(source)
+        if len(tokenizer) > model.config.text_config.vocab_size:
+            raise ModelLoadError(
+                f"{source}: the tokenizer has {len(tokenizer)} tokens but the model's text embedding only "
+                f"{model.config.text_config.vocab_size}; the tokenizer belongs to another model"
+            )
+        bundle = ClipBundle(model, tokenizer, image_processor)
     bundle.model.to(device)
     return bundle
 
 
-def load_image_processor(source: str):
-    """The PIL backend of the image processor where transformers has one.
+def _load_model(source: str, attn_implementation: str | None) -> CLIPModel:
+    """``CLIPModel.from_pretrained`` that refuses what transformers would only report.
 
-    Images are processed one at a time in DataLoader workers on the CPU; there the PIL backend
-    is about 10x faster than the torchvision one (1.5 vs 16 ms per image measured here) and the
-    saved config is the same ``CLIPImageProcessor`` any transformers version loads.
+    transformers initialises missing (and, when told to ignore them, mismatched) weights randomly
+    and drops unexpected ones with a printed load report; a model folder that does not hold
+    exactly this model's weights is an error here naming the keys, like a state-dict file
+    (``load_state_dict_file``).
+    """
+    config = AutoConfig.from_pretrained(source)
+    absent = [tower for tower in ("text", "vision") if getattr(config, f"{tower}_config", None) is None]
+    if absent:
+        raise ModelLoadError(
+            f"{source}: a '{config.model_type}' checkpoint has no {' and no '.join(absent)} tower; "
+            "goalclip needs a full CLIP with both towers"
+        )
+    kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    try:
+        model, info = CLIPModel.from_pretrained(
+            source, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs
+        )
+    except SafetensorError as exc:
+        files = ", ".join(str(p) for p in _weight_files(source)) or source
+        raise ModelLoadError(f"{files}: cannot be read as model weights ({exc})") from None
+    mismatched = [f"{key}: file {tuple(file)} vs config {tuple(own)}" for key, file, own in info["mismatched_keys"]]
+    problems = _key_problems(info["missing_keys"], info["unexpected_keys"], mismatched)
+    if problems:
+        raise ModelLoadError(f"{source}: the weights do not fit its config; {problems}")
+    return model
+
+
+def _weight_files(source: str) -> list[Path]:
+    folder = Path(source)
+    return sorted(p for p in folder.glob("*") if p.suffix in (".safetensors", ".bin")) if folder.is_dir() else []
+
+
+def load_processors(source: str) -> tuple[CLIPTokenizer, CLIPImageProcessor]:
+    """The fast tokenizer and image processor of a hub id or folder, found by transformers.
+
+    Both layouts a folder may have work: ``preprocessor_config.json`` (what ``save_clip``
+    writes) and transformers 5's ``processor_config.json`` with the image processor nested.
+    The image processor is the PIL backend where transformers has one: images are processed
+    one at a time in DataLoader workers on the CPU, where it is about 10x faster than the
+    torchvision one (1.5 vs 16 ms per image measured here), and its saved config is the same
+    ``CLIPImageProcessor`` any transformers version loads.
     """
     try:
-        return AutoImageProcessor.from_pretrained(source, backend="pil")
-    except (TypeError, ValueError):
-        return AutoImageProcessor.from_pretrained(source)
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except (OSError, TypeError, ValueError) as exc:  # no tokenizer files; older transformers raise here
+        raise ModelLoadError(f"{source}: no usable tokenizer ({str(exc).splitlines()[0]})") from None
+    # Without tokenizer files transformers builds an empty CLIP tokenizer (only its special
+    # tokens), which would turn every word into the unknown token.
+    if len(tokenizer) <= len(set(tokenizer.all_special_ids)):
+        raise ModelLoadError(
+            f"{source}: no tokenizer files (tokenizer.json, or vocab.json and merges.txt); "
+            "copy them from the model this one was trained from"
+        )
+    if not tokenizer.is_fast:
+        raise ModelLoadError(f"{source}: a fast tokenizer is needed (offset mappings give exact spans)")
+    try:
+        try:
+            image_processor = AutoImageProcessor.from_pretrained(source, backend="pil")
+        except (TypeError, ValueError):  # transformers without a PIL backend
+            image_processor = AutoImageProcessor.from_pretrained(source)
+    except OSError:
+        raise ModelLoadError(
+            f"{source}: no image processor (preprocessor_config.json or processor_config.json); "
+            "cannot turn images into pixel values for this model"
+        ) from None
+    return tokenizer, image_processor
 
 
 def read_state_dict(path: str) -> dict[str, torch.Tensor]:
@@ -138,14 +199,20 @@ def load_state_dict_file(model: CLIPModel, path: str) -> None:
         for k in set(own) & set(state)
         if own[k].shape != state[k].shape
     )
-    if missing or unexpected or mismatched:
-        parts = [
-            f"{label} ({len(keys)}): {', '.join(keys[:10])}{' ...' if len(keys) > 10 else ''}"
-            for label, keys in (("missing", missing), ("unexpected", unexpected), ("mismatched", mismatched))
-            if keys
-        ]
-        raise ModelLoadError(f"{path} does not fit the base model; " + "; ".join(parts))
+    problems = _key_problems(missing, unexpected, mismatched)
+    if problems:
+        raise ModelLoadError(f"{path} does not fit the base model; {problems}")
     model.load_state_dict(state, strict=True)
+
+
+def _key_problems(missing: Iterable[str], unexpected: Iterable[str], mismatched: Iterable[str]) -> str:
+    """``missing (n): a, b ...; unexpected (n): ...`` listing at most ten keys of each kind; empty if none."""
+    parts = []
+    for label, keys in (("missing", missing), ("unexpected", unexpected), ("mismatched", mismatched)):
+        keys = sorted(keys)
+        if keys:
+            parts.append(f"{label} ({len(keys)}): {', '.join(keys[:10])}{' ...' if len(keys) > 10 else ''}")
+    return "; ".join(parts)
 
 
 def set_text_positions(model: CLIPModel, weight: torch.Tensor) -> None:
@@ -194,10 +261,24 @@ def stretch_positions(model: CLIPModel, *, keep: int = 20, target: int | None = 
     return stretched.shape[0]
 
 
+def align_sub_configs(config: CLIPConfig) -> CLIPConfig:
+    """Copy the top-level ``projection_dim`` into the text and vision sub-configs (in place).
+
+    ``CLIPConfig(projection_dim=...)`` leaves the sub-configs at their default 512, and
+    ``CLIPTextModelWithProjection`` / ``CLIPVisionModelWithProjection`` (what diffusers and
+    most downstream users load) build their projection from the sub-config: a folder must
+    agree everywhere or those classes fail with a size mismatch.
+    """
+    config.text_config.projection_dim = config.projection_dim
+    config.vision_config.projection_dim = config.projection_dim
+    return config
+
+
 def save_clip(bundle: ClipBundle, out_dir: str | os.PathLike) -> Path:
-    """Save model (safetensors), tokenizer and image processor into one loadable folder."""
+    """Save model (safetensors), tokenizer and image processor into one folder every CLIP class loads."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    align_sub_configs(bundle.model.config)
     bundle.model.save_pretrained(out, safe_serialization=True)
     bundle.tokenizer.model_max_length = bundle.max_text_len
     bundle.tokenizer.save_pretrained(out)
@@ -233,170 +314,3 @@ def text_forward(
 def project_text_tokens(model: CLIPModel, pooled: torch.Tensor) -> torch.Tensor:
     """Send pooled text token states through the final layernorm and text projection."""
     return model.text_projection(model.text_model.final_layer_norm(pooled))
-
-
-def tokenize(bundle: ClipBundle, texts: Sequence[str], max_len: int | None = None) -> dict[str, torch.Tensor]:
-    """Clean and tokenise texts, padded to the longest in the batch and truncated to the context.
-
-    CLIP's text attention is causal, so right padding never changes the real tokens' states:
-    padding to the batch's longest (not to 248) is exact and much cheaper for short sentences.
-    """
-    max_len = max_len or bundle.max_text_len
-    return bundle.tokenizer(
-        [clean_text(t) for t in texts],
-        padding="longest",
-        truncation=True,
-        max_length=max_len,
-        return_tensors="pt",
-    )
-
-
-def count_truncated(bundle: ClipBundle, texts: Sequence[str], max_len: int | None = None) -> int:
-    """How many texts are longer than the context (they would be cut)."""
-    max_len = max_len or bundle.max_text_len
-    lengths = bundle.tokenizer([clean_text(t) for t in texts], truncation=False, verbose=False)["input_ids"]
-    return sum(len(ids) > max_len for ids in lengths)
-
-
-@torch.no_grad()
-def embed_texts(model: CLIPModel, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """L2-normalised text embeddings for one tokenised batch."""
-    embeds, _ = text_forward(model, input_ids, attention_mask)
-    return F.normalize(embeds.float(), dim=-1)
-
-
-@torch.no_grad()
-def embed_images(model: CLIPModel, pixel_values: torch.Tensor) -> torch.Tensor:
-    """L2-normalised image embeddings for one pixel batch."""
-    embeds, _ = image_forward(model, pixel_values)
-    return F.normalize(embeds.float(), dim=-1)
-
-
-def encode_texts(
-    bundle: ClipBundle,
-    texts: Sequence[str],
-    *,
-    batch_size: int = 64,
-    max_len: int | None = None,
-    progress: bool = False,
-    desc: str = "texts",
-) -> torch.Tensor:
-    """L2-normalised float32 embeddings of many texts, in input order, on the model's device.
-
-    Texts are batched longest first so each batch pads little (``tokenize`` pads to the
-    batch's longest); truncation to the context is silent here: callers that care count it
-    with ``count_truncated`` and warn once.
-    """
-    from tqdm.auto import tqdm
-
-    device = next(bundle.model.parameters()).device
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
-    out = torch.empty(len(texts), int(bundle.model.config.projection_dim), device=device)
-    for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress, unit="batch"):
-        chunk = order[start : start + batch_size]
-        tokens = tokenize(bundle, [texts[i] for i in chunk], max_len).to(device)
-        rows = torch.tensor(chunk, device=device)
-        out[rows] = embed_texts(bundle.model, tokens["input_ids"], tokens["attention_mask"])
-    return out
-
-
-# ----------------------------------------------------------------------------- tiny models
-
-
-def train_tokenizer(texts: Sequence[str], vocab_size: int = 1000) -> CLIPTokenizer:
-    """Train a small CLIP-style BPE tokenizer (same normaliser, pre-tokeniser, ``</w>`` suffix).
-
-    The demo and the tests cannot download OpenAI's vocabulary. Words come from the real CLIP
-    fast tokenizer's normaliser and pre-tokeniser (tokenizers library); the merges are learned
-    here because the library's BPE trainer breaks frequency ties in a different order on each
-    run, which would make the demo irreproducible. Ties go to the lexicographically smallest
-    pair. Every byte, and every byte as a word end (``x</w>``), is in the vocabulary as in
-    OpenAI's, so no word becomes the unknown token (which is ``<|endoftext|>``, where the text
-    tower pools).
-    """
-    from collections import Counter
-
-    from tokenizers.pre_tokenizers import ByteLevel
-
-    template = CLIPTokenizer().backend_tokenizer
-    words: Counter[tuple[str, ...]] = Counter()
-    for text in texts:
-        normalized = template.normalizer.normalize_str(clean_text(text))
-        for word, _ in template.pre_tokenizer.pre_tokenize_str(normalized):
-            words[tuple(word[:-1]) + (word[-1] + "</w>",)] += 1
-    alphabet = sorted(ByteLevel.alphabet())
-    vocab_list = ["<|startoftext|>", "<|endoftext|>"] + alphabet + [c + "</w>" for c in alphabet]
-    merges: list[tuple[str, str]] = []
-    while len(vocab_list) < vocab_size:
-        pairs: Counter[tuple[str, str]] = Counter()
-        for symbols, count in words.items():
-            for pair in zip(symbols, symbols[1:]):
-                pairs[pair] += count
-        if not pairs:
-            break
-        best = min(pairs, key=lambda pair: (-pairs[pair], pair))
-        merges.append(best)
-        vocab_list.append(best[0] + best[1])
-        merged: Counter[tuple[str, ...]] = Counter()
-        for symbols, count in words.items():
-            out, i = [], 0
-            while i < len(symbols):
-                if i + 1 < len(symbols) and (symbols[i], symbols[i + 1]) == best:
-                    out.append(best[0] + best[1])
-                    i += 2
-                else:
-                    out.append(symbols[i])
-                    i += 1
-            merged[tuple(out)] += count
-        words = merged
-    vocab = {token: index for index, token in enumerate(dict.fromkeys(vocab_list))}
-    return CLIPTokenizer(vocab=vocab, merges=merges)
-
-
-def build_tiny_clip(
-    texts: Sequence[str],
-    *,
-    image_size: int = 64,
-    patch_size: int = 8,
-    width: int = 128,
-    layers: int = 4,
-    heads: int = 4,
-    projection_dim: int = 128,
-    context_length: int = 32,
-    vocab_size: int = 1000,
-    seed: int = 0,
-) -> ClipBundle:
-    """A small randomly initialised CLIP with a tokenizer trained on ``texts``.
-
-    Stands in for a downloaded checkpoint in the demo and the tests; everything downstream
-    treats it exactly like ``openai/clip-vit-base-patch16`` loaded from a folder.
-    """
-    tokenizer = train_tokenizer(texts, vocab_size=vocab_size)
-    tokenizer.model_max_length = context_length
-    common = {
-        "hidden_size": width,
-        "intermediate_size": 4 * width,
-        "num_hidden_layers": layers,
-        "num_attention_heads": heads,
-        "hidden_act": "quick_gelu",
-    }
-    config = CLIPConfig(
-        text_config={
-            **common,
-            "vocab_size": len(tokenizer),
-            "max_position_embeddings": context_length,
-            "bos_token_id": tokenizer.bos_token_id,
-            "eos_token_id": tokenizer.eos_token_id,
-            "pad_token_id": tokenizer.pad_token_id,
-        },
-        vision_config={**common, "image_size": image_size, "patch_size": patch_size},
-        projection_dim=projection_dim,
-    )
-    torch.manual_seed(seed)
-    model = CLIPModel(config)
-    processor_class = getattr(transformers, "CLIPImageProcessorPil", CLIPImageProcessor)
-    processor = processor_class(
-        size={"shortest_edge": image_size},
-        crop_size={"height": image_size, "width": image_size},
-    )
-    return ClipBundle(model, tokenizer, processor)

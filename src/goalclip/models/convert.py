@@ -27,9 +27,15 @@ from collections.abc import Mapping
 
 import torch
 from torch import Tensor
-from transformers import AutoImageProcessor, AutoTokenizer, CLIPConfig, CLIPModel, PreTrainedTokenizerBase
+from transformers import CLIPConfig, CLIPModel, PreTrainedTokenizerBase
 
-from goalclip.models.clip import ClipBundle, ModelLoadError
+from goalclip.models.clip import (
+    ClipBundle,
+    ModelLoadError,
+    align_sub_configs,
+    load_processors,
+)
+from goalclip.models.embed import crop_geometry
 
 logger = logging.getLogger(__name__)
 
@@ -159,7 +165,7 @@ def infer_openai_config(
     text_prefix, vision_prefix = "transformer.resblocks.", "visual.transformer.resblocks."
     text_layers = _layer_count(state_dict, text_prefix)
     vision_layers = _layer_count(state_dict, vision_prefix)
-    return CLIPConfig(
+    return align_sub_configs(CLIPConfig(
         text_config={
             "vocab_size": state_dict["token_embedding.weight"].shape[0],
             "hidden_size": text_width,
@@ -181,7 +187,7 @@ def infer_openai_config(
             "hidden_act": "quick_gelu",
         },
         projection_dim=projection_dim,
-    )
+    ))
 
 
 def openai_to_hf_keys(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -227,24 +233,6 @@ def openai_to_hf_keys(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
-def _tokenizer_and_processor(source: str | ClipBundle):
-    if isinstance(source, ClipBundle):
-        return source.tokenizer, source.image_processor
-    tokenizer = AutoTokenizer.from_pretrained(source)
-    if not tokenizer.is_fast:
-        raise ModelLoadError(f"{source}: a fast tokenizer is needed (offset mappings give exact spans)")
-    return tokenizer, AutoImageProcessor.from_pretrained(source)
-
-
-def _processor_size(processor) -> int | None:
-    """The square size a CLIP-style processor crops to (None when it does not centre-crop)."""
-    if not getattr(processor, "do_center_crop", False):
-        return None
-    crop = processor.crop_size
-    height = crop.get("height") if isinstance(crop, dict) else getattr(crop, "height", None)
-    return None if height is None else int(height)
-
-
 def convert_openai_state_dict(
     state_dict: Mapping[str, Tensor],
     *,
@@ -265,7 +253,10 @@ def convert_openai_state_dict(
     state = {key: value.float() for key, value in renamed.items() if key not in NON_WEIGHT_KEYS}
     folded = "positional_embedding_res" in state
     state = fold_longclip_positions(state, keep=longclip_keep)
-    tokenizer, processor = _tokenizer_and_processor(tokenizer_source)
+    if isinstance(tokenizer_source, ClipBundle):
+        tokenizer, processor = tokenizer_source.tokenizer, tokenizer_source.image_processor
+    else:
+        tokenizer, processor = load_processors(tokenizer_source)
     config = infer_openai_config(state, text_heads=text_heads, vision_heads=vision_heads, tokenizer=tokenizer)
     text_config = config.text_config
     if len(tokenizer) > text_config.vocab_size:
@@ -273,10 +264,11 @@ def convert_openai_state_dict(
             f"the tokenizer has {len(tokenizer)} tokens but the checkpoint's embedding only {text_config.vocab_size}"
         )
     image_size = int(config.vision_config.image_size)
-    processed = _processor_size(processor)
-    if processed is not None and processed != image_size:
+    *_, width, height = crop_geometry(processor, image_size, image_size)
+    if (width, height) != (image_size, image_size):
+        processed = f"{width}px" if width == height else f"{width}x{height}px"
         raise ModelLoadError(
-            f"the image processor makes {processed}px images but the checkpoint expects {image_size}px; "
+            f"the image processor makes {processed} images but the checkpoint expects {image_size}px; "
             "pass the processor of the matching model (e.g. a -336 checkpoint needs a 336px processor)"
         )
     model = CLIPModel(config)

@@ -20,40 +20,10 @@ from torch.utils.data import Dataset
 from goalclip.core.images import ImageError, crop_to_box, image_size, load_rgb, pixel_values
 from goalclip.core.manifest import ManifestError, SkipReport, captions_of, iter_records
 from goalclip.models.clip import ClipBundle
+from goalclip.models.embed import crop_geometry
 from goalclip.core.text import clean_text, locate_sentence, token_span, usable_span
 
 logger = logging.getLogger(__name__)
-
-
-def _size_dict(value: Any) -> dict[str, int | None]:
-    if isinstance(value, int):
-        return {"shortest_edge": value}
-    if hasattr(value, "items"):
-        return {k: v for k, v in value.items()}
-    return {k: getattr(value, k, None) for k in ("shortest_edge", "height", "width")}
-
-
-def crop_geometry(processor: Any, width: int, height: int) -> tuple[float, float, float, float, int, int]:
-    """How the image processor maps original pixels to model input: ``(sx, sy, ox, oy, cw, ch)``.
-
-    Input coordinate = original * scale - offset, for a ``cw x ch`` model input. Covers CLIP's
-    shortest-edge resize followed by a centre crop, and fixed height/width resizes.
-    """
-    size = _size_dict(getattr(processor, "size", None) or {})
-    if getattr(processor, "do_resize", True) and size.get("shortest_edge"):
-        scale = size["shortest_edge"] / min(width, height)
-        sx = sy = scale
-    elif getattr(processor, "do_resize", True) and size.get("height") and size.get("width"):
-        sx, sy = size["width"] / width, size["height"] / height
-    else:
-        sx = sy = 1.0
-    new_w, new_h = width * sx, height * sy
-    if getattr(processor, "do_center_crop", False):
-        crop = _size_dict(processor.crop_size)
-        cw, ch = int(crop["width"]), int(crop["height"])
-    else:
-        cw, ch = round(new_w), round(new_h)
-    return sx, sy, (new_w - cw) / 2, (new_h - ch) / 2, cw, ch
 
 
 def box_patch_mask(

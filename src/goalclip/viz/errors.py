@@ -24,7 +24,8 @@ from PIL import Image, ImageDraw, ImageOps
 from goalclip.core.images import load_rgb
 from goalclip.core.manifest import atomic_write, captions_of, read_manifest
 from goalclip.viz.figures import VizError, _font
-from goalclip.viz.search import encode_images, encode_texts, load_vision_bundle
+from goalclip.models.clip import load_clip
+from goalclip.models.embed import encode_images, encode_texts
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ def find_failures(
     records = read_manifest(data)
     if not records:
         raise VizError(f"{data}: no records")
-    bundle = load_vision_bundle(model, base=base, device=device)
+    bundle = load_clip(model, base=base, device=device)
     bundle.model.eval()
     images, readable, _ = encode_images(bundle, [r["image"] for r in records], batch_size=batch_size,
                                         progress=progress)
@@ -79,7 +80,7 @@ def find_failures(
         raise VizError(f"{data}: none of the images could be read")
     texts = [c for r in records for c in captions_of(r)]
     owner = torch.tensor([i for i, r in enumerate(records) for _ in captions_of(r)])
-    scores = images @ encode_texts(bundle, texts, batch_size=batch_size, what="captions").T
+    scores = images @ encode_texts(bundle, texts, batch_size=batch_size, desc="captions", warn_truncated=True).cpu().T
     failures = []
     for row, index in zip(scores, readable):
         own = owner == index

@@ -42,9 +42,10 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
 from goalclip.core.images import load_rgb, pixel_values, to_rgb
-from goalclip.core.manifest import atomic_write, captions_of, read_manifest
-from goalclip.models.clip import ClipBundle
-from goalclip.viz.search import IMAGE_SUFFIXES, encode_images, encode_texts, load_vision_bundle, topk_inner_product
+from goalclip.core.manifest import IMAGE_SUFFIXES, atomic_write, captions_of, read_manifest
+from goalclip.models.clip import ClipBundle, load_clip
+from goalclip.models.embed import encode_images, encode_texts, model_device, model_view_box
+from goalclip.viz.search import topk_inner_product
 
 logger = logging.getLogger(__name__)
 
@@ -101,12 +102,12 @@ def raw_maps(
     bundle: ClipBundle, images: Sequence[ImageLike], *, batch_size: int = 8
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """CLS-to-patch attention ``[N, g, g]`` (mean over heads, unnormalised) and patch tokens ``[N, g*g, D]``."""
-    param = next(bundle.model.parameters())
+    device, dtype = model_device(bundle)
     pil = _as_images(images)
     attention, tokens = [], []
     for start in range(0, len(pil), batch_size):
         pixels = pixel_values(bundle.image_processor, pil[start : start + batch_size])
-        weights, patch_tokens = _last_layer_attention_and_tokens(bundle, pixels.to(param.device, param.dtype))
+        weights, patch_tokens = _last_layer_attention_and_tokens(bundle, pixels.to(device, dtype))
         attention.append(weights[:, :, 0, 1:].mean(dim=1).cpu())
         tokens.append(patch_tokens.cpu())
     cls_to_patch = torch.cat(attention)
@@ -162,49 +163,18 @@ def pca_rgb(zscores: torch.Tensor, clip: float) -> torch.Tensor:
 
 
 def attention_maps(
-    bundle: ClipBundle, images: Sequence[ImageLike], *, pca_clip: float | None = None, batch_size: int = 8
+    bundle: ClipBundle, images: Sequence[ImageLike], *, batch_size: int = 8
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Attention ``[N, g, g]`` in [0, 1] (per image) and PCA colours ``[N, g, g, 3]`` in [0, 1].
+    """One model's maps for a figure: attention ``[N, g, g]`` min-max scaled per image, and PCA z-scores.
 
-    ``pca_clip`` is the |z| mapped to full saturation; None uses this model's own 99th
-    percentile. ``plot_attention`` passes one value shared by all models.
+    The z-scores ``[N, g*g, 3]`` become colours with ``pca_rgb`` once the clip value shared by
+    every model of the figure is known (``shared_pca_clip``).
     """
     attention, tokens = raw_maps(bundle, images, batch_size=batch_size)
-    z = pca_zscores(tokens)
-    clip = pca_clip if pca_clip is not None else shared_pca_clip([z])
-    return normalise_per_image(attention), pca_rgb(z, clip)
+    return normalise_per_image(attention), pca_zscores(tokens)
 
 
 # ----------------------------------------------------------------------------- geometry
-
-
-def _size_field(size: Any, key: str) -> int | None:
-    value = size.get(key) if isinstance(size, dict) else getattr(size, key, None)
-    return int(value) if value else None
-
-
-def model_view_box(image_size: tuple[int, int], processor: Any) -> tuple[float, float, float, float]:
-    """The region ``(x1, y1, x2, y2)`` of an original ``(w, h)`` image that the model sees.
-
-    CLIP processors resize the shortest edge and centre-crop, so a non-square photo loses its
-    sides; overlays are drawn on this region so that a patch cell lands on the pixels it saw.
-    """
-    w, h = image_size
-    sx = sy = 1.0
-    if getattr(processor, "do_resize", False) and processor.size is not None:
-        shortest = _size_field(processor.size, "shortest_edge")
-        height, width = _size_field(processor.size, "height"), _size_field(processor.size, "width")
-        if shortest:
-            sx = sy = shortest / min(w, h)
-        elif height and width:
-            sx, sy = width / w, height / h
-    if not getattr(processor, "do_center_crop", False) or processor.crop_size is None:
-        return 0.0, 0.0, float(w), float(h)
-    crop_h = _size_field(processor.crop_size, "height") or h * sy
-    crop_w = _size_field(processor.crop_size, "width") or w * sx
-    left = (w * sx - crop_w) / 2 / sx
-    top = (h * sy - crop_h) / 2 / sy
-    return max(0.0, left), max(0.0, top), min(float(w), left + crop_w / sx), min(float(h), top + crop_h / sy)
 
 
 def model_view(image: Image.Image, processor: Any, side: int) -> Image.Image:
@@ -261,11 +231,11 @@ def plot_attention(
     originals = _as_images(images)
     per_model: list[tuple[torch.Tensor, torch.Tensor, list[Image.Image]]] = []
     for source in models:
-        bundle = load_vision_bundle(source, base=base, device=device, attn_implementation="eager")
+        bundle = load_clip(source, base=base, device=device, attn_implementation="eager")
         bundle.model.eval()
-        attention, tokens = raw_maps(bundle, originals)
+        attention, z = attention_maps(bundle, originals)
         views = [model_view(im, bundle.image_processor, display_size) for im in originals]
-        per_model.append((normalise_per_image(attention), pca_zscores(tokens), views))
+        per_model.append((attention, z, views))
         del bundle
     clip = shared_pca_clip([z for _, z, _ in per_model])
 
@@ -350,7 +320,7 @@ def plot_retrieval(
     bundles, embedded = [], []
     readable = set(range(len(gallery)))
     for source in models:
-        bundle = load_vision_bundle(source, base=base, device=device)
+        bundle = load_clip(source, base=base, device=device)
         bundle.model.eval()
         embeddings, ok, _ = encode_images(bundle, gallery, batch_size=batch_size)
         readable &= set(ok)
@@ -383,7 +353,7 @@ def plot_retrieval(
         "i2t": {},
     }
     for name, bundle, images in zip(names, bundles, image_rows):
-        text = encode_texts(bundle, query_texts, batch_size=batch_size, what="captions")
+        text = encode_texts(bundle, query_texts, batch_size=batch_size, desc="captions", warn_truncated=True).cpu()
         scores, ids = topk_inner_product(images, text, k, backend="torch")
         sims = text @ images.T
         gt_sims = sims[torch.arange(len(query_gt)), torch.tensor(query_gt)]
@@ -393,7 +363,7 @@ def plot_retrieval(
             "hits": [[int(i) == gt for i in row] for row, gt in zip(ids, query_gt)],
             "gt_rank": (1 + (sims > gt_sims[:, None]).sum(dim=1)).tolist(),
         }
-        captions = encode_texts(bundle, caption_texts, batch_size=batch_size, what="captions")
+        captions = encode_texts(bundle, caption_texts, batch_size=batch_size, desc="captions", warn_truncated=True).cpu()
         cap_scores, cap_ids = topk_inner_product(captions, images[i2t_images], top_captions, backend="torch")
         result["i2t"][name] = {
             "top": cap_ids.tolist(),

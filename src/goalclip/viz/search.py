@@ -26,66 +26,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig
 
 from goalclip.core.fingerprint import digest_of, fingerprint
-from goalclip.core.images import ImageError, PixelBatches, load_rgb
-from goalclip.core.manifest import atomic_write
-from goalclip.models.clip import (
-    ClipBundle,
-    is_state_dict_file,
-    count_truncated,
-    embed_images,
-    load_clip,
-)
-from goalclip.models.clip import encode_texts as model_encode_texts
+from goalclip.core.images import ImageError, load_rgb
+from goalclip.core.manifest import IMAGE_SUFFIXES, atomic_write
+from goalclip.models.clip import ClipBundle
+from goalclip.models.embed import encode_images, encode_texts
 
 logger = logging.getLogger(__name__)
 
 INDEX_DIRNAME = ".goalclip-index"
 INDEX_VERSION = 1
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 
 
 class SearchError(ValueError):
-    """Search cannot run: no images, no image encoder, or no queries; the message says which."""
+    """Search cannot run: no images or no queries; the message says which."""
 
 
 # ----------------------------------------------------------------------------- models
-
-
-def load_vision_bundle(
-    source: str,
-    *,
-    base: str | None = None,
-    device: str | torch.device = "cpu",
-    attn_implementation: str | None = None,
-) -> ClipBundle:
-    """Load a CLIP that has an image tower and image processor, or fail with a clear message.
-
-    A text-only checkpoint (``CLIPTextModelWithProjection``) or a folder without
-    ``preprocessor_config.json`` otherwise fails deep inside transformers with a wall of
-    missing keys; search and the attention/retrieval figures need both towers.
-    """
-    config_source = base if (is_state_dict_file(source) and base) else source
-    if os.path.isdir(config_source):
-        config = AutoConfig.from_pretrained(config_source)
-        if getattr(config, "vision_config", None) is None:
-            raise SearchError(
-                f"{config_source}: a '{config.model_type}' checkpoint has no vision tower; "
-                "image search and attention maps need a full CLIP with an image encoder"
-            )
-        if not (Path(config_source) / "preprocessor_config.json").is_file():
-            raise SearchError(
-                f"{config_source}: no image processor (preprocessor_config.json); "
-                "cannot turn images into pixel values for this model"
-            )
-    return load_clip(source, base=base, device=device, attn_implementation=attn_implementation)
-
-
-def _require_vision(bundle: ClipBundle) -> None:
-    if getattr(bundle.model, "vision_model", None) is None or bundle.image_processor is None:
-        raise SearchError("the model has no vision tower or image processor; image search needs both")
 
 
 def model_key(source: str, base: str | None = None) -> str:
@@ -98,61 +56,6 @@ def model_key(source: str, base: str | None = None) -> str:
     digest = digest_of([fingerprint(source), fingerprint(base)], length=12)
     stem = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(source.rstrip("/\\")).name or "model")[:40]
     return f"{stem}-{digest}"
-
-
-def _model_device(bundle: ClipBundle) -> tuple[torch.device, torch.dtype]:
-    param = next(bundle.model.parameters())
-    return param.device, param.dtype
-
-
-# ----------------------------------------------------------------------------- encoding
-
-
-def encode_images(
-    bundle: ClipBundle,
-    paths: Sequence[str],
-    *,
-    batch_size: int = 64,
-    num_workers: int = 0,
-    progress: bool = False,
-) -> tuple[torch.Tensor, list[int], list[tuple[int, str]]]:
-    """Embed image files; returns ``(embeddings [n_ok, D] on CPU, ok indices, failures)``.
-
-    Unreadable files are logged and returned as ``(index, message)`` rather than raised, so
-    one corrupt photo does not stop a whole folder from being indexed.
-    """
-    device, dtype = _model_device(bundle)
-    batches = PixelBatches(
-        paths, bundle.image_processor, batch_size=batch_size, num_workers=num_workers, progress=progress
-    )
-    chunks: list[torch.Tensor] = []
-    ok: list[int] = []
-    for indices, pixels in batches:
-        chunks.append(embed_images(bundle.model, pixels.to(device=device, dtype=dtype)).cpu())
-        ok.extend(indices.tolist())
-    dim = int(bundle.model.config.projection_dim)
-    embeddings = torch.cat(chunks) if chunks else torch.empty(0, dim)
-    return embeddings, ok, list(batches.failed)
-
-
-def encode_texts(
-    bundle: ClipBundle, texts: Sequence[str], *, batch_size: int = 64, what: str = "queries"
-) -> torch.Tensor:
-    """Embed texts (L2-normalised, CPU float32), warning once about texts cut at the context.
-
-    A long query past the model's context (77 for stock CLIP, 248 after stretching) silently
-    loses its tail; the warning says how many were cut so the user knows what was searched.
-    """
-    cut = count_truncated(bundle, texts)
-    if cut:
-        logger.warning(
-            "%d of %d %s are longer than the model's %d-token context and were truncated",
-            cut,
-            len(texts),
-            what,
-            bundle.max_text_len,
-        )
-    return model_encode_texts(bundle, list(texts), batch_size=batch_size).cpu()
 
 
 # ----------------------------------------------------------------------------- index
@@ -267,7 +170,6 @@ def build_index(
     next time, so fixing a file is enough to get it indexed. An empty folder, or one whose
     images are all unreadable, is an error rather than an index that silently finds nothing.
     """
-    _require_vision(bundle)
     root = Path(folder)
     if not root.is_dir():
         raise SearchError(f"{root}: not a folder")
@@ -365,7 +267,7 @@ def search(
         return []
     if k < 1:
         raise SearchError(f"k must be at least 1, got {k}")
-    query_embeddings = encode_texts(bundle, list(queries))
+    query_embeddings = encode_texts(bundle, list(queries), desc="queries", warn_truncated=True).cpu()
     scores, ids = topk_inner_product(index.embeddings, query_embeddings, k, backend=backend)
     return [
         [(index.paths[int(i)], float(s)) for s, i in zip(row_scores, row_ids)]

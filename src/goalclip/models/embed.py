@@ -1,0 +1,203 @@
+"""CLIP embeddings of texts and images: the one place mining, evaluation, search and viz get them.
+
+Every embedding goes through ``embed_texts`` / ``embed_images``, which also refuse non-finite
+results: a model with a NaN weight would otherwise mine "pairs" that are all sentence 0 and
+box 0, rank search results by NaN, and report recalls computed from garbage.
+
+It also says what the model sees of an image (``crop_geometry``, ``model_view_box``): CLIP
+image processors resize the shortest edge and centre-crop, which training's box masks and
+viz overlays both need to follow.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from transformers import CLIPModel
+
+from goalclip.core.images import PixelBatches
+from goalclip.core.text import clean_text
+from goalclip.models.clip import ClipBundle, image_forward, text_forward
+
+logger = logging.getLogger(__name__)
+
+
+class NonFiniteEmbeddingError(ValueError):
+    """A model produced NaN or infinite embeddings; the message names the model."""
+
+
+def model_device(bundle: ClipBundle) -> tuple[torch.device, torch.dtype]:
+    """The device and dtype that inputs must be moved to for ``bundle.model``."""
+    param = next(bundle.model.parameters())
+    return param.device, param.dtype
+
+
+# ----------------------------------------------------------------------------- texts
+
+
+def tokenize(bundle: ClipBundle, texts: Sequence[str], max_len: int | None = None) -> dict[str, torch.Tensor]:
+    """Clean and tokenise texts, padded to the longest in the batch and truncated to the context.
+
+    CLIP's text attention is causal, so right padding never changes the real tokens' states:
+    padding to the batch's longest (not to 248) is exact and much cheaper for short sentences.
+    """
+    max_len = max_len or bundle.max_text_len
+    return bundle.tokenizer(
+        [clean_text(t) for t in texts],
+        padding="longest",
+        truncation=True,
+        max_length=max_len,
+        return_tensors="pt",
+    )
+
+
+def count_truncated(bundle: ClipBundle, texts: Sequence[str], max_len: int | None = None) -> int:
+    """How many texts are longer than the context (they would be cut)."""
+    max_len = max_len or bundle.max_text_len
+    lengths = bundle.tokenizer([clean_text(t) for t in texts], truncation=False, verbose=False)["input_ids"]
+    return sum(len(ids) > max_len for ids in lengths)
+
+
+def _finite(model: CLIPModel, embeds: torch.Tensor, what: str) -> torch.Tensor:
+    if not torch.isfinite(embeds).all():
+        name = model.name_or_path or type(model).__name__
+        raise NonFiniteEmbeddingError(
+            f"model {name} produces non-finite (NaN or infinite) {what} embeddings; its weights are broken"
+        )
+    return embeds
+
+
+@torch.no_grad()
+def embed_texts(model: CLIPModel, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """L2-normalised text embeddings for one tokenised batch."""
+    embeds, _ = text_forward(model, input_ids, attention_mask)
+    return _finite(model, F.normalize(embeds.float(), dim=-1), "text")
+
+
+@torch.no_grad()
+def embed_images(model: CLIPModel, pixel_values: torch.Tensor) -> torch.Tensor:
+    """L2-normalised image embeddings for one pixel batch."""
+    embeds, _ = image_forward(model, pixel_values)
+    return _finite(model, F.normalize(embeds.float(), dim=-1), "image")
+
+
+def encode_texts(
+    bundle: ClipBundle,
+    texts: Sequence[str],
+    *,
+    batch_size: int = 64,
+    max_len: int | None = None,
+    progress: bool = False,
+    desc: str = "texts",
+    warn_truncated: bool = False,
+) -> torch.Tensor:
+    """L2-normalised float32 embeddings of many texts, in input order, on the model's device.
+
+    Texts are batched longest first so each batch pads little (``tokenize`` pads to the
+    batch's longest). Texts past the context lose their tail; with ``warn_truncated`` one
+    warning says how many (search queries), otherwise callers count them with
+    ``count_truncated`` (evaluation sums the count over processes).
+    """
+    from tqdm.auto import tqdm
+
+    if warn_truncated and (cut := count_truncated(bundle, texts, max_len)):
+        logger.warning(
+            "%d of %d %s are longer than the model's %d-token context and were truncated",
+            cut,
+            len(texts),
+            desc,
+            max_len or bundle.max_text_len,
+        )
+    device, _ = model_device(bundle)
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
+    out = torch.empty(len(texts), int(bundle.model.config.projection_dim), device=device)
+    for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress, unit="batch"):
+        chunk = order[start : start + batch_size]
+        tokens = tokenize(bundle, [texts[i] for i in chunk], max_len).to(device)
+        rows = torch.tensor(chunk, device=device)
+        out[rows] = embed_texts(bundle.model, tokens["input_ids"], tokens["attention_mask"])
+    return out
+
+
+# ----------------------------------------------------------------------------- images
+
+
+def encode_images(
+    bundle: ClipBundle,
+    paths: Sequence[str],
+    *,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    progress: bool = False,
+) -> tuple[torch.Tensor, list[int], list[tuple[int, str]]]:
+    """Embed image files; returns ``(embeddings [n_ok, D] on CPU, ok indices, failures)``.
+
+    Unreadable files are logged and returned as ``(index, message)`` rather than raised, so
+    one corrupt photo does not stop a whole folder from being indexed.
+    """
+    device, dtype = model_device(bundle)
+    batches = PixelBatches(
+        paths, bundle.image_processor, batch_size=batch_size, num_workers=num_workers, progress=progress
+    )
+    chunks: list[torch.Tensor] = []
+    ok: list[int] = []
+    for indices, pixels in batches:
+        chunks.append(embed_images(bundle.model, pixels.to(device=device, dtype=dtype)).cpu())
+        ok.extend(indices.tolist())
+    dim = int(bundle.model.config.projection_dim)
+    embeddings = torch.cat(chunks) if chunks else torch.empty(0, dim)
+    return embeddings, ok, list(batches.failed)
+
+
+# ----------------------------------------------------------------------------- what the model sees
+
+
+def size_fields(value: Any) -> dict[str, int | None]:
+    """An image processor's ``size``/``crop_size`` as a dict, whatever form this transformers gives it.
+
+    Older processors store an int or a plain dict; transformers 5 stores a ``SizeDict``.
+    """
+    if isinstance(value, int):
+        return {"shortest_edge": value}
+    if isinstance(value, Mapping) or hasattr(value, "items"):
+        return dict(value.items())
+    return {k: getattr(value, k, None) for k in ("shortest_edge", "height", "width")}
+
+
+def crop_geometry(processor: Any, width: int, height: int) -> tuple[float, float, float, float, int, int]:
+    """How the image processor maps original pixels to model input: ``(sx, sy, ox, oy, cw, ch)``.
+
+    Input coordinate = original * scale - offset, for a ``cw x ch`` model input. Covers CLIP's
+    shortest-edge resize followed by a centre crop, and fixed height/width resizes.
+    """
+    size = size_fields(getattr(processor, "size", None) or {})
+    if getattr(processor, "do_resize", True) and size.get("shortest_edge"):
+        sx = sy = size["shortest_edge"] / min(width, height)
+    elif getattr(processor, "do_resize", True) and size.get("height") and size.get("width"):
+        sx, sy = size["width"] / width, size["height"] / height
+    else:
+        sx = sy = 1.0
+    new_w, new_h = width * sx, height * sy
+    if getattr(processor, "do_center_crop", False):
+        crop = size_fields(processor.crop_size)
+        cw, ch = int(crop["width"]), int(crop["height"])
+    else:
+        cw, ch = round(new_w), round(new_h)
+    return sx, sy, (new_w - cw) / 2, (new_h - ch) / 2, cw, ch
+
+
+def model_view_box(image_size: tuple[int, int], processor: Any) -> tuple[float, float, float, float]:
+    """The region ``(x1, y1, x2, y2)`` of an original ``(w, h)`` image that the model sees.
+
+    A non-square photo loses its sides to the centre crop; overlays are drawn on this region
+    so that a patch cell lands on the pixels it saw.
+    """
+    w, h = image_size
+    if not getattr(processor, "do_center_crop", False):
+        return 0.0, 0.0, float(w), float(h)
+    sx, sy, ox, oy, cw, ch = crop_geometry(processor, w, h)
+    return max(0.0, ox / sx), max(0.0, oy / sy), min(float(w), (ox + cw) / sx), min(float(h), (oy + ch) / sy)
