@@ -196,7 +196,7 @@ def real_clip_tokenizer(max_length: int = 77):
     """OpenAI's CLIP BPE (49,408 ids) built from the vocabulary that open_clip ships, or None.
 
     The benchmark machine cannot download ``openai/clip-vit-base-patch16``; the merges file inside
-    the open_clip wheel gives the same ids (see DESIGN.md). Vocabulary order: 256 byte symbols,
+    the open_clip wheel gives OpenAI's ids (the tokenizer open_clip itself uses). Vocabulary order: 256 byte symbols,
     the same with ``</w>``, one entry per merge, then the two special tokens.
     """
     try:

@@ -1,6 +1,6 @@
 """JSON Lines manifests: reading with line-numbered errors, validation, atomic writing, output locks.
 
-Every command reads and writes the same record shapes (see DESIGN.md "Data formats"):
+Every command reads and writes the same record shapes (see docs/design.md, "Data formats"):
 
 - captioned image: ``{"id", "image", "caption"}`` or ``{"id", "image", "captions": [...]}``
 - mined pair: the above plus ``"local": {"sentence", "box", "score", "source"}`` and ``"candidates"``

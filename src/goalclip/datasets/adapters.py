@@ -1,7 +1,7 @@
 """Dataset adapters: public long-caption and retrieval datasets, in their own layouts, to manifests.
 
 Every adapter reads a dataset exactly as its authors ship it and returns captioned records
-(``{"id", "image", "caption"}`` or ``"captions": [...]``, see DESIGN.md "Data formats") with
+(``{"id", "image", "caption"}`` or ``"captions": [...]``, see docs/design.md, "Data formats") with
 absolute image paths; :func:`convert` writes them with :func:`~goalclip.core.manifest.write_manifest`,
 which makes the paths relative to the manifest. Nothing is copied or re-encoded.
 

@@ -1,6 +1,6 @@
 """Region proposers for local image-sentence pair mining.
 
-Mining (DESIGN.md, "Local pair mining") needs candidate regions for every image:
+Mining (docs/design.md, "Mining local pairs") needs candidate regions for every image:
 
 - FLISM (FAST-GOAL): object-detector boxes plus 5 fixed boxes (4 quadrants and a centre box), so an
   image the detector finds nothing in still gets local candidates;
