@@ -129,6 +129,29 @@ def test_maps_are_the_models_attention_in_range_and_on_the_grid(model_dirs):
     assert torch.equal(z_again, viz.attention_maps(sdpa, images)[1])  # deterministic colours
 
 
+@torch.no_grad()
+def test_patch_kind_is_the_mean_attention_each_patch_receives_from_all_patches(model_dirs, tmp_path, capsys):
+    bundle = load_clip(str(model_dirs["random"]), attn_implementation="eager")
+    images = [_scene((0, 0)), _scene((1, 3))]
+    attention, _ = viz.raw_maps(bundle, images, kind="patch")
+    pixels = pixel_values(bundle.image_processor, images)
+    weights = bundle.model.vision_model(pixel_values=pixels, output_attentions=True).attentions[-1]
+    patches = weights.shape[-1] - 1
+    by_loop = torch.zeros(2, patches)
+    for j in range(patches):  # patch j receives, from each patch query i, averaged over heads then queries
+        by_loop[:, j] = torch.stack([weights[:, :, 1 + i, 1 + j].mean(dim=1) for i in range(patches)]).mean(dim=0)
+    assert torch.allclose(attention.reshape(2, -1), by_loop, atol=1e-6)
+    cls, _ = viz.raw_maps(bundle, images, kind="cls")
+    assert not torch.allclose(attention, cls)
+    with pytest.raises(viz.VizError, match="attention kind"):
+        viz.raw_maps(bundle, images, kind="rollout")
+    image_file = tmp_path / "a.png"
+    images[0].save(image_file)
+    assert main(["viz", "attention", "--model", str(model_dirs["random"]), "--images", str(image_file),
+                 "--kind", "patch", "--out", str(tmp_path / "att.png")]) == 0
+    assert (tmp_path / "att.png").is_file()
+
+
 def test_pca_zscores_are_principal_components_with_fixed_sign():
     generator = torch.Generator().manual_seed(0)
     tokens = torch.randn(2, 16, 8, generator=generator) * torch.tensor([5.0, 3.0, 2.0, 1, 1, 1, 1, 1])

@@ -33,6 +33,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     attention.add_argument("--images", nargs="+", required=True,
                            help="image files, or a folder whose images are used (sorted)")
     attention.add_argument("--limit", type=int, default=8, help="at most this many images (default: 8)")
+    attention.add_argument(
+        "--kind", choices=("cls", "patch"), default="cls",
+        help="cls: the CLS token's attention to each patch (FAST-GOAL's attention figure); patch: the mean "
+        "attention each patch receives from all patches (the maps the GOAL authors' code draws) (default: cls)")
     attention.add_argument("--out", required=True, help="output PNG")
     attention.set_defaults(func=run_attention)
 
@@ -79,7 +83,7 @@ def run_attention(args: argparse.Namespace) -> str:
 
     images = expand_images(args.images, args.limit)
     result = plot_attention(args.model, images, args.out, args.label, base=args.base,
-                            device=resolve_device(args.device))
+                            device=resolve_device(args.device), kind=args.kind)
     return f"viz attention: {len(images)} images x {len(args.model)} models -> {result['out']}"
 
 

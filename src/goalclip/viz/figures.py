@@ -98,17 +98,32 @@ def _last_layer_attention_and_tokens(bundle: ClipBundle, pixels: torch.Tensor) -
     return captured[0].float(), out.last_hidden_state[:, 1:].float()
 
 
+ATTENTION_KINDS = {
+    # kind: (what is averaged, figure title)
+    "cls": ("the CLS token's attention to each patch", "CLS attention"),
+    "patch": ("the attention every patch pays to each patch", "patch attention"),
+}
+
+
 def raw_maps(
-    bundle: ClipBundle, images: Sequence[ImageLike], *, batch_size: int = 8
+    bundle: ClipBundle, images: Sequence[ImageLike], *, batch_size: int = 8, kind: str = "cls"
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """CLS-to-patch attention ``[N, g, g]`` (mean over heads, unnormalised) and patch tokens ``[N, g*g, D]``."""
+    """Last-layer attention ``[N, g, g]`` (mean over heads, unnormalised) and patch tokens ``[N, g*g, D]``.
+
+    ``kind="cls"``: the CLS token's attention to each patch (the attention panels of FAST-GOAL's
+    figure); ``kind="patch"``: for each patch, the attention it receives averaged over all patch
+    queries (the mean patch-to-patch map the GOAL authors' code draws).
+    """
+    if kind not in ATTENTION_KINDS:
+        raise VizError(f"attention kind must be one of {', '.join(ATTENTION_KINDS)}, got {kind!r}")
     device, dtype = model_device(bundle)
     pil = _as_images(images)
     attention, tokens = [], []
     for start in range(0, len(pil), batch_size):
         pixels = pixel_values(bundle.image_processor, pil[start : start + batch_size])
         weights, patch_tokens = _last_layer_attention_and_tokens(bundle, pixels.to(device, dtype))
-        attention.append(weights[:, :, 0, 1:].mean(dim=1).cpu())
+        received = weights[:, :, 0, 1:] if kind == "cls" else weights[:, :, 1:, 1:].mean(dim=2)
+        attention.append(received.mean(dim=1).cpu())
         tokens.append(patch_tokens.cpu())
     cls_to_patch = torch.cat(attention)
     patches = cls_to_patch.shape[1]
@@ -163,14 +178,14 @@ def pca_rgb(zscores: torch.Tensor, clip: float) -> torch.Tensor:
 
 
 def attention_maps(
-    bundle: ClipBundle, images: Sequence[ImageLike], *, batch_size: int = 8
+    bundle: ClipBundle, images: Sequence[ImageLike], *, batch_size: int = 8, kind: str = "cls"
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One model's maps for a figure: attention ``[N, g, g]`` min-max scaled per image, and PCA z-scores.
 
     The z-scores ``[N, g*g, 3]`` become colours with ``pca_rgb`` once the clip value shared by
     every model of the figure is known (``shared_pca_clip``).
     """
-    attention, tokens = raw_maps(bundle, images, batch_size=batch_size)
+    attention, tokens = raw_maps(bundle, images, batch_size=batch_size, kind=kind)
     return normalise_per_image(attention), pca_zscores(tokens)
 
 
@@ -221,8 +236,10 @@ def plot_attention(
     base: str | None = None,
     device: str = "cpu",
     display_size: int = 224,
+    kind: str = "cls",
 ) -> dict[str, Any]:
-    """One row per image: the image, then per model its attention overlay and PCA colour map."""
+    """One row per image: the image, then per model its attention overlay (``kind``, see :func:`raw_maps`)
+    and PCA colour map."""
     from matplotlib.figure import Figure
 
     if not models or not images:
@@ -233,7 +250,7 @@ def plot_attention(
     for source in models:
         bundle = load_clip(source, base=base, device=device, attn_implementation="eager")
         bundle.model.eval()
-        attention, z = attention_maps(bundle, originals)
+        attention, z = attention_maps(bundle, originals, kind=kind)
         views = [model_view(im, bundle.image_processor, display_size) for im in originals]
         per_model.append((attention, z, views))
         del bundle
@@ -253,14 +270,14 @@ def plot_attention(
             )
             pca_ax.imshow(pca_rgb(z[r : r + 1], clip)[0].numpy(), interpolation="nearest")
             if r == 0:
-                overlay_ax.set_title(f"{name}\nCLS attention", fontsize=9)
+                overlay_ax.set_title(f"{name}\n{ATTENTION_KINDS[kind][1]}", fontsize=9)
                 pca_ax.set_title(f"{name}\npatch PCA (RGB)", fontsize=9)
         if r == 0:
             axes[r, 0].set_title("image", fontsize=9)
     for ax in axes.flat:
         _bare(ax)
     fig.supxlabel(
-        "attention: last layer, CLS to patches, mean over heads, min-max per image, on the model's crop\n"
+        f"attention: last layer, {ATTENTION_KINDS[kind][0]}, mean over heads, min-max per image, on the model's crop\n"
         f"PCA: top-3 components of each model's last-layer patch tokens, z-scored, |z| clipped at {clip:.2f} "
         "(99th percentile shared by all models)",
         fontsize=7,
