@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import math
 import os
 import shutil
@@ -419,3 +420,33 @@ def test_keep_checkpoints_flag_limits_the_checkpoints_kept(tiny_world, tmp_path,
                                      "--keep-checkpoints", "1"))
     assert rc == 0, err
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-3"]
+
+
+def test_resume_removes_temporary_checkpoint_folders_left_by_a_killed_run(tiny_world, tmp_path, capsys,
+                                                                          monkeypatch) -> None:
+    out = tmp_path / "out"
+    args = _args(tiny_world, out, "--max-steps", "3", "--checkpoint-every", "1", "--no-epoch-checkpoints")
+    _crash_at_step(monkeypatch, 3)
+    assert main(["train", *args]) == 130
+    monkeypatch.undo()
+    stale = [out / "checkpoints" / ".tmp-step-7", out / ".export-tmp"]  # a kill during a save or the export
+    for folder in stale:
+        folder.mkdir(parents=True)
+        (folder / "model.safetensors").write_bytes(b"half")
+    rc, _, err = _cli(capsys, *args, "--resume")
+    assert rc == 0, err
+    assert not any(folder.exists() for folder in stale)
+
+
+def test_over_long_captions_are_counted_once_without_a_warning_per_caption(tiny_world, tmp_path, capsys,
+                                                                           caplog) -> None:
+    out = tmp_path / "out"
+    args = ["--model", str(tiny_world.model), "--data", str(tiny_world.mined), "--out", str(out),
+            "--batch-size", "2", "--max-steps", "1", "--max-text-len", "16", "--num-workers", "0", "--no-progress"]
+    with caplog.at_level(logging.WARNING):
+        rc, _, err = _cli(capsys, *args)
+    assert rc == 0, err
+    text = caplog.text + err
+    assert "Token indices sequence length" not in text  # transformers' per-caption warning
+    assert "8 of 8 captions are longer than the 16-token context" in text
+    assert json.loads((out / "train_config.json").read_text())["derived"]["truncated_captions"] == 8

@@ -145,7 +145,8 @@ class TrainDataset(Dataset):
 
     def _item(self, ex: Example) -> dict[str, Any]:
         image = load_rgb(ex.image)
-        enc = self.tokenizer(ex.caption, return_offsets_mapping=True, return_special_tokens_mask=True)
+        # verbose=False: an over-long caption is expected here (cut below, counted once by the trainer)
+        enc = self.tokenizer(ex.caption, return_offsets_mapping=True, return_special_tokens_mask=True, verbose=False)
         ids = enc["input_ids"]
         if len(ids) > self.max_len:
             ids = ids[: self.max_len - 1] + [self.tokenizer.eos_token_id]

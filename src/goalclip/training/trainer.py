@@ -45,6 +45,7 @@ from goalclip.models.clip import (
     stretch_positions,
     text_forward,
 )
+from goalclip.models.embed import count_truncated
 
 logger = logging.getLogger(__name__)
 
@@ -413,7 +414,17 @@ class Trainer:
                                   f"({', '.join(held)}); pass --overwrite to replace it or choose another --out")
         if record is not None:
             self._check_resume_settings(record)
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            self._remove_partial_saves()
         return ckpt, None
+
+    def _remove_partial_saves(self) -> None:
+        """Temporary folders a killed run left mid-checkpoint or mid-export: never complete, never reused."""
+        for folder in [*self.out.glob("checkpoints/.tmp-step-*"), self.out / ".export-tmp"]:
+            if folder.exists():
+                logger.info("removing %s, left by an interrupted save", folder)
+                shutil.rmtree(folder)
 
     def _clear_run(self) -> None:
         logger.info("--overwrite: removing the earlier run in %s", self.out)
@@ -541,6 +552,10 @@ class Trainer:
         if cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable()
         dataset = TrainDataset(examples, bundle, need_local=local)
+        truncated = count_truncated(bundle, [ex.caption for ex in examples], context)
+        if truncated:
+            logger.warning("%d of %d captions are longer than the %d-token context: their tails are cut and "
+                           "sentences past it get no text-TSL term", truncated, len(examples), context)
         collate = Collate(pad_id=bundle.tokenizer.pad_token_id)
         per_step = cfg.batch_size * acc.num_processes
         if len(dataset) < per_step:
@@ -567,7 +582,8 @@ class Trainer:
             logger.info("resumed from %s at step %d", ckpt, step)
         metrics_path = self.out / "metrics.jsonl"
         derived = {"context_length": context, "num_processes": acc.num_processes, "examples": len(dataset),
-                   "skipped": len(self.skipped), "steps_per_epoch": steps_per_epoch, "total_steps": total_steps}
+                   "skipped": len(self.skipped), "truncated_captions": truncated, "steps_per_epoch": steps_per_epoch,
+                   "total_steps": total_steps}
         if acc.is_main_process:
             self.out.mkdir(parents=True, exist_ok=True)
             self._truncate_metrics(metrics_path, step)
