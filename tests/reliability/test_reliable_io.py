@@ -104,8 +104,8 @@ def _mode_case(mode: str) -> tuple[Image.Image, str | None, np.ndarray, int]:
     if mode == "CMYK":
         cmyk = np.dstack([255 - rgb, np.zeros((8, 16), dtype=np.uint8)])
         return _image("CMYK", cmyk), "TIFF", rgb.astype(np.float64), 0
-    if mode == "YCbCr":
-        return _image("RGB", rgb).convert("YCbCr"), "TIFF", rgb.astype(np.float64), 3
+    if mode == "YCbCr":  # in memory: pillow 10.0 (our floor) cannot read back its own YCbCr TIFF
+        return _image("RGB", rgb).convert("YCbCr"), None, rgb.astype(np.float64), 3
     if mode == "LAB":
         neutral = np.zeros((8, 16), dtype=np.uint8)  # raw LAB bytes hold a*, b* as signed: 0 is neutral
         return _image("LAB", np.dstack([GREY, neutral, neutral])), "TIFF", _lab_grey(GREY), 3
