@@ -75,6 +75,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--max-text-len", type=int, default=None,
         help="truncate texts to this many tokens (default and upper bound: each model's own context)",
     )
+    parser.add_argument(
+        "--context", type=int, default=None,
+        help="evaluate every model at this many text positions, as the papers do (248 even for stock CLIP): "
+        "a model with a shorter context is stretched Long-CLIP style first (the stretch 'goalclip train' "
+        "applies: 77 -> 248 with keep 20, at most 4L - 3*keep), a longer one is left alone, and texts are cut "
+        "at this length for every model (default: each model's own context)",
+    )
+    parser.add_argument(
+        "--keep-positions", type=int, default=20,
+        help="with --context: leading positions copied unchanged by the stretch; must be smaller than "
+        "--context and than the model's own context minus 1 (default: 20, for 77-position CLIP; "
+        "tiny test models need less, e.g. 2)",
+    )
     add_no_progress(parser)
     add_max_image_pixels(parser)
     parser.set_defaults(func=run)
@@ -91,6 +104,7 @@ def run(args: argparse.Namespace) -> str:
         batch_size=args.batch_size, num_workers=args.num_workers, device=resolve_device(args.device),
         precision=args.precision, cache_dir=args.cache_dir, out=args.out, progress=not args.no_progress,
         max_text_len=args.max_text_len, max_image_pixels=args.max_image_pixels,
+        context=args.context, keep_positions=args.keep_positions,
     )
     results: dict[str, Any] = evaluate(config, write_out=False)
     if not results:

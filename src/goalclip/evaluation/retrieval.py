@@ -62,6 +62,11 @@ class EvalConfig:
     per image, 1, 5, 10 when records carry several captions (COCO / Flickr30k style).
     ``max_text_len`` caps the text length; a model with a shorter context uses its own.
     ``cache_dir=None`` disables the embedding cache.
+    ``context`` evaluates every model at that many text positions, as the papers evaluate even
+    stock CLIP at 248: a model with a shorter context is stretched Long-CLIP style before scoring
+    (the training-time stretch, :func:`goalclip.training.trainer.prepare_text_positions`, keeping
+    the first ``keep_positions``); a model already that long is left alone; texts are cut at
+    ``context`` either way, so every row of a table reads the same tokens.
     """
 
     models: list[str]
@@ -78,6 +83,8 @@ class EvalConfig:
     progress: bool = True
     max_text_len: int | None = None
     max_image_pixels: int | None = None
+    context: int | None = None
+    keep_positions: int = 20
 
 
 @dataclass
@@ -225,7 +232,7 @@ def _encode_items(
     """Encode this process's slice of ``items`` and gather the full embedding tables."""
     model, dtype = bundle.model, PRECISIONS[config.precision]
     dim = int(model.config.projection_dim)
-    max_len = _text_len(bundle, config.max_text_len)
+    max_len = _text_len(bundle, config)
     progress = config.progress and state.is_main_process
 
     image_part = _shard(state, len(items.image_paths))
@@ -255,10 +262,25 @@ def _encode_items(
     return Embeddings(images, image_ok, texts, failures, truncated, max_len)
 
 
-def _text_len(bundle: ClipBundle, requested: int | None) -> int:
-    """The text length used for a model: the request, capped at the model's own context."""
-    context = bundle.max_text_len
-    return context if requested is None else min(requested, context)
+def _text_len(bundle: ClipBundle, config: EvalConfig) -> int:
+    """The text length used for a model: its (stretched) context, capped by ``context`` and ``max_text_len``."""
+    caps = [c for c in (config.context, config.max_text_len) if c is not None]
+    return min([bundle.max_text_len, *caps])
+
+
+def _stretch_to_context(bundle: ClipBundle, source: str, config: EvalConfig) -> None:
+    """Stretch a model shorter than ``config.context`` with the training-time stretch (in place)."""
+    from goalclip.training.trainer import prepare_text_positions
+
+    if config.context is None or bundle.max_text_len >= config.context:
+        return
+    try:
+        prepare_text_positions(bundle, config.context, config.keep_positions)
+    except ValueError as exc:
+        raise ValueError(
+            f"{source}: cannot stretch its {bundle.max_text_len} text positions to {config.context} positions "
+            f"keeping {config.keep_positions} (--keep-positions): {exc}"
+        ) from None
 
 
 # ----------------------------------------------------------------------------- cache
@@ -276,6 +298,8 @@ def cache_path(config: EvalConfig, source: str, items: EvalItems) -> Path | None
         "data": items.data_key,
         "max_text_len": config.max_text_len,
         "precision": config.precision,
+        # the stretch changes the model; None when no stretch is asked for (old keys stay valid)
+        "context": [config.context, config.keep_positions] if config.context is not None else None,
     }
     return Path(config.cache_dir) / f"{items.kind}-{digest_of(key)}.safetensors"
 
@@ -391,6 +415,14 @@ def _check_config(config: EvalConfig) -> None:
         raise ValueError(f"batch_size must be positive, got {config.batch_size}")
     if config.max_text_len is not None and config.max_text_len < 2:
         raise ValueError(f"max_text_len must be at least 2 (start and end tokens), got {config.max_text_len}")
+    if config.context is not None:
+        if config.context < 2:
+            raise ValueError(f"--context must be at least 2 (start and end tokens), got {config.context}")
+        if not 0 <= config.keep_positions < config.context:
+            raise ValueError(
+                f"--keep-positions {config.keep_positions} must be smaller than --context {config.context} "
+                "(and not negative); tiny models need a small keep, e.g. 2 for 16 positions"
+            )
 
 
 def _embed_model(
@@ -412,6 +444,7 @@ def _embed_model(
         device = process_device(state, config.device)
         start = time.perf_counter()
         bundle = load_clip(source, base=config.base, device=device)
+        _stretch_to_context(bundle, source, config)  # in fp32, as at training time
         bundle.model.to(PRECISIONS[config.precision]).eval()
         run.timing["load_s"] = time.perf_counter() - start
         if config.max_text_len is not None and config.max_text_len > bundle.max_text_len:
