@@ -84,3 +84,85 @@ def test_context_cli_reports_the_stretched_length(tiny_world, tmp_path):
     results = json.loads(out.read_text())
     assert results["models"][0]["text_len"] == 58
     assert results["config"]["context"] == 58 and results["config"]["keep_positions"] == 2
+
+
+# ----------------------------------------------------------------------------- 13.8: crop files in the joint test
+
+
+def _crop_joint(world, root: Path, *, whole_for: tuple[int, ...] = ()) -> tuple[str, str]:
+    """The tiny world's box-based joint test and the same test with each local item as a crop FILE.
+
+    The crop files are the box crops saved as PNG (pixel-identical); records listed in
+    ``whole_for`` get a whole-image pair (box = the image, source "whole") in both files.
+    """
+    (root / "crops").mkdir(parents=True, exist_ok=True)
+    boxed, cropped = [], []
+    for line in Path(world.mined).read_text().splitlines():
+        record = json.loads(line)
+        record["image"] = str(Path(world.mined).parent / record["image"])
+        image = Image.open(record["image"]).convert("RGB")
+        index = int(record["id"].removeprefix("img"))
+        if index in whole_for:
+            record["local"] = {**record["local"], "box": [0, 0, *image.size], "source": "whole"}
+            boxed.append(record)
+            cropped.append(record)
+            continue
+        crop = root / "crops" / f"{record['id']}.png"
+        image.crop(tuple(int(v) for v in record["local"]["box"])).save(crop)
+        boxed.append(record)
+        local = {k: v for k, v in record["local"].items() if k != "box"}
+        cropped.append({**record, "local": {**local, "image": f"crops/{crop.name}", "source": "sam"}})
+    write_jsonl(root / "boxed.jsonl", boxed)
+    write_jsonl(root / "cropped.jsonl", cropped)
+    return str(root / "boxed.jsonl"), str(root / "cropped.jsonl")
+
+
+def test_joint_test_scores_crop_files_like_the_same_box_crops(tiny_world, tmp_path):
+    boxed, cropped = _crop_joint(tiny_world, tmp_path)
+    data = str(tiny_world.captions)
+    want = ev.evaluate(_config(tiny_world, data, joint=boxed))
+    got = ev.evaluate(_config(tiny_world, data, joint=cropped))
+    assert got["sets"]["joint"]["image_items"] == 16 and got["sets"]["joint"]["text_items"] == 16
+    for key in ("i2t_map@10", "t2i_map@10"):
+        assert got["models"][0]["metrics"][key] == pytest.approx(want["models"][0]["metrics"][key], abs=1e-9)
+    items = ev.joint_items(cropped)
+    assert items.image_paths[1] == str(tmp_path / "crops" / "img0.png") and items.image_boxes[1] is None
+
+
+def test_joint_whole_image_pairs_are_kept_by_default_and_dropped_on_request(tiny_world, tmp_path, capsys):
+    _, cropped = _crop_joint(tiny_world, tmp_path, whole_for=(1, 4))
+    data = str(tiny_world.captions)
+    kept = ev.evaluate(_config(tiny_world, data, joint=cropped))
+    assert kept["sets"]["joint"]["records"] == 8 and kept["sets"]["joint"]["whole_pairs"] == 2
+    dropped = ev.evaluate(_config(tiny_world, data, joint=cropped, joint_keep_whole=False))
+    assert dropped["sets"]["joint"]["records"] == 6 and dropped["sets"]["joint"]["image_items"] == 12
+    assert dropped["sets"]["joint"]["whole_pairs_dropped"] == ["img1", "img4"]
+    # independent: the manifest without those records gives the same numbers
+    lines = [line for line in Path(cropped).read_text().splitlines() if json.loads(line)["id"] not in ("img1", "img4")]
+    (tmp_path / "six.jsonl").write_text("\n".join(lines) + "\n")
+    six = ev.evaluate(_config(tiny_world, data, joint=str(tmp_path / "six.jsonl")))
+    assert six["models"][0]["metrics"] == dropped["models"][0]["metrics"]
+    # a box covering the whole image counts as whole even without source "whole"
+    records = [json.loads(line) for line in Path(cropped).read_text().splitlines()]
+    records[1]["local"]["source"] = "external"
+    write_jsonl(tmp_path / "covering.jsonl", records)
+    assert ev.joint_items(str(tmp_path / "covering.jsonl"), keep_whole=False).group_ids == [
+        r["id"] for r in records if r["id"] not in ("img1", "img4")]
+    assert main(["eval", "--model", str(tiny_world.model), "--data", data, "--joint", cropped,
+                 "--no-joint-keep-whole", "--no-progress", "--device", "cpu"]) == 0
+    assert "joint: 12 images / 12 texts" in capsys.readouterr().out
+
+
+def test_joint_crop_file_errors_name_the_line(tiny_world, tmp_path):
+    _, cropped = _crop_joint(tiny_world, tmp_path)
+    records = [json.loads(line) for line in Path(cropped).read_text().splitlines()]
+    records[2]["local"]["image"] = 7
+    write_jsonl(tmp_path / "bad.jsonl", records)
+    from goalclip.core.manifest import ManifestError
+
+    with pytest.raises(ManifestError, match=r"bad\.jsonl:3: field 'local.image' must be a path string"):
+        ev.joint_items(str(tmp_path / "bad.jsonl"))
+    records[2]["local"] = {"sentence": "x"}
+    write_jsonl(tmp_path / "bad.jsonl", records)
+    with pytest.raises(ManifestError, match=r"bad\.jsonl:3: field 'local.box'"):
+        ev.joint_items(str(tmp_path / "bad.jsonl"))
