@@ -58,10 +58,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "in the joint test, as the authors do (211 of DCI's 1,999); --no-joint-keep-whole drops those "
         "records from the joint test (default: keep)",
     )
-    parser.add_argument(
+    ks = parser.add_mutually_exclusive_group()
+    ks.add_argument(
         "--ks", type=int, nargs="+", default=None,
         help="K values for Recall@K (default: 1 5 25 50, or 1 5 10 when records have several captions) or "
         "for top-K accuracy (default: 1 5)",
+    )
+    ks.add_argument(
+        "--ks-preset", choices=("goal", "fastgoal-coco"), default=None,
+        help="the K values a paper reports: goal = 1 5 25 50 (GOAL and FAST-GOAL on long captions), "
+        "fastgoal-coco = 1 5 10 15 (FAST-GOAL Table IV, COCO and Flickr30k)",
     )
     parser.add_argument("--batch-size", type=int, default=64, help="images or texts per forward pass (default: 64)")
     parser.add_argument(
@@ -105,10 +111,11 @@ def run(args: argparse.Namespace) -> str:
     """Evaluate, print the Markdown table, return the summary line (empty on non-main processes)."""
     if args.task == "classify":
         return run_classify(args)
-    from goalclip.evaluation.retrieval import EvalConfig, evaluate, markdown_table, write_results
+    from goalclip.evaluation.retrieval import KS_PRESETS, EvalConfig, evaluate, markdown_table, write_results
 
+    ks = KS_PRESETS[args.ks_preset] if args.ks_preset else args.ks
     config = EvalConfig(
-        models=list(args.models), data=args.data, base=args.base, joint=args.joint, ks=args.ks,
+        models=list(args.models), data=args.data, base=args.base, joint=args.joint, ks=ks,
         batch_size=args.batch_size, num_workers=args.num_workers, device=resolve_device(args.device),
         precision=args.precision, cache_dir=args.cache_dir, out=args.out, progress=not args.no_progress,
         max_text_len=args.max_text_len, max_image_pixels=args.max_image_pixels,
@@ -136,6 +143,8 @@ def run_classify(args: argparse.Namespace) -> str:
 
     if args.joint:
         raise ValueError("--joint belongs to --task retrieval")
+    if args.ks_preset or args.context:
+        raise ValueError("--ks-preset and --context belong to --task retrieval")
     config = ClassifyConfig(
         models=list(args.models), data=args.data, format=args.format, base=args.base,
         class_names=args.class_names, templates=args.templates, ks=args.ks or CLASSIFY_KS,

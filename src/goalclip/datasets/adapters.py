@@ -213,23 +213,29 @@ def convert_docci(
     a split when its ``split`` field names it *and* its ``example_id`` starts with the split's
     name: the official loader selects the same way, which keeps the aspect-ratio variants
     (``aar_...`` ids, photos shipped in a separate archive) out of the standard splits. Splits:
-    train (9,647), test (5,000), qual_dev and qual_test (100 each).
+    train (9,647), test (5,000), qual_dev and qual_test (100 each); ``+`` joins several in the
+    given order, e.g. ``test+qual_test`` (5,100 images, the test set some papers report).
     """
     root = _root(root)
-    _check_split(split, DOCCI_SPLITS, "docci")
+    splits = split.split("+")
+    for part in splits:
+        if part not in DOCCI_SPLITS:
+            raise ValueError(f"docci: unknown split {split!r}; choose from {', '.join(DOCCI_SPLITS)} "
+                             "or several joined by '+' (e.g. test+qual_test)")
     path = root / "docci_descriptions.jsonlines"
     if not path.is_file():
         raise ManifestError(f"{path}: no such file (expected DOCCI's descriptions next to images/)")
     collect = _Collector(tally, check_images)
-    for lineno, obj in iter_jsonl(path):
-        where = f"{path}:{lineno}"
-        if _field(obj, "split", where) != split:
-            continue
-        rid = _field(obj, "example_id", where)
-        if not rid.startswith(split):
-            continue
-        image = root / "images" / _field(obj, "image_file", where)
-        collect.add(rid, image, _field(obj, "description", where), where)
+    for part in splits:
+        for lineno, obj in iter_jsonl(path):
+            where = f"{path}:{lineno}"
+            if _field(obj, "split", where) != part:
+                continue
+            rid = _field(obj, "example_id", where)
+            if not rid.startswith(part):
+                continue
+            image = root / "images" / _field(obj, "image_file", where)
+            collect.add(rid, image, _field(obj, "description", where), where)
     return collect.result()
 
 
@@ -919,7 +925,8 @@ def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--split",
         required=True,
-        help="which part to convert: docci train|test|qual_dev|qual_test; dci train|valid|test|all; "
+        help="which part to convert: docci train|test|qual_dev|qual_test, or several joined by + "
+        "(test+qual_test: the 5,100-image test); dci train|valid|test|all; "
         "urban1k test; coco train|val|test|restval; flickr30k train|val|test; sharegpt4v "
         "test1k|train; goal-json the file's name (e.g. DCI_test, found in --root or --root/datasets)",
     )

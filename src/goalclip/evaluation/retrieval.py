@@ -52,6 +52,8 @@ PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float
 LONG_CAPTION_KS = (1, 5, 25, 50)
 MULTI_CAPTION_KS = (1, 5, 10)
 JOINT_K = 10
+# The K values each paper reports: GOAL and FAST-GOAL on long captions; FAST-GOAL Table IV on COCO/Flickr30k.
+KS_PRESETS = {"goal": [1, 5, 25, 50], "fastgoal-coco": [1, 5, 10, 15]}
 # Bumped whenever the cached content, its meaning or its key changes, so old caches are never misread.
 CACHE_VERSION = 3
 
