@@ -119,3 +119,13 @@ def test_ks_presets(tmp_path: Path, tiny_world) -> None:
     assert json.loads(out.read_text())["ks"] == [1, 5, 25, 50]
     with pytest.raises(SystemExit):
         main([*base, "--ks-preset", "goal", "--ks", "1"])
+
+
+def test_data_split_refuses_to_overwrite_an_input(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    data = _manifest(tmp_path)
+    train = tmp_path / "train.jsonl"
+    write_jsonl(train, [{"id": "sa_1", "image": "photos/sa_1.jpg", "caption": "c"}])
+    before = train.read_bytes()
+    assert main(["data", "split", "--data", str(data), "--test-size", "2", "--exclude", str(train),
+                 "--out-test", str(tmp_path / "t.jsonl"), "--out-rest", str(train)]) == 1
+    assert "--out-rest" in capsys.readouterr().err and train.read_bytes() == before

@@ -148,10 +148,11 @@ def make_split(
 
     if (test_size is None) == (ids_from is None):
         raise ValueError("give exactly one of --test-size or --ids-from")
-    inputs = {"data": data, "ids_from": ids_from, **{f"exclude{i}": p for i, p in enumerate(exclude)}}
+    inputs = [("data", data), ("ids_from", ids_from), *(("exclude", p) for p in exclude)]
     for flag, out in (("--out-test", out_test), ("--out-rest", out_rest)):
-        if out is not None:
-            refuse_input_as_output(out, flag, **{k: v for k, v in inputs.items() if v is not None})
+        for name, path in inputs:
+            if out is not None:
+                refuse_input_as_output(out, flag, **{name: path})
     records = read_manifest(data)
     kept, filtered = (records, []) if min_words is None else filter_min_words(records, min_words)
     excluded = {rid for path in exclude for rid in read_id_list(path)}

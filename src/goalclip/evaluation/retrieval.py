@@ -66,6 +66,7 @@ class EvalConfig:
     per image, 1, 5, 10 when records carry several captions (COCO / Flickr30k style).
     ``max_text_len`` caps the text length; a model with a shorter context uses its own.
     ``cache_dir=None`` disables the embedding cache.
+    ``joint_keep_whole=False`` drops joint-test records whose local pair is the whole image.
     ``context`` evaluates every model at that many text positions, as the papers evaluate even
     stock CLIP at 248: a model with a shorter context is stretched Long-CLIP style before scoring
     (the training-time stretch, :func:`goalclip.training.trainer.prepare_text_positions`, keeping
