@@ -55,7 +55,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--joint-keep-whole", action=argparse.BooleanOptionalAction, default=True,
         help="keep records whose local pair is the whole image (source 'whole' or a box covering the image) "
-        "in the joint test, as the authors do (211 of DCI's 1,999); --no-joint-keep-whole drops those "
+        "in the joint test, as the authors' published DCI joint test does (211 of its 1,999 pairs are "
+        "whole-image); --no-joint-keep-whole drops those "
         "records from the joint test (default: keep)",
     )
     ks = parser.add_mutually_exclusive_group()

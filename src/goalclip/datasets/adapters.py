@@ -753,7 +753,8 @@ def convert_goal_json(
         rid = PurePosixPath(filename).stem
         image = resolve(filename)
         pairs = pairs + locals_.pop(PurePosixPath(filename).name, [])
-        collect.add(rid, image, caption, where, extra=partial(_goal_local, pairs, image, rid, collect.tally, crop_file, check_images))
+        extra = partial(_goal_local, pairs, image, rid, collect.tally, crop_file, check_images)
+        collect.add(rid, image, caption, where, extra=extra)
     for name, pairs in sorted(locals_.items()):
         for _ in pairs:
             collect.tally.skip("local pair without a whole-image entry", PurePosixPath(name).stem)
