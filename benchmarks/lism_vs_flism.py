@@ -179,7 +179,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         models = build_models(args.models_dir or work / "models", args.shapes)
         data = make_images(work / "data", args.images, args.shapes)
         batch = args.batch_size or args.images
-        summaries = {m: run_method(m, models, data, work / f"{m}.jsonl", args.device, batch) for m in ("lism", "flism")}
+        summaries = {}
+        for method in ("lism", "flism"):  # each printed when done: a long real-shape run still reports the first
+            summaries[method] = run_method(method, models, data, work / f"{method}.jsonl", args.device, batch)
+            print(f"{method}: stage seconds {json.dumps(summaries[method]['stage_seconds'])}", flush=True)
     rows, result = [], {"shapes": args.shapes, "images": args.images, "device": args.device, "machine": facts}
     for method, summary in summaries.items():
         seconds = summary["stage_seconds"]
