@@ -488,12 +488,23 @@ def test_goal_test_json_with_image_root(tmp_path: Path) -> None:
     assert tally.skipped == {"missing image": 2}
 
 
-def test_goal_joint_json_keeps_boxed_and_whole_pairs(tmp_path: Path) -> None:
+def test_goal_joint_json_keeps_boxed_whole_and_crop_file_pairs(tmp_path: Path) -> None:
     root, photos = _goal(tmp_path / "GOAL")
-    summary = convert("goal-json", root, "DCI_test_joint_sim_max_11", tmp_path / "joint.jsonl", image_root=photos)
-    records = {r["id"]: r for r in read_manifest(tmp_path / "joint.jsonl", check_images=True)}
-    assert list(records) == ["sa_1", "sa_2", "sa_3"]
-    assert "local" not in records["sa_1"]  # a crop without bbox_coordinates: no box is guessed
+    # the authors' crop files, where their relative paths point (next to the GOAL folder)
+    crop = _image(tmp_path / "pipline/segment_with_background_DCI_test_set_max_0.01/sa_1.jpg_results/sa_1_max_4.png")
+    summary = convert("goal-json", root, "DCI_test_joint_sim_max_11", tmp_path / "out" / "joint.jsonl",
+                      image_root=photos)
+    from goalclip.evaluation.retrieval import joint_items, read_eval_records
+
+    records = {r["id"]: r for _, r in read_eval_records(str(tmp_path / "out" / "joint.jsonl"))}
+    lines = [json.loads(line) for line in (tmp_path / "out" / "joint.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in lines] == ["sa_1", "sa_2", "sa_3"]
+    # a crop without bbox_coordinates: the crop FILE is the local item (no box is guessed), stored
+    # relative to the manifest like the image, and kept out of the (box-only) training candidates
+    assert lines[0]["local"] == {"sentence": "Cars park", "image": "../pipline/segment_with_background_DCI_test_"
+                                 "set_max_0.01/sa_1.jpg_results/sa_1_max_4.png", "score": 0.275, "source": "sam"}
+    assert "candidates" not in lines[0]
+    assert (tmp_path / "out" / lines[0]["local"]["image"]).resolve() == crop.resolve()
     assert records["sa_2"]["local"] == {
         "sentence": "A beach",
         "box": [0.0, 0.0, 20.0, 10.0],
@@ -507,9 +518,26 @@ def test_goal_joint_json_keeps_boxed_and_whole_pairs(tmp_path: Path) -> None:
         "source": "external",
     }
     assert records["sa_3"]["candidates"] == [records["sa_3"]["local"]]
-    assert summary.notes == {"local pair without bbox_coordinates": 1}
+    assert summary.notes == {}
     assert summary.skipped == {"local pair without a whole-image entry": 1}
     assert summary.examples["local pair without a whole-image entry"] == ["sa_9"]
+    # the eval harness reads the crop file as sa_1's local image item
+    items = joint_items(str(tmp_path / "out" / "joint.jsonl"))
+    assert Path(items.image_paths[1]).resolve() == crop.resolve() and items.image_boxes[1] is None
+    assert items.whole_pairs == 1
+
+
+def test_goal_joint_json_crop_root_and_missing_crop_files(tmp_path: Path) -> None:
+    root, photos = _goal(tmp_path / "GOAL")
+    tally = SkipReport()
+    records = convert_goal_json(root, "DCI_test_joint_sim_max_11", image_root=photos, tally=tally)
+    assert "local" not in records[0] and tally.notes == {"local crop file missing": 1}
+    crops = tmp_path / "crops"
+    crop = _image(crops / "sa_1.jpg_results" / "sa_1_max_4.png")
+    records = convert_goal_json(root, "DCI_test_joint_sim_max_11", image_root=photos, crop_root=crops)
+    assert records[0]["local"]["image"] == str(crop)
+    unchecked = convert_goal_json(root, "DCI_test_joint_sim_max_11", image_root=photos, check_images=False)
+    assert unchecked[0]["local"]["image"].endswith("sa_1.jpg_results/sa_1_max_4.png")
 
 
 def test_goal_training_format_gives_mined_records(tmp_path: Path) -> None:

@@ -47,13 +47,28 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--joint", default=None,
-        help="mined manifest (records with a 'local' pair) for the global-local joint test: global "
-        "image + crop and caption + sentence per record, scored with mAP@10 both ways",
+        help="manifest with a 'local' pair per record for the global-local joint test: the whole image and "
+        "its local item (the crop of local.box, or the crop FILE local.image, as in the GOAL authors' "
+        "published joint test) and the captions + local.sentence per record, scored with mAP@10 both ways; "
+        "as in the papers, every global/local text of a record is relevant to every global/local image of it",
     )
     parser.add_argument(
+        "--joint-keep-whole", action=argparse.BooleanOptionalAction, default=True,
+        help="keep records whose local pair is the whole image (source 'whole' or a box covering the image) "
+        "in the joint test, as the authors' published DCI joint test does (211 of its 1,999 pairs are "
+        "whole-image); --no-joint-keep-whole drops those "
+        "records from the joint test (default: keep)",
+    )
+    ks = parser.add_mutually_exclusive_group()
+    ks.add_argument(
         "--ks", type=int, nargs="+", default=None,
         help="K values for Recall@K (default: 1 5 25 50, or 1 5 10 when records have several captions) or "
         "for top-K accuracy (default: 1 5)",
+    )
+    ks.add_argument(
+        "--ks-preset", choices=("goal", "fastgoal-coco"), default=None,
+        help="the K values a paper reports: goal = 1 5 25 50 (GOAL and FAST-GOAL on long captions), "
+        "fastgoal-coco = 1 5 10 15 (FAST-GOAL Table IV, COCO and Flickr30k)",
     )
     parser.add_argument("--batch-size", type=int, default=64, help="images or texts per forward pass (default: 64)")
     parser.add_argument(
@@ -75,6 +90,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--max-text-len", type=int, default=None,
         help="truncate texts to this many tokens (default and upper bound: each model's own context)",
     )
+    parser.add_argument(
+        "--context", type=int, default=None,
+        help="evaluate every model at this many text positions, as the papers do (248 even for stock CLIP): "
+        "a model with a shorter context is stretched Long-CLIP style first (the stretch 'goalclip train' "
+        "applies: 77 -> 248 with keep 20, at most 4L - 3*keep), a longer one is left alone, and texts are cut "
+        "at this length for every model (default: each model's own context)",
+    )
+    parser.add_argument(
+        "--keep-positions", type=int, default=20,
+        help="with --context: leading positions copied unchanged by the stretch; must be smaller than "
+        "--context and than the model's own context minus 1 (default: 20, for 77-position CLIP; "
+        "tiny test models need less, e.g. 2)",
+    )
     add_no_progress(parser)
     add_max_image_pixels(parser)
     parser.set_defaults(func=run)
@@ -84,13 +112,15 @@ def run(args: argparse.Namespace) -> str:
     """Evaluate, print the Markdown table, return the summary line (empty on non-main processes)."""
     if args.task == "classify":
         return run_classify(args)
-    from goalclip.evaluation.retrieval import EvalConfig, evaluate, markdown_table, write_results
+    from goalclip.evaluation.retrieval import KS_PRESETS, EvalConfig, evaluate, markdown_table, write_results
 
+    ks = KS_PRESETS[args.ks_preset] if args.ks_preset else args.ks
     config = EvalConfig(
-        models=list(args.models), data=args.data, base=args.base, joint=args.joint, ks=args.ks,
+        models=list(args.models), data=args.data, base=args.base, joint=args.joint, ks=ks,
         batch_size=args.batch_size, num_workers=args.num_workers, device=resolve_device(args.device),
         precision=args.precision, cache_dir=args.cache_dir, out=args.out, progress=not args.no_progress,
         max_text_len=args.max_text_len, max_image_pixels=args.max_image_pixels,
+        context=args.context, keep_positions=args.keep_positions, joint_keep_whole=args.joint_keep_whole,
     )
     results: dict[str, Any] = evaluate(config, write_out=False)
     if not results:
@@ -114,6 +144,8 @@ def run_classify(args: argparse.Namespace) -> str:
 
     if args.joint:
         raise ValueError("--joint belongs to --task retrieval")
+    if args.ks_preset or args.context:
+        raise ValueError("--ks-preset and --context belong to --task retrieval")
     config = ClassifyConfig(
         models=list(args.models), data=args.data, format=args.format, base=args.base,
         class_names=args.class_names, templates=args.templates, ks=args.ks or CLASSIFY_KS,

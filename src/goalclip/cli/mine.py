@@ -55,4 +55,8 @@ def run(args: argparse.Namespace) -> str:
     return (f"mined {summary['pairs']} pairs from {summary['images']} images ({summary['skipped']} skipped"
             f"{': ' + json.dumps(summary['skipped_reasons']) if summary['skipped'] else ''}); sources "
             f"{json.dumps(summary['sources'])}; mean score {summary['mean_score'] or 0:.3f}; "
-            f"{rate or 0:.1f} img/s -> {summary['out']}")
+            f"{rate or 0:.1f} img/s; stages: {_stages(summary['stage_seconds'])} -> {summary['out']}")
+
+
+def _stages(seconds: dict[str, float]) -> str:
+    return ", ".join(f"{stage} {value:.1f}s" for stage, value in seconds.items())

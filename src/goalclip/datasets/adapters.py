@@ -43,6 +43,7 @@ from goalclip.core.manifest import (
     iter_jsonl,
     json_error,
     validate_record,
+    relativize,
     write_jsonl,
     write_manifest,
 )
@@ -122,9 +123,9 @@ class _Collector:
         if self.check_images and not image.is_file():
             self.tally.skip("missing image", rid, detail=str(image))
             return None
-        if extra is not None:
-            record.update(extra())
         validate_record(record, where)
+        if extra is not None:  # the adapter checks what it adds (a crop-file pair has no box to validate)
+            record.update(extra())
         self.records.append(record)
         return record
 
@@ -212,23 +213,29 @@ def convert_docci(
     a split when its ``split`` field names it *and* its ``example_id`` starts with the split's
     name: the official loader selects the same way, which keeps the aspect-ratio variants
     (``aar_...`` ids, photos shipped in a separate archive) out of the standard splits. Splits:
-    train (9,647), test (5,000), qual_dev and qual_test (100 each).
+    train (9,647), test (5,000), qual_dev and qual_test (100 each); ``+`` joins several in the
+    given order, e.g. ``test+qual_test`` (5,100 images, the test set some papers report).
     """
     root = _root(root)
-    _check_split(split, DOCCI_SPLITS, "docci")
+    splits = split.split("+")
+    for part in splits:
+        if part not in DOCCI_SPLITS:
+            raise ValueError(f"docci: unknown split {split!r}; choose from {', '.join(DOCCI_SPLITS)} "
+                             "or several joined by '+' (e.g. test+qual_test)")
     path = root / "docci_descriptions.jsonlines"
     if not path.is_file():
         raise ManifestError(f"{path}: no such file (expected DOCCI's descriptions next to images/)")
     collect = _Collector(tally, check_images)
-    for lineno, obj in iter_jsonl(path):
-        where = f"{path}:{lineno}"
-        if _field(obj, "split", where) != split:
-            continue
-        rid = _field(obj, "example_id", where)
-        if not rid.startswith(split):
-            continue
-        image = root / "images" / _field(obj, "image_file", where)
-        collect.add(rid, image, _field(obj, "description", where), where)
+    for part in splits:
+        for lineno, obj in iter_jsonl(path):
+            where = f"{path}:{lineno}"
+            if _field(obj, "split", where) != part:
+                continue
+            rid = _field(obj, "example_id", where)
+            if not rid.startswith(part):
+                continue
+            image = root / "images" / _field(obj, "image_file", where)
+            collect.add(rid, image, _field(obj, "description", where), where)
     return collect.result()
 
 
@@ -608,13 +615,23 @@ def _goal_is_local(entry: dict[str, Any]) -> bool:
     return "similarity_score" in entry or "bbox_coordinates" in entry or parent.endswith("_results")
 
 
-def _goal_local(pairs: list[_GoalPair], image: Path, rid: str, tally: SkipReport) -> Record:
-    """``local`` (the best-scoring usable pair) and ``candidates`` (all usable, best first).
+def _goal_local(
+    pairs: list[_GoalPair],
+    image: Path,
+    rid: str,
+    tally: SkipReport,
+    crop_file: Callable[[str], Path],
+    check_images: bool,
+) -> Record:
+    """``local`` (the best-scoring usable pair) and ``candidates`` (the usable pairs with a box, best first).
 
-    GOAL keeps crops as PNG files; only its mining output for training carries the crop's box
-    (``bbox_coordinates``), its published joint-test file does not, and a box is never guessed
-    from pixels here. A crop named ``original_image.*`` means the whole photo won, so its box is
-    the photo itself (source ``whole``); boxes from the file get source ``external``.
+    GOAL keeps crops as PNG files; its mining output for training carries each crop's box
+    (``bbox_coordinates``), its published joint-test file does not. A box is never guessed from
+    pixels: a pair without one keeps its crop FILE as ``local.image`` (source ``sam``: the authors'
+    crops are SAM segments), which the joint test scores as the local image item; such pairs are
+    left out of ``candidates``, which training uses and which need boxes. A crop named
+    ``original_image.*`` means the whole photo won, so its box is the photo itself (source
+    ``whole``); boxes from the file get source ``external``.
     """
     from goalclip.core.images import ImageError, image_size  # imports torch: not at parser-building time
 
@@ -634,7 +651,11 @@ def _goal_local(pairs: list[_GoalPair], image: Path, rid: str, tally: SkipReport
                 continue
             box, source = [0.0, 0.0, float(size[0]), float(size[1])], "whole"
         elif pair.box is None:
-            tally.note("local pair without bbox_coordinates", rid)
+            crop = crop_file(pair.crop)
+            if check_images and not crop.is_file():
+                tally.note("local crop file missing", rid)
+                continue
+            usable.append({"sentence": pair.sentence, "image": str(crop), "score": pair.score, "source": "sam"})
             continue
         else:
             box, source = pair.box, "external"
@@ -648,7 +669,8 @@ def _goal_local(pairs: list[_GoalPair], image: Path, rid: str, tally: SkipReport
     if not usable:
         return {}
     usable.sort(key=lambda p: -p["score"])
-    return {"local": usable[0], "candidates": usable}
+    boxed = [p for p in usable if "box" in p]
+    return {"local": usable[0], **({"candidates": boxed} if boxed else {})}
 
 
 def convert_goal_json(
@@ -656,6 +678,7 @@ def convert_goal_json(
     split: str,
     *,
     image_root: str | os.PathLike | None = None,
+    crop_root: str | os.PathLike | None = None,
     check_images: bool = True,
     tally: SkipReport | None = None,
 ) -> list[Record]:
@@ -665,9 +688,12 @@ def convert_goal_json(
       ``{"filename", "caption"}`` per image -> captioned records;
     - the joint test (``DCI_test_joint_sim_max_11.json``): those entries plus, per image, its
       mined local pair ``{"filename": ".../<image>_results/<crop>.png", "caption": sentence,
-      "similarity_score"}`` -> the image's record gains ``local``/``candidates`` where a box is
-      known (the published file has no boxes, so only whole-image pairs survive and the rest are
-      counted in the notes; boxes are never guessed from the crops' pixels);
+      "similarity_score"}`` -> the image's record gains ``local``: the published file has no
+      boxes, so the crop FILE becomes ``local.image`` (what the joint test scores; boxes are never
+      guessed from the crops' pixels), and ``original_image.*`` crops become whole-image pairs;
+      crop files are found through the authors' relative paths under ``root``, or as
+      ``crop_root/<image>_results/<crop>`` when ``crop_root`` is given; a missing one is noted and
+      its pair dropped (unless ``check_images`` is off);
     - mining output for training ``{"original_filename", "original_caption", "segment": [{
       "filename", "caption", "similarity_score", "bbox_coordinates": {x1, y1, x2, y2, ...}}]}``
       -> mined records with ``local`` and ``candidates``.
@@ -688,9 +714,16 @@ def convert_goal_json(
         raise ManifestError(f"{path}: expected a JSON list of entries, got {type(data).__name__}")
     images = Path(image_root).expanduser().resolve() if image_root is not None else None
 
+    crops = Path(crop_root).expanduser().resolve() if crop_root is not None else None
+
     def resolve(filename: str) -> Path:
         if images is not None:
             return images / PurePosixPath(filename).name
+        return Path(os.path.normpath(root / filename))
+
+    def crop_file(filename: str) -> Path:
+        if crops is not None:  # crop names repeat across images: keep the <image>_results folder
+            return crops / PurePosixPath(filename).parent.name / PurePosixPath(filename).name
         return Path(os.path.normpath(root / filename))
 
     collect = _Collector(tally, check_images)
@@ -720,7 +753,8 @@ def convert_goal_json(
         rid = PurePosixPath(filename).stem
         image = resolve(filename)
         pairs = pairs + locals_.pop(PurePosixPath(filename).name, [])
-        collect.add(rid, image, caption, where, extra=partial(_goal_local, pairs, image, rid, collect.tally))
+        extra = partial(_goal_local, pairs, image, rid, collect.tally, crop_file, check_images)
+        collect.add(rid, image, caption, where, extra=extra)
     for name, pairs in sorted(locals_.items()):
         for _ in pairs:
             collect.tally.skip("local pair without a whole-image entry", PurePosixPath(name).stem)
@@ -828,7 +862,7 @@ def convert(
     tally = SkipReport()
     records = adapter(root, split, tally=tally, **options)
     _check_enough_kept(format, split, len(records), tally, allow_skips)
-    written = write_manifest(out_path, records)
+    written = write_manifest(out_path, [_relative_crop(r, Path(out_path).resolve().parent) for r in records])
     boxes_written = 0
     if boxes_out is not None:
         kept = {r["id"] for r in records}
@@ -859,8 +893,18 @@ def convert(
     return summary
 
 
+def _relative_crop(record: Record, folder: Path) -> Record:
+    """``record`` with a crop-file local pair's path made relative to ``folder``, like the image's."""
+    local = record.get("local")
+    if not (isinstance(local, dict) and "image" in local):
+        return record
+    return {**record, "local": {**local, "image": relativize({"image": local["image"]}, folder)["image"]}}
+
+
 # argparse dests that are adapter keywords of only some formats; left out of the call when not given.
-_CLI_OPTIONS = ("caption", "annotation", "image_root", "max_captions", "restval_into_train", "test_size")
+_CLI_OPTIONS = (
+    "caption", "annotation", "image_root", "crop_root", "max_captions", "restval_into_train", "test_size",
+)
 
 
 def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
@@ -883,7 +927,8 @@ def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--split",
         required=True,
-        help="which part to convert: docci train|test|qual_dev|qual_test; dci train|valid|test|all; "
+        help="which part to convert: docci train|test|qual_dev|qual_test, or several joined by + "
+        "(test+qual_test: the 5,100-image test); dci train|valid|test|all; "
         "urban1k test; coco train|val|test|restval; flickr30k train|val|test; sharegpt4v "
         "test1k|train; goal-json the file's name (e.g. DCI_test, found in --root or --root/datasets)",
     )
@@ -934,6 +979,14 @@ def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
         help="coco, flickr30k, sharegpt4v, goal-json: the folder the images are in when it is not "
         "--root (coco: holds train2014/ and val2014/; flickr30k: holds the .jpg files; goal-json: "
         "images are looked up here by file name, ignoring the authors' paths)",
+    )
+    parser.add_argument(
+        "--crop-root",
+        type=Path,
+        default=None,
+        help="goal-json only: the folder holding the authors' crop folders (<image>_results/<crop>.png) "
+        "when they are not where the file's relative paths point; crops without a box become crop-file "
+        "local items of the joint test",
     )
     parser.add_argument(
         "--max-captions",

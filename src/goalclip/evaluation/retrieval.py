@@ -5,8 +5,10 @@ Every model is scored on exactly the same items with the same protocol:
 - Retrieval: one gallery image per record and all of its captions (``caption`` or ``captions``);
   an image query is right when any of its captions is retrieved (``metrics.recall_at_k``).
 - Joint test (``--joint``, a mined manifest): each record contributes two image items (the whole
-  image and the crop of ``local.box``) and its captions plus ``local.sentence`` as text items, all
-  in the record's group; mAP@10 both ways (``metrics.joint_map_at_k``).
+  image and the crop of ``local.box``, or the crop file ``local.image``) and its captions plus
+  ``local.sentence`` as text items, all in the record's group: as in the papers, every global or
+  local text of a source is relevant to every global or local image of it; mAP@10 both ways
+  (``metrics.joint_map_at_k``).
 
 Images that cannot be read are excluded together with their captions (and, in the joint test,
 with the rest of their group), and ground-truth indices are recomputed from the surviving items;
@@ -23,7 +25,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -39,7 +40,7 @@ from torch import Tensor
 from goalclip.core.fingerprint import digest_of, files_fingerprint, fingerprint
 from goalclip.evaluation import metrics
 from goalclip.core.images import PixelBatches, set_max_image_pixels
-from goalclip.core.manifest import ManifestError, atomic_write, captions_of, iter_records, read_manifest
+from goalclip.core.manifest import ManifestError, atomic_write, captions_of, iter_jsonl, validate_record
 from goalclip.core.paths import check_writable_dir, check_writable_file, refuse_input_as_output
 from goalclip.core.processes import process_device, process_state
 from goalclip.models.clip import ClipBundle, load_clip
@@ -51,8 +52,10 @@ PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float
 LONG_CAPTION_KS = (1, 5, 25, 50)
 MULTI_CAPTION_KS = (1, 5, 10)
 JOINT_K = 10
+# The K values each paper reports: GOAL and FAST-GOAL on long captions; FAST-GOAL Table IV on COCO/Flickr30k.
+KS_PRESETS = {"goal": [1, 5, 25, 50], "fastgoal-coco": [1, 5, 10, 15]}
 # Bumped whenever the cached content, its meaning or its key changes, so old caches are never misread.
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 
 
 @dataclass
@@ -63,6 +66,12 @@ class EvalConfig:
     per image, 1, 5, 10 when records carry several captions (COCO / Flickr30k style).
     ``max_text_len`` caps the text length; a model with a shorter context uses its own.
     ``cache_dir=None`` disables the embedding cache.
+    ``joint_keep_whole=False`` drops joint-test records whose local pair is the whole image.
+    ``context`` evaluates every model at that many text positions, as the papers evaluate even
+    stock CLIP at 248: a model with a shorter context is stretched Long-CLIP style before scoring
+    (the training-time stretch, :func:`goalclip.training.trainer.prepare_text_positions`, keeping
+    the first ``keep_positions``); a model already that long is left alone; texts are cut at
+    ``context`` either way, so every row of a table reads the same tokens.
     """
 
     models: list[str]
@@ -79,6 +88,9 @@ class EvalConfig:
     progress: bool = True
     max_text_len: int | None = None
     max_image_pixels: int | None = None
+    context: int | None = None
+    keep_positions: int = 20
+    joint_keep_whole: bool = True
 
 
 @dataclass
@@ -98,12 +110,16 @@ class EvalItems:
     texts: list[str]
     text_groups: list[int]
     multi_caption: bool = False
+    whole_pairs: int = 0  # joint test: records whose local pair is the whole image
+    whole_dropped: list[str] = field(default_factory=list)  # ids of those left out (keep_whole=False)
 
     @cached_property
     def data_key(self) -> str:
-        """The manifest's bytes and its images' bytes: what the embeddings were computed from."""
+        """The manifest's bytes, its images' bytes and the items drawn from them (which options
+        such as dropping whole-image pairs change): what the embeddings were computed from."""
         images = files_fingerprint(dict.fromkeys(self.image_paths))
-        return f"{fingerprint(self.manifest, contents=True)}|images:{images}"
+        drawn = digest_of([self.image_paths, self.image_boxes, self.texts])
+        return f"{fingerprint(self.manifest, contents=True)}|images:{images}|items:{drawn}"
 
 
 @dataclass
@@ -133,7 +149,7 @@ class _ModelRun:
 
 def retrieval_items(path: str) -> EvalItems:
     """One image item per record and one text item per caption (duplicate ids raise)."""
-    records = _read_nonempty(path)
+    records = [record for _, record in read_eval_records(path)]
     items = EvalItems("retrieval", str(path), [], [], [], [], [], [])
     for group, record in enumerate(records):
         items.group_ids.append(record["id"])
@@ -147,16 +163,22 @@ def retrieval_items(path: str) -> EvalItems:
     return items
 
 
-def joint_items(path: str) -> EvalItems:
-    """Global image + crop of ``local.box`` and captions + ``local.sentence``, grouped per record.
+def joint_items(path: str, *, keep_whole: bool = True) -> EvalItems:
+    """The global-local joint test: per record, the whole image + its local image item, and its
+    captions + ``local.sentence``, all in the record's group.
 
-    Every record needs a ``local`` pair: a record without one would enter the test with a single
-    image item and change what mAP@10 measures, so it is an error naming the records. A box
-    with a non-finite number is an error naming its line (a crop of it cannot be defined).
+    The local image item is the crop file ``local.image`` when the record names one (the GOAL
+    authors' published joint test lists its local crops as image files without boxes), else the
+    crop of ``local.box`` from the record's image. Relevance follows the papers: every global or
+    local text of a record is relevant to every global or local image of it.
+
+    A whole-image pair (source ``whole``, or a box covering the whole image) is kept by default,
+    as the authors' published test keeps them; ``keep_whole=False`` drops those records from the
+    test entirely (listed in ``whole_dropped``). Every record needs a ``local`` pair: a record
+    without one would enter the test with a single image item and change what mAP@10 measures,
+    so it is an error naming the records.
     """
-    located = list(iter_records(path))
-    if not located:
-        raise ManifestError(f"{path}: the manifest holds no records")
+    located = read_eval_records(path)
     records = [record for _, record in located]
     missing = [r["id"] for r in records if "local" not in r]
     if missing:
@@ -164,26 +186,78 @@ def joint_items(path: str) -> EvalItems:
             f"{path}: the joint test needs a 'local' pair in every record; {len(missing)} have none "
             f"(first: {', '.join(missing[:5])}); mine pairs with 'goalclip mine' first"
         )
-    for where, record in located:
-        if not all(math.isfinite(v) for v in record["local"]["box"]):
-            raise ManifestError(f"{where}: field 'local.box': {record['local']['box']} holds a non-finite number")
     items = EvalItems("joint", str(path), [], [], [], [], [], [])
-    for group, record in enumerate(records):
+    for record in records:
+        local = record["local"]
+        if _is_whole_pair(record):
+            items.whole_pairs += 1
+            if not keep_whole:
+                items.whole_dropped.append(record["id"])
+                continue
+        group = len(items.group_ids)
         items.group_ids.append(record["id"])
-        items.image_paths.extend([record["image"], record["image"]])
-        items.image_boxes.extend([None, list(record["local"]["box"])])
+        crop = local.get("image")
+        items.image_paths.extend([record["image"], crop or record["image"]])
+        items.image_boxes.extend([None, None if crop else list(local["box"])])
         items.image_groups.extend([group, group])
-        texts = [*captions_of(record), record["local"]["sentence"]]
+        texts = [*captions_of(record), local["sentence"]]
         items.texts.extend(texts)
         items.text_groups.extend([group] * len(texts))
+    if not items.group_ids:
+        raise ManifestError(f"{path}: no record is left once whole-image pairs are dropped")
     return items
 
 
-def _read_nonempty(path: str) -> list[dict[str, Any]]:
-    records = read_manifest(path)
-    if not records:
+def _is_whole_pair(record: dict[str, Any]) -> bool:
+    """A local pair whose region is the whole image: source ``whole`` or a box covering the image."""
+    from goalclip.core.images import ImageError, image_size
+
+    local = record["local"]
+    if local.get("source") == "whole":
+        return True
+    box = local.get("box")
+    if local.get("image") or box is None:
+        return False
+    try:
+        width, height = image_size(record["image"])
+    except (ImageError, OSError):
+        return False  # an unreadable image is excluded later, with its group
+    return box[0] <= 0 and box[1] <= 0 and box[2] >= width and box[3] >= height
+
+
+def read_eval_records(path: str) -> list[tuple[str, dict[str, Any]]]:
+    """``(file:line, record)`` of an evaluation manifest, validated like any manifest, except that
+    a local pair may name a crop file (``local.image``, relative to the manifest) instead of a box.
+
+    Crop-file pairs exist only in joint tests (training needs boxes), so they are accepted here
+    and not by the general manifest reader. Duplicate ids raise (they would shift ground truth).
+    """
+    path_ = Path(path)
+    base = path_.resolve().parent
+    out: list[tuple[str, dict[str, Any]]] = []
+    seen: dict[str, str] = {}
+    for lineno, record in iter_jsonl(path_):
+        where = f"{path}:{lineno}"
+        local = record.get("local")
+        crop = local.get("image") if isinstance(local, dict) else None
+        if crop is None:
+            validate_record(record, where)
+        else:
+            validate_record({k: v for k, v in record.items() if k != "local"}, where)
+            if not isinstance(crop, str) or not crop:
+                raise ManifestError(f"{where}: field 'local.image' must be a path string (a crop file)")
+            sentence = local.get("sentence")
+            if not isinstance(sentence, str) or not sentence.strip():
+                raise ManifestError(f"{where}: field 'local.sentence' must be a non-empty string")
+            local["image"] = str(base / crop)  # an absolute path stays as it is
+        record["image"] = str(base / record["image"])
+        if record["id"] in seen:
+            raise ManifestError(f"{where}: duplicate id {record['id']!r} (first at {seen[record['id']]})")
+        seen[record["id"]] = where
+        out.append((where, record))
+    if not out:
         raise ManifestError(f"{path}: the manifest holds no records")
-    return records
+    return out
 
 
 def default_ks(items: EvalItems) -> list[int]:
@@ -226,7 +300,7 @@ def _encode_items(
     """Encode this process's slice of ``items`` and gather the full embedding tables."""
     model, dtype = bundle.model, PRECISIONS[config.precision]
     dim = int(model.config.projection_dim)
-    max_len = _text_len(bundle, config.max_text_len)
+    max_len = _text_len(bundle, config)
     progress = config.progress and state.is_main_process
 
     image_part = _shard(state, len(items.image_paths))
@@ -256,10 +330,25 @@ def _encode_items(
     return Embeddings(images, image_ok, texts, failures, truncated, max_len)
 
 
-def _text_len(bundle: ClipBundle, requested: int | None) -> int:
-    """The text length used for a model: the request, capped at the model's own context."""
-    context = bundle.max_text_len
-    return context if requested is None else min(requested, context)
+def _text_len(bundle: ClipBundle, config: EvalConfig) -> int:
+    """The text length used for a model: its (stretched) context, capped by ``context`` and ``max_text_len``."""
+    caps = [c for c in (config.context, config.max_text_len) if c is not None]
+    return min([bundle.max_text_len, *caps])
+
+
+def _stretch_to_context(bundle: ClipBundle, source: str, config: EvalConfig) -> None:
+    """Stretch a model shorter than ``config.context`` with the training-time stretch (in place)."""
+    from goalclip.training.trainer import prepare_text_positions
+
+    if config.context is None or bundle.max_text_len >= config.context:
+        return
+    try:
+        prepare_text_positions(bundle, config.context, config.keep_positions)
+    except ValueError as exc:
+        raise ValueError(
+            f"{source}: cannot stretch its {bundle.max_text_len} text positions to {config.context} positions "
+            f"keeping {config.keep_positions} (--keep-positions): {exc}"
+        ) from None
 
 
 # ----------------------------------------------------------------------------- cache
@@ -277,6 +366,8 @@ def cache_path(config: EvalConfig, source: str, items: EvalItems) -> Path | None
         "data": items.data_key,
         "max_text_len": config.max_text_len,
         "precision": config.precision,
+        # the stretch changes the model; None when no stretch is asked for (old keys stay valid)
+        "context": [config.context, config.keep_positions] if config.context is not None else None,
     }
     return Path(config.cache_dir) / f"{items.kind}-{digest_of(key)}.safetensors"
 
@@ -392,6 +483,14 @@ def _check_config(config: EvalConfig) -> None:
         raise ValueError(f"batch_size must be positive, got {config.batch_size}")
     if config.max_text_len is not None and config.max_text_len < 2:
         raise ValueError(f"max_text_len must be at least 2 (start and end tokens), got {config.max_text_len}")
+    if config.context is not None:
+        if config.context < 2:
+            raise ValueError(f"--context must be at least 2 (start and end tokens), got {config.context}")
+        if not 0 <= config.keep_positions < config.context:
+            raise ValueError(
+                f"--keep-positions {config.keep_positions} must be smaller than --context {config.context} "
+                "(and not negative); tiny models need a small keep, e.g. 2 for 16 positions"
+            )
 
 
 def _embed_model(
@@ -413,6 +512,7 @@ def _embed_model(
         device = process_device(state, config.device)
         start = time.perf_counter()
         bundle = load_clip(source, base=config.base, device=device)
+        _stretch_to_context(bundle, source, config)  # in fp32, as at training time
         bundle.model.to(PRECISIONS[config.precision]).eval()
         run.timing["load_s"] = time.perf_counter() - start
         if config.max_text_len is not None and config.max_text_len > bundle.max_text_len:
@@ -464,7 +564,7 @@ def evaluate(config: EvalConfig, *, write_out: bool = True) -> dict[str, Any]:
     state = process_state(config.device)
     item_sets = [retrieval_items(config.data)]
     if config.joint is not None:
-        item_sets.append(joint_items(config.joint))
+        item_sets.append(joint_items(config.joint, keep_whole=config.joint_keep_whole))
     ks = list(config.ks) if config.ks is not None else default_ks(item_sets[0])
 
     runs = [_embed_model(source, config, item_sets, state) for source in config.models]
@@ -489,6 +589,9 @@ def evaluate(config: EvalConfig, *, write_out: bool = True) -> dict[str, Any]:
             "text_items": len(keep_texts),
             "excluded_ids": excluded[items.kind],
         }
+        if items.kind == "joint":
+            results["sets"]["joint"]["whole_pairs"] = items.whole_pairs
+            results["sets"]["joint"]["whole_pairs_dropped"] = items.whole_dropped
     for run in runs:
         start = time.perf_counter()
         scores: dict[str, float] = {}

@@ -28,7 +28,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -101,6 +101,7 @@ class MinedBatch:
 
     results: list[tuple[dict[str, Any], Match | None, str | None]]
     truncated: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)  # wall time of the propose/crop/embed/match stages
 
 
 def match_pairs(
@@ -207,14 +208,21 @@ def mine_batch(
     Returns, per record, the record, its match (None if it had no region) and a skip reason, and
     the number of sentences cut to the model's text context.
     """
+    clock = _StageClock()
     regions = proposer.propose(images, [r["id"] for r in records])
+    clock.lap("propose")
     sentences = [[s.text for s in split_sentences(clean_text(captions_of(r)[0]))] for r in records]
     crops = [crop_to_box(img, reg.box) for img, regs in zip(images, regions) for reg in regs]
     flat_sentences = [s for sents in sentences for s in sents]
+    clock.lap("crop")
     if not crops or not flat_sentences:
-        return MinedBatch([(r, None, "no regions" if not crops else "no sentences") for r in records])
+        return MinedBatch([(r, None, "no regions" if not crops else "no sentences") for r in records],
+                          seconds=clock.seconds)
     crop_emb = _crop_embeddings(bundle, crops, crop_batch_size, device)
     text_emb = encode_texts(bundle, flat_sentences, batch_size=crop_batch_size)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)  # kernels run asynchronously: charge them to this stage
+    clock.lap("embed")
     results = []
     crop_at = text_at = 0
     for record, regs, sents in zip(records, regions, sentences):
@@ -226,7 +234,33 @@ def mine_batch(
             results.append((record, None, "no regions" if not regs else "no sentences"))
             continue
         results.append((record, match_pairs(image_texts @ image_crops.T, sents, regs, top_k), None))
-    return MinedBatch(results, count_truncated(bundle, flat_sentences))
+    clock.lap("match")
+    return MinedBatch(results, count_truncated(bundle, flat_sentences), clock.seconds)
+
+
+STAGES = ("load", "decode", "propose", "crop", "embed", "match")
+"""Mining stages timed in the summary: loading the models, decoding images (time waiting on the
+loader), proposing regions, splitting sentences and cropping, embedding crops and sentences, matching."""
+
+
+class _StageClock:
+    """Wall seconds per stage: each :meth:`lap` charges the time since the previous lap to a stage."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + now - self._last
+        self._last = now
+
+    def restart(self) -> None:
+        self._last = time.perf_counter()
+
+    def add(self, seconds: dict[str, float]) -> None:
+        for stage, value in seconds.items():
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + value
 
 
 def _done_ids(paths: list[Path]) -> set[str]:
@@ -284,12 +318,15 @@ def _mine(config: MineConfig, state: PartialState) -> dict[str, Any]:
                 len(records) - len(pending), len(records), state.process_index + 1, state.num_processes)
 
     device = process_device(state, config.device)
+    load_started = time.perf_counter()
+    clock = _StageClock()
     bundle = load_clip(config.model, base=config.base, device=device)
     bundle.model.eval()
     proposer = build_proposer(
         config.regions, detector=config.detector, sam=config.sam, boxes=config.boxes, device=device,
         threshold=config.threshold, max_boxes=config.max_boxes, margin=config.margin,
     )
+    clock.lap("load")
     part = out.with_name(f"{out.name}.part{state.process_index}")
     skipped_part = out.with_name(f"{out.name}.part{state.process_index}.skipped")
     loader = DataLoader(_MineImages(todo), batch_size=config.batch_size, num_workers=config.num_workers,
@@ -302,6 +339,7 @@ def _mine(config: MineConfig, state: PartialState) -> dict[str, Any]:
             skipped_part.open("a", encoding="utf-8") as skip_sink, \
             tqdm(total=len(todo), desc="mine", unit="img", disable=not show) as bar:
         for batch in loader:
+            clock.lap("decode")
             good = [(todo[i], img) for i, img, _ in batch if img is not None]
             for i, _, error in batch:
                 if error is not None:
@@ -311,6 +349,7 @@ def _mine(config: MineConfig, state: PartialState) -> dict[str, Any]:
                 mined_batch = mine_batch(bundle, proposer, [r for r, _ in good], [img for _, img in good],
                                          top_k=config.top_k, crop_batch_size=config.crop_batch_size, device=device)
                 truncated += mined_batch.truncated
+                clock.add(mined_batch.seconds)
                 for record, match, reason in mined_batch.results:
                     if match is None or match.discarded:
                         reason = reason or "whole image won (LISM discard)"
@@ -323,11 +362,17 @@ def _mine(config: MineConfig, state: PartialState) -> dict[str, Any]:
             sink.flush()
             skip_sink.flush()
             bar.update(len(batch))
+            clock.restart()  # writing is no stage: the next lap (decode) starts here
     state.wait_for_everyone()
     truncated = sum(gather_object([truncated])) if state.num_processes > 1 else truncated
+    # processes run side by side: a stage's wall time is that of the slowest process
+    per_process = gather_object([clock.seconds]) if state.num_processes > 1 else [clock.seconds]
+    stage_seconds = {stage: round(max(s.get(stage, 0.0) for s in per_process), 3) for stage in STAGES}
     summary: dict[str, Any] = {}
     if state.is_main_process:
-        summary = _merge(out, records, time.perf_counter() - started, len(pending), state.num_processes, truncated)
+        timing = {"stage_seconds": stage_seconds, "elapsed_s": round(time.perf_counter() - load_started, 3)}
+        summary = _merge(out, records, time.perf_counter() - started, len(pending), state.num_processes, truncated,
+                         timing)
         if truncated:
             logger.warning("%d sentences were longer than the model's %d-token context and were cut to fit",
                            truncated, bundle.max_text_len)
@@ -350,7 +395,8 @@ def _invalid_box_entries(invalid: list[InvalidBox]) -> list[dict[str, Any]]:
 
 
 def _merge(
-    out: Path, records: list[dict[str, Any]], seconds: float, processed: int, processes: int, truncated: int
+    out: Path, records: list[dict[str, Any]], seconds: float, processed: int, processes: int, truncated: int,
+    timing: dict[str, Any],
 ) -> dict[str, Any]:
     """Merge part files into ``out`` in manifest order, write the skipped list and the summary.
 
@@ -397,6 +443,7 @@ def _merge(
         "mean_score": (sum(r["local"]["score"] for r in ordered) / len(ordered)) if ordered else None,
         "processes": processes,
         "images_per_s": processed / seconds if seconds > 0 else None,
+        **timing,
     }
     with open(out.with_name(out.stem + ".summary.json"), "w", encoding="utf-8") as handle:
         json.dump(summary, handle, indent=2)
