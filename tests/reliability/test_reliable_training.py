@@ -292,7 +292,9 @@ def _manifest_with_truncated_image(tiny_world, folder: Path, fmt: str) -> tuple[
     Image.open(tiny_world.root / "images" / "img3.png").convert("RGB").save(full)
     bad = folder / f"bad.{suffix}"
     data = full.read_bytes()
-    bad.write_bytes(data[: len(data) // 2])
+    # cut inside the pixel data: a JPEG just after its start-of-scan marker (every header table intact)
+    cut = data.index(b"\xff\xda") + 24 if fmt == "jpeg" else len(data) // 2
+    bad.write_bytes(data[:cut])
     with Image.open(bad) as image:
         assert image.size == (48, 64)  # validation (the header) passes; decoding fails later
     rows = [json.loads(line) for line in tiny_world.mined.read_text().splitlines()]
