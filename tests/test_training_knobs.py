@@ -345,3 +345,28 @@ def test_stage_two_from_a_run_folder_carries_no_optimizer_state(tiny_world, mani
     assert stage2.keys() == fresh.keys() and all(torch.equal(stage2[k], fresh[k]) for k in fresh)
     steps = [json.loads(line)["step"] for line in (tmp_path / "stage2" / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1]
+
+
+def test_resume_restores_separate_tsl_heads_from_the_checkpoint(tiny_world, manifests, tmp_path, monkeypatch) -> None:
+    args = ("--tsl-heads", "separate", "--max-steps", "3", "--checkpoint-every", "1", "--lr", "1e-3")
+    _train(tiny_world, manifests["plain"], tmp_path / "full", *args)
+    real_step, calls = train_module.training_step, {"n": 0}
+
+    def crashing_step(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt("simulated crash")
+        return real_step(*a, **k)
+
+    monkeypatch.setattr(train_module, "training_step", crashing_step)
+    assert main(["train", "--model", str(tiny_world.model), "--data", str(manifests["plain"]), "--out",
+                 str(tmp_path / "crashed"), "--batch-size", "2", "--max-text-len", "40", "--keep-positions", "4",
+                 "--num-workers", "0", "--no-progress", *args]) == 130
+    monkeypatch.undo()
+    _train(tiny_world, manifests["plain"], tmp_path / "crashed", *args, "--resume")
+    full = load_file(str(tmp_path / "full" / "tsl_heads.safetensors"))
+    resumed = load_file(str(tmp_path / "crashed" / "tsl_heads.safetensors"))
+    assert not torch.equal(full["vision_proj.weight"], load_file(str(tmp_path / "full" / "model.safetensors"))[
+        "visual_projection.weight"])
+    for key, value in full.items():
+        assert torch.allclose(resumed[key], value, atol=1e-6, rtol=0), key
