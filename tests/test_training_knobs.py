@@ -370,3 +370,15 @@ def test_resume_restores_separate_tsl_heads_from_the_checkpoint(tiny_world, mani
         "visual_projection.weight"])
     for key, value in full.items():
         assert torch.allclose(resumed[key], value, atol=1e-6, rtol=0), key
+
+
+def test_top_k_pairs_train_on_what_goalclip_mine_writes(tiny_world, tmp_path, capsys) -> None:
+    mined = tmp_path / "mined.jsonl"
+    assert main(["mine", "--model", str(tiny_world.model), "--data", str(tiny_world.captions), "--regions", "flism",
+                 "--boxes", str(tiny_world.boxes), "--out", str(mined), "--num-workers", "0", "--no-progress"]) == 0
+    records = [json.loads(line) for line in mined.read_text().splitlines()]
+    assert all(len(r["candidates"]) > 1 and r["candidates"][0] == r["local"] for r in records)
+    out = tmp_path / "topk"
+    _train(tiny_world, mined, out, "--local-pairs", "3", "--pair-weighting", "similarity", "--max-steps", "1")
+    [metrics] = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert 1 < metrics["local_pairs"] <= 3

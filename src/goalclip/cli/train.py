@@ -60,7 +60,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "from --recipe)")
     p.add_argument("--grad-clip", type=float, help="gradient norm clip; 0 disables (default: from --recipe)")
     p.add_argument("--local-pairs", type=int, help="train on up to K mined pairs per image: the 'local' pair, then "
-                   "the record's 'candidates' (FAST-GOAL top-k); one vision forward over all crops (default: 1)")
+                   "the record's 'candidates' (FAST-GOAL top-k; goalclip mine keeps --top-k of them, default 5); one "
+                   "vision forward over all crops (default: 1)")
     p.add_argument("--pair-weighting", choices=["uniform", "similarity"],
                    help="with --local-pairs > 1, each image's pairs share weight 1 equally (uniform) or in "
                    "proportion to their mining score (similarity; negative scores count 0) (default: uniform)")

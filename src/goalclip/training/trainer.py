@@ -261,7 +261,7 @@ def training_step(
         logs["tsl_cos_image"] = cos_image.nanmean()
         logs["tsl_cos_text"] = cos_text.nanmean()
     if pair_weight is not None:
-        logs["local_pairs"] = torch.tensor(float(len(pair_weight)) / b)
+        logs["local_pairs"] = pair_weight.new_tensor(len(pair_weight) / b)  # mean pairs per image
     loss = combine_losses(terms, method, weights)
     logs.update({f"loss_{k}": v.detach() for k, v in terms.items()})
     logs["loss"] = loss.detach()
