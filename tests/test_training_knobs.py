@@ -382,3 +382,69 @@ def test_top_k_pairs_train_on_what_goalclip_mine_writes(tiny_world, tmp_path, ca
     _train(tiny_world, mined, out, "--local-pairs", "3", "--pair-weighting", "similarity", "--max-steps", "1")
     [metrics] = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert 1 < metrics["local_pairs"] <= 3
+
+
+# The weighted losses under 2 gloo processes (uneven pair counts, as top-k batches have) must equal
+# one process on the whole batch: loss = mean over ranks, gradients = DDP's average. The same code
+# (two linear "towers", 8 weighted pairs, 2 masked TSL rows) runs in the test and in each rank.
+_WEIGHTED_SETUP = r'''
+import torch
+from goalclip.training.losses import contrastive_loss, tsl_loss
+
+def weighted_setup():
+    torch.manual_seed(0)
+    towers = torch.nn.ModuleDict({"image": torch.nn.Linear(6, 4), "text": torch.nn.Linear(5, 4)})
+    data = {"image": torch.randn(8, 6), "text": torch.randn(8, 5), "pooled": torch.randn(8, 6),
+            "valid": torch.tensor([1, 1, 0, 1, 1, 1, 0, 1], dtype=torch.bool),
+            "weight": torch.tensor([0.5, 0.3, 0.2, 1.0, 0.6, 0.4, 1.0, 1.0])}
+    return towers, data
+
+def weighted_loss(towers, data):
+    image, text = towers["image"](data["image"]), towers["text"](data["text"])
+    local = contrastive_loss(image, text, torch.tensor(10.0), weights=data["weight"])
+    tsl, _ = tsl_loss(towers["image"](data["pooled"]), text, data["valid"], weights=data["weight"])
+    return local + tsl
+'''
+_WEIGHTED_RANK = r'''
+import sys
+from datetime import timedelta
+import torch.distributed as dist
+rank, world, store, out = int(sys.argv[1]), 2, sys.argv[2], sys.argv[3]
+dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world,
+                        timeout=timedelta(seconds=60))
+towers, data = weighted_setup()
+rows = slice(0, 5) if rank == 0 else slice(5, None)
+loss = weighted_loss(towers, {k: v[rows] for k, v in data.items()})
+loss.backward()
+for param in towers.parameters():  # what DDP does: average the gradients over processes
+    dist.all_reduce(param.grad)
+    param.grad /= world
+mean = loss.detach().clone()
+dist.all_reduce(mean)
+if rank == 0:
+    torch.save({"loss": float(mean) / world, "grads": {n: p.grad for n, p in towers.named_parameters()}}, out)
+dist.destroy_process_group()
+'''
+
+
+def test_weighted_losses_under_two_processes_equal_one_process(tmp_path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "rank0.pt"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, "-c", _WEIGHTED_SETUP + _WEIGHTED_RANK, str(rank),
+                               str(tmp_path / "store"), str(out)], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for rank in range(2)]
+    logs = [proc.communicate(timeout=180)[0] for proc in procs]
+    assert all(proc.returncode == 0 for proc in procs), logs
+    got = torch.load(out, weights_only=True)
+    code: dict = {}
+    exec(_WEIGHTED_SETUP, code)
+    towers, data = code["weighted_setup"]()
+    loss = code["weighted_loss"](towers, data)
+    loss.backward()
+    assert got["loss"] == pytest.approx(float(loss), abs=1e-6)
+    for name, param in towers.named_parameters():
+        assert torch.allclose(got["grads"][name], param.grad, atol=1e-6, rtol=0), name
