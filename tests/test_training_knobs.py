@@ -6,8 +6,12 @@ and through the path a user takes (``goalclip train`` on the tiny world).
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -225,7 +229,7 @@ def _train(tiny_world, data: Path, out: Path, *extra: str, model: Path | None = 
 def test_separate_tsl_heads_train_export_beside_a_plain_clip_and_reload(tiny_world, manifests, tmp_path) -> None:
     stage1 = tmp_path / "stage1"
     _train(tiny_world, manifests["plain"], stage1, "--tsl-heads", "separate", "--max-steps", "2", "--lr", "1e-3")
-    model, info = CLIPModel.from_pretrained(stage1, output_loading_info=True)
+    _, info = CLIPModel.from_pretrained(stage1, output_loading_info=True)
     assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys"))
     meta = json.loads((stage1 / "tsl_heads.json").read_text())
     assert meta["format"] == "goalclip-tsl-heads"
@@ -408,7 +412,9 @@ def weighted_loss(towers, data):
 _WEIGHTED_RANK = r'''
 import sys
 from datetime import timedelta
-import torch.distributed as dist
+import torch, torch.distributed as dist
+sys.path.insert(0, sys.argv[4])
+from weighted_case import weighted_loss, weighted_setup
 rank, world, store, out = int(sys.argv[1]), 2, sys.argv[2], sys.argv[3]
 dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world,
                         timeout=timedelta(seconds=60))
@@ -428,23 +434,31 @@ dist.destroy_process_group()
 
 
 def test_weighted_losses_under_two_processes_equal_one_process(tmp_path) -> None:
-    import os
-    import subprocess
-    import sys
-
     out = tmp_path / "rank0.pt"
+    (tmp_path / "weighted_case.py").write_text(_WEIGHTED_SETUP)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    procs = [subprocess.Popen([sys.executable, "-c", _WEIGHTED_SETUP + _WEIGHTED_RANK, str(rank),
-                               str(tmp_path / "store"), str(out)], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for rank in range(2)]
+    procs = [subprocess.Popen([sys.executable, "-c", _WEIGHTED_RANK, str(rank), str(tmp_path / "store"), str(out),
+                               str(tmp_path)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for rank in range(2)]
     logs = [proc.communicate(timeout=180)[0] for proc in procs]
     assert all(proc.returncode == 0 for proc in procs), logs
     got = torch.load(out, weights_only=True)
-    code: dict = {}
-    exec(_WEIGHTED_SETUP, code)
-    towers, data = code["weighted_setup"]()
-    loss = code["weighted_loss"](towers, data)
+    spec = importlib.util.spec_from_file_location("weighted_case", tmp_path / "weighted_case.py")
+    case = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(case)
+    towers, data = case.weighted_setup()
+    loss = case.weighted_loss(towers, data)
     loss.backward()
     assert got["loss"] == pytest.approx(float(loss), abs=1e-6)
     for name, param in towers.named_parameters():
         assert torch.allclose(got["grads"][name], param.grad, atol=1e-6, rtol=0), name
+
+
+def test_a_record_from_before_recipes_keeps_its_meaning() -> None:
+    """Before recipes, ``grad_clip: null`` meant no clipping; read back, it must not become the recipe's 1.0."""
+    from goalclip.training.trainer import TrainConfig
+
+    old = {"model": "m", "data": "d", "out": "o", "grad_clip": None, "precision": "no"}
+    assert TrainConfig.from_dict(old).resolved() == {"decay_all": False, "grad_clip": 0.0, "precision": "no"}
+    new = {**old, "recipe": "goalclip"}
+    assert TrainConfig.from_dict(new).resolved()["grad_clip"] == 1.0

@@ -171,6 +171,8 @@ class TrainConfig:
             raise ValueError(f"{source}: unknown training settings {', '.join(unknown)}")
         if isinstance(values.get("weights"), dict):
             values["weights"] = LossWeights(**values["weights"])
+        if "recipe" not in values and "grad_clip" in values and values["grad_clip"] is None:
+            values["grad_clip"] = 0.0  # a record from before recipes: null meant "no clipping" then
         try:
             return cls(**values)
         except TypeError as exc:
