@@ -198,4 +198,4 @@ def test_mine_and_train_data_on_dci_style_captions(tiny_world, tiny_bundle, tmp_
         enc = tokenizer(example.caption, return_offsets_mapping=True, return_special_tokens_mask=True)
         span = token_span(enc["offset_mapping"], enc["special_tokens_mask"], example.sentence_chars)
         assert _squash(tokenizer.decode(enc["input_ids"][span[0] : span[1]])) == _squash(example.sentence)
-        assert dataset[index]["span"] in (span, None)  # None: past the tiny model's 16 tokens
+        assert dataset[index]["pairs"][0]["span"] in (span, None)  # None: past the tiny model's 16 tokens

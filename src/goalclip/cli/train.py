@@ -17,11 +17,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        "pairs (a method with one term trains it with weight 1); text positions are stretched "
                        "Long-CLIP style when the model's context is shorter than --max-text-len. Run under "
                        "`accelerate launch` for several GPUs or nodes. Defaults are the GOAL authors' code's "
-                       "settings (AdamW lr 5e-6, wd 0.05, cosine, 10 epochs, batch 16).")
+                       "settings (AdamW lr 5e-6, wd 0.05, cosine, 10 epochs, batch 16); --recipe reference also "
+                       "takes their weight-decay scope, clipping and precision. Two-stage training is two runs: "
+                       "the second's --model is the first's --out.")
     p.add_argument("--config", help="settings file: a run's train_config.json (to run it again) or a JSON object "
                    "of TrainConfig fields; flags given on the command line override it")
-    p.add_argument("--model", help="starting CLIP: hub id, model folder (e.g. a previous run's "
-                   "--out, for two-stage training) or state-dict file (with --base); required unless in --config")
+    p.add_argument("--model", help="starting CLIP: hub id, model folder (e.g. a previous run's --out, for "
+                   "two-stage training: only its weights, and its TSL heads with --tsl-heads separate, carry over; "
+                   "the run starts a fresh optimizer and schedule) or state-dict file (with --base); required "
+                   "unless in --config")
     p.add_argument("--base", help="base model id/folder when --model is a bare state-dict file")
     p.add_argument("--data", help="mined-pairs manifest (a captioned manifest is enough for "
                    "--method global); required unless in --config")
@@ -34,6 +38,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, help="pairs per process per step (default: 16)")
     p.add_argument("--lr", type=float, help="AdamW learning rate (default: 5e-6)")
     p.add_argument("--weight-decay", type=float, help="AdamW weight decay (default: 0.05)")
+    p.add_argument("--recipe", choices=["goalclip", "reference"],
+                   help="optimisation choices at once: goalclip = no decay on biases/norms/embeddings/logit scale, "
+                   "grad clip 1.0, fp32; reference = the GOAL authors' code: decay on all parameters, no clipping, "
+                   "bf16 mixed precision (bf16 weights for --method global/local). Sentence splitting and text "
+                   "cleaning happen when mining. Explicit flags override the recipe (default: goalclip)")
+    p.add_argument("--decay-all", action=argparse.BooleanOptionalAction,
+                   help="weight decay on every parameter (--no-decay-all: not on biases, norms, embeddings, "
+                   "logit scale) (default: from --recipe)")
     p.add_argument("--warmup-steps", type=int, help="linear warmup before the cosine decay (default: 0)")
     p.add_argument("--max-text-len", type=int, help="text context after stretching (default: 248)")
     p.add_argument("--keep-positions", type=int, help="leading positions copied unchanged by the "
@@ -42,9 +54,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--w-local", type=float, help="weight of the local loss (default: 0.5)")
     p.add_argument("--w-tsl", type=float, help="weight of each TSL term (default: 1.0)")
     p.add_argument("--seed", type=int, help="random seed for init, data order and crops (default: 0)")
-    p.add_argument("--precision", choices=["no", "fp16", "bf16"],
-                   help="mixed precision through Accelerate (default: no = fp32)")
-    p.add_argument("--grad-clip", type=float, help="gradient norm clip; 0 disables (default: 1.0)")
+    p.add_argument("--precision", choices=["no", "fp16", "bf16", "bf16-weights"],
+                   help="no = fp32; fp16/bf16 = mixed precision through Accelerate (fp32 master weights); "
+                   "bf16-weights = model and optimizer state in bf16, as the authors' baselines ran (default: "
+                   "from --recipe)")
+    p.add_argument("--grad-clip", type=float, help="gradient norm clip; 0 disables (default: from --recipe)")
+    p.add_argument("--local-pairs", type=int, help="train on up to K mined pairs per image: the 'local' pair, then "
+                   "the record's 'candidates' (FAST-GOAL top-k; goalclip mine keeps --top-k of them, default 5); one "
+                   "vision forward over all crops (default: 1)")
+    p.add_argument("--pair-weighting", choices=["uniform", "similarity"],
+                   help="with --local-pairs > 1, each image's pairs share weight 1 equally (uniform) or in "
+                   "proportion to their mining score (similarity; negative scores count 0) (default: uniform)")
+    p.add_argument("--tsl-heads", choices=["shared", "separate"],
+                   help="TSL projections: shared = CLIP's own post-norm + projection (the reference code); "
+                   "separate = learned heads initialised from them (FAST-GOAL psi_v, psi_t), saved beside the "
+                   "model as tsl_heads.safetensors and reloaded when --model holds them (default: shared)")
     p.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations to save memory")
     p.add_argument("--num-workers", type=int, help="data-loading worker processes (default: 2)")
     p.add_argument("--checkpoint-every", type=int, help="also checkpoint every N steps (default: only "
@@ -75,8 +99,6 @@ def run(args: argparse.Namespace) -> str:
         if flag in given:
             weights[name] = given.pop(flag)
     values["weights"] = weights
-    if "grad_clip" in given:
-        given["grad_clip"] = given["grad_clip"] or None
     if given.pop("no_epoch_checkpoints", False):
         given["checkpoint_epochs"] = False
     if given.pop("no_progress", False):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -53,20 +53,67 @@ def box_patch_mask(
     return mask.flatten()
 
 
+PAIR_WEIGHTINGS = ("uniform", "similarity")
+
+
+@dataclass
+class LocalPair:
+    """One (sentence, box) pair of an example; ``score`` is the mining cosine when recorded."""
+
+    sentence: str
+    box: list[float]
+    sentence_chars: tuple[int, int]
+    score: float | None = None
+
+
 @dataclass
 class Example:
-    """One validated training example (the caption already cleaned)."""
+    """One validated training example (the caption already cleaned).
+
+    ``pairs`` holds the local pairs it trains on: the mined ``local`` pair first, then (with
+    ``local_pairs`` > 1) the next valid mining candidates; empty for a global-only example.
+    """
 
     id: str
     image: str
     caption: str
-    sentence: str | None = None
-    box: list[float] | None = None
-    sentence_chars: tuple[int, int] | None = None
+    pairs: list[LocalPair] = field(default_factory=list)
+
+    @property
+    def sentence(self) -> str | None:
+        return self.pairs[0].sentence if self.pairs else None
+
+    @property
+    def box(self) -> list[float] | None:
+        return self.pairs[0].box if self.pairs else None
+
+    @property
+    def sentence_chars(self) -> tuple[int, int] | None:
+        return self.pairs[0].sentence_chars if self.pairs else None
+
+
+def pair_weights(scores: list[float | None], weighting: str) -> list[float]:
+    """Per-pair loss weights of one image, summing to 1 over its pairs.
+
+    ``uniform``: 1/n each. ``similarity``: each pair's mining cosine over the image's sum, with a
+    negative cosine counted as 0 (a pair the matcher found dissimilar earns no weight); when no
+    pair has a positive score the image falls back to uniform.
+    """
+    if weighting == "uniform":
+        return [1.0 / len(scores)] * len(scores)
+    positive = [max(float(s), 0.0) for s in scores]  # type: ignore[arg-type]
+    total = sum(positive)
+    return [s / total for s in positive] if total > 0 else [1.0 / len(scores)] * len(scores)
 
 
 def load_examples(
-    path: str | Path, *, need_local: bool, skip_invalid: bool = False, skipped: SkipReport | None = None
+    path: str | Path,
+    *,
+    need_local: bool,
+    skip_invalid: bool = False,
+    skipped: SkipReport | None = None,
+    local_pairs: int = 1,
+    pair_weighting: str = "uniform",
 ) -> list[Example]:
     """Read and validate a training manifest before any step runs.
 
@@ -74,22 +121,61 @@ def load_examples(
     unreadable image, empty caption, missing local pair (when the method needs one), local
     sentence not found in the caption, box outside the image or of zero area. Each problem
     names file, line and field; with ``skip_invalid`` it is counted and skipped instead.
+
+    With ``local_pairs`` K > 1 each example keeps its ``local`` pair and then the record's
+    ``candidates`` (mining's top-k, best first) up to K pairs in all. Candidates repeating the
+    local pair, whole-image candidates (mining's own test for "not a local pair") and invalid
+    ones are passed over, counted in one log line; a record with fewer valid candidates trains
+    on what it has. ``pair_weighting="similarity"`` needs each pair's ``score``.
     """
     skipped = skipped if skipped is not None else SkipReport()
     examples = []
+    dropped = 0
     for where, record in iter_records(path, skip_invalid=skip_invalid, skipped=skipped):
         try:
-            examples.append(_validate_example(record, where, need_local))
+            example, passed_over = _validate_example(record, where, need_local, local_pairs, pair_weighting)
         except ManifestError as exc:
             if not skip_invalid:
                 raise
             skipped.add(str(exc))
+            continue
+        examples.append(example)
+        dropped += passed_over
+    if dropped:
+        logger.info("%s: %d invalid mining candidates passed over (the rest train as local pairs)", path, dropped)
     if not examples:
         raise ManifestError(f"{path}: no usable training examples ({len(skipped)} skipped)")
     return examples
 
 
-def _validate_example(record: dict[str, Any], where: str, need_local: bool) -> Example:
+def _validate_pair(
+    entry: Any, caption: str, width: int, height: int, where: str, name: str, need_score: bool
+) -> LocalPair:
+    """A mined (sentence, box) entry checked against its caption and image."""
+    if not isinstance(entry, dict) or "sentence" not in entry or "box" not in entry:
+        raise ManifestError(f"{where}: field '{name}' must be an object with 'sentence' and 'box'")
+    sentence = clean_text(entry["sentence"])
+    chars = locate_sentence(caption, sentence)
+    if chars is None:
+        raise ManifestError(f"{where}: field '{name}.sentence' not found in the caption: {sentence!r}")
+    x1, y1, x2, y2 = entry["box"]
+    tolerance = 1.0
+    if x1 < -tolerance or y1 < -tolerance or x2 > width + tolerance or y2 > height + tolerance:
+        raise ManifestError(f"{where}: field '{name}.box' {entry['box']} lies outside the {width}x{height} image")
+    box = [max(x1, 0.0), max(y1, 0.0), min(x2, float(width)), min(y2, float(height))]
+    if box[2] <= box[0] or box[3] <= box[1]:
+        raise ManifestError(f"{where}: field '{name}.box' {entry['box']} has zero area inside the image")
+    score = entry.get("score")
+    if need_score and not isinstance(score, (int, float)):
+        raise ManifestError(f"{where}: field '{name}.score' is missing or not a number "
+                            "(--pair-weighting similarity weights pairs by their mining score)")
+    return LocalPair(sentence, box, chars, None if score is None else float(score))
+
+
+def _validate_example(
+    record: dict[str, Any], where: str, need_local: bool, local_pairs: int = 1, pair_weighting: str = "uniform"
+) -> tuple[Example, int]:
+    """The example and how many of its mining candidates were passed over as invalid."""
     try:
         width, height = image_size(record["image"])
     except ImageError as exc:
@@ -100,31 +186,43 @@ def _validate_example(record: dict[str, Any], where: str, need_local: bool) -> E
     if local is None:
         if need_local:
             raise ManifestError(f"{where}: field 'local' is missing (this method needs mined pairs: run goalclip mine)")
-        return example
-    sentence = clean_text(local["sentence"])
-    chars = locate_sentence(caption, sentence)
-    if chars is None:
-        raise ManifestError(f"{where}: field 'local.sentence' not found in the caption: {sentence!r}")
-    x1, y1, x2, y2 = local["box"]
-    tolerance = 1.0
-    if x1 < -tolerance or y1 < -tolerance or x2 > width + tolerance or y2 > height + tolerance:
-        raise ManifestError(f"{where}: field 'local.box' {local['box']} lies outside the {width}x{height} image")
-    box = [max(x1, 0.0), max(y1, 0.0), min(x2, float(width)), min(y2, float(height))]
-    if box[2] <= box[0] or box[3] <= box[1]:
-        raise ManifestError(f"{where}: field 'local.box' {local['box']} has zero area inside the image")
-    example.sentence, example.box, example.sentence_chars = sentence, box, chars
-    return example
+        return example, 0
+    need_score = local_pairs > 1 and pair_weighting == "similarity"
+    example.pairs.append(_validate_pair(local, caption, width, height, where, "local", need_score))
+    passed_over = 0
+    seen = {(local["sentence"], tuple(local["box"]))}
+    for index, entry in enumerate(record.get("candidates") or []):
+        if len(example.pairs) >= local_pairs:
+            break
+        key = (entry.get("sentence"), tuple(entry.get("box") or ())) if isinstance(entry, dict) else None
+        if key in seen or (isinstance(entry, dict) and entry.get("source") == "whole"):
+            continue
+        try:
+            example.pairs.append(
+                _validate_pair(entry, caption, width, height, where, f"candidates[{index}]", need_score)
+            )
+        except (ManifestError, TypeError, ValueError):
+            passed_over += 1
+            continue
+        seen.add(key)
+    return example, passed_over
 
 
 class TrainDataset(Dataset):
     """Examples -> tensors for one training sample (decoded and processed in a worker).
+
+    A sample holds the caption ids, the global pixels and, when the method needs local pairs,
+    ``pairs``: per local pair its crop pixels, sentence ids, caption token span, patch mask and
+    loss weight (``pair_weighting`` over the example's pairs, see :func:`pair_weights`).
 
     An image that passed validation (its header) but fails to decode gives ``{"failed": reason}``
     instead of raising: raised in a DataLoader worker, the error would reach the user wrapped in
     a torch traceback. The trainer decides whether to stop or to skip and count it.
     """
 
-    def __init__(self, examples: list[Example], bundle: ClipBundle, *, need_local: bool):
+    def __init__(
+        self, examples: list[Example], bundle: ClipBundle, *, need_local: bool, pair_weighting: str = "uniform"
+    ):
         self.examples = examples
         self.tokenizer = bundle.tokenizer
         self.processor = bundle.image_processor
@@ -132,6 +230,7 @@ class TrainDataset(Dataset):
         self.patch_size = int(bundle.model.config.vision_config.patch_size)
         self.num_patches = bundle.patch_grid**2
         self.need_local = need_local
+        self.pair_weighting = pair_weighting
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -154,21 +253,24 @@ class TrainDataset(Dataset):
         if not self.need_local:
             item["pixels"] = pixel_values(self.processor, [image])[0]
             return item
-        span = usable_span(
-            token_span(enc["offset_mapping"], enc["special_tokens_mask"], ex.sentence_chars), self.max_len
-        )
-        patch_mask = box_patch_mask(ex.box, image.width, image.height, self.processor, self.patch_size)
-        crop = crop_to_box(image, ex.box, ex.image)
-        pixels = pixel_values(self.processor, [image, crop])
-        sentence_ids = self.tokenizer(ex.sentence, truncation=True, max_length=self.max_len)["input_ids"]
-        item.update(
-            pixels=pixels[0],
-            crop_pixels=pixels[1],
-            sentence_ids=sentence_ids,
-            span=span,
-            patch_mask=patch_mask if patch_mask is not None else torch.zeros(self.num_patches, dtype=torch.bool),
-            box_valid=patch_mask is not None,
-        )
+        crops = [crop_to_box(image, pair.box, ex.image) for pair in ex.pairs]
+        pixels = pixel_values(self.processor, [image, *crops])
+        weights = pair_weights([pair.score for pair in ex.pairs], self.pair_weighting)
+        item["pixels"] = pixels[0]
+        item["pairs"] = []
+        for pair, crop_pixels, weight in zip(ex.pairs, pixels[1:], weights):
+            span = usable_span(
+                token_span(enc["offset_mapping"], enc["special_tokens_mask"], pair.sentence_chars), self.max_len
+            )
+            patch_mask = box_patch_mask(pair.box, image.width, image.height, self.processor, self.patch_size)
+            item["pairs"].append({
+                "crop_pixels": crop_pixels,
+                "sentence_ids": self.tokenizer(pair.sentence, truncation=True, max_length=self.max_len)["input_ids"],
+                "span": span,
+                "patch_mask": patch_mask if patch_mask is not None else torch.zeros(self.num_patches, dtype=torch.bool),
+                "box_valid": patch_mask is not None,
+                "weight": weight,
+            })
         return item
 
 
@@ -184,15 +286,23 @@ def _pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.T
 
 @dataclass
 class Collate:
-    """Stack samples into one batch: ``pixel_values`` holds ``[global ; crops]`` for one forward.
+    """Stack samples into one batch: ``pixel_values`` holds ``[globals ; crops]`` for one forward.
 
     Captions pad to the batch's longest caption and sentences to the batch's longest sentence
     (never to the 248-token context): CLIP's causal text attention makes right padding exact.
     Items that failed to decode are dropped from the batch; their reasons travel in
     ``batch["failed"]`` (present only when some failed, and then possibly the only key).
+
+    Local pairs are packed, image after image: row p of the crops, ``sentence_ids``,
+    ``span_mask`` (over its own image's caption), ``patch_mask`` and the two TSL validity vectors
+    is pair p. Packing rather than padding each image to K pairs spends no forward on empty
+    slots. With ``weighted`` (top-k training) the batch also carries ``pair_owner`` [P] (the image
+    of each pair) and ``pair_weight`` [P]; without it there is one pair per image, in image order,
+    and the batch is exactly the single-pair batch of before.
     """
 
     pad_id: int
+    weighted: bool = False
 
     def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
         failed = [it["failed"] for it in items if "failed" in it]
@@ -205,16 +315,23 @@ class Collate:
         caption_ids, caption_mask = _pad([it["caption_ids"] for it in items], self.pad_id)
         batch = {"caption_ids": caption_ids, "caption_mask": caption_mask}
         pixels = [it["pixels"] for it in items]
-        if "crop_pixels" in items[0]:
-            pixels += [it["crop_pixels"] for it in items]
-            batch["sentence_ids"], batch["sentence_mask"] = _pad([it["sentence_ids"] for it in items], self.pad_id)
-            span_mask = torch.zeros_like(caption_ids, dtype=torch.bool)
-            for row, it in enumerate(items):
-                if it["span"] is not None:
-                    span_mask[row, it["span"][0] : it["span"][1]] = True
+        if "pairs" in items[0]:
+            owners = [row for row, it in enumerate(items) for _ in it["pairs"]]
+            pairs = [pair for it in items for pair in it["pairs"]]
+            pixels += [pair["crop_pixels"] for pair in pairs]
+            batch["sentence_ids"], batch["sentence_mask"] = _pad([pair["sentence_ids"] for pair in pairs], self.pad_id)
+            span_mask = torch.zeros((len(pairs), caption_ids.shape[1]), dtype=torch.bool)
+            for row, pair in enumerate(pairs):
+                if pair["span"] is not None:
+                    span_mask[row, pair["span"][0] : pair["span"][1]] = True
             batch["span_mask"] = span_mask
-            batch["text_tsl_valid"] = torch.tensor([it["span"] is not None for it in items])
-            batch["patch_mask"] = torch.stack([it["patch_mask"] for it in items])
-            batch["image_tsl_valid"] = torch.tensor([it["box_valid"] for it in items])
+            batch["text_tsl_valid"] = torch.tensor([pair["span"] is not None for pair in pairs])
+            batch["patch_mask"] = torch.stack([pair["patch_mask"] for pair in pairs])
+            batch["image_tsl_valid"] = torch.tensor([pair["box_valid"] for pair in pairs])
+            if self.weighted:
+                batch["pair_owner"] = torch.tensor(owners, dtype=torch.long)
+                batch["pair_weight"] = torch.tensor([pair["weight"] for pair in pairs], dtype=torch.float32)
+            elif owners != list(range(len(items))):
+                raise ValueError("examples with several local pairs need Collate(weighted=True)")
         batch["pixel_values"] = torch.stack(pixels)
         return batch

@@ -85,8 +85,16 @@ def _gather(x: Tensor, sizes: list[int], rank: int) -> Tensor:
     return _GatherWithGrad.apply(x, sizes, rank)
 
 
+def _global_sum(x: Tensor, gather: bool, world: int) -> Tensor:
+    """Sum of a (detached) count or weight vector over the whole global batch."""
+    total = x.detach().sum()
+    if gather and world > 1:
+        dist.all_reduce(total, op=dist.ReduceOp.SUM)
+    return total
+
+
 def contrastive_loss(
-    image_emb: Tensor, text_emb: Tensor, logit_scale: Tensor, gather: bool = True
+    image_emb: Tensor, text_emb: Tensor, logit_scale: Tensor, gather: bool = True, weights: Tensor | None = None
 ) -> Tensor:
     """Symmetric CLIP InfoNCE between paired rows of ``image_emb`` [b, D] and ``text_emb`` [b, D].
 
@@ -103,6 +111,10 @@ def contrastive_loss(
     loss and DDP's gradient averaging yields the global-batch gradient, for equal or unequal
     per-process batch sizes. Without ``gather`` each process sees only its own negatives (the
     cheaper, different objective).
+
+    ``weights`` [b] (top-k local pairs) weight each pair's two row losses: the loss is
+    ``sum_p w_p (CE_i2t[p] + CE_t2i[p]) / (2 * sum_p w_p)``, sums over the global batch, with every
+    pair's row still scored against all columns. ``None`` is every weight 1 (today's mean).
     """
     if image_emb.shape != text_emb.shape or image_emb.dim() != 2:
         raise ValueError(
@@ -123,6 +135,13 @@ def contrastive_loss(
     labels = torch.arange(image_emb.shape[0], device=image_emb.device) + offset
     logits_per_image = logit_scale * image_emb @ all_texts.T
     logits_per_text = logit_scale * text_emb @ all_images.T
+    if weights is not None:
+        rows = F.cross_entropy(logits_per_image, labels, reduction="none") + F.cross_entropy(
+            logits_per_text, labels, reduction="none"
+        )
+        weights = weights.to(device=rows.device, dtype=torch.float32)
+        denominator = _global_sum(weights, gather, world).clamp(min=torch.finfo(torch.float32).tiny)
+        return (weights * rows).sum() * world / (2 * denominator)
     summed = F.cross_entropy(logits_per_image, labels, reduction="sum") + F.cross_entropy(
         logits_per_text, labels, reduction="sum"
     )
@@ -130,7 +149,7 @@ def contrastive_loss(
 
 
 def tsl_loss(
-    pooled: Tensor, target: Tensor, valid: Tensor, gather: bool = True
+    pooled: Tensor, target: Tensor, valid: Tensor, gather: bool = True, weights: Tensor | None = None
 ) -> tuple[Tensor, Tensor]:
     """Token-similarity term: pull pooled global-token features onto their local embedding.
 
@@ -147,6 +166,9 @@ def tsl_loss(
     With ``gather`` and several processes, the denominator is the number of valid rows in the
     global batch (one integer ``all_reduce``) and the loss is multiplied by the world size, so the
     mean over processes and DDP-averaged gradients match one process on the global batch.
+
+    ``weights`` [b] (top-k local pairs) make it a weighted mean over the valid rows:
+    ``sum_valid w (c - 1)**2 / sum_valid w``. ``None`` is every weight 1.
 
     Returns ``(loss, cosines)``: cosines [b] are detached, for logging, with NaN in invalid rows so
     a careless ``mean()`` shows up instead of silently mixing in masked rows; log
@@ -165,6 +187,13 @@ def tsl_loss(
     target = torch.where(keep, target, torch.zeros_like(target))
     cosines = (F.normalize(pooled, dim=-1) * F.normalize(target, dim=-1)).sum(-1)
     squared = torch.where(valid, (cosines - 1.0) ** 2, torch.zeros_like(cosines))
+    logged = torch.where(valid, cosines, torch.full_like(cosines, float("nan"))).detach()
+    if weights is not None:
+        weights = torch.where(valid, weights.to(device=pooled.device, dtype=torch.float32), 0.0)
+        _, world = _dist_rank_world()
+        world = world if gather else 1
+        denominator = _global_sum(weights, gather, world).clamp(min=torch.finfo(torch.float32).tiny)
+        return (weights * squared).sum() * world / denominator, logged
     count = valid.sum()
     _, world = _dist_rank_world()
     if gather and world > 1:
@@ -172,7 +201,6 @@ def tsl_loss(
     else:
         world = 1
     loss = squared.sum() * world / count.clamp(min=1).to(squared.dtype)
-    logged = torch.where(valid, cosines, torch.full_like(cosines, float("nan"))).detach()
     return loss, logged
 
 

@@ -5,6 +5,12 @@ input once (captions, and sentences padded to their own short length); TSL pools
 tokens with the batch's precomputed span/patch masks. Under ``accelerate launch`` the
 contrastive logits use embeddings gathered from every process (``losses``), so N processes
 with batch b train exactly like one process with batch N*b.
+
+Two-stage training (FAST-GOAL's second stage) is two runs: the second run's ``--model`` is the
+first run's ``--out``. It starts a fresh optimizer and learning-rate schedule (warmup, cosine
+over its own steps) from those weights; only ``--resume`` restores optimizer and schedule state,
+and only within one run's folder. Learned TSL heads saved by the first run are picked up when
+the second also uses ``--tsl-heads separate``.
 """
 
 from __future__ import annotations
@@ -26,13 +32,16 @@ from typing import Any
 import accelerate.tracking
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import gather_object, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import CLIPModel, get_cosine_schedule_with_warmup
 
-from goalclip.training.data import Collate, TrainDataset, load_examples
+from goalclip.training.data import PAIR_WEIGHTINGS, Collate, TrainDataset, load_examples
+from goalclip.training.heads import HEADS_FILE, HEADS_META, TslHeads, build_heads, save_heads
 from goalclip.training.losses import METHOD_TERMS, LossWeights, combine_losses, contrastive_loss, masked_mean, tsl_loss
+from goalclip.training.recipes import RECIPES, recipe_settings
 from goalclip.core.images import ImageError, set_max_image_pixels
 from goalclip.core.manifest import SkipReport, atomic_write, output_lock
 from goalclip.models.clip import (
@@ -64,13 +73,20 @@ SAFE_ON_RESUME = frozenset(
     {"out", "num_workers", "log_every", "progress", "checkpoint_every", "checkpoint_epochs", "keep_checkpoints",
      "report_to", "skip_invalid", "gradient_checkpointing", *INVOCATION_FIELDS}
 )
-MODEL_FILES = ("model.safetensors", "config.json")
+MODEL_FILES = ("model.safetensors", "config.json", HEADS_FILE, HEADS_META)
+PRECISIONS = ("no", "fp16", "bf16", "bf16-weights")
+TSL_HEADS = ("shared", "separate")
 RECORD_FILES = ("train_config.json", "metrics.jsonl")
 
 
 @dataclass
 class TrainConfig:
-    """Everything a run needs; recorded next to the model in ``train_config.json`` (``"config"``)."""
+    """Everything a run needs; recorded next to the model in ``train_config.json`` (``"config"``).
+
+    ``decay_all``, ``grad_clip`` and ``precision`` left at None take the ``recipe``'s choice
+    (:mod:`goalclip.training.recipes`); :meth:`resolved` gives the values a run uses, recorded
+    as ``"resolved"``. ``grad_clip`` 0 turns clipping off.
+    """
 
     model: str
     data: str
@@ -82,13 +98,18 @@ class TrainConfig:
     batch_size: int = 16
     lr: float = 5e-6
     weight_decay: float = 0.05
+    recipe: str = "goalclip"
+    decay_all: bool | None = None
     warmup_steps: int = 0
     max_text_len: int = 248
     keep_positions: int = 20
     weights: LossWeights = field(default_factory=LossWeights)
     seed: int = 0
-    precision: str = "no"
-    grad_clip: float | None = 1.0
+    precision: str | None = None
+    grad_clip: float | None = None
+    local_pairs: int = 1
+    pair_weighting: str = "uniform"
+    tsl_heads: str = "shared"
     gradient_checkpointing: bool = False
     num_workers: int = 2
     checkpoint_every: int = 0
@@ -109,12 +130,30 @@ class TrainConfig:
             raise ValueError("--batch-size must be at least 2 (contrastive losses need negatives)")
         if self.epochs < 1 and not self.max_steps:
             raise ValueError("--epochs must be at least 1")
-        if self.precision not in ("no", "fp16", "bf16"):
-            raise ValueError(f"--precision must be no, fp16 or bf16, got {self.precision!r}")
+        if self.recipe not in RECIPES:
+            raise ValueError(f"--recipe must be one of {', '.join(RECIPES)}, got {self.recipe!r}")
+        if self.precision is not None and self.precision not in PRECISIONS:
+            raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.grad_clip is not None and not self.grad_clip >= 0:
+            raise ValueError(f"--grad-clip must be 0 (off) or positive, got {self.grad_clip}")
+        if self.local_pairs < 1:
+            raise ValueError(f"--local-pairs must be at least 1, got {self.local_pairs}")
+        if self.pair_weighting not in PAIR_WEIGHTINGS:
+            raise ValueError(f"--pair-weighting must be one of {', '.join(PAIR_WEIGHTINGS)}, "
+                             f"got {self.pair_weighting!r}")
+        if self.tsl_heads not in TSL_HEADS:
+            raise ValueError(f"--tsl-heads must be one of {', '.join(TSL_HEADS)}, got {self.tsl_heads!r}")
+        if self.tsl_heads == "separate" and "tsl" not in METHOD_TERMS.get(self.method, ()):
+            raise ValueError(f"--tsl-heads separate trains TSL projections, but --method {self.method} has no TSL")
         if self.keep_checkpoints < 1:
             raise ValueError("--keep-checkpoints must be at least 1")
         if self.resume and self.overwrite:
             raise ValueError("--resume continues the run in --out and --overwrite replaces it: pass one of them")
+
+    def resolved(self) -> dict[str, Any]:
+        """The recipe-governed settings this run uses: explicit values, else the recipe's."""
+        chosen = recipe_settings(self.recipe, self.method)
+        return {name: chosen[name] if getattr(self, name) is None else getattr(self, name) for name in chosen}
 
     def to_dict(self) -> dict[str, Any]:
         """The run's definition as JSON-ready values (invocation flags left out)."""
@@ -133,6 +172,8 @@ class TrainConfig:
             raise ValueError(f"{source}: unknown training settings {', '.join(unknown)}")
         if isinstance(values.get("weights"), dict):
             values["weights"] = LossWeights(**values["weights"])
+        if "recipe" not in values and "grad_clip" in values and values["grad_clip"] is None:
+            values["grad_clip"] = 0.0  # a record from before recipes: null meant "no clipping" then
         try:
             return cls(**values)
         except TypeError as exc:
@@ -170,9 +211,21 @@ def prepare_text_positions(bundle: ClipBundle, max_text_len: int, keep: int) -> 
 
 
 def training_step(
-    model: CLIPModel, batch: dict[str, torch.Tensor], method: str, weights: LossWeights
+    model: CLIPModel,
+    batch: dict[str, torch.Tensor],
+    method: str,
+    weights: LossWeights,
+    heads: TslHeads | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Loss of one batch: one vision forward over ``[global ; crops]``, each text encoded once.
+
+    With top-k local pairs (``pair_owner`` / ``pair_weight`` in the batch, see ``Collate``) the
+    crops and sentences are every valid pair of the batch: the local InfoNCE scores all crops
+    against all sentences of the (gathered) batch, each pair's two row losses weighted by its
+    pair weight, divided by the weights' sum; each TSL term is the weighted mean over its valid
+    pairs, a pair pooling its own image's patch tokens / caption tokens. Without those keys every
+    weight is 1 and each image has one pair (the plain means). ``heads`` (``--tsl-heads
+    separate``) project the TSL pooled features instead of CLIP's own norm + projection.
 
     Returns the loss and detached scalars for logging (kept as tensors: converting them every
     step would force a device sync).
@@ -193,15 +246,25 @@ def training_step(
         sentence_emb, _ = text_forward(model, batch["sentence_ids"], batch["sentence_mask"])
     if "global" in terms_on:
         terms["global"] = contrastive_loss(image_emb[:b], caption_emb, scale)
+    pair_weight = batch.get("pair_weight")
     if "local" in terms_on:
-        terms["local"] = contrastive_loss(image_emb[b:], sentence_emb, scale)
+        terms["local"] = contrastive_loss(image_emb[b:], sentence_emb, scale, weights=pair_weight)
     if use_tsl:
-        pooled_image = project_patch_tokens(model, masked_mean(patch_tokens[:b], batch["patch_mask"]))
-        terms["tsl_image"], cos_image = tsl_loss(pooled_image, image_emb[b:], batch["image_tsl_valid"])
-        pooled_text = project_text_tokens(model, masked_mean(caption_states, batch["span_mask"]))
-        terms["tsl_text"], cos_text = tsl_loss(pooled_text, sentence_emb, batch["text_tsl_valid"])
+        image_tokens = patch_tokens[:b]
+        if "pair_owner" in batch:  # each pair pools over its own image's tokens
+            image_tokens, caption_states = image_tokens[batch["pair_owner"]], caption_states[batch["pair_owner"]]
+        pooled_image = masked_mean(image_tokens, batch["patch_mask"])
+        pooled_image = heads.project_patches(pooled_image) if heads else project_patch_tokens(model, pooled_image)
+        terms["tsl_image"], cos_image = tsl_loss(pooled_image, image_emb[b:], batch["image_tsl_valid"],
+                                                 weights=pair_weight)
+        pooled_text = masked_mean(caption_states, batch["span_mask"])
+        pooled_text = heads.project_text(pooled_text) if heads else project_text_tokens(model, pooled_text)
+        terms["tsl_text"], cos_text = tsl_loss(pooled_text, sentence_emb, batch["text_tsl_valid"],
+                                               weights=pair_weight)
         logs["tsl_cos_image"] = cos_image.nanmean()
         logs["tsl_cos_text"] = cos_text.nanmean()
+    if pair_weight is not None:
+        logs["local_pairs"] = pair_weight.new_tensor(len(pair_weight) / b)  # mean pairs per image
     loss = combine_losses(terms, method, weights)
     logs.update({f"loss_{k}": v.detach() for k, v in terms.items()})
     logs["loss"] = loss.detach()
@@ -212,25 +275,29 @@ class StepModule(torch.nn.Module):
     """Wraps the CLIP so the whole step is one ``forward``: DDP then prepares and syncs as usual
     (calling submodules of a DDP-wrapped model directly would skip its forward bookkeeping)."""
 
-    def __init__(self, clip: CLIPModel, method: str, weights: LossWeights):
+    def __init__(self, clip: CLIPModel, method: str, weights: LossWeights, heads: TslHeads | None = None):
         super().__init__()
         self.clip = clip
         self.method = method
         self.weights = weights
+        self.heads = heads
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        return training_step(self.clip, batch, self.method, self.weights)
+        return training_step(self.clip, batch, self.method, self.weights, self.heads)
 
 
-def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """No weight decay on biases, norms, embeddings and the logit scale (as CLIP trains)."""
+def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, decay_all: bool) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters, in one group when ``decay_all`` (the reference recipe),
+    else with no weight decay on biases, norms, embeddings and the logit scale (as CLIP trains)."""
+    params = [(name, param) for name, param in model.named_parameters() if param.requires_grad]
+    if decay_all:
+        return torch.optim.AdamW([{"params": [p for _, p in params], "weight_decay": weight_decay}], lr=lr)
     decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
+    for name, param in params:
         flat = param.ndim < 2 or "embedding" in name or "logit_scale" in name
         (no_decay if flat else decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr)
 
 
 def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, rank: int, world: int) -> list[list[int]]:
@@ -287,7 +354,7 @@ def _check_trackers(report_to: str | None) -> None:
 
 def _tracker_hparams(config: TrainConfig) -> dict[str, Any]:
     """Flat hyperparameters for trackers (they take scalars): the loss weights as w_global/w_local/w_tsl."""
-    values = {k: v for k, v in config.to_dict().items() if k != "weights"}
+    values = {k: v for k, v in {**config.to_dict(), **config.resolved()}.items() if k != "weights"}
     weights = config.weights
     return {**values, "w_global": weights.global_, "w_local": weights.local, "w_tsl": weights.tsl}
 
@@ -363,8 +430,13 @@ class Trainer:
         self.out = Path(config.out)
         if Path(config.model).exists() and Path(config.model).resolve() == self.out.resolve():
             raise ValueError(f"--out {self.out} is the --model folder: write the fine-tuned model to a new folder")
+        self.settings = config.resolved()
+        # Accelerate keeps one mixed-precision setting per process; a second run in the same process
+        # (a notebook, a sweep) may need another, so start from a clean state (the process group stays).
+        AcceleratorState._reset_state()
         self.accelerator = Accelerator(
-            mixed_precision=config.precision,
+            # bf16 weights are a cast of the model, not Accelerate's mixed precision
+            mixed_precision="no" if self.settings["precision"] == "bf16-weights" else self.settings["precision"],
             log_with=config.report_to.split(",") if config.report_to else None,
             project_dir=str(self.out),
             cpu=_cpu_multiprocess(),
@@ -436,8 +508,8 @@ class Trainer:
 
     def _check_resume_settings(self, record: dict[str, Any]) -> None:
         """Refuse to continue a run with settings that change what it computes, naming each one."""
-        recorded = dict(record.get("config", record))
-        now = self.config.to_dict()
+        recorded = {**record.get("config", record), **record.get("resolved", {})}
+        now = {**self.config.to_dict(), **self.settings}
         diffs = [
             f"{name} (run: {recorded[name]!r}, now: {value!r})"
             for name, value in now.items()
@@ -460,8 +532,8 @@ class Trainer:
         """
         if not self.accelerator.is_main_process:
             return
-        record = {"config": self.config.to_dict(), "derived": derived, "versions": _versions(),
-                  "git_commit": self._commit}
+        record = {"config": self.config.to_dict(), "resolved": self.settings, "derived": derived,
+                  "versions": _versions(), "git_commit": self._commit}
         if result is not None:
             record["result"] = result
         with atomic_write(self.out / "train_config.json") as handle:
@@ -544,19 +616,25 @@ class Trainer:
             return {"out": str(self.out), "method": cfg.method, "already_finished": True, **finished["result"]}
         self._commit = _git_commit()
         local = needs_local(cfg.method)
-        examples = load_examples(cfg.data, need_local=local, skip_invalid=cfg.skip_invalid, skipped=self.skipped)
+        examples = load_examples(cfg.data, need_local=local, skip_invalid=cfg.skip_invalid, skipped=self.skipped,
+                                 local_pairs=cfg.local_pairs, pair_weighting=cfg.pair_weighting)
         bundle = load_clip(cfg.model, base=cfg.base)
         context = prepare_text_positions(bundle, cfg.max_text_len, cfg.keep_positions)
         model = bundle.model
         clamp_logit_scale(model)
         if cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable()
-        dataset = TrainDataset(examples, bundle, need_local=local)
+        dataset = TrainDataset(examples, bundle, need_local=local, pair_weighting=cfg.pair_weighting)
         truncated = count_truncated(bundle, [ex.caption for ex in examples], context)
         if truncated:
             logger.warning("%d of %d captions are longer than the %d-token context: their tails are cut and "
                            "sentences past it get no text-TSL term", truncated, len(examples), context)
-        collate = Collate(pad_id=bundle.tokenizer.pad_token_id)
+        collate = Collate(pad_id=bundle.tokenizer.pad_token_id, weighted=cfg.local_pairs > 1)
+        heads, heads_from = build_heads(model, cfg.model) if cfg.tsl_heads == "separate" else (None, None)
+        step_module = StepModule(model, cfg.method, cfg.weights, heads)
+        bf16_weights = self.settings["precision"] == "bf16-weights"
+        if bf16_weights:
+            step_module.to(torch.bfloat16)
         per_step = cfg.batch_size * acc.num_processes
         if len(dataset) < per_step:
             raise ValueError(
@@ -566,13 +644,13 @@ class Trainer:
         steps_per_epoch = len(dataset) // per_step
         total_steps = cfg.max_steps or steps_per_epoch * cfg.epochs
         epochs = math.ceil(total_steps / steps_per_epoch)
-        optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr)
+        optimizer = build_optimizer(step_module, cfg.lr, cfg.weight_decay, self.settings["decay_all"])
         # The schedule counts optimizer steps, so it stays out of accelerate.prepare (whose wrapper
         # would step it once per process per step); checkpoints still save and restore it.
         scheduler = get_cosine_schedule_with_warmup(optimizer, cfg.warmup_steps, total_steps)
         acc.register_for_checkpointing(scheduler)
-        model, optimizer = acc.prepare(StepModule(model, cfg.method, cfg.weights), optimizer)
-        clip = acc.unwrap_model(model).clip
+        model, optimizer = acc.prepare(step_module, optimizer)
+        clip, heads = acc.unwrap_model(model).clip, acc.unwrap_model(model).heads
 
         step = start_epoch = skip_batches = 0
         if ckpt is not None:
@@ -584,6 +662,8 @@ class Trainer:
         derived = {"context_length": context, "num_processes": acc.num_processes, "examples": len(dataset),
                    "skipped": len(self.skipped), "truncated_captions": truncated, "steps_per_epoch": steps_per_epoch,
                    "total_steps": total_steps}
+        if heads is not None:
+            derived["tsl_heads_from"] = heads_from
         if acc.is_main_process:
             self.out.mkdir(parents=True, exist_ok=True)
             self._truncate_metrics(metrics_path, step)
@@ -610,6 +690,8 @@ class Trainer:
                 if "failed" in batch:
                     self._note_failed(batch.pop("failed"), batch)
                 batch = {k: v.to(acc.device, non_blocking=True) for k, v in batch.items()}
+                if bf16_weights:
+                    batch["pixel_values"] = batch["pixel_values"].to(torch.bfloat16)
                 tick = time.perf_counter()
                 with acc.autocast():
                     loss, logs = model(batch)
@@ -619,8 +701,8 @@ class Trainer:
                         f"{last_ckpt or 'none (use --checkpoint-every)'}"
                     )
                 acc.backward(loss)
-                if cfg.grad_clip:
-                    acc.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                if self.settings["grad_clip"]:
+                    acc.clip_grad_norm_(model.parameters(), self.settings["grad_clip"])
                 optimizer.step()
                 if not optimizer.step_was_skipped:  # fp16 overflow: the schedule waits too
                     scheduler.step()
@@ -655,7 +737,7 @@ class Trainer:
             "final_loss": float(logs["loss"]) if "loss" in logs else None,
         }
         if acc.is_main_process:
-            self._export(ClipBundle(clip, bundle.tokenizer, bundle.image_processor))
+            self._export(ClipBundle(clip.float(), bundle.tokenizer, bundle.image_processor), heads, heads_from)
             self._write_record(derived, result)
         acc.end_training()
         return {"out": str(self.out), "method": cfg.method, **result, "median_step_s": median,
@@ -667,13 +749,16 @@ class Trainer:
             with path.open("a", encoding="utf-8") as handle:
                 handle.write(json.dumps({"step": step, "epoch": epoch, **logs}) + "\n")
 
-    def _export(self, bundle: ClipBundle) -> None:
-        """Write the final model folder via a temporary folder, so a crash never leaves half a model."""
+    def _export(self, bundle: ClipBundle, heads: TslHeads | None, heads_from: str | None) -> None:
+        """Write the final model folder (and learned TSL heads beside it) via a temporary folder, so a
+        crash never leaves half a model. A bf16-weight run is exported as fp32 (exactly its values)."""
         tmp = self.out / ".export-tmp"
         if tmp.exists():
             shutil.rmtree(tmp)
         try:
             save_clip(bundle, tmp)
+            if heads is not None:
+                save_heads(heads, tmp, initialised_from=str(heads_from))
         except (OSError, RuntimeError) as exc:
             shutil.rmtree(tmp, ignore_errors=True)
             clear = _write_error(exc, "the final model", self.out)
