@@ -1,5 +1,8 @@
 """The demo's own measurements: mined pairs scored against the world's truth, and the ablation table."""
 
+import contextlib
+import dataclasses
+import io
 import json
 import re
 
@@ -52,9 +55,18 @@ TINY = DemoPlan(n_pretrain=24, n_train=16, n_test=8, width=32, layers=1, pretrai
                 finetune_epochs=1, finetune_batch=8, finetune_seeds=2)
 
 
-def test_demo_prints_the_ablation_table_over_seeds_and_draws_its_bars(tmp_path, capsys):
-    summary = run_demo(tmp_path / "demo", plan=TINY, progress=False)
-    printed = capsys.readouterr().out
+@pytest.fixture(scope="module")
+def tiny_demo(tmp_path_factory):
+    """One tiny demo run (two fine-tune seeds) shared by the tests below: its folder, summary and stdout."""
+    out = tmp_path_factory.mktemp("demo") / "demo"
+    capture = io.StringIO()
+    with contextlib.redirect_stdout(capture):
+        summary = run_demo(out, plan=TINY, progress=False)
+    return out, summary, capture.getvalue()
+
+
+def test_demo_prints_the_ablation_table_over_seeds_and_draws_its_bars(tiny_demo):
+    out, summary, printed = tiny_demo
     assert summary["table"] in printed
     rows = [line.split(" | ")[0].strip("| ") for line in printed.splitlines() if line.startswith("| ")]
     assert rows == 2 * ["model", "pretrained", *FINETUNE_METHODS]  # retrieval table, then joint mAP@10 table
@@ -62,11 +74,18 @@ def test_demo_prints_the_ablation_table_over_seeds_and_draws_its_bars(tmp_path, 
     assert headers == ["| model | runs | t2i@1 | t2i@5 | i2t@1 | i2t@5 |", "| model | runs | i2t_map@10 | t2i_map@10 |"]
     assert "| pretrained | 1 |" in printed and "| goal | 2 |" in printed
     assert re.search(r"\| goal \| 2 \| \d+\.\d\d ± \d+\.\d\d \|", printed)
-    metrics = json.loads((tmp_path / "demo" / "metrics.json").read_text())
+    metrics = json.loads((out / "metrics.json").read_text())
     ablation = metrics["ablation"]["summary"]
     assert list(ablation) == ["pretrained", *FINETUNE_METHODS]
     assert all(ablation[m]["t2i@1"]["n"] == 2 for m in FINETUNE_METHODS)
     assert len(metrics["models"]) == 1 + 2 * len(FINETUNE_METHODS)
-    figure = tmp_path / "demo" / "figures" / "ablation.png"
-    with Image.open(figure) as image:
+    with Image.open(out / "figures" / "ablation.png") as image:
         assert image.format == "PNG" and image.width > 200
+
+
+def test_demo_rerun_reuses_its_pretrained_checkpoint_when_only_fine_tuning_changes(tiny_demo):
+    out, first, _ = tiny_demo
+    weights = (out / "models" / "pretrained" / "model.safetensors").read_bytes()
+    again = run_demo(out, plan=dataclasses.replace(TINY, finetune_seeds=1), progress=False)
+    assert "pretrain" in first["times_s"] and "pretrain" not in again["times_s"]
+    assert (out / "models" / "pretrained" / "model.safetensors").read_bytes() == weights
