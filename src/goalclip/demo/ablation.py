@@ -70,7 +70,10 @@ def ablation_table(summary: dict[str, dict[str, dict[str, Any]]], metrics: Seque
 def plot_ablation(
     summary: dict[str, dict[str, dict[str, Any]]], metrics: Sequence[str], out: str | Path, title: str = ""
 ) -> Path:
-    """Grouped bars (one group per metric, one bar per label) with ± one std as error bars."""
+    """Grouped bars (one group per metric, one bar per label) with ± one std as error bars.
+
+    A label with a single run gets no error bar (it has no spread to show).
+    """
     import numpy as np
     from matplotlib.figure import Figure
 
@@ -80,12 +83,14 @@ def plot_ablation(
     fig = Figure(figsize=(1.6 + 1.4 * len(metrics), 3.6), layout="constrained")
     ax = fig.subplots()
     for i, label in enumerate(labels):
-        stats = [summary[label].get(m, {"mean": 0.0, "std": 0.0}) for m in metrics]
+        stats = [summary[label].get(m, {"mean": 0.0, "std": 0.0, "n": 1}) for m in metrics]
+        spread = [s["std"] for s in stats] if any(s["n"] > 1 for s in stats) else None
         ax.bar(x + (i - (len(labels) - 1) / 2) * width, [s["mean"] for s in stats], width,
-               yerr=[s["std"] for s in stats], capsize=3, label=label)
+               yerr=spread, capsize=3, label=label)
     ax.set_xticks(x, list(metrics))
     ax.set_ylabel("percent")
     ax.set_title(title, fontsize=10)
+    ax.set_ylim(top=ax.get_ylim()[1] * 1.15)  # headroom so the legend covers no bar
     ax.legend(fontsize=8, ncols=min(len(labels), 5), loc="upper left")
     ax.grid(axis="y", alpha=0.3)
     out = Path(out)
