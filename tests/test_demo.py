@@ -10,7 +10,13 @@ import pytest
 from PIL import Image
 
 from goalclip.demo.ablation import ablation_table, summarise
-from goalclip.demo.pipeline import FINETUNE_METHODS, DemoPlan, iou, mining_accuracy, run_demo
+from goalclip.demo.pipeline import (
+    FINETUNE_METHODS,
+    DemoPlan,
+    iou,
+    mining_accuracy,
+    run_demo,
+)
 
 
 def test_iou_hand_cases():

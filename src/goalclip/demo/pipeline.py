@@ -18,13 +18,18 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from goalclip.evaluation.retrieval import EvalConfig, evaluate, write_results
 from goalclip.core.manifest import read_manifest
-from goalclip.demo.ablation import LONG_CAPTION_METRICS, ablation_table, plot_ablation, summarise
-from goalclip.mining.mine import MineConfig, build_joint_test, mine
+from goalclip.demo.ablation import (
+    LONG_CAPTION_METRICS,
+    ablation_table,
+    plot_ablation,
+    summarise,
+)
 from goalclip.demo.tiny import build_tiny_clip
-from goalclip.models.clip import save_clip
 from goalclip.demo.world import WorldConfig, generate_world
+from goalclip.evaluation.retrieval import EvalConfig, evaluate, write_results
+from goalclip.mining.mine import MineConfig, build_joint_test, mine
+from goalclip.models.clip import save_clip
 from goalclip.training.trainer import TrainConfig, train
 from goalclip.viz.figures import plot_attention, plot_retrieval
 
