@@ -1,10 +1,22 @@
-"""The demo's own measurement: mined pairs scored against the synthetic world's truth."""
+"""The demo's own measurements: mined pairs scored against the world's truth, and the ablation table."""
 
+import contextlib
+import dataclasses
+import io
 import json
+import re
 
 import pytest
+from PIL import Image
 
-from goalclip.demo.pipeline import iou, mining_accuracy
+from goalclip.demo.ablation import ablation_table, summarise
+from goalclip.demo.pipeline import (
+    FINETUNE_METHODS,
+    DemoPlan,
+    iou,
+    mining_accuracy,
+    run_demo,
+)
 
 
 def test_iou_hand_cases():
@@ -30,3 +42,56 @@ def test_mining_accuracy_counts_tight_and_containing_regions(tmp_path):
     assert (result["pairs"], result["box_matches_sentence"], result["region_contains_object"]) == (4, 1, 2)
     assert result["scene_sentence_chosen"] == 1
     assert result["rate"] == 0.25 and result["contains_rate"] == 0.5
+
+
+def test_ablation_cells_show_mean_and_sample_std_and_single_runs_alone():
+    results = {"models": [{"metrics": {"t2i@1": v}} for v in (5.0, 10.0, 20.0, 30.0)]}
+    summary = summarise(results, ["pretrained", "goal", "goal", "global"])
+    assert list(summary) == ["pretrained", "goal", "global"]
+    assert summary["goal"]["t2i@1"]["mean"] == 15.0
+    assert summary["goal"]["t2i@1"]["std"] == pytest.approx(7.0711, abs=1e-4)
+    table = ablation_table(summary, ["t2i@1"]).splitlines()
+    assert table[0] == "| model | runs | t2i@1 |"
+    assert table[2:] == ["| pretrained | 1 | 5.00 |", "| goal | 2 | 15.00 ± 7.07 |", "| global | 1 | 30.00 |"]
+    with pytest.raises(ValueError, match="3 labels for 4"):
+        summarise(results, ["a", "b", "c"])
+
+
+TINY = DemoPlan(n_pretrain=24, n_train=16, n_test=8, width=32, layers=1, pretrain_steps=2, pretrain_batch=8,
+                finetune_epochs=1, finetune_batch=8, finetune_seeds=2)
+
+
+@pytest.fixture(scope="module")
+def tiny_demo(tmp_path_factory):
+    """One tiny demo run (two fine-tune seeds) shared by the tests below: its folder, summary and stdout."""
+    out = tmp_path_factory.mktemp("demo") / "demo"
+    capture = io.StringIO()
+    with contextlib.redirect_stdout(capture):
+        summary = run_demo(out, plan=TINY, progress=False)
+    return out, summary, capture.getvalue()
+
+
+def test_demo_prints_the_ablation_table_over_seeds_and_draws_its_bars(tiny_demo):
+    out, summary, printed = tiny_demo
+    assert summary["table"] in printed
+    rows = [line.split(" | ")[0].strip("| ") for line in printed.splitlines() if line.startswith("| ")]
+    assert rows == 2 * ["model", "pretrained", *FINETUNE_METHODS]  # retrieval table, then joint mAP@10 table
+    headers = [line for line in printed.splitlines() if line.startswith("| model ")]
+    assert headers == ["| model | runs | t2i@1 | t2i@5 | i2t@1 | i2t@5 |", "| model | runs | i2t_map@10 | t2i_map@10 |"]
+    assert "| pretrained | 1 |" in printed and "| goal | 2 |" in printed
+    assert re.search(r"\| goal \| 2 \| \d+\.\d\d ± \d+\.\d\d \|", printed)
+    metrics = json.loads((out / "metrics.json").read_text())
+    ablation = metrics["ablation"]["summary"]
+    assert list(ablation) == ["pretrained", *FINETUNE_METHODS]
+    assert all(ablation[m]["t2i@1"]["n"] == 2 for m in FINETUNE_METHODS)
+    assert len(metrics["models"]) == 1 + 2 * len(FINETUNE_METHODS)
+    with Image.open(out / "figures" / "ablation.png") as image:
+        assert image.format == "PNG" and image.width > 200
+
+
+def test_demo_rerun_reuses_its_pretrained_checkpoint_when_only_fine_tuning_changes(tiny_demo):
+    out, first, _ = tiny_demo
+    weights = (out / "models" / "pretrained" / "model.safetensors").read_bytes()
+    again = run_demo(out, plan=dataclasses.replace(TINY, finetune_seeds=1), progress=False)
+    assert "pretrain" in first["times_s"] and "pretrain" not in again["times_s"]
+    assert (out / "models" / "pretrained" / "model.safetensors").read_bytes() == weights
