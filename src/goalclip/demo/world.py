@@ -3,9 +3,9 @@
 Why synthetic: the demo and the tests cannot download real datasets, yet every step of the GOAL
 recipe (sentence splitting, region mining, local pairs, TSL, retrieval) must run end to end on data
 whose ground truth is known. Each image holds a few flat shapes sitting exactly in grid cells (with
-the demo model's 64px input and 8px patches one cell is 2x2 patches, which a tiny ViT needs to learn
-shape; see DESIGN.md "Lessons for a synthetic demo world"), and each object gets one sentence of a
-long caption. The true object boxes stand in for a detector.
+the demo model's 64px input and 8px patches one cell is 2x2 patches: a tiny ViT trained from scratch
+learns shape only when objects sit on the patch grid), and each object gets one sentence of a long
+caption. The true object boxes stand in for a detector.
 
 Splits:
 
