@@ -246,7 +246,7 @@ def _alive(pid: int) -> bool:
     return stat[stat.rfind(")") + 2 :].split()[0] != "Z"
 
 
-def _slow_world(tiny_world, folder: Path, n: int = 400) -> Path:
+def _slow_world(tiny_world, folder: Path, n: int = 4000) -> Path:
     """Many records on big images, so decoding workers have plenty queued when the parent dies."""
     (folder / "images").mkdir()
     Image.effect_noise((600, 600), 60).convert("RGB").save(folder / "images" / "big.png")
