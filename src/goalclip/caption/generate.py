@@ -28,7 +28,7 @@ from goalclip.caption.prompt import load_prompt
 from goalclip.core.images import ImageError, load_rgb
 from goalclip.core.manifest import iter_jsonl, relativize, write_jsonl
 from goalclip.datasets.sample import read_images
-from goalclip.mining.mine import _done_ids, _part_paths
+from goalclip.core.resumable import ids_already_written, part_paths
 
 logger = logging.getLogger(__name__)
 
@@ -87,14 +87,7 @@ def caption(config: CaptionConfig, engine: CaptionEngine | None = None) -> dict[
     records = read_images(config.data)
     if config.max_images:
         records = records[: config.max_images]
-    if out.exists() and not config.resume:
-        raise FileExistsError(f"{out} exists; pass --resume to continue it or choose another --out")
-    part_files, skip_files = _part_paths(out)
-    if (part_files or skip_files) and not config.resume:
-        raise FileExistsError(f"{out}.part* files from an interrupted run exist; pass --resume")
-    done = _done_ids(part_files + skip_files) if config.resume else set()
-    if out.exists():
-        done |= {obj["id"] for _, obj in iter_jsonl(out)}
+    done = ids_already_written(out, config.resume)
     todo = [r for r in records if r["id"] not in done][state.process_index :: state.num_processes]
     logger.info("captioning %d images (%d already done)", len(todo), len(done))
 
@@ -148,7 +141,7 @@ def caption(config: CaptionConfig, engine: CaptionEngine | None = None) -> dict[
 
 def _merge(out: Path, records: list[dict[str, Any]], seconds: float, processed: int) -> dict[str, Any]:
     """Merge part files into ``out`` in input order, write the skipped list and the summary."""
-    part_files, skip_files = _part_paths(out)
+    part_files, skip_files = part_paths(out)
     captioned: dict[str, dict[str, Any]] = {}
     for path in ([out] if out.exists() else []) + part_files:
         for _, obj in iter_jsonl(path):

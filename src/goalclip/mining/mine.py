@@ -41,6 +41,7 @@ from goalclip.core.manifest import (
     captions_of, iter_jsonl, output_lock, read_manifest, relativize, write_jsonl, write_manifest,
 )
 from goalclip.core.paths import refuse_input_as_output
+from goalclip.core.resumable import ids_already_written, part_paths
 from goalclip.core.processes import process_device, process_state
 from goalclip.models.clip import ClipBundle, load_clip
 from goalclip.models.embed import count_truncated, embed_images, encode_texts
@@ -263,26 +264,6 @@ class _StageClock:
             self.seconds[stage] = self.seconds.get(stage, 0.0) + value
 
 
-def _done_ids(paths: list[Path]) -> set[str]:
-    """Ids already written by earlier (possibly interrupted) runs; a torn last line is cut off."""
-    done: set[str] = set()
-    for path in paths:
-        if not path.exists():
-            continue
-        data = path.read_bytes()
-        if data and not data.endswith(b"\n"):
-            keep = data.rfind(b"\n") + 1
-            with path.open("r+b") as handle:
-                handle.truncate(keep)
-            logger.warning("%s: dropped a torn last line from an interrupted run", path)
-        done.update(obj["id"] for _, obj in iter_jsonl(path))
-    return done
-
-
-def _part_paths(out: Path) -> tuple[list[Path], list[Path]]:
-    return sorted(out.parent.glob(out.name + ".part*[0-9]")), sorted(out.parent.glob(out.name + ".part*.skipped"))
-
-
 def mine(config: MineConfig) -> dict[str, Any]:
     """Run mining and merge; returns the summary the CLI prints (and writes next to ``out``).
 
@@ -304,14 +285,7 @@ def _mine(config: MineConfig, state: PartialState) -> dict[str, Any]:
     records = read_manifest(config.data)
     if config.max_images:
         records = records[: config.max_images]
-    if out.exists() and not config.resume:
-        raise FileExistsError(f"{out} exists; pass --resume to continue it or choose another --out")
-    part_files, skip_files = _part_paths(out)
-    if (part_files or skip_files) and not config.resume:
-        raise FileExistsError(f"{out}.part* files from an interrupted run exist; pass --resume")
-    done = _done_ids(part_files + skip_files) if config.resume else set()
-    if out.exists():
-        done |= {obj["id"] for _, obj in iter_jsonl(out)}
+    done = ids_already_written(out, config.resume)
     pending = [r for r in records if r["id"] not in done]
     todo = pending[state.process_index :: state.num_processes]
     logger.info("mining %d images (%d of %d already done; process %d of %d)", len(todo),
@@ -403,7 +377,7 @@ def _merge(
     The skipped file lists skipped images and, as entries of kind "invalid box", images some of
     whose external boxes were unusable (such an image is still mined with its other regions).
     """
-    part_files, skip_files = _part_paths(out)
+    part_files, skip_files = part_paths(out)
     mined: dict[str, dict[str, Any]] = {}
     for path in part_files + ([out] if out.exists() else []):
         for _, obj in iter_jsonl(path):
