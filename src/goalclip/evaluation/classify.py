@@ -33,8 +33,7 @@ from tqdm.auto import tqdm
 from goalclip.core.images import PixelBatches, pixel_values
 from goalclip.core.manifest import atomic_write
 from goalclip.core.manifest import IMAGE_SUFFIXES
-from goalclip.models.clip import ClipBundle, load_clip
-from goalclip.models.embed import embed_images, encode_texts
+from goalclip.models.embed import Bundle, embed_images, encode_texts, load_encoder
 
 logger = logging.getLogger(__name__)
 
@@ -173,7 +172,7 @@ def load_classify_data(root: str, format: str, class_names: str | None = None) -
     raise ValueError(f"unknown classification format {format!r}; choose from {', '.join(FORMATS)}")
 
 
-def class_embeddings(bundle: ClipBundle, classes: Sequence[str], templates: Sequence[str],
+def class_embeddings(bundle: Bundle, classes: Sequence[str], templates: Sequence[str],
                      batch_size: int = 64) -> torch.Tensor:
     """One normalised embedding per class: the mean over templates of the normalised prompt embeddings."""
     prompts = [template.format(name) for name in classes for template in templates]
@@ -188,7 +187,7 @@ def _array_batches(arrays: np.ndarray, processor: Any, batch_size: int) -> Itera
         yield torch.arange(start, start + len(images)), pixel_values(processor, images)
 
 
-def image_embeddings(bundle: ClipBundle, data: ClassifyData, config: ClassifyConfig) -> tuple[torch.Tensor, list[int]]:
+def image_embeddings(bundle: Bundle, data: ClassifyData, config: ClassifyConfig) -> tuple[torch.Tensor, list[int]]:
     """Normalised embeddings of every readable image (in data order) and the indices that were read."""
     param = next(bundle.model.parameters())
     if data.arrays is not None:
@@ -230,7 +229,7 @@ def classify(config: ClassifyConfig) -> dict[str, Any]:
         Path(config.out).parent.mkdir(parents=True, exist_ok=True)
     rows = []
     for source in config.models:
-        bundle = load_clip(source, base=config.base, device=config.device)
+        bundle = load_encoder(source, base=config.base, device=config.device)
         bundle.model.eval()
         weights = class_embeddings(bundle, data.classes, templates, config.batch_size)
         images, kept = image_embeddings(bundle, data, config)

@@ -43,8 +43,8 @@ from goalclip.core.images import PixelBatches, set_max_image_pixels
 from goalclip.core.manifest import ManifestError, atomic_write, captions_of, iter_jsonl, validate_record
 from goalclip.core.paths import check_writable_dir, check_writable_file, refuse_input_as_output
 from goalclip.core.processes import process_device, process_state
-from goalclip.models.clip import ClipBundle, load_clip
-from goalclip.models.embed import count_truncated, embed_images, encode_texts
+from goalclip.models.embed import Bundle, count_truncated, embed_images, encode_texts, load_encoder
+from goalclip.models.open_clip import is_open_clip, spec_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -295,11 +295,11 @@ def _gather_rows(state: PartialState, index: Tensor, rows: Tensor, total: int) -
 
 
 def _encode_items(
-    bundle: ClipBundle, items: EvalItems, config: EvalConfig, state: PartialState, device: torch.device
+    bundle: Bundle, items: EvalItems, config: EvalConfig, state: PartialState, device: torch.device
 ) -> Embeddings:
     """Encode this process's slice of ``items`` and gather the full embedding tables."""
     model, dtype = bundle.model, PRECISIONS[config.precision]
-    dim = int(model.config.projection_dim)
+    dim = bundle.embed_dim
     max_len = _text_len(bundle, config)
     progress = config.progress and state.is_main_process
 
@@ -330,18 +330,26 @@ def _encode_items(
     return Embeddings(images, image_ok, texts, failures, truncated, max_len)
 
 
-def _text_len(bundle: ClipBundle, config: EvalConfig) -> int:
+def _text_len(bundle: Bundle, config: EvalConfig) -> int:
     """The text length used for a model: its (stretched) context, capped by ``context`` and ``max_text_len``."""
     caps = [c for c in (config.context, config.max_text_len) if c is not None]
     return min([bundle.max_text_len, *caps])
 
 
-def _stretch_to_context(bundle: ClipBundle, source: str, config: EvalConfig) -> None:
-    """Stretch a model shorter than ``config.context`` with the training-time stretch (in place)."""
+def _stretch_to_context(bundle: Bundle, source: str, config: EvalConfig) -> None:
+    """Stretch a model shorter than ``config.context`` with the training-time stretch (in place).
+
+    Only transformers CLIPs are stretched; an open_clip row shorter than ``--context`` is an error.
+    """
     from goalclip.training.trainer import prepare_text_positions
 
     if config.context is None or bundle.max_text_len >= config.context:
         return
+    if is_open_clip(source):
+        raise ValueError(
+            f"{source}: --context {config.context} cannot stretch the text positions of an open_clip model "
+            f"(its context is {bundle.max_text_len}); leave --context out or use at most {bundle.max_text_len}"
+        )
     try:
         prepare_text_positions(bundle, config.context, config.keep_positions)
     except ValueError as exc:
@@ -361,7 +369,7 @@ def cache_path(config: EvalConfig, source: str, items: EvalItems) -> Path | None
     key = {
         "version": CACHE_VERSION,
         "kind": items.kind,
-        "model": fingerprint(source),
+        "model": spec_fingerprint(source) if is_open_clip(source) else fingerprint(source),
         "base": fingerprint(config.base) if Path(source).is_file() else None,
         "data": items.data_key,
         "max_text_len": config.max_text_len,
@@ -511,7 +519,7 @@ def _embed_model(
     if missing:
         device = process_device(state, config.device)
         start = time.perf_counter()
-        bundle = load_clip(source, base=config.base, device=device)
+        bundle = load_encoder(source, base=config.base, device=device)
         _stretch_to_context(bundle, source, config)  # in fp32, as at training time
         bundle.model.to(PRECISIONS[config.precision]).eval()
         run.timing["load_s"] = time.perf_counter() - start
@@ -623,8 +631,9 @@ def write_results(results: dict[str, Any], path: str) -> None:
 
 
 def _row_names(models: list[str]) -> list[str]:
-    """Folder names when they tell the models apart (runs/goal, runs/global), else the full sources."""
-    names = [Path(m.rstrip("/\\")).name or m for m in models]
+    """Folder names when they tell the models apart (runs/goal, runs/global), else the full sources;
+    open_clip specs stay whole (their last path part is a tag or a checkpoint file name)."""
+    names = [m if is_open_clip(m) else Path(m.rstrip("/\\")).name or m for m in models]
     return names if len(set(names)) == len(names) else models
 
 

@@ -25,6 +25,8 @@ from transformers import (
     CLIPTokenizer,
 )
 
+from goalclip.models.open_clip import is_open_clip
+
 logger = logging.getLogger(__name__)
 
 STATE_DICT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors", ".ckpt")
@@ -45,6 +47,10 @@ class ClipBundle:
     @property
     def max_text_len(self) -> int:
         return int(self.model.config.text_config.max_position_embeddings)
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.model.config.projection_dim)
 
     @property
     def patch_grid(self) -> int:
@@ -69,8 +75,14 @@ def load_clip(
     garbage later: a folder's missing, unexpected or mismatched weights, an unreadable weights
     file, a missing tokenizer or image processor are each a ``ModelLoadError`` naming the
     folder or file. Bare state dicts (e.g. the GOAL authors' released ``.pth`` with 248 text
-    positions) get the base's text positions resized to the file's length first.
+    positions) get the base's text positions resized to the file's length first. An ``open_clip:``
+    spec is refused: only evaluation encodes those (``embed.load_encoder``).
     """
+    if is_open_clip(source):
+        raise ModelLoadError(
+            f"{source}: open_clip models work only in 'goalclip eval' (retrieval and classify); "
+            "this needs a transformers CLIP (a hub id, a model folder or a state-dict file)"
+        )
     if is_state_dict_file(source):
         if base is None:
             raise ModelLoadError(f"{source} is a bare state dict: pass --base with the architecture it fits")

@@ -1,5 +1,9 @@
 """CLIP embeddings of texts and images: the one place mining, evaluation, search and viz get them.
 
+Evaluation also encodes open_clip models (``models/open_clip.py``) through the same functions:
+a bundle is a ``ClipBundle`` or an ``OpenClipBundle`` (``load_encoder`` picks), and only the
+tokenizer call and the two tower calls differ between them.
+
 Every embedding goes through ``embed_texts`` / ``embed_images``, which also refuse non-finite
 results: a model with a NaN weight would otherwise mine "pairs" that are all sentence 0 and
 box 0, rank search results by NaN, and report recalls computed from garbage.
@@ -21,7 +25,8 @@ from transformers import CLIPModel
 
 from goalclip.core.images import PixelBatches
 from goalclip.core.text import clean_text
-from goalclip.models.clip import ClipBundle, image_forward, text_forward
+from goalclip.models.clip import ClipBundle, image_forward, load_clip, text_forward
+from goalclip.models.open_clip import OpenClipBundle, is_open_clip, load_open_clip
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +35,17 @@ class NonFiniteEmbeddingError(ValueError):
     """A model produced NaN or infinite embeddings; the message names the model."""
 
 
-def model_device(bundle: ClipBundle) -> tuple[torch.device, torch.dtype]:
+Bundle = ClipBundle | OpenClipBundle
+
+
+def load_encoder(source: str, *, base: str | None = None, device: str | torch.device = "cpu") -> Bundle:
+    """What evaluation encodes with: an open_clip model for an ``open_clip:`` spec, else ``load_clip``."""
+    if is_open_clip(source):
+        return load_open_clip(source, device=device)
+    return load_clip(source, base=base, device=device)
+
+
+def model_device(bundle: Bundle) -> tuple[torch.device, torch.dtype]:
     """The device and dtype that inputs must be moved to for ``bundle.model``."""
     param = next(bundle.model.parameters())
     return param.device, param.dtype
@@ -39,12 +54,15 @@ def model_device(bundle: ClipBundle) -> tuple[torch.device, torch.dtype]:
 # ----------------------------------------------------------------------------- texts
 
 
-def tokenize(bundle: ClipBundle, texts: Sequence[str], max_len: int | None = None) -> dict[str, torch.Tensor]:
+def tokenize(bundle: Bundle, texts: Sequence[str], max_len: int | None = None) -> dict[str, torch.Tensor]:
     """Clean and tokenise texts, padded to the longest in the batch and truncated to the context.
 
     CLIP's text attention is causal, so right padding never changes the real tokens' states:
     padding to the batch's longest (not to 248) is exact and much cheaper for short sentences.
+    An open_clip model gets its own tokenizer's ids at its full context (``OpenClipBundle.tokenize``).
     """
+    if isinstance(bundle, OpenClipBundle):
+        return bundle.tokenize(list(texts), max_len)
     max_len = max_len or bundle.max_text_len
     return bundle.tokenizer(
         [clean_text(t) for t in texts],
@@ -55,16 +73,18 @@ def tokenize(bundle: ClipBundle, texts: Sequence[str], max_len: int | None = Non
     )
 
 
-def count_truncated(bundle: ClipBundle, texts: Sequence[str], max_len: int | None = None) -> int:
+def count_truncated(bundle: Bundle, texts: Sequence[str], max_len: int | None = None) -> int:
     """How many texts are longer than the context (they would be cut)."""
     max_len = max_len or bundle.max_text_len
+    if isinstance(bundle, OpenClipBundle):
+        return sum(length > max_len for length in bundle.token_lengths(list(texts)))
     lengths = bundle.tokenizer([clean_text(t) for t in texts], truncation=False, verbose=False)["input_ids"]
     return sum(len(ids) > max_len for ids in lengths)
 
 
-def _finite(model: CLIPModel, embeds: torch.Tensor, what: str) -> torch.Tensor:
+def _finite(model: torch.nn.Module, embeds: torch.Tensor, what: str) -> torch.Tensor:
     if not torch.isfinite(embeds).all():
-        name = model.name_or_path or type(model).__name__
+        name = getattr(model, "name_or_path", None) or type(model).__name__
         raise NonFiniteEmbeddingError(
             f"model {name} produces non-finite (NaN or infinite) {what} embeddings; its weights are broken"
         )
@@ -72,21 +92,29 @@ def _finite(model: CLIPModel, embeds: torch.Tensor, what: str) -> torch.Tensor:
 
 
 @torch.no_grad()
-def embed_texts(model: CLIPModel, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """L2-normalised text embeddings for one tokenised batch."""
-    embeds, _ = text_forward(model, input_ids, attention_mask)
+def embed_texts(
+    model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """L2-normalised text embeddings for one tokenised batch (a CLIPModel or an open_clip model)."""
+    if isinstance(model, CLIPModel):
+        embeds, _ = text_forward(model, input_ids, attention_mask)
+    else:  # open_clip: its ids carry their own padding, which its pooling knows; no mask
+        embeds = model.encode_text(input_ids)
     return _finite(model, F.normalize(embeds.float(), dim=-1), "text")
 
 
 @torch.no_grad()
-def embed_images(model: CLIPModel, pixel_values: torch.Tensor) -> torch.Tensor:
-    """L2-normalised image embeddings for one pixel batch."""
-    embeds, _ = image_forward(model, pixel_values)
+def embed_images(model: torch.nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
+    """L2-normalised image embeddings for one pixel batch (a CLIPModel or an open_clip model)."""
+    if isinstance(model, CLIPModel):
+        embeds, _ = image_forward(model, pixel_values)
+    else:
+        embeds = model.encode_image(pixel_values)
     return _finite(model, F.normalize(embeds.float(), dim=-1), "image")
 
 
 def encode_texts(
-    bundle: ClipBundle,
+    bundle: Bundle,
     texts: Sequence[str],
     *,
     batch_size: int = 64,
@@ -114,12 +142,12 @@ def encode_texts(
         )
     device, _ = model_device(bundle)
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
-    out = torch.empty(len(texts), int(bundle.model.config.projection_dim), device=device)
+    out = torch.empty(len(texts), bundle.embed_dim, device=device)
     for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress, unit="batch"):
         chunk = order[start : start + batch_size]
-        tokens = tokenize(bundle, [texts[i] for i in chunk], max_len).to(device)
+        tokens = {k: v.to(device) for k, v in tokenize(bundle, [texts[i] for i in chunk], max_len).items()}
         rows = torch.tensor(chunk, device=device)
-        out[rows] = embed_texts(bundle.model, tokens["input_ids"], tokens["attention_mask"])
+        out[rows] = embed_texts(bundle.model, tokens["input_ids"], tokens.get("attention_mask"))
     return out
 
 
@@ -127,7 +155,7 @@ def encode_texts(
 
 
 def encode_images(
-    bundle: ClipBundle,
+    bundle: Bundle,
     paths: Sequence[str],
     *,
     batch_size: int = 64,
@@ -148,8 +176,7 @@ def encode_images(
     for indices, pixels in batches:
         chunks.append(embed_images(bundle.model, pixels.to(device=device, dtype=dtype)).cpu())
         ok.extend(indices.tolist())
-    dim = int(bundle.model.config.projection_dim)
-    embeddings = torch.cat(chunks) if chunks else torch.empty(0, dim)
+    embeddings = torch.cat(chunks) if chunks else torch.empty(0, bundle.embed_dim)
     return embeddings, ok, list(batches.failed)
 
 
