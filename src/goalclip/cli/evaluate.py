@@ -20,7 +20,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--model", action="append", required=True, dest="models", metavar="M",
         help="model to evaluate: a hub id, a local folder (CLIPModel + tokenizer + image processor) "
-        "or a state-dict file (needs --base); repeat to compare several models in one table",
+        "or a state-dict file (needs --base); or an open_clip model (needs goalclip[open_clip]): "
+        "open_clip:ARCH/TAG (a pretrained tag, e.g. open_clip:EVA02-B-16/merged2b_s8b_b131k), "
+        "open_clip:ARCH:CHECKPOINT (a local checkpoint file), open_clip:hf-hub:ORG/REPO or "
+        "open_clip:local-dir:FOLDER; open_clip rows use their own tokenizer, image transform and context "
+        "and cannot be stretched by --context; repeat to compare several models in one table",
     )
     parser.add_argument(
         "--base", default=None,
@@ -88,14 +92,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", default=None, help="write metrics, counts and timing as JSON to this file")
     parser.add_argument(
         "--max-text-len", type=int, default=None,
-        help="truncate texts to this many tokens (default and upper bound: each model's own context)",
+        help="truncate texts to this many tokens (default and upper bound: each model's own context; "
+        "open_clip rows other than CLIP-tokenizer ones only at their own context)",
     )
     parser.add_argument(
         "--context", type=int, default=None,
         help="evaluate every model at this many text positions, as the papers do (248 even for stock CLIP): "
         "a model with a shorter context is stretched Long-CLIP style first (the stretch 'goalclip train' "
         "applies: 77 -> 248 with keep 20, at most 4L - 3*keep), a longer one is left alone, and texts are cut "
-        "at this length for every model (default: each model's own context)",
+        "at this length for every model; an open_clip row shorter than this is an error, it is not stretched "
+        "(default: each model's own context)",
     )
     parser.add_argument(
         "--keep-positions", type=int, default=20,
