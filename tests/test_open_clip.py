@@ -233,6 +233,17 @@ def test_clear_errors(tiny_world, oc, capsys, spec, extra, message):
     assert message in err and len(err.splitlines()) == 1
 
 
+def test_a_checkpoint_that_does_not_fit_names_the_keys_on_one_line(tiny_world, oc, tmp_path, capsys):
+    state = torch.load(oc["checkpoint"], weights_only=True)["state_dict"]
+    del state["module.text_projection"]
+    torch.save(state, tmp_path / "broken.pt")
+    spec = f"open_clip:{TINY_ARCH}:{tmp_path / 'broken.pt'}"
+    assert main(["eval", "--model", spec, "--data", str(tiny_world.captions), "--no-progress"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "open_clip cannot load it" in err and 'Missing key(s) in state_dict: "text_projection"' in err
+    assert len(err.splitlines()) == 1
+
+
 def test_missing_extra_names_it(tiny_world, oc, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "open_clip", None)  # what an install without the extra looks like
     assert main(["eval", "--model", oc["spec"], "--data", str(tiny_world.captions), "--no-progress"]) == 1
@@ -244,3 +255,22 @@ def test_commands_that_need_transformers_internals_refuse_open_clip(oc):
 
     with pytest.raises(ModelLoadError, match="work only in 'goalclip eval'"):
         load_clip(oc["spec"])
+
+
+def test_other_tokenizers_count_with_their_own_vocabulary_and_are_never_cut_short(tiny_world, oc):
+    """SigLIP-style open_clip tokenizers wrap a transformers tokenizer; here one is built offline from a folder."""
+    from dataclasses import replace
+
+    from transformers import AutoTokenizer
+
+    from goalclip.models.embed import count_truncated, tokenize
+    from goalclip.models.open_clip import OpenClipError, load_open_clip
+
+    wrapped = open_clip.tokenizer.HFTokenizer(str(tiny_world.model), context_length=16)
+    bundle = replace(load_open_clip(oc["spec"]), tokenizer=wrapped)
+    texts = list(tiny_world.texts)
+    lengths = [len(ids) for ids in AutoTokenizer.from_pretrained(tiny_world.model)(texts)["input_ids"]]
+    assert count_truncated(bundle, texts, 12) == sum(n > 12 for n in lengths) > 0
+    assert torch.equal(tokenize(bundle, texts)["input_ids"], wrapped(texts))
+    with pytest.raises(OpenClipError, match="only for open_clip models with CLIP's tokenizer, not HFTokenizer"):
+        tokenize(bundle, texts, 12)

@@ -62,6 +62,8 @@ CACHE_VERSION = 3
 class EvalConfig:
     """Everything that defines one evaluation run (the fields mirror ``goalclip eval``'s options).
 
+    ``models`` are anything ``models.embed.load_encoder`` loads: CLIP sources and ``open_clip:`` specs.
+
     ``ks=None`` picks the paper's protocol from the data: K = 1, 5, 25, 50 for one long caption
     per image, 1, 5, 10 when records carry several captions (COCO / Flickr30k style).
     ``max_text_len`` caps the text length; a model with a shorter context uses its own.

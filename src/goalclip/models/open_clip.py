@@ -169,8 +169,9 @@ def load_open_clip(source: str, *, device: str | torch.device = "cpu") -> OpenCl
         model, _, preprocess = open_clip.create_model_and_transforms(spec.name, pretrained=spec.pretrained)
         tokenizer = open_clip.get_tokenizer(spec.name)
     except (OSError, RuntimeError, ValueError) as exc:  # a download, a key mismatch, a broken file
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise OpenClipError(f"{source}: open_clip cannot load it ({first})") from exc
+        # torch lists mismatched keys from the second line on: one line keeps them in the CLI's message
+        message = " ".join(str(exc).split())[:600] or type(exc).__name__
+        raise OpenClipError(f"{source}: open_clip cannot load it ({message})") from exc
     model.name_or_path = source  # what errors about its embeddings name
     model.to(device).eval()
     with torch.no_grad():  # the width of what encode_text returns, whatever tower the config builds
