@@ -14,6 +14,7 @@ import importlib.util
 import inspect
 import io
 import json
+import os
 import pickle
 import re
 import shlex
@@ -370,8 +371,6 @@ COMMANDS = guide_commands(GUIDE.read_text(encoding="utf-8"))
 @pytest.fixture(scope="module")
 def guide_run(tmp_path_factory, tiny_world) -> dict[int, Result]:
     """Every command of the guide, in order, in one working folder; stops at the first failure."""
-    import os
-
     root = tmp_path_factory.mktemp("guide")
     models, files = _models(root / "models", tiny_world.texts)
     variables = {**_datasets(root / "downloads", tiny_world.root), **files, "GLIT_MINED": str(tiny_world.mined)}
