@@ -38,8 +38,9 @@ from safetensors.torch import load_file
 
 from goalclip.core.manifest import read_manifest
 from goalclip.demo.pipeline import DemoPlan
+from goalclip.demo.tiny import build_tiny_clip
 from goalclip.demo.world import WorldConfig, generate_world
-from goalclip.models.clip import build_tiny_clip, save_clip
+from goalclip.models.clip import save_clip
 from goalclip.training.trainer import TrainConfig, train
 
 PRECISIONS = ("no", "bf16", "bf16-weights")
