@@ -26,7 +26,12 @@ from goalclip.training.data import Collate, TrainDataset, load_examples
 from goalclip.training.gradcache import grad_cache_step, plan_chunks
 from goalclip.training.heads import TslHeads
 from goalclip.training.losses import LossWeights
-from goalclip.training.trainer import StepModule, TrainConfig, needs_local, prepare_text_positions
+from goalclip.training.trainer import (
+    StepModule,
+    TrainConfig,
+    needs_local,
+    prepare_text_positions,
+)
 
 BATCH, CHUNK = 6, 2
 BACKGROUND = "The picture has a plain white background."
