@@ -243,12 +243,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print()
     print(markdown_table(["variant", "median step ms", f"time per sample vs plain {args.batch}",
                           f"{kind} delta MiB", f"memory vs plain {args.batch}"], rows))
+    cached_key = f"{args.batch}:{args.chunk}"
+    paired = timer.paired_ratio(cached_key, ref)
     print()
+    print(f"Step time grad cache / plain {args.batch}, median of per-round ratios: {paired:.2f}x "
+          f"(per round: {', '.join(f'{a / b:.2f}' for a, b in zip(timer.times[cached_key], timer.times[ref]))}).")
     print(f"Memory includes the gradients and AdamW state of {param_bytes / mib:.0f} MiB of parameters "
           f"(3 x = {3 * param_bytes / mib:.0f} MiB, the same in every variant); the rest is activations and "
           f"temporaries. Wall time of this script: {time.perf_counter() - started:.0f} s")
     result = {"facts": facts, "shape": args.shape, "loss_check": {"plain": big, "grad_cache": cached},
-              "median_s": {v: timer.median(v) for v in names}, "memory_delta_bytes": delta,
+              "median_s": {v: timer.median(v) for v in names},
+              "paired_ratio_cached_over_plain": paired, "memory_delta_bytes": delta,
               "param_bytes": param_bytes}
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2))
