@@ -134,6 +134,7 @@ def grad_cache_step(
                 parts.append(module(batch, chunk))
     keys = dict.fromkeys(key for part in parts for key in part)
     cached = {key: torch.cat([part[key] for part in parts if key in part]).requires_grad_() for key in keys}
+    del parts
 
     with accelerator.autocast():
         loss, logs = module.loss(cached, batch)
