@@ -28,3 +28,15 @@ def test_lism_vs_flism_runs_at_tiny_shapes(tmp_path, capsys):
         assert result[method]["processing_s"] > 0
     assert "grid" in result["flism"]["sources"] or result["flism"]["pairs"] == 0
     assert result["ratio_lism_over_flism"] > 0 and out.is_file()
+
+
+def test_grad_cache_benchmark_runs_at_tiny_shapes(tmp_path, capsys):
+    bench = _load("grad_cache")
+    out = tmp_path / "bench.json"
+    result = bench.main(["--batch", "4", "--chunk", "2", "--small", "2", "--steps", "1", "--warmup", "0",
+                         "--device", "cpu", "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert "| batch 4, --grad-cache-chunk 2 |" in printed and "| plain batch 2 |" in printed
+    check = result["loss_check"]
+    assert abs(check["plain"] - check["grad_cache"]) < 1e-5 * abs(check["plain"])  # the same big-batch step
+    assert set(result["median_s"]) == {"2", "4", "4:2"} and out.is_file()

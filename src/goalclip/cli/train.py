@@ -70,6 +70,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "separate = learned heads initialised from them (FAST-GOAL psi_v, psi_t), saved beside the "
                    "model as tsl_heads.safetensors and reloaded when --model holds them (default: shared)")
     p.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations to save memory")
+    p.add_argument("--grad-cache-chunk", type=int, metavar="M",
+                   help="gradient caching: encode the batch M rows at a time, first without a graph, compute the "
+                   "full-batch loss and its gradients for the cached embeddings, then encode each chunk again "
+                   "and back-propagate them: the same loss and gradients as the plain step (the contrastive "
+                   "negatives stay the whole batch, unlike gradient accumulation) with the activation memory "
+                   "of M rows, for about one extra forward pass; one process or DDP (default: off)")
     p.add_argument("--num-workers", type=int, help="data-loading worker processes (default: 2)")
     p.add_argument("--checkpoint-every", type=int, help="also checkpoint every N steps (default: only "
                    "at each epoch end)")

@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 from transformers import CLIPModel, get_cosine_schedule_with_warmup
 
 from goalclip.training.data import PAIR_WEIGHTINGS, Collate, TrainDataset, load_examples
+from goalclip.training.gradcache import Chunk, grad_cache_step, plan_chunks
 from goalclip.training.heads import HEADS_FILE, HEADS_META, TslHeads, build_heads, save_heads
 from goalclip.training.losses import METHOD_TERMS, LossWeights, combine_losses, contrastive_loss, masked_mean, tsl_loss
 from goalclip.training.recipes import RECIPES, recipe_settings
@@ -71,7 +72,7 @@ INVOCATION_FIELDS = ("resume", "overwrite")
 # Settings a resumed run may change: they do not change what is computed.
 SAFE_ON_RESUME = frozenset(
     {"out", "num_workers", "log_every", "progress", "checkpoint_every", "checkpoint_epochs", "keep_checkpoints",
-     "report_to", "skip_invalid", "gradient_checkpointing", *INVOCATION_FIELDS}
+     "report_to", "skip_invalid", "gradient_checkpointing", "grad_cache_chunk", *INVOCATION_FIELDS}
 )
 MODEL_FILES = ("model.safetensors", "config.json", HEADS_FILE, HEADS_META)
 PRECISIONS = ("no", "fp16", "bf16", "bf16-weights")
@@ -111,6 +112,7 @@ class TrainConfig:
     pair_weighting: str = "uniform"
     tsl_heads: str = "shared"
     gradient_checkpointing: bool = False
+    grad_cache_chunk: int | None = None
     num_workers: int = 2
     checkpoint_every: int = 0
     checkpoint_epochs: bool = True
@@ -145,6 +147,8 @@ class TrainConfig:
             raise ValueError(f"--tsl-heads must be one of {', '.join(TSL_HEADS)}, got {self.tsl_heads!r}")
         if self.tsl_heads == "separate" and "tsl" not in METHOD_TERMS.get(self.method, ()):
             raise ValueError(f"--tsl-heads separate trains TSL projections, but --method {self.method} has no TSL")
+        if self.grad_cache_chunk is not None and self.grad_cache_chunk < 1:
+            raise ValueError(f"--grad-cache-chunk must be at least 1 (rows per chunk), got {self.grad_cache_chunk}")
         if self.keep_checkpoints < 1:
             raise ValueError("--keep-checkpoints must be at least 1")
         if self.resume and self.overwrite:
@@ -210,6 +214,85 @@ def prepare_text_positions(bundle: ClipBundle, max_text_len: int, keep: int) -> 
     return new_len
 
 
+def batch_chunks(batch: dict[str, torch.Tensor], method: str, size: int | None = None) -> list[Chunk]:
+    """The input streams ``method`` encodes, in chunks of ``size`` rows (None: one chunk, the whole batch)."""
+    terms_on = METHOD_TERMS[method]
+    return plan_chunks(batch, size, captions="global" in terms_on or "tsl" in terms_on,
+                       sentences=needs_local(method))
+
+
+def encode(model: CLIPModel, batch: dict[str, torch.Tensor], method: str, chunk: Chunk) -> dict[str, torch.Tensor]:
+    """The per-example tensors the loss consumes, for the rows of ``chunk`` (a plain step: the whole batch).
+
+    ``image``: projected embeddings of the ``[global ; crops]`` rows (one vision forward), ``caption`` and
+    ``sentence`` those of the texts (each encoded once); for TSL, ``patches`` / ``span``: each local pair's
+    mean of its own image's patch tokens / caption token states, before the projection the loss applies.
+    """
+    use_tsl = "tsl" in METHOD_TERMS[method]
+    reps: dict[str, torch.Tensor] = {}
+    if chunk.images is not None:
+        reps["image"], patch_tokens = image_forward(model, batch["pixel_values"][chunk.images])
+        if use_tsl and chunk.image_pairs is not None:
+            reps["patches"] = _pool_pairs(patch_tokens, chunk.images, chunk.image_pairs, batch, "patch_mask")
+    if chunk.captions is not None:
+        rows = chunk.captions
+        reps["caption"], states = text_forward(model, batch["caption_ids"][rows], batch["caption_mask"][rows],
+                                               token_states=use_tsl)
+        if use_tsl and chunk.caption_pairs is not None:
+            reps["span"] = _pool_pairs(states, rows, chunk.caption_pairs, batch, "span_mask")
+    if chunk.sentences is not None:
+        rows = chunk.sentences
+        reps["sentence"], _ = text_forward(model, batch["sentence_ids"][rows], batch["sentence_mask"][rows])
+    return reps
+
+
+def _pool_pairs(states: torch.Tensor, rows: slice, pairs: slice, batch: dict[str, torch.Tensor],
+                mask: str) -> torch.Tensor:
+    """Each pair's masked mean over its own item's token states; ``states`` holds the items of ``rows``."""
+    if "pair_owner" in batch:  # several pairs per image
+        tokens = states[batch["pair_owner"][pairs] - rows.start]
+    else:  # pair p belongs to item p
+        tokens = states[pairs.start - rows.start : pairs.stop - rows.start]
+    return masked_mean(tokens, batch[mask][pairs])
+
+
+def batch_loss(
+    model: CLIPModel,
+    reps: dict[str, torch.Tensor],
+    batch: dict[str, torch.Tensor],
+    method: str,
+    weights: LossWeights,
+    heads: TslHeads | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The loss of a batch from its representations (:func:`encode`); see :func:`training_step`."""
+    terms_on = METHOD_TERMS[method]
+    b = batch["caption_ids"].shape[0]
+    image_emb = reps["image"]
+    scale = model.logit_scale.exp()  # bounded by clamping the parameter after each step, not here
+    terms: dict[str, torch.Tensor] = {}
+    logs: dict[str, torch.Tensor] = {"logit_scale": scale.detach()}
+    if "global" in terms_on:
+        terms["global"] = contrastive_loss(image_emb[:b], reps["caption"], scale)
+    pair_weight = batch.get("pair_weight")
+    if "local" in terms_on:
+        terms["local"] = contrastive_loss(image_emb[b:], reps["sentence"], scale, weights=pair_weight)
+    if "tsl" in terms_on:
+        pooled_image = heads.project_patches(reps["patches"]) if heads else project_patch_tokens(model, reps["patches"])
+        terms["tsl_image"], cos_image = tsl_loss(pooled_image, image_emb[b:], batch["image_tsl_valid"],
+                                                 weights=pair_weight)
+        pooled_text = heads.project_text(reps["span"]) if heads else project_text_tokens(model, reps["span"])
+        terms["tsl_text"], cos_text = tsl_loss(pooled_text, reps["sentence"], batch["text_tsl_valid"],
+                                               weights=pair_weight)
+        logs["tsl_cos_image"] = cos_image.nanmean()
+        logs["tsl_cos_text"] = cos_text.nanmean()
+    if pair_weight is not None:
+        logs["local_pairs"] = pair_weight.new_tensor(len(pair_weight) / b)  # mean pairs per image
+    loss = combine_losses(terms, method, weights)
+    logs.update({f"loss_{k}": v.detach() for k, v in terms.items()})
+    logs["loss"] = loss.detach()
+    return loss, logs
+
+
 def training_step(
     model: CLIPModel,
     batch: dict[str, torch.Tensor],
@@ -230,50 +313,17 @@ def training_step(
     Returns the loss and detached scalars for logging (kept as tensors: converting them every
     step would force a device sync).
     """
-    terms_on = METHOD_TERMS[method]
-    use_tsl = "tsl" in terms_on
-    b = batch["caption_ids"].shape[0]
-    image_emb, patch_tokens = image_forward(model, batch["pixel_values"])
-    scale = model.logit_scale.exp()  # bounded by clamping the parameter after each step, not here
-    terms: dict[str, torch.Tensor] = {}
-    logs: dict[str, torch.Tensor] = {"logit_scale": scale.detach()}
-    caption_emb = caption_states = sentence_emb = None
-    if "global" in terms_on or use_tsl:
-        caption_emb, caption_states = text_forward(
-            model, batch["caption_ids"], batch["caption_mask"], token_states=use_tsl
-        )
-    if needs_local(method):
-        sentence_emb, _ = text_forward(model, batch["sentence_ids"], batch["sentence_mask"])
-    if "global" in terms_on:
-        terms["global"] = contrastive_loss(image_emb[:b], caption_emb, scale)
-    pair_weight = batch.get("pair_weight")
-    if "local" in terms_on:
-        terms["local"] = contrastive_loss(image_emb[b:], sentence_emb, scale, weights=pair_weight)
-    if use_tsl:
-        image_tokens = patch_tokens[:b]
-        if "pair_owner" in batch:  # each pair pools over its own image's tokens
-            image_tokens, caption_states = image_tokens[batch["pair_owner"]], caption_states[batch["pair_owner"]]
-        pooled_image = masked_mean(image_tokens, batch["patch_mask"])
-        pooled_image = heads.project_patches(pooled_image) if heads else project_patch_tokens(model, pooled_image)
-        terms["tsl_image"], cos_image = tsl_loss(pooled_image, image_emb[b:], batch["image_tsl_valid"],
-                                                 weights=pair_weight)
-        pooled_text = masked_mean(caption_states, batch["span_mask"])
-        pooled_text = heads.project_text(pooled_text) if heads else project_text_tokens(model, pooled_text)
-        terms["tsl_text"], cos_text = tsl_loss(pooled_text, sentence_emb, batch["text_tsl_valid"],
-                                               weights=pair_weight)
-        logs["tsl_cos_image"] = cos_image.nanmean()
-        logs["tsl_cos_text"] = cos_text.nanmean()
-    if pair_weight is not None:
-        logs["local_pairs"] = pair_weight.new_tensor(len(pair_weight) / b)  # mean pairs per image
-    loss = combine_losses(terms, method, weights)
-    logs.update({f"loss_{k}": v.detach() for k, v in terms.items()})
-    logs["loss"] = loss.detach()
-    return loss, logs
+    [whole] = batch_chunks(batch, method)
+    return batch_loss(model, encode(model, batch, method, whole), batch, method, weights, heads)
 
 
 class StepModule(torch.nn.Module):
     """Wraps the CLIP so the whole step is one ``forward``: DDP then prepares and syncs as usual
-    (calling submodules of a DDP-wrapped model directly would skip its forward bookkeeping)."""
+    (calling submodules of a DDP-wrapped model directly would skip its forward bookkeeping).
+
+    With gradient caching (:mod:`goalclip.training.gradcache`) ``forward(batch, chunk)`` encodes one
+    chunk of the batch instead, and ``loss`` is the step's loss from the cached representations.
+    """
 
     def __init__(self, clip: CLIPModel, method: str, weights: LossWeights, heads: TslHeads | None = None):
         super().__init__()
@@ -282,8 +332,20 @@ class StepModule(torch.nn.Module):
         self.weights = weights
         self.heads = heads
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward(
+        self, batch: dict[str, torch.Tensor], chunk: Chunk | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]] | dict[str, torch.Tensor]:
+        if chunk is not None:
+            return encode(self.clip, batch, self.method, chunk)
         return training_step(self.clip, batch, self.method, self.weights, self.heads)
+
+    def chunks(self, batch: dict[str, torch.Tensor], size: int) -> list[Chunk]:
+        return batch_chunks(batch, self.method, size)
+
+    def loss(
+        self, reps: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return batch_loss(self.clip, reps, batch, self.method, self.weights, self.heads)
 
 
 def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, decay_all: bool) -> torch.optim.AdamW:
@@ -693,14 +755,18 @@ class Trainer:
                 if bf16_weights:
                     batch["pixel_values"] = batch["pixel_values"].to(torch.bfloat16)
                 tick = time.perf_counter()
-                with acc.autocast():
-                    loss, logs = model(batch)
+                if cfg.grad_cache_chunk:  # forward and backward chunk by chunk, the same gradients
+                    loss, logs = grad_cache_step(acc, model, batch, cfg.grad_cache_chunk)
+                else:
+                    with acc.autocast():
+                        loss, logs = model(batch)
                 if not torch.isfinite(loss):
                     raise TrainingError(
                         f"non-finite loss ({loss.item()}) at step {step + 1}; last good checkpoint: "
                         f"{last_ckpt or 'none (use --checkpoint-every)'}"
                     )
-                acc.backward(loss)
+                if not cfg.grad_cache_chunk:
+                    acc.backward(loss)
                 if self.settings["grad_clip"]:
                     acc.clip_grad_norm_(model.parameters(), self.settings["grad_clip"])
                 optimizer.step()
