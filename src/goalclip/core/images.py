@@ -12,6 +12,7 @@ Every PIL mode becomes 8-bit RGB by one rule per mode (see :func:`to_rgb`).
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 import warnings
@@ -23,6 +24,8 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
+
+from goalclip.core.shards import member_ref, read_member
 
 logger = logging.getLogger(__name__)
 
@@ -88,10 +91,14 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 def _open(path: str) -> Image.Image:
-    """``Image.open`` with a decompression bomb (over the limit) raised as an error, not a warning."""
+    """``Image.open`` with a decompression bomb (over the limit) raised as an error, not a warning.
+
+    A shard member (``<shard>.tar#<member>``, see :mod:`goalclip.core.shards`) opens from its bytes.
+    """
+    source = io.BytesIO(read_member(path)) if member_ref(path) is not None else path
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
-        return Image.open(path)
+        return Image.open(source)
 
 
 def _image_error(path: str, exc: BaseException) -> ImageError:
