@@ -237,3 +237,24 @@ def test_missing_image_is_skipped_when_sharding_and_a_bad_json_member_is_named(t
 
         load_examples(str(shard), need_local=False, skip_invalid=True, skipped=skipped)
     assert len(skipped) == 1
+
+
+def test_two_process_mining_from_shards_gives_each_process_whole_shards(tiny_world, sharded, tmp_path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    single = tmp_path / "one.jsonl"
+    args = ["mine", "--model", str(tiny_world.model), "--regions", "grid", "--top-k", "3", "--batch-size", "3",
+            "--num-workers", "0", "--no-progress", "--device", "cpu", "--data", sharded["captions"]["data"]]
+    assert main([*args, "--out", str(single)]) == 0
+    out = tmp_path / "two.jsonl"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(sys.path), GLOO_SOCKET_IFNAME="lo")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+               "-m", "goalclip.cli", *args, "--out", str(out)]
+    done = subprocess.run(command, check=False, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    # shards of 3, 3 and 2 records: process 1 mines shards 0 and 2, process 2 shard 1 (a record split gives 4 + 4)
+    assert "mining 5 images (0 of 8 already done; process 1 of 2)" in done.stderr
+    assert "mining 3 images (0 of 8 already done; process 2 of 2)" in done.stderr
+    assert out.read_text() == single.read_text()

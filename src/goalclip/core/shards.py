@@ -10,12 +10,14 @@ replaced by a member reference ``<local shard path>#<member>`` that :mod:`goalcl
 opens like a file (bytes read at the member's offset, on access, in the worker that decodes it).
 So every command keeps its own rules unchanged: training's global per-epoch permutation and
 resume, mining's and captioning's output order and per-record resume, evaluation's ground truth;
-a run from shards equals the run from the manifest they were written from. Only the small JSON
-members are read up front; image bytes are read where they are decoded, and mining and
-captioning give each process whole shards (:func:`split_records`), so under ``accelerate launch``
-each process reads its own shards' images. True streaming (an IterableDataset) was not chosen:
-it would change training's order rule (a per-rank shard shuffle instead of one global
-permutation) and resume (by shard position instead of by step).
+a run from shards equals the run from the manifest they were written from. The JSON members are
+read when a command starts (as a JSONL file is); an image member is read where the JSONL reader
+would open the image file (a header check, a decode), and mining and captioning give each process
+whole shards (:func:`split_records`), so under ``accelerate launch`` each process reads its own
+shards' images. True streaming (an IterableDataset) was not chosen: it would change training's
+order rule (a per-rank shard shuffle instead of one global permutation) and resume (by shard
+position instead of by step), and mining's and captioning's merge needs every record's id anyway.
+Shards must be uncompressed tar files (members are read at their offsets).
 
 Remote shards (``pipe:``, http, s3, gs, ... -- anything webdataset's ``gopen`` or fsspec opens)
 are fetched once per process and run into a local cache (``$GOALCLIP_SHARD_CACHE``, default
