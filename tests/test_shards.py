@@ -207,13 +207,28 @@ def test_a_member_failing_to_decode_is_skipped_and_counted(tiny_world, tmp_path)
     assert shards["written"] == 8  # the header reads: packed, and found out when decoded, as in JSONL
     out = tmp_path / "out"
     result = train(TrainConfig(model=str(tiny_world.model), data=shards["data"], out=str(out), max_steps=2,
-                               skip_invalid=True, **{**TINY_TRAIN, "batch_size": 4}))
+                               skip_invalid=True, **{**TINY_TRAIN, "batch_size": 4, "num_workers": 2}))
     assert result["steps"] == 2 and result["skipped"] == 1
     assert any("t-000000.tar#000000003.png" in reason for reason in result["skipped_reasons"])
-    # mining skips and counts it too
+    # (decoded in DataLoader workers, each reading the member from the shard); mining skips and counts it too
     mined = mine(MineConfig(model=str(tiny_world.model), data=shards["data"], out=str(tmp_path / "m.jsonl"),
                             regions="grid", batch_size=4, num_workers=0, progress=False))
     assert mined["pairs"] == 7 and mined["skipped_reasons"] == {"unreadable image": 1}
+
+
+def test_a_shard_cut_short_keeps_its_whole_members_and_skips_the_cut_image(tiny_world, tmp_path) -> None:
+    from goalclip.core.images import ImageError, load_rgb
+    from goalclip.core.shards import _scan
+
+    summary = write_shards(tiny_world.captions, tmp_path / "s" / "c", max_count=3, progress=False)
+    shard = Path(expand_urls(summary["data"])[0])
+    offset, size = _scan(str(shard))["000000002.png"]
+    shard.write_bytes(shard.read_bytes()[: offset + size // 2])  # an interrupted copy
+    records = read_manifest(summary["data"])
+    assert [r["id"] for r in records] == list(tiny_world.ids)
+    load_rgb(records[1]["image"])
+    with pytest.raises(ImageError, match="c-000000.tar#000000002.png: cannot decode image .*ends inside"):
+        load_rgb(records[2]["image"])
 
 
 def test_missing_image_is_skipped_when_sharding_and_a_bad_json_member_is_named(tiny_world, tmp_path) -> None:

@@ -109,8 +109,18 @@ def _scan(shard: str) -> dict[str, tuple[int, int]]:
     cached = _index.get(shard)
     if cached is not None and cached[0] == key:
         return cached[1]
-    with tarfile.open(shard, "r:") as tar:
-        members = {m.name: (m.offset_data, m.size) for m in tar if m.isfile()}
+    members: dict[str, tuple[int, int]] = {}
+    try:
+        with tarfile.open(shard, "r:") as tar:
+            for member in tar:
+                if member.isfile():
+                    members[member.name] = (member.offset_data, member.size)
+    except tarfile.ReadError as exc:
+        if not members:
+            raise
+        # a shard cut short (an interrupted copy): the members before the cut are read, and one cut
+        # through is found out when read (skipped and counted like a truncated image file)
+        logger.warning("%s is cut short (%s); reading the %d members before the cut", shard, exc, len(members))
     _index[shard] = (key, members)
     return members
 
@@ -215,21 +225,23 @@ def iter_shard_objects(
         if not os.path.isfile(shard):
             raise ManifestError(f"{url}: no such shard file")
         try:
-            with tarfile.open(shard, "r:") as tar:
-                members = [m for m in tar if m.isfile()]
-                _index[shard] = ((os.stat(shard).st_mtime_ns, os.stat(shard).st_size),
-                                 {m.name: (m.offset_data, m.size) for m in members})
-                for member in members:
-                    if not member.name.endswith(".json"):
-                        continue
-                    where = f"{url}:{member.name}"
-                    try:
-                        obj = _decode(tar.extractfile(member).read(), where)
-                    except ManifestError as exc:
-                        if skipped is None:
-                            raise
-                        skipped.add(str(exc))
-                        continue
-                    yield where, _as_refs(obj, shard), Path(shard).parent
+            members = _scan(shard)
         except tarfile.TarError as exc:
             raise ManifestError(f"{url}: not a readable tar shard ({exc})") from None
+        with open(shard, "rb") as handle:
+            for name, (offset, size) in members.items():  # in the shard's order
+                if not name.endswith(".json"):
+                    continue
+                where = f"{url}:{name}"
+                handle.seek(offset)
+                raw = handle.read(size)
+                try:
+                    if len(raw) != size:
+                        raise ManifestError(f"{where}: the shard ends inside this member")
+                    obj = _decode(raw, where)
+                except ManifestError as exc:
+                    if skipped is None:
+                        raise
+                    skipped.add(str(exc))
+                    continue
+                yield where, _as_refs(obj, shard), Path(shard).parent

@@ -55,7 +55,7 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 
 def _suffix(path: str) -> str:
-    return (os.path.splitext(path)[1].lower().lstrip(".") or "img").replace("#", "_")
+    return os.path.splitext(path)[1].lower().lstrip(".") or "img"
 
 
 def _sample(index: int, record: dict[str, Any], base: Path) -> list[tuple[str, bytes]]:
