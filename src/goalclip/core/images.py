@@ -12,7 +12,7 @@ Every PIL mode becomes 8-bit RGB by one rule per mode (see :func:`to_rgb`).
 
 from __future__ import annotations
 
-import io
+import contextlib
 import logging
 import math
 import warnings
@@ -25,7 +25,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from goalclip.core.shards import member_ref, read_member
+from goalclip.core.shards import member_ref, open_member
 
 logger = logging.getLogger(__name__)
 
@@ -90,15 +90,19 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def _open(path: str) -> Image.Image:
+@contextlib.contextmanager
+def _open(path: str) -> Iterator[Image.Image]:
     """``Image.open`` with a decompression bomb (over the limit) raised as an error, not a warning.
 
-    A shard member (``<shard>.tar#<member>``, see :mod:`goalclip.core.shards`) opens from its bytes.
+    A shard member (``<shard>.tar#<member>``, see :mod:`goalclip.core.shards`) is read in place.
     """
-    source = io.BytesIO(read_member(path)) if member_ref(path) is not None else path
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        return Image.open(source)
+    with contextlib.ExitStack() as stack:
+        source = stack.enter_context(open_member(path)) if member_ref(path) is not None else path
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(source)
+        with image:
+            yield image
 
 
 def _image_error(path: str, exc: BaseException) -> ImageError:

@@ -27,6 +27,7 @@ are fetched once per process and run into a local cache (``$GOALCLIP_SHARD_CACHE
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
@@ -36,7 +37,7 @@ import tarfile
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import urlparse
 
 from goalclip.core.manifest import ManifestError, SkipReport, atomic_write, json_error
@@ -125,11 +126,49 @@ def _scan(shard: str) -> dict[str, tuple[int, int]]:
     return members
 
 
-def read_member(path: str) -> bytes:
-    """The bytes of an image path, a plain file or a shard member (FileNotFoundError when either is missing)."""
+class _MemberView(io.RawIOBase):
+    """One shard member as a read-only file, so reading an image's header reads only the header."""
+
+    def __init__(self, shard: str, offset: int, size: int) -> None:
+        super().__init__()
+        self._file = open(shard, "rb")  # noqa: SIM115 (closed by close())
+        self._start, self._size, self._pos = offset, size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, pos: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        self._pos = max(0, base + pos)
+        return self._pos
+
+    def readinto(self, buffer) -> int:
+        self._file.seek(self._start + self._pos)
+        data = self._file.read(min(len(buffer), max(0, self._size - self._pos)))
+        buffer[: len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
+
+
+def open_member(path: str) -> BinaryIO:
+    """A shard member ``<shard>.tar#<member>`` opened as a read-only binary file.
+
+    FileNotFoundError when the shard or the member is missing, OSError when the shard is not a
+    readable tar or ends inside the member.
+    """
     ref = member_ref(path)
     if ref is None:
-        return Path(path).read_bytes()
+        raise ValueError(f"{path} is not a shard member reference")
     shard, name = ref
     try:
         offset, size = _scan(shard)[name]
@@ -137,12 +176,17 @@ def read_member(path: str) -> bytes:
         raise FileNotFoundError(f"{path}: no member {name} in {shard}") from None
     except tarfile.TarError as exc:
         raise OSError(f"{shard}: not a readable tar ({exc})") from None
-    with open(shard, "rb") as handle:
-        handle.seek(offset)
-        data = handle.read(size)
-    if len(data) != size:
+    if offset + size > os.path.getsize(shard):
         raise OSError(f"{path}: the shard ends inside this member")
-    return data
+    return io.BufferedReader(_MemberView(shard, offset, size), buffer_size=1 << 16)
+
+
+def read_member(path: str) -> bytes:
+    """The bytes of an image path, a plain file or a shard member."""
+    if member_ref(path) is None:
+        return Path(path).read_bytes()
+    with open_member(path) as handle:
+        return handle.read()
 
 
 def image_exists(path: str) -> bool:
