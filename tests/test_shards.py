@@ -68,6 +68,23 @@ def test_round_trip_keeps_records_order_and_image_bytes(tiny_world, sharded) -> 
     assert all(s["png"] == Path(r["image"]).read_bytes() for s, r in zip(samples, original))
 
 
+def test_a_joint_tests_crop_files_travel_in_the_shard(tiny_world, tmp_path) -> None:
+    from goalclip.evaluation.retrieval import read_eval_records
+
+    folder = tmp_path / "joint"
+    folder.mkdir()
+    Image.new("RGB", (8, 6), (1, 2, 3)).save(folder / "crop0.png")
+    record = {"id": "a", "image": str(tiny_world.root / "images" / "img0.png"), "caption": "A red square.",
+              "local": {"sentence": "A red square.", "image": "crop0.png"}}
+    (folder / "joint.jsonl").write_text(json.dumps(record) + "\n")
+    summary = write_shards(folder / "joint.jsonl", tmp_path / "s" / "j", progress=False)
+    with tarfile.open(expand_urls(summary["data"])[0]) as tar:
+        assert tar.getnames() == ["000000000.json", "000000000.png", "000000000.local.png"]
+    [(where, read)] = read_eval_records(summary["data"])
+    assert where.endswith("j-000000.tar:000000000.json")
+    assert read_member(read["local"]["image"]) == (folder / "crop0.png").read_bytes()
+
+
 def test_shards_are_reproducible_and_max_size_bounds_each_file(tiny_world, sharded, tmp_path) -> None:
     again = write_shards(tiny_world.mined, tmp_path / "again" / "train", max_count=3, progress=False)
     for ours, theirs in zip(expand_urls(again["data"]), expand_urls(sharded["mined"]["data"])):
