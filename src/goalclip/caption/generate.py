@@ -29,6 +29,7 @@ from goalclip.core.images import ImageError, load_rgb
 from goalclip.core.manifest import iter_jsonl, relativize, write_jsonl
 from goalclip.datasets.sample import read_images
 from goalclip.core.resumable import ids_already_written, part_paths
+from goalclip.core.shards import split_records
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +89,7 @@ def caption(config: CaptionConfig, engine: CaptionEngine | None = None) -> dict[
     if config.max_images:
         records = records[: config.max_images]
     done = ids_already_written(out, config.resume)
-    todo = [r for r in records if r["id"] not in done][state.process_index :: state.num_processes]
+    todo = split_records([r for r in records if r["id"] not in done], state.process_index, state.num_processes)
     logger.info("captioning %d images (%d already done)", len(todo), len(done))
 
     device = torch.device(config.device if config.device != "auto" else state.device)

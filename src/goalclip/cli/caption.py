@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from goalclip.cli.common import add_device, add_no_progress
+from goalclip.cli.common import SHARDS_HELP, add_device, add_no_progress
 
 DEFAULT_MODEL = "llava-hf/llava-v1.6-mistral-7b-hf"  # same as goalclip.caption.engines (kept light here)
 
@@ -17,7 +17,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        "visually grounded descriptions. Writes a goalclip manifest {id, image, caption, "
                        "caption_meta}. Resumable; under accelerate launch each process captions a shard.")
     p.add_argument("--data", required=True, help="a folder of images (searched recursively) or a manifest whose "
-                   "records have id and image (captions not needed)")
+                   f"records have id and image (captions not needed), {SHARDS_HELP}")
     p.add_argument("--out", required=True, help="captioned manifest to write (JSONL); a .skipped.jsonl and "
                    ".summary.json are written next to it")
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"image-text-to-text checkpoint: hub id or folder "

@@ -6,6 +6,10 @@ import argparse
 import os
 
 
+SHARDS_HELP = ("or WebDataset shards (goalclip data shard): a .tar, a brace pattern such as "
+               "shards/train-{000000..000009}.tar, or a pipe:/fsspec URL")
+
+
 def add_device(parser: argparse.ArgumentParser, what: str = "the model") -> None:
     parser.add_argument(
         "--device", default="auto",

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import re
 
-from goalclip.cli.common import add_device, add_no_progress, resolve_device
+from goalclip.cli.common import SHARDS_HELP, add_device, add_no_progress, resolve_device
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -34,7 +35,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     score.add_argument("--model", required=True, help="CLIP: hub id, model folder or state-dict file (a long-text "
                        "CLIP is read at its own context)")
     score.add_argument("--base", default=None, help="base model id/folder when --model is a bare state-dict file")
-    score.add_argument("--data", required=True, help="captioned manifest")
+    score.add_argument("--data", required=True, help=f"captioned manifest {SHARDS_HELP}")
     score.add_argument("--sample", type=int, default=None, help="records scored, drawn with --seed; 0 scores all "
                        "(default: 1000, or all with --min-score)")
     score.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
@@ -52,6 +53,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_no_progress(score)
     score.set_defaults(func=run_score)
     add_split_parser(data_sub)
+    add_shard_parser(data_sub)
 
 
 def run_convert(args: argparse.Namespace) -> str:
@@ -133,3 +135,46 @@ def run_split(args: argparse.Namespace) -> str:
     rest = f", {s['rest']} rest -> {s['out_rest']}" if s["out_rest"] else ""
     return (f"split {s['records']} records: {s['filtered']} min-words filtered out, {s['test']} test -> "
             f"{s['out_test']}{rest}")
+
+
+def _size(text: str) -> int:
+    """Bytes from ``500000``, ``300K``, ``64M`` or ``1G`` (powers of 1024)."""
+    match = re.fullmatch(r"\s*(\d+)\s*([KMGT]?)i?B?\s*", text, re.IGNORECASE)
+    if match is None or int(match.group(1)) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive size such as 500000, 300K, 64M or 1G, got {text!r}")
+    return int(match.group(1)) * 1024 ** " KMGT".index(match.group(2).upper() or " ")
+
+
+def add_shard_parser(data_sub: argparse._SubParsersAction) -> None:
+    shard_help = "write a manifest as WebDataset tar shards, which every command reads as --data"
+    p = data_sub.add_parser(
+        "shard", help=shard_help,
+        description=shard_help + ". Each record becomes <key>.json (the record, its image naming the member) and "
+        "<key>.<ext> (the image file's bytes), key = the record's position in nine digits, in manifest order; the "
+        "shards are OUT-000000.tar, OUT-000001.tar, ... (reproducible byte for byte). Records whose image is "
+        "missing or unreadable are skipped and counted. Pass the printed brace pattern "
+        "(OUT-{000000..000009}.tar) as --data to train, mine, caption, eval or data score; remote copies "
+        "work too (pipe:curl -s https://host/OUT-{000000..000009}.tar, or any fsspec URL).",
+    )
+    p.add_argument("--data", required=True, help="manifest to shard (JSONL; records need id and image)")
+    p.add_argument("--out", required=True, metavar="DIR/PREFIX",
+                   help="shard path prefix: DIR/PREFIX-000000.tar, ... are written (DIR is created)")
+    p.add_argument("--max-per-shard", type=int, default=1000, metavar="N",
+                   help="records per shard at most (default: 1000)")
+    p.add_argument("--max-size", type=_size, default=None, metavar="SIZE",
+                   help="bytes per shard file at most, e.g. 500000, 300M or 1G (headers and padding counted; a "
+                   "record larger than this gets a shard of its own) (default: no limit)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace existing OUT-NNNNNN.tar shards (and remove those the new set does not replace); "
+                   "without it existing shards are an error")
+    add_no_progress(p)
+    p.set_defaults(func=run_shard)
+
+
+def run_shard(args: argparse.Namespace) -> str:
+    from goalclip.datasets.shards import write_shards
+
+    s = write_shards(args.data, args.out, max_count=args.max_per_shard, max_size=args.max_size,
+                     overwrite=args.overwrite, progress=not args.no_progress)
+    return (f"sharded {s['written']} records ({s['skipped']} skipped) into {s['shards']} shards, "
+            f"{s['bytes']} bytes -> {s['data']}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from goalclip.cli.common import add_device, add_max_image_pixels, add_no_progress, resolve_device
+from goalclip.cli.common import SHARDS_HELP, add_device, add_max_image_pixels, add_no_progress, resolve_device
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -32,7 +32,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--data", required=True,
-        help="retrieval: test manifest (JSON Lines: id, image, caption or captions); classify: the dataset folder",
+        help=f"retrieval: test manifest (JSON Lines: id, image, caption or captions) {SHARDS_HELP}; classify: the "
+        "dataset folder",
     )
     parser.add_argument(
         "--format", choices=("imagefolder", "cifar10", "cifar100"), default="imagefolder",

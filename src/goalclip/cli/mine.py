@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from goalclip.cli.common import add_device, add_max_image_pixels, add_model, add_no_progress
+from goalclip.cli.common import SHARDS_HELP, add_device, add_max_image_pixels, add_model, add_no_progress
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -13,7 +13,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description="Split each caption into sentences, propose regions, match them with a "
                        "CLIP and keep the best pair per image (GOAL's LISM, FAST-GOAL's FLISM).")
     add_model(p, "CLIP used for matching: hub id, model folder or state-dict file")
-    p.add_argument("--data", required=True, help="captioned-images manifest (JSONL)")
+    p.add_argument("--data", required=True, help=f"captioned-images manifest (JSONL) {SHARDS_HELP}")
     p.add_argument("--out", required=True, help="mined-pairs manifest to write (JSONL); a .skipped.jsonl and "
                    ".summary.json are written next to it")
     p.add_argument("--regions", default="flism", help="region proposer: flism (detector + 4 quadrants + centre), "

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from goalclip.cli.common import add_max_image_pixels, add_no_progress
+from goalclip.cli.common import SHARDS_HELP, add_max_image_pixels, add_no_progress
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -28,7 +28,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "unless in --config")
     p.add_argument("--base", help="base model id/folder when --model is a bare state-dict file")
     p.add_argument("--data", help="mined-pairs manifest (a captioned manifest is enough for "
-                   "--method global); required unless in --config")
+                   f"--method global), {SHARDS_HELP}; required unless in --config")
     p.add_argument("--out", help="output folder: the final model (loads with CLIPModel.from_pretrained), "
                    "train_config.json, metrics.jsonl, checkpoints/; required unless in --config")
     p.add_argument("--method", choices=["goal", "wo-tsl", "global", "local"],

@@ -15,11 +15,17 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
+from goalclip.core.shards import member_ref, read_member
+
 HASH = "sha1"  # integrity against edits, not against attackers; fast
 
 
 def file_stamp(path: str | os.PathLike, *, contents: bool = False) -> str:
-    """``size:mtime_ns`` of a file, or ``size:sha1`` of its bytes with ``contents=True``."""
+    """``size:mtime_ns`` of a file, or ``size:sha1`` of its bytes with ``contents=True``; a shard
+    member (``<shard>.tar#<member>``) is always stamped by its bytes."""
+    if member_ref(str(path)) is not None:
+        data = read_member(str(path))
+        return f"{len(data)}:{hashlib.new(HASH, data).hexdigest()}"
     path = Path(path)
     stat = path.stat()
     if not contents:

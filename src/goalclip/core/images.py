@@ -12,6 +12,7 @@ Every PIL mode becomes 8-bit RGB by one rule per mode (see :func:`to_rgb`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import warnings
@@ -23,6 +24,8 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
+
+from goalclip.core.shards import member_ref, open_member
 
 logger = logging.getLogger(__name__)
 
@@ -87,11 +90,19 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def _open(path: str) -> Image.Image:
-    """``Image.open`` with a decompression bomb (over the limit) raised as an error, not a warning."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        return Image.open(path)
+@contextlib.contextmanager
+def _open(path: str) -> Iterator[Image.Image]:
+    """``Image.open`` with a decompression bomb (over the limit) raised as an error, not a warning.
+
+    A shard member (``<shard>.tar#<member>``, see :mod:`goalclip.core.shards`) is read in place.
+    """
+    with contextlib.ExitStack() as stack:
+        source = stack.enter_context(open_member(path)) if member_ref(path) is not None else path
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(source)
+        with image:
+            yield image
 
 
 def _image_error(path: str, exc: BaseException) -> ImageError:

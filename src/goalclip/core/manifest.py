@@ -322,6 +322,23 @@ def validate_record(record: dict[str, Any], where: str) -> None:
         local["box"] = _check_box(local.get("box"), f"{where}: field 'local.box'")
 
 
+def iter_objects(
+    path: str | os.PathLike, *, skipped: SkipReport | None = None
+) -> Iterator[tuple[str, dict[str, Any], Path]]:
+    """``(where, object, folder)`` of a JSONL manifest or of WebDataset shards (see
+    :mod:`goalclip.core.shards`): ``where`` is ``file:line`` or ``shard:member``, and relative image
+    paths start from ``folder``. Bad lines/members raise, or are counted in ``skipped`` (see
+    :func:`iter_jsonl`)."""
+    from goalclip.core.shards import is_shards, iter_shard_objects
+
+    if is_shards(path):
+        yield from iter_shard_objects(str(path), skipped=skipped)
+        return
+    base = Path(path).resolve().parent
+    for lineno, obj in iter_jsonl(path, skipped=skipped):
+        yield f"{path}:{lineno}", obj, base
+
+
 def iter_records(
     path: str | os.PathLike,
     *,
@@ -329,25 +346,25 @@ def iter_records(
     skipped: SkipReport | None = None,
     check_images: bool = False,
 ) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Yield ``(where, record)`` for each valid record; ``where`` is ``file:line`` for messages.
+    """Yield ``(where, record)`` for each valid record; ``where`` is ``file:line`` (or
+    ``shard:member`` for shards) for messages.
 
     Invalid records raise ManifestError (file:line: field) unless ``skip_invalid``, in which case
     they are counted in ``skipped``. Duplicate ids are always an error: they would silently shift
     ground truth in evaluation. Image paths are made absolute; ``check_images`` also requires
-    each image file to exist.
+    each image file (or shard member) to exist.
     """
-    path = Path(path)
-    base = path.resolve().parent
-    seen: dict[str, int] = {}
+    from goalclip.core.shards import image_exists
+
+    seen: dict[str, str] = {}
     if skip_invalid and skipped is None:
         skipped = SkipReport()
-    for lineno, record in iter_jsonl(path, skipped=skipped if skip_invalid else None):
-        where = f"{path}:{lineno}"
+    for where, record, base in iter_objects(path, skipped=skipped if skip_invalid else None):
         try:
             validate_record(record, where)
             image = Path(record["image"])
             record["image"] = str(image if image.is_absolute() else base / image)
-            if check_images and not Path(record["image"]).is_file():
+            if check_images and not image_exists(record["image"]):
                 raise ManifestError(f"{where}: field 'image': file not found: {record['image']}")
         except ManifestError as exc:
             if not skip_invalid:
@@ -356,8 +373,8 @@ def iter_records(
                 skipped.add(str(exc))
             continue
         if record["id"] in seen:
-            raise ManifestError(f"{where}: duplicate id {record['id']!r} (first on line {seen[record['id']]})")
-        seen[record["id"]] = lineno
+            raise ManifestError(f"{where}: duplicate id {record['id']!r} (first at {seen[record['id']]})")
+        seen[record["id"]] = where
         yield where, record
 
 

@@ -11,7 +11,8 @@ import random
 from pathlib import Path
 from typing import Any
 
-from goalclip.core.manifest import ManifestError, iter_jsonl, write_manifest
+from goalclip.core.manifest import ManifestError, iter_objects, write_manifest
+from goalclip.core.shards import is_shards
 from goalclip.datasets.adapters import IMAGE_SUFFIXES
 
 Record = dict[str, Any]
@@ -32,26 +33,26 @@ def folder_images(folder: Path) -> list[Record]:
     return records
 
 
-def manifest_images(path: Path) -> list[Record]:
+def manifest_images(path: str | os.PathLike) -> list[Record]:
     """Records of a manifest that may lack captions; ``id`` and ``image`` are checked, other fields kept."""
-    base = path.resolve().parent
     records, seen = [], {}
-    for lineno, record in iter_jsonl(path):
-        where = f"{path}:{lineno}"
+    for where, record, base in iter_objects(path):
         if not isinstance(record.get("id"), str) or not record["id"]:
             raise ManifestError(f"{where}: field 'id' must be a non-empty string")
         if not isinstance(record.get("image"), str) or not record["image"]:
             raise ManifestError(f"{where}: field 'image' must be a path string")
         if record["id"] in seen:
-            raise ManifestError(f"{where}: duplicate id {record['id']!r} (first on line {seen[record['id']]})")
-        seen[record["id"]] = lineno
+            raise ManifestError(f"{where}: duplicate id {record['id']!r} (first at {seen[record['id']]})")
+        seen[record["id"]] = where
         image = Path(record["image"])
         records.append({**record, "image": str(image if image.is_absolute() else base / image)})
     return records
 
 
 def read_images(source: str | os.PathLike) -> list[Record]:
-    """Image records from a folder of images or a JSONL manifest, image paths absolute."""
+    """Image records from a folder of images, a JSONL manifest or shards, image paths absolute."""
+    if is_shards(source):
+        return manifest_images(str(source))
     path = Path(source)
     if path.is_dir():
         return folder_images(path)

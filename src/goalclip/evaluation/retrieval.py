@@ -40,7 +40,7 @@ from torch import Tensor
 from goalclip.core.fingerprint import digest_of, files_fingerprint, fingerprint
 from goalclip.evaluation import metrics
 from goalclip.core.images import PixelBatches, set_max_image_pixels
-from goalclip.core.manifest import ManifestError, atomic_write, captions_of, iter_jsonl, validate_record
+from goalclip.core.manifest import ManifestError, atomic_write, captions_of, iter_objects, validate_record
 from goalclip.core.paths import check_writable_dir, check_writable_file, refuse_input_as_output
 from goalclip.core.processes import process_device, process_state
 from goalclip.models.embed import Bundle, count_truncated, embed_images, encode_texts, load_encoder
@@ -234,12 +234,9 @@ def read_eval_records(path: str) -> list[tuple[str, dict[str, Any]]]:
     Crop-file pairs exist only in joint tests (training needs boxes), so they are accepted here
     and not by the general manifest reader. Duplicate ids raise (they would shift ground truth).
     """
-    path_ = Path(path)
-    base = path_.resolve().parent
     out: list[tuple[str, dict[str, Any]]] = []
     seen: dict[str, str] = {}
-    for lineno, record in iter_jsonl(path_):
-        where = f"{path}:{lineno}"
+    for where, record, base in iter_objects(path):
         local = record.get("local")
         crop = local.get("image") if isinstance(local, dict) else None
         if crop is None:

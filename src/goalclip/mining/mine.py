@@ -42,6 +42,7 @@ from goalclip.core.manifest import (
 )
 from goalclip.core.paths import refuse_input_as_output
 from goalclip.core.resumable import ids_already_written, part_paths
+from goalclip.core.shards import split_records
 from goalclip.core.processes import process_device, process_state
 from goalclip.models.clip import ClipBundle, load_clip
 from goalclip.models.embed import count_truncated, embed_images, encode_texts
@@ -287,7 +288,7 @@ def _mine(config: MineConfig, state: PartialState) -> dict[str, Any]:
         records = records[: config.max_images]
     done = ids_already_written(out, config.resume)
     pending = [r for r in records if r["id"] not in done]
-    todo = pending[state.process_index :: state.num_processes]
+    todo = split_records(pending, state.process_index, state.num_processes)  # whole shards per process
     logger.info("mining %d images (%d of %d already done; process %d of %d)", len(todo),
                 len(records) - len(pending), len(records), state.process_index + 1, state.num_processes)
 
