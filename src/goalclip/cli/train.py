@@ -77,6 +77,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--keep-checkpoints", type=int, help="newest checkpoints kept, older ones deleted (default: 2)")
     p.add_argument("--log-every", type=int, help="steps between metrics.jsonl lines (default: 10)")
     p.add_argument("--report-to", help="Accelerate tracker: tensorboard, wandb, all (needs the package installed)")
+    p.add_argument("--val-data", metavar="FILE", help="validate during training on this retrieval manifest (the "
+                   "format of goalclip eval --data): Recall@1/5 both ways as goalclip eval --ks 1 5 scores the "
+                   "weights of that step, logged to metrics.jsonl as {\"step\", \"epoch\", \"val\": {...}} and "
+                   "to the trackers as val/NAME (default: no validation)")
+    p.add_argument("--val-joint", metavar="FILE", help="with --val-data: also the global-local joint test on this "
+                   "manifest of local pairs (as goalclip eval --joint): mAP@10 both ways")
+    p.add_argument("--val-every", type=int, metavar="N", help="validate every N optimizer steps; 0 = at each epoch "
+                   "end. The final model is always validated (default: 0)")
+    p.add_argument("--val-batch-size", type=int, help="images or texts per validation forward pass (default: 64)")
+    p.add_argument("--keep-best", metavar="METRIC", help="export the model with the best validation METRIC "
+                   "(higher is better; ties keep the earlier step) to OUT/best/, a model folder like the final one; "
+                   "the step and value are in train_config.json and survive --resume. METRIC: i2t@1, i2t@5, t2i@1, "
+                   "t2i@5, or with --val-joint i2t_map@10, t2i_map@10 (val/ prefix allowed)")
     p.add_argument("--resume", action="store_true", help="continue the unfinished run in --out from its latest "
                    "checkpoint (same settings; a finished run is left as it is)")
     p.add_argument("--overwrite", action="store_true", help="replace the model and run record already in --out")
