@@ -8,6 +8,10 @@ validation and keep them across a resume.
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -222,11 +226,48 @@ def test_bad_validation_settings_fail_before_training(tiny_world, tmp_path, over
         _config(tiny_world, tmp_path, **overrides).validate()
 
 
-def test_cli_names_the_valid_metrics(tiny_world, tmp_path, capsys):
-    code = main(["train", "--model", str(tiny_world.model), "--data", str(tiny_world.mined), "--out",
-                 str(tmp_path / "out"), "--val-data", str(tiny_world.captions), "--keep-best", "recall"])
+@pytest.mark.parametrize("source", ["flags", "config file"])
+def test_cli_names_the_valid_metrics(tiny_world, tmp_path, capsys, source):
+    settings = {"model": str(tiny_world.model), "data": str(tiny_world.mined), "out": str(tmp_path / "out"),
+                "val_data": str(tiny_world.captions), "keep_best": "recall"}
+    if source == "config file":
+        config = tmp_path / "config.json"
+        config.write_text(json.dumps(settings))
+        code = main(["train", "--config", str(config)])
+    else:
+        code = main(["train", *(f"--{k.replace('_', '-')}={v}" for k, v in settings.items())])
     assert code == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
     assert "--keep-best recall" in err and "t2i@1" in err
     assert not (tmp_path / "out").exists()
+
+
+# ----------------------------------------------------------------------------- two processes
+
+
+def test_two_process_validation_equals_one_process_eval_of_the_same_weights(tiny_world, tmp_path):
+    """Under torchrun each process encodes its share of the validation items; the gathered scores
+    must be those of a plain one-process ``goalclip eval`` of the exported model."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE")
+    if "lo" in {name for _, name in socket.if_nameindex()}:
+        env.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+               "-m", "goalclip.cli", "train", "--model", str(tiny_world.model), "--data", str(tiny_world.mined),
+               "--out", str(out), "--method", "global", "--batch-size", "2", "--max-steps", "2", "--lr", "3e-3",
+               "--max-text-len", "52", "--keep-positions", "4", "--num-workers", "0", "--no-progress",
+               "--val-data", str(tiny_world.captions), "--val-joint", str(tiny_world.mined), "--val-batch-size", "3",
+               "--keep-best", "val/i2t_map@10"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    record = json.loads((out / "train_config.json").read_text())
+    assert record["derived"]["num_processes"] == 2
+    _, val_lines = _lines(out)
+    assert [m["step"] for m in val_lines] == [2]  # one epoch of 8 examples at 2 x 2 per step
+    results = evaluate(EvalConfig(models=[str(out)], data=str(tiny_world.captions), joint=str(tiny_world.mined),
+                                  ks=[1, 5], progress=False))
+    assert val_lines[0]["val"] == pytest.approx(results["models"][0]["metrics"], abs=1e-6)
+    value = val_lines[0]["val"]["i2t_map@10"]
+    assert f"; best i2t_map@10 {value:.2f} at step 2 -> {out}/best" in done.stdout
+    _assert_same_weights(load_file(str(out / "best" / "model.safetensors")), load_file(str(out / "model.safetensors")))

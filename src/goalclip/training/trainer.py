@@ -424,7 +424,7 @@ def _same_setting(name: str, recorded: Any, now: Any) -> bool:
     if recorded == now:
         return True
     # the same file named by another path (relative / absolute) is the same input
-    return (name in ("model", "data", "base") and isinstance(recorded, str) and isinstance(now, str)
+    return (name in ("model", "data", "base", "val_data", "val_joint") and isinstance(recorded, str) and isinstance(now, str)
             and Path(recorded).exists() and Path(recorded).resolve() == Path(now).resolve())
 
 
