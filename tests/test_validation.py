@@ -271,3 +271,12 @@ def test_two_process_validation_equals_one_process_eval_of_the_same_weights(tiny
     value = val_lines[0]["val"]["i2t_map@10"]
     assert f"; best i2t_map@10 {value:.2f} at step 2 -> {out}/best" in done.stdout
     _assert_same_weights(load_file(str(out / "best" / "model.safetensors")), load_file(str(out / "model.safetensors")))
+
+
+def test_a_best_folder_is_an_earlier_run_and_overwrite_clears_it(tiny_world, tmp_path):
+    (tmp_path / "best").mkdir()
+    (tmp_path / "best" / "model.safetensors").write_bytes(b"an earlier run's best model")
+    with pytest.raises(FileExistsError, match="best"):
+        train(_config(tiny_world, tmp_path, method="global", max_steps=1))
+    train(_config(tiny_world, tmp_path, method="global", max_steps=1, overwrite=True))
+    assert not (tmp_path / "best").exists()  # not a stale best/ beside a new run without --keep-best

@@ -85,7 +85,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "manifest of local pairs (as goalclip eval --joint): mAP@10 both ways")
     p.add_argument("--val-every", type=int, metavar="N", help="validate every N optimizer steps; 0 = at each epoch "
                    "end. The final model is always validated (default: 0)")
-    p.add_argument("--val-batch-size", type=int, metavar="N", help="images or texts per validation forward pass (default: 64)")
+    p.add_argument("--val-batch-size", type=int, metavar="N",
+                   help="images or texts per validation forward pass (default: 64)")
     p.add_argument("--keep-best", metavar="METRIC", help="export the model with the best validation METRIC "
                    "(higher is better; ties keep the earlier step) to OUT/best/, a model folder like the final one; "
                    "the step and value are in train_config.json and survive --resume. METRIC: i2t@1, i2t@5, t2i@1, "
@@ -124,8 +125,9 @@ def run(args: argparse.Namespace) -> str:
     if summary.get("already_finished"):
         return (f"{summary['out']} holds a finished run ({summary['steps']} steps); nothing to resume "
                 "(pass --overwrite to train it again)")
-    loss, best = summary["final_loss"], summary.get("best")
-    kept = f"; best {best['metric']} {best['value']:.2f} at step {best['step']} -> {summary['out']}/best" if best else ""
+    loss, best, kept = summary["final_loss"], summary.get("best"), ""
+    if best:
+        kept = f"; best {best['metric']} {best['value']:.2f} at step {best['step']} -> {summary['out']}/best"
     return (f"trained {summary['method']} for {summary['steps']} steps on {summary['examples']} examples "
             f"({summary['skipped']} skipped), final loss {'n/a' if loss is None else f'{loss:.4f}'}, median step "
             f"{summary['median_step_s'] * 1000:.0f} ms, context {summary['context_length']} -> {summary['out']}{kept}")

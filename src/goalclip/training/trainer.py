@@ -44,7 +44,7 @@ from goalclip.training.data import PAIR_WEIGHTINGS, Collate, TrainDataset, load_
 from goalclip.training.heads import HEADS_FILE, HEADS_META, TslHeads, build_heads, save_heads
 from goalclip.training.losses import METHOD_TERMS, LossWeights, combine_losses, contrastive_loss, masked_mean, tsl_loss
 from goalclip.training.recipes import RECIPES, recipe_settings
-from goalclip.training.validation import Validator, check_keep_best
+from goalclip.training.validation import TRACKER_PREFIX, Validator, check_keep_best
 from goalclip.core.images import ImageError, set_max_image_pixels
 from goalclip.core.manifest import SkipReport, atomic_write, output_lock
 from goalclip.models.clip import (
@@ -424,8 +424,8 @@ def _same_setting(name: str, recorded: Any, now: Any) -> bool:
     if recorded == now:
         return True
     # the same file named by another path (relative / absolute) is the same input
-    return (name in ("model", "data", "base", "val_data", "val_joint") and isinstance(recorded, str) and isinstance(now, str)
-            and Path(recorded).exists() and Path(recorded).resolve() == Path(now).resolve())
+    return (name in ("model", "data", "base", "val_data", "val_joint") and isinstance(recorded, str)
+            and isinstance(now, str) and Path(recorded).exists() and Path(recorded).resolve() == Path(now).resolve())
 
 
 LOW_DISK_BYTES = 64 * 2**20  # below this, a failed write is reported as a full disk
@@ -796,7 +796,7 @@ class Trainer:
         and, on a new best ``--keep-best`` score, exports the model to ``best/``."""
         scores = self.validator.score(bundle, step)
         if scores:
-            self.accelerator.log({f"val/{name}": value for name, value in scores.items()}, step=step)
+            self.accelerator.log({f"{TRACKER_PREFIX}{name}": value for name, value in scores.items()}, step=step)
             with path.open("a", encoding="utf-8") as handle:
                 handle.write(json.dumps({"step": step, "epoch": epoch, "val": scores}) + "\n")
         if self.validator.improved(scores, step):
