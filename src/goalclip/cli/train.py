@@ -83,6 +83,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--keep-checkpoints", type=int, help="newest checkpoints kept, older ones deleted (default: 2)")
     p.add_argument("--log-every", type=int, help="steps between metrics.jsonl lines (default: 10)")
     p.add_argument("--report-to", help="Accelerate tracker: tensorboard, wandb, all (needs the package installed)")
+    p.add_argument("--val-data", metavar="FILE", help="validate during training on this retrieval manifest (the "
+                   "format of goalclip eval --data): Recall@1/5 both ways as goalclip eval --ks 1 5 scores the "
+                   "weights of that step, logged to metrics.jsonl as {\"step\", \"epoch\", \"val\": {...}} and "
+                   "to the trackers as val/NAME (default: no validation)")
+    p.add_argument("--val-joint", metavar="FILE", help="with --val-data: also the global-local joint test on this "
+                   "manifest of local pairs (as goalclip eval --joint): mAP@10 both ways")
+    p.add_argument("--val-every", type=int, metavar="N", help="validate every N optimizer steps; 0 = at each epoch "
+                   "end. The final model is always validated (default: 0)")
+    p.add_argument("--val-batch-size", type=int, metavar="N",
+                   help="images or texts per validation forward pass (default: 64)")
+    p.add_argument("--keep-best", metavar="METRIC", help="export the model with the best validation METRIC "
+                   "(higher is better; ties keep the earlier step) to OUT/best/, a model folder like the final one; "
+                   "the step and value are in train_config.json and survive --resume. METRIC: i2t@1, i2t@5, t2i@1, "
+                   "t2i@5, or with --val-joint i2t_map@10, t2i_map@10 (val/ prefix allowed)")
     p.add_argument("--resume", action="store_true", help="continue the unfinished run in --out from its latest "
                    "checkpoint (same settings; a finished run is left as it is)")
     p.add_argument("--overwrite", action="store_true", help="replace the model and run record already in --out")
@@ -117,7 +131,9 @@ def run(args: argparse.Namespace) -> str:
     if summary.get("already_finished"):
         return (f"{summary['out']} holds a finished run ({summary['steps']} steps); nothing to resume "
                 "(pass --overwrite to train it again)")
-    loss = summary["final_loss"]
+    loss, best, kept = summary["final_loss"], summary.get("best"), ""
+    if best:
+        kept = f"; best {best['metric']} {best['value']:.2f} at step {best['step']} -> {summary['out']}/best"
     return (f"trained {summary['method']} for {summary['steps']} steps on {summary['examples']} examples "
             f"({summary['skipped']} skipped), final loss {'n/a' if loss is None else f'{loss:.4f}'}, median step "
-            f"{summary['median_step_s'] * 1000:.0f} ms, context {summary['context_length']} -> {summary['out']}")
+            f"{summary['median_step_s'] * 1000:.0f} ms, context {summary['context_length']} -> {summary['out']}{kept}")

@@ -27,7 +27,7 @@ import json
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -426,11 +426,11 @@ def _cache_hit(state: PartialState, path: Path | None) -> bool:
 # ----------------------------------------------------------------------------- scoring
 
 
-def _failed_groups(items: EvalItems, runs: Sequence[_ModelRun]) -> set[int]:
+def _failed_groups(items: EvalItems, embeddings: Sequence[Embeddings]) -> set[int]:
     """Groups with an unreadable image item under any model (so every model sees one gallery)."""
     failed: set[int] = set()
-    for run in runs:
-        ok = run.embeddings[items.kind].image_ok
+    for model_embeddings in embeddings:
+        ok = model_embeddings.image_ok
         failed.update(items.image_groups[i] for i in (~ok).nonzero().flatten().tolist())
     return failed
 
@@ -477,6 +477,29 @@ def _score(items: EvalItems, embeddings: Embeddings, failed: set[int], ks: Seque
 
 
 # ----------------------------------------------------------------------------- driver
+
+
+def score_bundle(
+    bundle: ClipBundle, item_sets: Sequence[EvalItems], config: EvalConfig, state: PartialState, ks: Sequence[int]
+) -> dict[str, float]:
+    """Metrics of a model already in memory (the model being trained), scored as :func:`evaluate`
+    scores a loaded one: every process encodes its share of the items on the model's own device
+    and in its own dtype (``config`` gives batch size, workers and text length); the main process
+    returns the scores of every set, the others an empty dict.
+
+    Unreadable images are excluded with their group, as for a single-model table.
+    """
+    weight = next(bundle.model.parameters())
+    precision = next(name for name, dtype in PRECISIONS.items() if dtype == weight.dtype)
+    config, device = replace(config, precision=precision), weight.device
+    embeddings = {items.kind: _encode_items(bundle, items, config, state, device) for items in item_sets}
+    if not state.is_main_process:
+        return {}
+    scores: dict[str, float] = {}
+    for items in item_sets:
+        failed = _failed_groups(items, [embeddings[items.kind]])
+        scores.update(_score(items, embeddings[items.kind], failed, ks))
+    return scores
 
 
 def _check_config(config: EvalConfig) -> None:
@@ -579,7 +602,7 @@ def evaluate(config: EvalConfig, *, write_out: bool = True) -> dict[str, Any]:
     if not state.is_main_process:
         return {}
 
-    failed = {items.kind: _failed_groups(items, runs) for items in item_sets}
+    failed = {items.kind: _failed_groups(items, [run.embeddings[items.kind] for run in runs]) for items in item_sets}
     excluded = {items.kind: _report_exclusions(items, failed[items.kind], runs) for items in item_sets}
     results: dict[str, Any] = {
         "config": asdict(config),

@@ -16,7 +16,9 @@ the second also uses ``--tsl-heads separate``.
 from __future__ import annotations
 
 import contextlib
+import copy
 import errno
+import functools
 import json
 import logging
 import math
@@ -43,6 +45,7 @@ from goalclip.training.gradcache import Chunk, grad_cache_step, plan_chunks
 from goalclip.training.heads import HEADS_FILE, HEADS_META, TslHeads, build_heads, save_heads
 from goalclip.training.losses import METHOD_TERMS, LossWeights, combine_losses, contrastive_loss, masked_mean, tsl_loss
 from goalclip.training.recipes import RECIPES, recipe_settings
+from goalclip.training.validation import TRACKER_PREFIX, Validator, check_keep_best
 from goalclip.core.images import ImageError, set_max_image_pixels
 from goalclip.core.manifest import SkipReport, atomic_write, output_lock
 from goalclip.models.clip import (
@@ -72,12 +75,14 @@ INVOCATION_FIELDS = ("resume", "overwrite")
 # Settings a resumed run may change: they do not change what is computed.
 SAFE_ON_RESUME = frozenset(
     {"out", "num_workers", "log_every", "progress", "checkpoint_every", "checkpoint_epochs", "keep_checkpoints",
-     "report_to", "skip_invalid", "gradient_checkpointing", "grad_cache_chunk", *INVOCATION_FIELDS}
+     "report_to", "skip_invalid", "gradient_checkpointing", "grad_cache_chunk", "val_every", "val_batch_size",
+     *INVOCATION_FIELDS}
 )
 MODEL_FILES = ("model.safetensors", "config.json", HEADS_FILE, HEADS_META)
 PRECISIONS = ("no", "fp16", "bf16", "bf16-weights")
 TSL_HEADS = ("shared", "separate")
 RECORD_FILES = ("train_config.json", "metrics.jsonl")
+BEST_DIR = "best"  # --keep-best: the best validated model, a model folder like the final export
 
 
 @dataclass
@@ -124,6 +129,11 @@ class TrainConfig:
     report_to: str | None = None
     progress: bool = True
     max_image_pixels: int | None = None
+    val_data: str | None = None
+    val_joint: str | None = None
+    val_every: int = 0
+    val_batch_size: int = 64
+    keep_best: str | None = None
 
     def validate(self) -> None:
         if self.method not in METHODS:
@@ -153,6 +163,18 @@ class TrainConfig:
             raise ValueError("--keep-checkpoints must be at least 1")
         if self.resume and self.overwrite:
             raise ValueError("--resume continues the run in --out and --overwrite replaces it: pass one of them")
+        self._validate_validation()
+
+    def _validate_validation(self) -> None:
+        for flag, value in (("--val-joint", self.val_joint), ("--keep-best", self.keep_best)):
+            if value and not self.val_data:
+                raise ValueError(f"{flag} needs --val-data (the retrieval set validated during training)")
+        if self.val_every < 0:
+            raise ValueError(f"--val-every must be 0 (each epoch end) or positive, got {self.val_every}")
+        if self.val_batch_size < 1:
+            raise ValueError(f"--val-batch-size must be positive, got {self.val_batch_size}")
+        if self.keep_best:
+            check_keep_best(self.keep_best, joint=self.val_joint is not None)
 
     def resolved(self) -> dict[str, Any]:
         """The recipe-governed settings this run uses: explicit values, else the recipe's."""
@@ -465,8 +487,8 @@ def _same_setting(name: str, recorded: Any, now: Any) -> bool:
     if recorded == now:
         return True
     # the same file named by another path (relative / absolute) is the same input
-    return (name in ("model", "data", "base") and isinstance(recorded, str) and isinstance(now, str)
-            and Path(recorded).exists() and Path(recorded).resolve() == Path(now).resolve())
+    return (name in ("model", "data", "base", "val_data", "val_joint") and isinstance(recorded, str)
+            and isinstance(now, str) and Path(recorded).exists() and Path(recorded).resolve() == Path(now).resolve())
 
 
 LOW_DISK_BYTES = 64 * 2**20  # below this, a failed write is reported as a full disk
@@ -513,6 +535,7 @@ class Trainer:
         self.skipped = SkipReport()
         self.failed: dict[str, str] = {}  # example -> why its image did not decode mid-run
         self._commit: str | None = None
+        self.validator: Validator | None = None
 
     # ------------------------------------------------------------------ the output folder
 
@@ -528,6 +551,7 @@ class Trainer:
         ckpt = _latest_checkpoint(out)
         held = [name for name in (*MODEL_FILES, *RECORD_FILES) if (out / name).exists()]
         held += ["checkpoints"] if ckpt else []
+        held += [BEST_DIR] if (out / BEST_DIR).exists() else []
         if cfg.overwrite:
             acc.wait_for_everyone()
             if acc.is_main_process and held:
@@ -564,7 +588,7 @@ class Trainer:
         logger.info("--overwrite: removing the earlier run in %s", self.out)
         for name in (*MODEL_FILES, *RECORD_FILES):
             (self.out / name).unlink(missing_ok=True)
-        for folder in (self.out / "checkpoints", self.out / ".export-tmp"):
+        for folder in (self.out / "checkpoints", self.out / ".export-tmp", self.out / BEST_DIR):
             if folder.exists():
                 shutil.rmtree(folder)
 
@@ -631,9 +655,10 @@ class Trainer:
                 raise
             raise clear from exc
         if acc.is_main_process:
-            (tmp / "progress.json").write_text(
-                json.dumps({"step": step, "epoch": epoch, "step_in_epoch": step_in_epoch})
-            )
+            progress = {"step": step, "epoch": epoch, "step_in_epoch": step_in_epoch}
+            if self.validator is not None:
+                progress["validation"] = self.validator.state_dict()
+            (tmp / "progress.json").write_text(json.dumps(progress))
             if final.exists():
                 shutil.rmtree(final)
             os.replace(tmp, final)
@@ -713,14 +738,21 @@ class Trainer:
         acc.register_for_checkpointing(scheduler)
         model, optimizer = acc.prepare(step_module, optimizer)
         clip, heads = acc.unwrap_model(model).clip, acc.unwrap_model(model).heads
+        if cfg.val_data:
+            self.validator = Validator(cfg.val_data, cfg.val_joint, cfg.keep_best, batch_size=cfg.val_batch_size,
+                                       num_workers=cfg.num_workers, state=acc.state, device=acc.device)
 
         step = start_epoch = skip_batches = 0
         if ckpt is not None:
             acc.load_state(str(ckpt))
             progress = json.loads((ckpt / "progress.json").read_text())
             step, start_epoch, skip_batches = progress["step"], progress["epoch"], progress["step_in_epoch"]
+            if self.validator is not None and "validation" in progress:
+                self.validator.load_state_dict(progress["validation"])
             logger.info("resumed from %s at step %d", ckpt, step)
         metrics_path = self.out / "metrics.jsonl"
+        validate = functools.partial(self._validate, ClipBundle(clip, bundle.tokenizer, bundle.image_processor),
+                                     heads, heads_from, metrics_path)
         derived = {"context_length": context, "num_processes": acc.num_processes, "examples": len(dataset),
                    "skipped": len(self.skipped), "truncated_captions": truncated, "steps_per_epoch": steps_per_epoch,
                    "total_steps": total_steps}
@@ -739,6 +771,7 @@ class Trainer:
         started = time.perf_counter()
         step_times: list[float] = []
         logs: dict[str, Any] = {}
+        epoch = start_epoch
         model.train()
         for epoch in range(start_epoch, epochs):
             step_in_epoch = skip_batches if epoch == start_epoch else 0
@@ -784,13 +817,19 @@ class Trainer:
                     logs["lr"] = scheduler.get_last_lr()[0]
                     bar.set_postfix({k.removeprefix("loss_"): f"{v:.3g}" for k, v in logs.items()})
                     self._log(metrics_path, step, epoch, logs)
+                if self.validator is not None and cfg.val_every and step % cfg.val_every == 0:
+                    validate(step, epoch)
                 if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
                     last_ckpt = self._save_checkpoint(step, epoch, step_in_epoch)
             if step >= total_steps:
                 break
+            if self.validator is not None and not cfg.val_every:
+                validate(step, epoch)
             if cfg.checkpoint_epochs:
                 last_ckpt = self._save_checkpoint(step, epoch + 1, 0)
         bar.close()
+        if self.validator is not None and self.validator.last_step != step:
+            validate(step, epoch)  # the final model is always validated (and may be the best)
         failed = self._all_failed()
         acc.wait_for_everyone()
         median = sorted(step_times)[len(step_times) // 2] if step_times else float("nan")
@@ -802,6 +841,8 @@ class Trainer:
             "context_length": context,
             "final_loss": float(logs["loss"]) if "loss" in logs else None,
         }
+        if self.validator is not None and self.validator.keep_best:
+            result["best"] = self.validator.best
         if acc.is_main_process:
             self._export(ClipBundle(clip.float(), bundle.tokenizer, bundle.image_processor), heads, heads_from)
             self._write_record(derived, result)
@@ -815,9 +856,29 @@ class Trainer:
             with path.open("a", encoding="utf-8") as handle:
                 handle.write(json.dumps({"step": step, "epoch": epoch, **logs}) + "\n")
 
-    def _export(self, bundle: ClipBundle, heads: TslHeads | None, heads_from: str | None) -> None:
-        """Write the final model folder (and learned TSL heads beside it) via a temporary folder, so a
-        crash never leaves half a model. A bf16-weight run is exported as fp32 (exactly its values)."""
+    def _validate(self, bundle: ClipBundle, heads: TslHeads | None, heads_from: str | None, path: Path, step: int,
+                  epoch: int) -> None:
+        """Score the model now (every process encodes a share); the main process logs the scores
+        (a metrics.jsonl line ``{"step", "epoch", "val": {...}}`` and ``val/NAME`` to the trackers)
+        and, on a new best ``--keep-best`` score, exports the model to ``best/``."""
+        scores = self.validator.score(bundle, step)
+        if scores:
+            self.accelerator.log({f"{TRACKER_PREFIX}{name}": value for name, value in scores.items()}, step=step)
+            with path.open("a", encoding="utf-8") as handle:
+                handle.write(json.dumps({"step": step, "epoch": epoch, "val": scores}) + "\n")
+        if self.validator.improved(scores, step):
+            model = bundle.model
+            if model.dtype != torch.float32:  # bf16 weights: export an fp32 copy, training goes on in bf16
+                model = copy.deepcopy(model).float()
+            self._export(ClipBundle(model, bundle.tokenizer, bundle.image_processor), heads, heads_from,
+                         self.out / BEST_DIR)
+        self.accelerator.wait_for_everyone()
+
+    def _export(self, bundle: ClipBundle, heads: TslHeads | None, heads_from: str | None,
+                folder: Path | None = None) -> None:
+        """Write the final model folder (or ``folder``: best/) and learned TSL heads beside it via a temporary
+        folder, so a crash never leaves half a model. A bf16-weight run is exported as fp32 (exactly its values)."""
+        folder = folder or self.out
         tmp = self.out / ".export-tmp"
         if tmp.exists():
             shutil.rmtree(tmp)
@@ -827,12 +888,13 @@ class Trainer:
                 save_heads(heads, tmp, initialised_from=str(heads_from))
         except (OSError, RuntimeError) as exc:
             shutil.rmtree(tmp, ignore_errors=True)
-            clear = _write_error(exc, "the final model", self.out)
+            clear = _write_error(exc, "the model", folder)
             if clear is None:
                 raise
             raise clear from exc
+        folder.mkdir(exist_ok=True)
         for item in tmp.iterdir():
-            os.replace(item, self.out / item.name)
+            os.replace(item, folder / item.name)
         tmp.rmdir()
 
 
