@@ -70,6 +70,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "separate = learned heads initialised from them (FAST-GOAL psi_v, psi_t), saved beside the "
                    "model as tsl_heads.safetensors and reloaded when --model holds them (default: shared)")
     p.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations to save memory")
+    p.add_argument("--compile", action="store_true", help="torch.compile the training step (opt-in: the first steps "
+                   "wait for compilation, minutes for a large model, and new batch shapes recompile; pays off on a "
+                   "GPU over long runs). SDPA attention, fused AdamW on CUDA and pinned memory need no flag: the "
+                   "run logs and records which are on (train_config.json 'speed_path')")
     p.add_argument("--num-workers", type=int, help="data-loading worker processes (default: 2)")
     p.add_argument("--checkpoint-every", type=int, help="also checkpoint every N steps (default: only "
                    "at each epoch end)")
