@@ -18,7 +18,12 @@ import torch
 
 import goalclip.training.trainer as train_module
 from goalclip.cli import main
+from goalclip.core.images import load_rgb
+from goalclip.core.text import clean_text, split_sentences
+from goalclip.mining.mine import mine_batch
+from goalclip.mining.regions import build_proposer
 from goalclip.models.clip import load_clip
+from goalclip.models.embed import count_truncated, tokenize, tokenize_counted
 from goalclip.training.data import Collate, TrainDataset, load_examples
 from goalclip.training.losses import LossWeights
 from goalclip.training.trainer import (
@@ -114,3 +119,45 @@ def test_compile_help_and_default(capsys) -> None:
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     assert "--compile" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- overhead removed (issue 15.5)
+
+
+class _CountingTokenizer:
+    """Forwards to a tokenizer and counts the texts it is asked to tokenise."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.texts = tokenizer, 0
+
+    def __call__(self, texts, *args, **kwargs):
+        self.texts += len(texts)
+        return self.tokenizer(texts, *args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.tokenizer, name)
+
+
+def test_tokenize_cuts_exactly_like_the_tokenizer_and_counts_what_it_cut(tiny_world) -> None:
+    bundle = load_clip(str(tiny_world.model))
+    texts = ["A red square.", "A blue circle is drawn here. Nothing else is in it. " * 3, "A green square is drawn.",
+             "The picture has a plain white background."]
+    for max_len in (4, 9, 16):
+        tokens, cut = tokenize_counted(bundle, texts, max_len)
+        expected = bundle.tokenizer(texts, padding="longest", truncation=True, max_length=max_len, return_tensors="pt")
+        assert torch.equal(tokens["input_ids"], expected["input_ids"]), max_len
+        assert torch.equal(tokens["attention_mask"], expected["attention_mask"]), max_len
+        assert cut == count_truncated(bundle, texts, max_len) and torch.equal(tokenize(bundle, texts, max_len)["input_ids"],
+                                                                              expected["input_ids"])
+
+
+def test_mine_batch_tokenises_each_sentence_once(tiny_world) -> None:
+    bundle = load_clip(str(tiny_world.model))
+    records = [json.loads(line) for line in tiny_world.captions.read_text().splitlines()]
+    images = [load_rgb(tiny_world.root / r["image"]) for r in records]
+    bundle.tokenizer = counting = _CountingTokenizer(bundle.tokenizer)
+    mined = mine_batch(bundle, build_proposer("grid"), records, images, top_k=3, crop_batch_size=16,
+                       device=torch.device("cpu"))
+    sentences = sum(len(split_sentences(clean_text(r["caption"]))) for r in records)
+    assert counting.texts == sentences  # was twice: once to embed, once more to count truncation
+    assert mined.truncated == 0 and all(match is not None for _, match, _ in mined.results)

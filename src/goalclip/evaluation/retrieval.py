@@ -44,7 +44,7 @@ from goalclip.core.manifest import ManifestError, atomic_write, captions_of, ite
 from goalclip.core.paths import check_writable_dir, check_writable_file, refuse_input_as_output
 from goalclip.core.processes import process_device, process_state
 from goalclip.models.clip import ClipBundle, load_clip
-from goalclip.models.embed import count_truncated, embed_images, encode_texts
+from goalclip.models.embed import embed_images, encode_texts_counted
 
 logger = logging.getLogger(__name__)
 
@@ -323,10 +323,10 @@ def _encode_items(
     failures = sorted(gather_object([(int(part_index[i]), msg) for i, msg in batches.failed]))
 
     text_part = _shard(state, len(items.texts))
-    rows = encode_texts(bundle, [items.texts[i] for i in text_part], batch_size=config.batch_size, max_len=max_len,
-                        progress=progress, desc=f"{items.kind} texts").cpu()
-    texts, _ = _gather_rows(state, torch.tensor(text_part, dtype=torch.long), rows, len(items.texts))
-    truncated = sum(gather_object([count_truncated(bundle, [items.texts[i] for i in text_part], max_len)]))
+    rows, truncated = encode_texts_counted(bundle, [items.texts[i] for i in text_part], batch_size=config.batch_size,
+                                           max_len=max_len, progress=progress, desc=f"{items.kind} texts")
+    texts, _ = _gather_rows(state, torch.tensor(text_part, dtype=torch.long), rows.cpu(), len(items.texts))
+    truncated = sum(gather_object([truncated]))
     return Embeddings(images, image_ok, texts, failures, truncated, max_len)
 
 
