@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from transformers import CLIPModel
+from transformers import BatchEncoding, CLIPModel
 
 from goalclip.core.images import PixelBatches
 from goalclip.core.text import clean_text
@@ -39,7 +39,7 @@ def model_device(bundle: ClipBundle) -> tuple[torch.device, torch.dtype]:
 # ----------------------------------------------------------------------------- texts
 
 
-def tokenize(bundle: ClipBundle, texts: Sequence[str], max_len: int | None = None) -> dict[str, torch.Tensor]:
+def tokenize(bundle: ClipBundle, texts: Sequence[str], max_len: int | None = None) -> BatchEncoding:
     """Clean and tokenise texts, padded to the longest in the batch and truncated to the context.
 
     CLIP's text attention is causal, so right padding never changes the real tokens' states:
@@ -50,7 +50,7 @@ def tokenize(bundle: ClipBundle, texts: Sequence[str], max_len: int | None = Non
 
 def tokenize_counted(
     bundle: ClipBundle, texts: Sequence[str], max_len: int | None = None
-) -> tuple[dict[str, torch.Tensor], int]:
+) -> tuple[BatchEncoding, int]:
     """:func:`tokenize` and how many texts it cut, from one tokenizer pass (counting separately
     cleaned and tokenised every text a second time: 4% of a demo-sized mining batch).
 
@@ -68,7 +68,7 @@ def tokenize_counted(
                              "CLIP tokenizers work on the right")
         ids, mask = ids[:, :max_len].clone(), mask[:, :max_len].contiguous()
         ids[cut, -1] = tokenizer.eos_token_id
-    return {"input_ids": ids, "attention_mask": mask}, int(cut.sum())
+    return BatchEncoding({"input_ids": ids, "attention_mask": mask}), int(cut.sum())
 
 
 def count_truncated(bundle: ClipBundle, texts: Sequence[str], max_len: int | None = None) -> int:
