@@ -66,7 +66,7 @@ PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
 # grad-cache batch and chunk.
 SHAPES: dict[str, dict[str, Any]] = {
     "real": {"step-b16": ("vit-b16", 128), "step-l14": ("vit-l14", 64), "mine": "real", "flism_images": 64,
-             "lism_images": 8, "eval_images": 256, "trainer": ("vit-b16", 128), "gradcache": ("vit-b16", 1024, 64),
+             "lism_images": 4, "eval_images": 64, "trainer": ("vit-b16", 128), "gradcache": ("vit-b16", 1024, 64),
              "rounds": 10, "workers": 8},
     "reduced": {"step-b16": ("tiny", 4), "step-l14": ("tiny", 4), "mine": "tiny", "flism_images": 2,
                 "lism_images": 2, "eval_images": 4, "trainer": ("tiny", 4), "gradcache": ("tiny", 8, 2),
@@ -98,6 +98,13 @@ def _setup(config: str, batch: int, work: Path) -> Path:
     return folder if (folder / "model").is_dir() else build_setup(config, batch, folder)
 
 
+def _images(count: int, shapes: str, work: Path) -> Path:
+    """``count`` photo-sized images with captions (``lism_vs_flism.make_images``), shared by sections."""
+    folder = work / f"images-{shapes}-{count}"
+    manifest = folder / "captions.jsonl"
+    return manifest if manifest.is_file() else make_images(folder, count, shapes)
+
+
 # ------------------------------------------------------------------------------------ FLOPs
 
 
@@ -111,7 +118,8 @@ def goal_step_flops(config, batch: dict[str, torch.Tensor]) -> float:
     vision, text = config.vision_config, config.text_config
     images = batch["pixel_values"].shape[0]
     patches = (vision.image_size // vision.patch_size) ** 2
-    forward = _tower_flops(vision, patches + 1, images) + images * 2 * patches * 3 * vision.patch_size**2 * vision.hidden_size
+    patch_embedding = 2 * patches * 3 * vision.patch_size**2 * vision.hidden_size
+    forward = _tower_flops(vision, patches + 1, images) + images * patch_embedding
     forward += _tower_flops(text, batch["caption_ids"].shape[1], batch["caption_ids"].shape[0])
     forward += _tower_flops(text, batch["sentence_ids"].shape[1], batch["sentence_ids"].shape[0])
     return 3 * forward
@@ -166,8 +174,8 @@ def step_section(name: str, args: argparse.Namespace, work: Path) -> list[dict[s
 
 def _train_config(args: argparse.Namespace, setup: Path, out: Path, batch: int, **extra: Any) -> TrainConfig:
     return TrainConfig(model=str(setup / "model"), data=str(setup / "train.jsonl"), out=str(out), batch_size=batch,
-                       max_steps=extra.pop("max_steps", 5), precision="bf16" if _bf16(args.device) else "no", num_workers=SHAPES[args.shapes]["workers"],
-                       progress=False, log_every=1, checkpoint_epochs=False, **extra)
+                       max_steps=extra.pop("max_steps", 5), precision="bf16" if _bf16(args.device) else "no",
+                       num_workers=SHAPES[args.shapes]["workers"], progress=False, log_every=1, checkpoint_epochs=False, **extra)
 
 
 def trainer_section(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
@@ -197,7 +205,7 @@ def mining_section(method: str, args: argparse.Namespace, work: Path) -> list[di
     shapes = SHAPES[args.shapes]
     images = shapes[f"{method}_images"]
     models = build_models(work / "mine-models", shapes["mine"])
-    data = make_images(work / f"{method}-data", images, shapes["mine"])
+    data = _images(images, shapes["mine"], work)
     summary = run_method(method, models, data, work / f"{method}.jsonl", args.device, batch_size=min(images, 32))
     seconds = sum(v for stage, v in summary["stage_seconds"].items() if stage != "load")
     return [_row(method, f"goalclip mine --regions {method}", images / seconds, "images/s",
@@ -209,7 +217,7 @@ def eval_section(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
     config, batch = shapes["trainer"]
     setup = _setup(config, batch, work)
     n = shapes["eval_images"]
-    data = make_images(work / "eval-data", n, shapes["mine"])
+    data = _images(n, shapes["mine"], work)
     precision = "bf16" if _bf16(args.device) else "fp32"
     results = evaluate(EvalConfig(models=[str(setup / "model")], data=str(data), ks=[1, 5], batch_size=64,
                                   num_workers=shapes["workers"], device=args.device, precision=precision,
@@ -240,8 +248,10 @@ def report(rows: list[dict[str, Any]]) -> str:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--shapes", choices=sorted(SHAPES), default="real",
-                        help="real = ViT-B/16, ViT-L/14, ViT-L/14-336 + YOLOS-tiny / SAM ViT-B; reduced = tiny (CPU test)")
-    parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {', '.join(SECTIONS)}")
+                        help="real = ViT-B/16, ViT-L/14, ViT-L/14-336 + YOLOS-tiny / SAM ViT-B; "
+                        "reduced = tiny (the CPU test)")
+    parser.add_argument("--sections", default=",".join(SECTIONS),
+                        help=f"comma-separated subset of {', '.join(SECTIONS)}")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="the device's peak dense bf16 TFLOP/s for MFU (default: from the GPU's name)")

@@ -58,7 +58,8 @@ def test_model_flops_of_a_goal_step_follow_the_formula():
 
     config = CLIPConfig(text_config={"hidden_size": 8, "intermediate_size": 32, "num_hidden_layers": 2,
                                      "num_attention_heads": 2},
-                        vision_config={"hidden_size": 16, "intermediate_size": 64, "num_hidden_layers": 3, "num_attention_heads": 2,
+                        vision_config={"hidden_size": 16, "intermediate_size": 64, "num_hidden_layers": 3,
+                                       "num_attention_heads": 2,
                                        "image_size": 32, "patch_size": 16})
     batch = {"pixel_values": torch.zeros(6, 3, 32, 32), "caption_ids": torch.zeros(3, 10, dtype=torch.long),
              "sentence_ids": torch.zeros(3, 4, dtype=torch.long)}

@@ -147,8 +147,8 @@ def test_tokenize_cuts_exactly_like_the_tokenizer_and_counts_what_it_cut(tiny_wo
         expected = bundle.tokenizer(texts, padding="longest", truncation=True, max_length=max_len, return_tensors="pt")
         assert torch.equal(tokens["input_ids"], expected["input_ids"]), max_len
         assert torch.equal(tokens["attention_mask"], expected["attention_mask"]), max_len
-        assert cut == count_truncated(bundle, texts, max_len) and torch.equal(tokenize(bundle, texts, max_len)["input_ids"],
-                                                                              expected["input_ids"])
+        assert cut == count_truncated(bundle, texts, max_len)
+        assert torch.equal(tokenize(bundle, texts, max_len)["input_ids"], expected["input_ids"])
 
 
 def test_mine_batch_tokenises_each_sentence_once(tiny_world) -> None:
