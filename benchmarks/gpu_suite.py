@@ -206,7 +206,8 @@ def mining_section(method: str, args: argparse.Namespace, work: Path) -> list[di
     images = shapes[f"{method}_images"]
     models = build_models(work / "mine-models", shapes["mine"])
     data = _images(images, shapes["mine"], work)
-    summary = run_method(method, models, data, work / f"{method}.jsonl", args.device, batch_size=min(images, 32))
+    summary = run_method(method, models, data, work / f"{method}.jsonl", args.device, batch_size=min(images, 32),
+                         num_workers=shapes["workers"])  # images decode in loader workers, as `goalclip mine` runs
     seconds = sum(v for stage, v in summary["stage_seconds"].items() if stage != "load")
     return [_row(method, f"goalclip mine --regions {method}", images / seconds, "images/s",
                  stage_seconds=summary["stage_seconds"], pairs=summary["pairs"])]
