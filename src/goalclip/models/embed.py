@@ -52,7 +52,7 @@ def tokenize_counted(
     bundle: ClipBundle, texts: Sequence[str], max_len: int | None = None
 ) -> tuple[BatchEncoding, int]:
     """:func:`tokenize` and how many texts it cut, from one tokenizer pass (counting separately
-    cleaned and tokenised every text a second time: 4% of a demo-sized mining batch).
+    cleaned and tokenised every text a second time: 2-4% of a demo-sized mining batch).
 
     Texts are tokenised in full, then a row past ``max_len`` keeps its first ``max_len - 1`` tokens
     and ends in EOS: exactly the tokenizer's own right truncation of CLIP's BOS + text + EOS.
