@@ -153,12 +153,13 @@ def _build_yolos(folder: Path, shapes: str) -> None:
     YolosImageProcessor(size=size).save_pretrained(folder)
 
 
-def run_method(method: str, models: dict[str, str], data: Path, out: Path, device: str, batch_size: int) -> dict:
+def run_method(method: str, models: dict[str, str], data: Path, out: Path, device: str, batch_size: int,
+               num_workers: int = 0) -> dict:
     """Mine ``data`` with ``method`` (lism or flism) through ``goalclip mine``; returns its summary."""
     config = MineConfig(
         model=models["clip"], data=str(data), out=str(out), regions=method,
         sam=models["sam"] if method == "lism" else None, detector=models["yolos"] if method == "flism" else None,
-        batch_size=batch_size, num_workers=0, device=device, progress=False,
+        batch_size=batch_size, num_workers=num_workers, device=device, progress=False,
     )
     return mine(config)
 

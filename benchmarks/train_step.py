@@ -89,6 +89,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
     # ViT-B/16 shapes, random init, real CLIP BPE; 77 text positions stretched to 248 (keep 20).
     # Scenes of 5-8 objects give 6-9 sentences per caption (real long captions: median 6).
     "vit-b16": {"batch": 4, "steps": 2, "warmup": 0, "min_objects": 5, "max_objects": 8},
+    # ViT-L/14 shapes (224 px, text 768 x 12), otherwise as vit-b16.
+    "vit-l14": {"batch": 2, "steps": 1, "warmup": 0, "min_objects": 5, "max_objects": 8},
 }
 
 
@@ -115,31 +117,41 @@ def build_setup(config: str, batch_size: int, folder: Path, seed: int = 0) -> Pa
                                  context_length=32, seed=seed)
         bundle.tokenizer.model_max_length = stretch_positions(bundle.model, keep=8, target=104)
     else:
-        bundle = build_vit_b16(seed)
+        bundle = build_real_clip(config, seed)
     save_clip(bundle, folder / "model")
     return folder
 
 
-def build_vit_b16(seed: int) -> ClipBundle:
+# Real CLIP shapes (OpenAI's configs): vision (width, layers, heads, patch, px), text (width, layers, heads), projection.
+ARCHS: dict[str, tuple[tuple[int, int, int, int, int], tuple[int, int, int], int]] = {
+    "vit-b16": ((768, 12, 12, 16, 224), (512, 12, 8), 512),
+    "vit-l14": ((1024, 24, 16, 14, 224), (768, 12, 12), 768),
+}
+
+
+def build_real_clip(arch: str, seed: int, context: int = 248) -> ClipBundle:
+    """Random weights at a real CLIP's shapes, OpenAI's BPE, 77 text positions stretched to ``context``."""
     tokenizer = real_clip_tokenizer(77)
     if tokenizer is None:
-        raise SystemExit("--config vit-b16 needs open_clip_torch installed (for the CLIP BPE vocabulary)")
+        raise SystemExit(f"{arch} shapes need open_clip_torch installed (for the CLIP BPE vocabulary)")
+    (v_width, v_layers, v_heads, patch, pixels), (t_width, t_layers, t_heads), projection = ARCHS[arch]
     config = CLIPConfig(
         text_config={
-            "vocab_size": 49408, "hidden_size": 512, "intermediate_size": 2048, "num_hidden_layers": 12,
-            "num_attention_heads": 8, "max_position_embeddings": 77, "hidden_act": "quick_gelu",
-            "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
-            "pad_token_id": tokenizer.pad_token_id,
+            "vocab_size": 49408, "hidden_size": t_width, "intermediate_size": 4 * t_width,
+            "num_hidden_layers": t_layers, "num_attention_heads": t_heads, "max_position_embeddings": 77,
+            "hidden_act": "quick_gelu", "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id,
         },
         vision_config={
-            "hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12, "num_attention_heads": 12,
-            "image_size": 224, "patch_size": 16, "hidden_act": "quick_gelu",
+            "hidden_size": v_width, "intermediate_size": 4 * v_width, "num_hidden_layers": v_layers,
+            "num_attention_heads": v_heads, "image_size": pixels, "patch_size": patch, "hidden_act": "quick_gelu",
         },
-        projection_dim=512,
+        projection_dim=projection,
     )
     torch.manual_seed(seed)
     model = CLIPModel(config)
-    tokenizer.model_max_length = stretch_positions(model, keep=20, target=248)
+    if context > 77:
+        tokenizer.model_max_length = stretch_positions(model, keep=20, target=context)
     return ClipBundle(model, tokenizer, CLIPImageProcessor())  # defaults = OpenAI's 224 px pipeline
 
 

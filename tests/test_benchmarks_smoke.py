@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
+
+import torch
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
@@ -40,3 +43,38 @@ def test_grad_cache_benchmark_runs_at_tiny_shapes(tmp_path, capsys):
     check = result["loss_check"]
     assert abs(check["plain"] - check["grad_cache"]) < 1e-5 * abs(check["plain"])  # the same big-batch step
     assert set(result["median_s"]) == {"2", "4", "4:2"} and out.is_file()
+
+
+def test_gpu_suite_runs_every_section_at_reduced_shapes(tmp_path, capsys):
+    bench = _load("gpu_suite")
+    out = tmp_path / "suite.json"
+    result = bench.main(["--shapes", "reduced", "--device", "cpu", "--out", str(out)])
+    printed = capsys.readouterr().out
+    sections = [row["section"] for row in result["rows"]]
+    assert set(sections) == set(bench.SECTIONS) and "| section | variant | throughput |" in printed
+    for row in result["rows"]:
+        assert row["throughput"] is None or row["throughput"] > 0
+    steps = [row for row in result["rows"] if row["section"] == "step-b16"]
+    assert [row["variant"] for row in steps] == ["reference-style, fp32", "goalclip, fp32"] and steps[-1]["speedup"] > 0
+    assert steps[0]["model_tflop_per_step"] == steps[1]["model_tflop_per_step"] > 0
+    [trainer] = [row for row in result["rows"] if row["section"] == "trainer"]
+    assert trainer["speed_path"] == {"attention": "sdpa", "fused_adamw": False, "pin_memory": False, "compile": False}
+    [gradcache] = [row for row in result["rows"] if row["section"] == "gradcache"]
+    assert gradcache["throughput"] is not None or "needs grad cache" in gradcache["note"]
+    assert json.loads(out.read_text())["rows"] == result["rows"]
+
+
+def test_model_flops_of_a_goal_step_follow_the_formula():
+    bench = _load("gpu_suite")
+    from transformers import CLIPConfig
+
+    config = CLIPConfig(text_config={"hidden_size": 8, "intermediate_size": 32, "num_hidden_layers": 2,
+                                     "num_attention_heads": 2},
+                        vision_config={"hidden_size": 16, "intermediate_size": 64, "num_hidden_layers": 3,
+                                       "num_attention_heads": 2,
+                                       "image_size": 32, "patch_size": 16})
+    batch = {"pixel_values": torch.zeros(6, 3, 32, 32), "caption_ids": torch.zeros(3, 10, dtype=torch.long),
+             "sentence_ids": torch.zeros(3, 4, dtype=torch.long)}
+    vision = 6 * 3 * (2 * 5 * (4 * 16 * 16 + 2 * 16 * 64) + 4 * 25 * 16) + 6 * 2 * 4 * 3 * 256 * 16
+    text = 3 * 2 * (2 * 10 * (4 * 64 + 2 * 8 * 32) + 4 * 100 * 8) + 3 * 2 * (2 * 4 * (4 * 64 + 2 * 8 * 32) + 4 * 16 * 8)
+    assert bench.goal_step_flops(config, batch) == 3 * (vision + text)

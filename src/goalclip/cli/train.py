@@ -76,6 +76,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "and back-propagate them: the same loss and gradients as the plain step (the contrastive "
                    "negatives stay the whole batch, unlike gradient accumulation) with the activation memory "
                    "of M rows, for about one extra forward pass; one process or DDP (default: off)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the training step (opt-in: the first steps "
+                   "wait for compilation, minutes for a large model, and new batch shapes recompile; pays off on a "
+                   "GPU over long runs). SDPA attention, fused AdamW on CUDA and pinned memory need no flag: the "
+                   "run logs and records which are on (train_config.json 'speed_path')")
     p.add_argument("--num-workers", type=int, help="data-loading worker processes (default: 2)")
     p.add_argument("--checkpoint-every", type=int, help="also checkpoint every N steps (default: only "
                    "at each epoch end)")

@@ -43,7 +43,7 @@ from goalclip.core.images import PixelBatches, set_max_image_pixels
 from goalclip.core.manifest import ManifestError, atomic_write, captions_of, iter_objects, validate_record
 from goalclip.core.paths import check_writable_dir, check_writable_file, refuse_input_as_output
 from goalclip.core.processes import process_device, process_state
-from goalclip.models.embed import Bundle, count_truncated, embed_images, encode_texts, load_encoder
+from goalclip.models.embed import Bundle, embed_images, encode_texts_counted, load_encoder
 from goalclip.models.open_clip import is_open_clip, spec_fingerprint
 
 logger = logging.getLogger(__name__)
@@ -322,10 +322,10 @@ def _encode_items(
     failures = sorted(gather_object([(int(part_index[i]), msg) for i, msg in batches.failed]))
 
     text_part = _shard(state, len(items.texts))
-    rows = encode_texts(bundle, [items.texts[i] for i in text_part], batch_size=config.batch_size, max_len=max_len,
-                        progress=progress, desc=f"{items.kind} texts").cpu()
-    texts, _ = _gather_rows(state, torch.tensor(text_part, dtype=torch.long), rows, len(items.texts))
-    truncated = sum(gather_object([count_truncated(bundle, [items.texts[i] for i in text_part], max_len)]))
+    rows, truncated = encode_texts_counted(bundle, [items.texts[i] for i in text_part], batch_size=config.batch_size,
+                                           max_len=max_len, progress=progress, desc=f"{items.kind} texts")
+    texts, _ = _gather_rows(state, torch.tensor(text_part, dtype=torch.long), rows.cpu(), len(items.texts))
+    truncated = sum(gather_object([truncated]))
     return Embeddings(images, image_ok, texts, failures, truncated, max_len)
 
 
@@ -480,7 +480,7 @@ def _score(items: EvalItems, embeddings: Embeddings, failed: set[int], ks: Seque
 
 
 def score_bundle(
-    bundle: ClipBundle, item_sets: Sequence[EvalItems], config: EvalConfig, state: PartialState, ks: Sequence[int]
+    bundle: Bundle, item_sets: Sequence[EvalItems], config: EvalConfig, state: PartialState, ks: Sequence[int]
 ) -> dict[str, float]:
     """Metrics of a model already in memory (the model being trained), scored as :func:`evaluate`
     scores a loaded one: every process encodes its share of the items on the model's own device

@@ -45,7 +45,7 @@ from goalclip.core.resumable import ids_already_written, part_paths
 from goalclip.core.shards import split_records
 from goalclip.core.processes import process_device, process_state
 from goalclip.models.clip import ClipBundle, load_clip
-from goalclip.models.embed import count_truncated, embed_images, encode_texts
+from goalclip.models.embed import embed_images, encode_texts_counted
 from goalclip.mining.regions import InvalidBox, Region, RegionProposer, build_proposer, take_invalid_boxes
 from goalclip.core.text import clean_text, split_sentences
 
@@ -221,7 +221,7 @@ def mine_batch(
         return MinedBatch([(r, None, "no regions" if not crops else "no sentences") for r in records],
                           seconds=clock.seconds)
     crop_emb = _crop_embeddings(bundle, crops, crop_batch_size, device)
-    text_emb = encode_texts(bundle, flat_sentences, batch_size=crop_batch_size)
+    text_emb, truncated = encode_texts_counted(bundle, flat_sentences, batch_size=crop_batch_size)
     if device.type == "cuda":
         torch.cuda.synchronize(device)  # kernels run asynchronously: charge them to this stage
     clock.lap("embed")
@@ -237,7 +237,7 @@ def mine_batch(
             continue
         results.append((record, match_pairs(image_texts @ image_crops.T, sents, regs, top_k), None))
     clock.lap("match")
-    return MinedBatch(results, count_truncated(bundle, flat_sentences), clock.seconds)
+    return MinedBatch(results, truncated, clock.seconds)
 
 
 STAGES = ("load", "decode", "propose", "crop", "embed", "match")

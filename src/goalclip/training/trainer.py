@@ -76,7 +76,7 @@ INVOCATION_FIELDS = ("resume", "overwrite")
 SAFE_ON_RESUME = frozenset(
     {"out", "num_workers", "log_every", "progress", "checkpoint_every", "checkpoint_epochs", "keep_checkpoints",
      "report_to", "skip_invalid", "gradient_checkpointing", "grad_cache_chunk", "val_every", "val_batch_size",
-     *INVOCATION_FIELDS}
+     "compile", *INVOCATION_FIELDS}
 )
 MODEL_FILES = ("model.safetensors", "config.json", HEADS_FILE, HEADS_META)
 PRECISIONS = ("no", "fp16", "bf16", "bf16-weights")
@@ -134,6 +134,7 @@ class TrainConfig:
     val_every: int = 0
     val_batch_size: int = 64
     keep_best: str | None = None
+    compile: bool = False
 
     def validate(self) -> None:
         if self.method not in METHODS:
@@ -370,18 +371,40 @@ class StepModule(torch.nn.Module):
         return batch_loss(self.clip, reps, batch, self.method, self.weights, self.heads)
 
 
+def fused_adamw_supported(params: list[torch.Tensor]) -> bool:
+    """Fused AdamW (one kernel for every parameter instead of a loop over them) needs every
+    parameter on a CUDA device and floating point; elsewhere AdamW's default implementation runs."""
+    return bool(params) and all(p.device.type == "cuda" and p.is_floating_point() for p in params)
+
+
 def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, decay_all: bool) -> torch.optim.AdamW:
     """AdamW over the trainable parameters, in one group when ``decay_all`` (the reference recipe),
-    else with no weight decay on biases, norms, embeddings and the logit scale (as CLIP trains)."""
+    else with no weight decay on biases, norms, embeddings and the logit scale (as CLIP trains).
+
+    Fused when :func:`fused_adamw_supported` (so move the model to its device first)."""
     params = [(name, param) for name, param in model.named_parameters() if param.requires_grad]
+    fused = {"fused": True} if fused_adamw_supported([p for _, p in params]) else {}
     if decay_all:
-        return torch.optim.AdamW([{"params": [p for _, p in params], "weight_decay": weight_decay}], lr=lr)
+        return torch.optim.AdamW([{"params": [p for _, p in params], "weight_decay": weight_decay}], lr=lr, **fused)
     decay, no_decay = [], []
     for name, param in params:
         flat = param.ndim < 2 or "embedding" in name or "logit_scale" in name
         (no_decay if flat else decay).append(param)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=lr)
+    return torch.optim.AdamW(groups, lr=lr, **fused)
+
+
+def speed_path(clip: CLIPModel, optimizer: torch.optim.Optimizer, pin_memory: bool, compiled: bool) -> dict[str, Any]:
+    """What the run actually uses of the GPU speed path, read back from the objects (logged and recorded)."""
+    return {"attention": clip.config._attn_implementation,
+            "fused_adamw": any(bool(group.get("fused")) for group in optimizer.param_groups),
+            "pin_memory": pin_memory, "compile": compiled}
+
+
+def describe_speed_path(path: dict[str, Any]) -> str:
+    on = {True: "on", False: "off"}
+    return (f"speed path: attention {path['attention']}, fused AdamW {on[path['fused_adamw']]}, pinned memory "
+            f"{on[path['pin_memory']]}, compile {on[path['compile']]}")
 
 
 def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, rank: int, world: int) -> list[list[int]]:
@@ -705,7 +728,8 @@ class Trainer:
         local = needs_local(cfg.method)
         examples = load_examples(cfg.data, need_local=local, skip_invalid=cfg.skip_invalid, skipped=self.skipped,
                                  local_pairs=cfg.local_pairs, pair_weighting=cfg.pair_weighting)
-        bundle = load_clip(cfg.model, base=cfg.base)
+        # SDPA: the same numbers as eager attention (tests/test_speed_path.py), fused kernels on a GPU
+        bundle = load_clip(cfg.model, base=cfg.base, attn_implementation="sdpa")
         context = prepare_text_positions(bundle, cfg.max_text_len, cfg.keep_positions)
         model = bundle.model
         clamp_logit_scale(model)
@@ -731,7 +755,11 @@ class Trainer:
         steps_per_epoch = len(dataset) // per_step
         total_steps = cfg.max_steps or steps_per_epoch * cfg.epochs
         epochs = math.ceil(total_steps / steps_per_epoch)
+        step_module.to(acc.device)  # before the optimizer: fused AdamW needs the parameters on the GPU
         optimizer = build_optimizer(step_module, cfg.lr, cfg.weight_decay, self.settings["decay_all"])
+        if cfg.compile:
+            step_module.compile()  # in place: parameter names, checkpoints and unwrap_model stay as they are
+        pin_memory = acc.device.type == "cuda"  # page-locked batches: the .to(non_blocking=True) copies overlap
         # The schedule counts optimizer steps, so it stays out of accelerate.prepare (whose wrapper
         # would step it once per process per step); checkpoints still save and restore it.
         scheduler = get_cosine_schedule_with_warmup(optimizer, cfg.warmup_steps, total_steps)
@@ -755,7 +783,8 @@ class Trainer:
                                      heads, heads_from, metrics_path)
         derived = {"context_length": context, "num_processes": acc.num_processes, "examples": len(dataset),
                    "skipped": len(self.skipped), "truncated_captions": truncated, "steps_per_epoch": steps_per_epoch,
-                   "total_steps": total_steps}
+                   "total_steps": total_steps, "speed_path": speed_path(clip, optimizer, pin_memory, cfg.compile)}
+        logger.info(describe_speed_path(derived["speed_path"]))
         if heads is not None:
             derived["tsl_heads_from"] = heads_from
         if acc.is_main_process:
@@ -778,7 +807,7 @@ class Trainer:
             batches = epoch_batches(len(dataset), cfg.batch_size, cfg.seed, epoch, acc.process_index,
                                     acc.num_processes)
             loader = DataLoader(dataset, batch_sampler=batches[step_in_epoch:], collate_fn=collate,
-                                num_workers=cfg.num_workers)
+                                num_workers=cfg.num_workers, pin_memory=pin_memory)
             for batch in loader:
                 if step >= total_steps:
                     break

@@ -1,0 +1,296 @@
+"""The GPU benchmark suite in one script (about 8 minutes on one H100/H200-class GPU).
+
+Sections (``--sections``, all by default):
+
+- ``step-b16``, ``step-l14``: one GOAL training step at ViT-B/16 and ViT-L/14 shapes (random
+  weights, 248 text positions), bf16 autocast, AdamW: goalclip's ``training_step`` vs the
+  reference-style step of ``benchmarks/train_step.py`` (each tower run several times, texts padded
+  to the full context, per-sample Python loops) on the same batch, interleaved. Samples/s, peak
+  memory (``torch.cuda.max_memory_allocated`` over one step after a reset: weights, gradients and
+  AdamW state included) and model-FLOPs utilisation.
+- ``trainer``: a few steps of ``goalclip train`` itself (bf16) at ViT-B/16 shapes: samples/s and
+  the run record's ``speed_path`` (SDPA, fused AdamW, pinned memory actually on).
+- ``flism``, ``lism``: ``goalclip mine`` with a ViT-L/14-336 matcher and YOLOS-tiny (FLISM) or SAM
+  ViT-B (LISM), random weights at real shapes (``benchmarks/lism_vs_flism.py``'s models and
+  1536 x 1024 images): images/s over every stage but model loading.
+- ``eval``: ``goalclip eval`` encoding throughput (images + captions per second, bf16) of the
+  ViT-B/16-shaped model on the same 1536 x 1024 images.
+- ``gradcache``: peak memory and step time of ``goalclip train`` at batch 1024 with
+  ``--grad-cache-chunk``; skipped with a "needs grad cache" line when this goalclip has no
+  ``TrainConfig.grad_cache_chunk``.
+
+Model FLOPs (for MFU) count what the step must compute, not what an implementation wastes: per
+transformer layer and sequence of n tokens of width d with MLP width m, a forward is
+2 n (4 d^2 + 2 d m) multiply-add FLOPs for the projections and MLP plus 4 n^2 d for the attention
+scores and their weighted sum; plus the patch embedding (2 n_patches 3 p^2 d) per image. Sequences:
+the vision tower over the global images and the crops, the text tower over the captions and the
+sentences at goalclip's padded lengths. Training = 3 x forward (backward = 2 x forward). The
+reference-style step is charged the same model FLOPs, so its lower MFU is its waste. Peak bf16
+dense TFLOP/s comes from ``--peak-tflops`` or the GPU's name (H100/H200 989, A100 312).
+
+``--shapes reduced`` runs every section at the test suite's tiny shapes on the CPU in seconds
+(tests/test_benchmarks_smoke.py), so the script cannot rot; its numbers mean nothing.
+
+    python benchmarks/gpu_suite.py --out gpu_suite.json                # on a GPU
+    python benchmarks/gpu_suite.py --shapes reduced --device cpu       # the CPU smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _common  # noqa: F401  (first: sets thread/offline env variables before torch loads)
+
+# isort: split
+
+import torch
+from _common import interleaved, machine_facts, markdown_table, print_facts, synchronize
+from lism_vs_flism import build_models, make_images, run_method
+from train_step import build_setup, load_setup, variant_loss
+
+from goalclip.evaluation.retrieval import EvalConfig, evaluate
+from goalclip.training.trainer import TrainConfig, train
+
+SECTIONS = ("step-b16", "step-l14", "trainer", "flism", "lism", "eval", "gradcache")
+PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
+# Per shape: (train_step setup config, batch) per step section; images mined / evaluated; trainer batch;
+# grad-cache batch and chunk.
+SHAPES: dict[str, dict[str, Any]] = {
+    "real": {"step-b16": ("vit-b16", 128), "step-l14": ("vit-l14", 64), "mine": "real", "flism_images": 64,
+             "lism_images": 4, "eval_images": 64, "trainer": ("vit-b16", 128), "gradcache": ("vit-b16", 1024, 64),
+             "rounds": 10, "workers": 8},
+    "reduced": {"step-b16": ("tiny", 4), "step-l14": ("tiny", 4), "mine": "tiny", "flism_images": 2,
+                "lism_images": 2, "eval_images": 4, "trainer": ("tiny", 4), "gradcache": ("tiny", 8, 2),
+                "rounds": 1, "workers": 0},
+}
+
+
+def _bf16(device: str) -> bool:
+    """bf16 on a GPU; the CPU smoke run stays in fp32 (CPU bf16 without AMX is slower than fp32)."""
+    return device.startswith("cuda")
+
+
+def _row(section: str, variant: str, throughput: float | None, unit: str, **extra: Any) -> dict[str, Any]:
+    return {"section": section, "variant": variant, "throughput": throughput, "unit": unit, **extra}
+
+
+def _peak_memory_gib(device: str) -> float | None:
+    return torch.cuda.max_memory_allocated(device) / 2**30 if device.startswith("cuda") else None
+
+
+def _reset_peak(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _setup(config: str, batch: int, work: Path) -> Path:
+    """``train_step.build_setup``'s world + model folder, built once per (shape, batch) and shared by sections."""
+    folder = work / f"setup-{config}-{batch}"
+    return folder if (folder / "model").is_dir() else build_setup(config, batch, folder)
+
+
+def _images(count: int, shapes: str, work: Path) -> Path:
+    """``count`` photo-sized images with captions (``lism_vs_flism.make_images``), shared by sections."""
+    folder = work / f"images-{shapes}-{count}"
+    manifest = folder / "captions.jsonl"
+    return manifest if manifest.is_file() else make_images(folder, count, shapes)
+
+
+# ------------------------------------------------------------------------------------ FLOPs
+
+
+def _tower_flops(cfg, tokens: int, sequences: int) -> float:
+    d, m, layers = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers
+    return sequences * layers * (2 * tokens * (4 * d * d + 2 * d * m) + 4 * tokens * tokens * d)
+
+
+def goal_step_flops(config, batch: dict[str, torch.Tensor]) -> float:
+    """Model FLOPs of one GOAL training step on ``batch`` (see the module docstring)."""
+    vision, text = config.vision_config, config.text_config
+    images = batch["pixel_values"].shape[0]
+    patches = (vision.image_size // vision.patch_size) ** 2
+    patch_embedding = 2 * patches * 3 * vision.patch_size**2 * vision.hidden_size
+    forward = _tower_flops(vision, patches + 1, images) + images * patch_embedding
+    forward += _tower_flops(text, batch["caption_ids"].shape[1], batch["caption_ids"].shape[0])
+    forward += _tower_flops(text, batch["sentence_ids"].shape[1], batch["sentence_ids"].shape[0])
+    return 3 * forward
+
+
+def peak_tflops(device: str, given: float | None) -> float | None:
+    if given is not None or not device.startswith("cuda"):
+        return given
+    name = torch.cuda.get_device_name(device)
+    return next((value for key, value in PEAK_TFLOPS.items() if key in name), None)
+
+
+# ----------------------------------------------------------------------------------- sections
+
+
+def step_section(name: str, args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
+    config, batch_size = SHAPES[args.shapes][name]
+    loaded = load_setup(_setup(config, batch_size, work), batch_size, args.device)
+    model = loaded.bundle.model.train()
+    cuda = args.device.startswith("cuda")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-6, weight_decay=0.05, fused=cuda)
+
+    def step(variant: str) -> None:
+        with torch.autocast("cuda" if cuda else "cpu", dtype=torch.bfloat16, enabled=_bf16(args.device)):
+            loss, _ = variant_loss(variant, loaded, model, False)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    variants = {"reference-style": lambda: step("reference"), "goalclip": lambda: step("ours")}
+    peaks = dict.fromkeys(variants)
+    for variant, run in variants.items() if cuda else ():  # one step each after a reset: each variant's own peak
+        run()
+        synchronize(args.device)
+        _reset_peak(args.device)
+        run()
+        synchronize(args.device)
+        peaks[variant] = _peak_memory_gib(args.device)
+    timer = interleaved(variants, rounds=SHAPES[args.shapes]["rounds"], warmup=1, device=args.device, log=False)
+    flops = goal_step_flops(model.config, loaded.ours)
+    peak = peak_tflops(args.device, args.peak_tflops)
+    rows = []
+    for variant in variants:
+        seconds = timer.median(variant)
+        mfu = flops / seconds / (peak * 1e12) if peak else None
+        rows.append(_row(name, f"{variant}, {'bf16' if _bf16(args.device) else 'fp32'}", batch_size / seconds,
+                         "samples/s", peak_gib=peaks[variant], mfu=mfu,
+                         step_ms=seconds * 1e3, model_tflop_per_step=flops / 1e12, shape=config, batch=batch_size))
+    rows[-1]["speedup"] = timer.paired_ratio("reference-style", "goalclip")
+    return rows
+
+
+def _train_config(args: argparse.Namespace, setup: Path, out: Path, batch: int, **extra: Any) -> TrainConfig:
+    return TrainConfig(model=str(setup / "model"), data=str(setup / "train.jsonl"), out=str(out), batch_size=batch,
+                       max_steps=extra.pop("max_steps", 5), precision="bf16" if _bf16(args.device) else "no",
+                       num_workers=SHAPES[args.shapes]["workers"], progress=False, log_every=1, checkpoint_epochs=False, **extra)
+
+
+def trainer_section(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
+    config, batch = SHAPES[args.shapes]["trainer"]
+    setup = _setup(config, batch, work)
+    summary = train(_train_config(args, setup, work / "trainer-run", batch))
+    record = json.loads((work / "trainer-run" / "train_config.json").read_text())
+    precision = "bf16" if _bf16(args.device) else "fp32"
+    return [_row("trainer", f"goalclip train, {config}, {precision}", batch / summary["median_step_s"], "samples/s",
+                 step_ms=summary["median_step_s"] * 1e3, batch=batch, speed_path=record["derived"]["speed_path"])]
+
+
+def gradcache_section(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
+    if "grad_cache_chunk" not in {f.name for f in dataclasses.fields(TrainConfig)}:
+        return [_row("gradcache", "skipped", None, "", note="needs grad cache (--grad-cache-chunk, "
+                     "TrainConfig.grad_cache_chunk): not in this goalclip")]
+    config, batch, chunk = SHAPES[args.shapes]["gradcache"]
+    setup = _setup(config, batch, work)
+    _reset_peak(args.device)
+    summary = train(_train_config(args, setup, work / "gradcache-run", batch, max_steps=2, grad_cache_chunk=chunk))
+    precision = "bf16" if _bf16(args.device) else "fp32"
+    return [_row("gradcache", f"batch {batch}, chunk {chunk}, {config}, {precision}", batch / summary["median_step_s"],
+                 "samples/s", peak_gib=_peak_memory_gib(args.device), step_ms=summary["median_step_s"] * 1e3)]
+
+
+def mining_section(method: str, args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
+    shapes = SHAPES[args.shapes]
+    images = shapes[f"{method}_images"]
+    models = build_models(work / "mine-models", shapes["mine"])
+    data = _images(images, shapes["mine"], work)
+    summary = run_method(method, models, data, work / f"{method}.jsonl", args.device, batch_size=min(images, 32),
+                         num_workers=shapes["workers"])  # images decode in loader workers, as `goalclip mine` runs
+    seconds = sum(v for stage, v in summary["stage_seconds"].items() if stage != "load")
+    return [_row(method, f"goalclip mine --regions {method}", images / seconds, "images/s",
+                 stage_seconds=summary["stage_seconds"], pairs=summary["pairs"])]
+
+
+def eval_section(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
+    shapes = SHAPES[args.shapes]
+    config, batch = shapes["trainer"]
+    setup = _setup(config, batch, work)
+    n = shapes["eval_images"]
+    data = _images(n, shapes["mine"], work)
+    precision = "bf16" if _bf16(args.device) else "fp32"
+    results = evaluate(EvalConfig(models=[str(setup / "model")], data=str(data), ks=[1, 5], batch_size=64,
+                                  num_workers=shapes["workers"], device=args.device, precision=precision,
+                                  progress=False), write_out=False)
+    seconds = results["models"][0]["timing"]["encode_s"]
+    return [_row("eval", f"goalclip eval, {config}, {precision}", n / seconds, "image+caption pairs/s",
+                 encode_s=seconds)]
+
+
+# ------------------------------------------------------------------------------------- report
+
+
+def _fmt(value: Any, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def report(rows: list[dict[str, Any]]) -> str:
+    table = []
+    for r in rows:
+        notes = r.get("note") or (f"{r['speedup']:.2f}x vs reference-style" if "speedup" in r else "")
+        if "speed_path" in r:
+            notes = ", ".join(f"{k} {v}" for k, v in r["speed_path"].items())
+        table.append([r["section"], r["variant"], _fmt(r["throughput"], ".1f"), r["unit"],
+                      _fmt(r.get("peak_gib"), ".2f"), _fmt(r.get("mfu") and 100 * r["mfu"], ".1f"), notes])
+    return markdown_table(["section", "variant", "throughput", "unit", "peak GiB", "MFU %", "notes"], table)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--shapes", choices=sorted(SHAPES), default="real",
+                        help="real = ViT-B/16, ViT-L/14, ViT-L/14-336 + YOLOS-tiny / SAM ViT-B; "
+                        "reduced = tiny (the CPU test)")
+    parser.add_argument("--sections", default=",".join(SECTIONS),
+                        help=f"comma-separated subset of {', '.join(SECTIONS)}")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--peak-tflops", type=float, default=None,
+                        help="the device's peak dense bf16 TFLOP/s for MFU (default: from the GPU's name)")
+    parser.add_argument("--out", type=Path, default=None, help="also write the rows as JSON")
+    args = parser.parse_args(argv)
+    unknown = sorted(set(args.sections.split(",")) - set(SECTIONS))
+    if unknown:
+        parser.error(f"unknown sections: {', '.join(unknown)}")
+    facts = machine_facts(args.device)
+    print_facts(facts)
+    runners = {
+        "step-b16": lambda work: step_section("step-b16", args, work),
+        "step-l14": lambda work: step_section("step-l14", args, work),
+        "trainer": lambda work: trainer_section(args, work),
+        "flism": lambda work: mining_section("flism", args, work),
+        "lism": lambda work: mining_section("lism", args, work),
+        "eval": lambda work: eval_section(args, work),
+        "gradcache": lambda work: gradcache_section(args, work),
+    }
+    started = time.perf_counter()
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="goalclip-gpu-suite-") as tmp:
+        for name in args.sections.split(","):
+            tick = time.perf_counter()
+            section_rows = runners[name](Path(tmp))
+            for row in section_rows:
+                row["section_s"] = round(time.perf_counter() - tick, 1)
+            rows.extend(section_rows)
+            print(f"{name}: done in {time.perf_counter() - tick:.0f} s", flush=True)
+    table = report(rows)
+    print(f"\n### GPU suite, `--shapes {args.shapes}` ({facts.get('gpu', args.device)}, torch {facts['torch']})\n")
+    print(table)
+    print(f"\nWall time: {time.perf_counter() - started:.0f} s")
+    result = {"shapes": args.shapes, "machine": facts, "rows": rows, "wall_s": time.perf_counter() - started}
+    if args.out is not None:
+        args.out.write_text(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()
