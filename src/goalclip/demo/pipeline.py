@@ -1,12 +1,14 @@
 """``goalclip demo``: the whole pipeline, offline, on a generated world, through the real code paths.
 
-Steps: generate the synthetic world; build a small CLIP and pretrain it on the short one-object
-captions (standing in for a downloaded checkpoint); mine FLISM pairs (the world's true object
-boxes stand in for the detector, plus quadrants and centre); fine-tune every method of the
-ablation (``global``, ``local``, ``wo-tsl``, ``goal``) from the same checkpoint with the same
-recipe, once per fine-tune seed; evaluate every run with one protocol and print the ablation
-table (mean ± std over seeds); draw the ablation bars and the attention and retrieval figures.
-Every step calls the function its subcommand calls.
+Steps: generate the synthetic world (rendered at ``render_scale`` times the model's input, with
+fine markings that only the full resolution shows); build a small CLIP and pretrain it on the short
+one-object captions (standing in for a downloaded checkpoint); mine FLISM pairs (the world's true
+object boxes stand in for the detector, plus quadrants and centre) with crops from the full-size
+images; fine-tune every method of the ablation (``global``, ``local``, ``wo-tsl``, ``goal``, and in
+the full demo ``goal`` on detector-only pairs and on the top-3 pairs) from the same checkpoint with
+the same recipe, once per fine-tune seed; evaluate every run with one protocol and print the
+ablation table (mean ± std over seeds); draw the ablation bars and the attention and retrieval
+figures. Every step calls the function its subcommand calls.
 """
 
 from __future__ import annotations
@@ -44,6 +46,9 @@ class DemoPlan:
     n_train: int = 600
     n_test: int = 200
     image_size: int = 64
+    # the world is rendered at this multiple of the model's input (the resolution gap of real data);
+    # pretraining images are stored at the model's input size
+    render_scale: int = 4
     patch_size: int = 16
     width: int = 64
     layers: int = 4
@@ -59,14 +64,43 @@ class DemoPlan:
     finetune_lr: float = 5e-4
     finetune_warmup_steps: int = 5
     finetune_seeds: int = 3
+    # the mining rows (goal on detector-only pairs, GOAL Table VII) and the top-k rows (Table VIII)
+    finetune_extra_rows: bool = True
     context: int = 32
     keep_positions: int = 8
     max_text_len: int = 104
 
 
-QUICK = DemoPlan(n_pretrain=1000, n_train=200, n_test=100, pretrain_steps=250, finetune_epochs=8, finetune_seeds=1)
+QUICK = DemoPlan(n_pretrain=1000, n_train=200, n_test=100, pretrain_steps=250, finetune_epochs=8, finetune_seeds=1,
+                 finetune_extra_rows=False)
 # GOAL Tables 1-2 / FAST-GOAL Table VI: each loss term's contribution, from one checkpoint.
 FINETUNE_METHODS: tuple[str, ...] = ("global", "local", "wo-tsl", "goal")
+
+
+@dataclass(frozen=True)
+class Row:
+    """One row of the ablation: a training method, the mined pairs it trains on, its top-k options."""
+
+    label: str
+    method: str
+    pairs: str = "flism"  # "flism" (true boxes + quadrants + centre) or "boxes" (true boxes alone)
+    local_pairs: int = 1
+    pair_weighting: str = "uniform"
+
+
+LOSS_ROWS: tuple[Row, ...] = tuple(Row(m, m) for m in FINETUNE_METHODS)
+# FAST-GOAL Table VII (FLISM vs detector regions alone) and Table VIII (top-3 pairs, uniform or
+# weighted by mining similarity, vs the single best pair), all on the full method.
+EXTRA_ROWS: tuple[Row, ...] = (
+    Row("goal boxes-only", "goal", pairs="boxes"),
+    Row("goal top-3 uniform", "goal", local_pairs=3),
+    Row("goal top-3 weighted", "goal", local_pairs=3, pair_weighting="similarity"),
+)
+
+
+def ablation_rows(plan: DemoPlan) -> tuple[Row, ...]:
+    """The rows a plan fine-tunes: the four loss methods, then (unless the plan is quick) the extra rows."""
+    return LOSS_ROWS + (EXTRA_ROWS if plan.finetune_extra_rows else ())
 
 
 def iou(a: list[float], b: list[float]) -> float:
@@ -141,7 +175,8 @@ def run_demo(
         return result
 
     world = timed("world", generate_world, out / "world", WorldConfig(
-        n_pretrain=plan.n_pretrain, n_train=plan.n_train, n_test=plan.n_test, seed=seed))
+        n_pretrain=plan.n_pretrain, n_train=plan.n_train, n_test=plan.n_test,
+        image_size=plan.image_size * plan.render_scale, pretrain_size=plan.image_size, seed=seed))
     texts = [r["caption"] for path in (world.pretrain, world.train) for r in read_manifest(path)]
     init = timed("build", lambda: save_clip(build_tiny_clip(
         texts, image_size=plan.image_size, patch_size=plan.patch_size, width=plan.width, layers=plan.layers,
@@ -167,13 +202,17 @@ def run_demo(
         pretrain_key.write_text(json.dumps(key, indent=2))
     pretrained = pretrain.out
 
+    rows = ablation_rows(plan)
     mined: dict[str, Path] = {}
-    for split, manifest, boxes in (("train", world.train, world.train_boxes), ("test", world.test, world.test_boxes)):
-        mined[split] = out / "mined" / f"{split}.jsonl"
-        for stale in mined[split].parent.glob(f"{split}.jsonl*"):
+    jobs = [("train", world.train, world.train_boxes, "flism"), ("test", world.test, world.test_boxes, "flism")]
+    if any(row.pairs == "boxes" for row in rows):
+        jobs.append(("train_boxes", world.train, world.train_boxes, "external"))
+    for name, manifest, boxes, regions in jobs:
+        mined[name] = out / "mined" / f"{name}.jsonl"
+        for stale in mined[name].parent.glob(f"{name}.jsonl*"):
             stale.unlink()
-        timed(f"mine_{split}", mine, MineConfig(
-            model=pretrained, data=str(manifest), out=str(mined[split]), regions="flism", boxes=str(boxes),
+        timed(f"mine_{name}", mine, MineConfig(
+            model=pretrained, data=str(manifest), out=str(mined[name]), regions=regions, boxes=str(boxes),
             num_workers=num_workers, batch_size=64, progress=progress))
     accuracy = mining_accuracy(world.train, mined["train"])
     joint = out / "mined" / "test_joint.jsonl"
@@ -182,17 +221,19 @@ def run_demo(
     models, labels = [pretrained], ["pretrained"]
     step_ms: dict[str, float] = {}
     for run_seed in range(seed, seed + plan.finetune_seeds):
-        for method in FINETUNE_METHODS:
-            target = out / "models" / method / f"seed{run_seed}"
-            run = timed(f"train_{method}_seed{run_seed}", train, TrainConfig(
-                model=pretrained, data=str(mined["train"]), out=str(target), method=method,
+        for row in rows:
+            name = row.label.replace(" ", "_")
+            target = out / "models" / name / f"seed{run_seed}"
+            run = timed(f"train_{name}_seed{run_seed}", train, TrainConfig(
+                model=pretrained, data=str(mined["train" if row.pairs == "flism" else "train_boxes"]),
+                out=str(target), method=row.method, local_pairs=row.local_pairs, pair_weighting=row.pair_weighting,
                 epochs=plan.finetune_epochs, batch_size=plan.finetune_batch, lr=plan.finetune_lr,
                 warmup_steps=plan.finetune_warmup_steps,
                 max_text_len=plan.max_text_len, keep_positions=plan.keep_positions,
                 **{**common, "seed": run_seed}))
             models.append(str(target))
-            labels.append(method)
-            step_ms.setdefault(method, round(run["median_step_s"] * 1000, 1))
+            labels.append(row.label)
+            step_ms.setdefault(row.label, round(run["median_step_s"] * 1000, 1))
 
     results = timed("eval", evaluate, EvalConfig(
         models=models, data=str(world.test), joint=str(joint), ks=[1, 5], progress=False), write_out=False)
@@ -239,13 +280,18 @@ def run_demo(
 def _readme(out: Path, table: str, accuracy: dict[str, Any], wall: float) -> str:
     return f"""goalclip demo output ({out})
 
-world/                 the synthetic world: images/, pretrain.jsonl (one object, short captions),
-                       train.jsonl and test.jsonl (long captions), *_boxes.jsonl (true object boxes)
+world/                 the synthetic world: images/ (rendered at 4x the model's input, every object with a
+                       fine marking the captions name), pretrain.jsonl (one object, short captions,
+                       thumbnails at the model's input size), train.jsonl and test.jsonl (long captions),
+                       *_boxes.jsonl (true object boxes)
 models/init            the randomly initialised small CLIP with its trained BPE tokenizer
 models/pretrained      init pretrained with `global` on the short captions (stands in for a hub checkpoint)
-models/METHOD/seedN    pretrained fine-tuned on the long captions with --method METHOD (global, local,
-                       wo-tsl = global + local, goal = global + local + TSL) and fine-tune seed N
+models/ROW/seedN       pretrained fine-tuned on the long captions with fine-tune seed N: --method ROW (global,
+                       local, wo-tsl = global + local, goal = global + local + TSL); full demo only:
+                       goal_boxes-only (pairs mined from the true boxes alone), goal_top-3_uniform and
+                       goal_top-3_weighted (--local-pairs 3, --pair-weighting uniform / similarity)
 mined/train.jsonl      FLISM pairs (true boxes as the detector + quadrants + centre), with candidates
+mined/train_boxes.jsonl  (full demo) pairs mined from the true boxes alone (--regions external)
 mined/test_joint.jsonl the global-local joint test set used for mAP@10
 metrics.json           every metric of every model (goalclip eval)
 figures/ablation.png   the ablation table as bars, one std of the seed spread as error bars
