@@ -59,7 +59,7 @@ def test_ablation_cells_show_mean_and_sample_std_and_single_runs_alone():
 
 
 TINY = DemoPlan(n_pretrain=24, n_train=16, n_test=8, image_size=32, width=32, layers=1, pretrain_steps=2,
-                pretrain_batch=8, finetune_epochs=1, finetune_batch=8, finetune_seeds=2)
+                pretrain_batch=8, finetune_epochs=1, finetune_batch=8, finetune_seeds=2, finetune_extra_rows=True)
 ROWS = [*FINETUNE_METHODS, *(row.label for row in EXTRA_ROWS)]
 
 
@@ -77,9 +77,10 @@ def test_demo_prints_the_ablation_table_over_seeds_and_draws_its_bars(tiny_demo)
     out, summary, printed = tiny_demo
     assert summary["table"] in printed
     rows = [line.split(" | ")[0].strip("| ") for line in printed.splitlines() if line.startswith("| ")]
-    assert rows == 2 * ["model", "pretrained", *ROWS]  # retrieval table, then joint mAP@10 table
+    assert rows == 3 * ["model", "pretrained", *ROWS]  # retrieval, joint mAP@10, resolution-gap probe
     headers = [line for line in printed.splitlines() if line.startswith("| model ")]
-    assert headers == ["| model | runs | t2i@1 | t2i@5 | i2t@1 | i2t@5 |", "| model | runs | i2t_map@10 | t2i_map@10 |"]
+    assert headers == ["| model | runs | t2i@1 | t2i@5 | i2t@1 | i2t@5 |", "| model | runs | i2t_map@10 | t2i_map@10 |",
+                       "| model | runs | marking_crop | marking_global |"]
     assert "| pretrained | 1 |" in printed and "| goal | 2 |" in printed
     assert re.search(r"\| goal \| 2 \| \d+\.\d\d ± \d+\.\d\d \|", printed)
     metrics = json.loads((out / "metrics.json").read_text())
@@ -117,8 +118,34 @@ def test_demo_renders_at_four_times_the_model_input_and_trains_the_extra_rows_on
         k: v for k, v in dataclasses.asdict(TINY).items() if k.startswith("finetune_")}
 
 
-def test_quick_plan_runs_one_seed_of_the_four_loss_methods_only():
-    from goalclip.demo.pipeline import QUICK, ablation_rows
+def test_quick_and_full_plans_run_the_four_loss_methods_and_extra_rows_only_on_request(tmp_path, monkeypatch):
+    from goalclip.cli import main
+    from goalclip.demo import pipeline
 
-    assert [row.label for row in ablation_rows(QUICK)] == list(FINETUNE_METHODS) and QUICK.finetune_seeds == 1
-    assert [row.label for row in ablation_rows(DemoPlan())] == ROWS and DemoPlan().finetune_seeds == 3
+    assert [row.label for row in pipeline.ablation_rows(pipeline.QUICK)] == list(FINETUNE_METHODS)
+    assert pipeline.QUICK.finetune_seeds == 1 and DemoPlan().finetune_seeds == 3
+    assert [row.label for row in pipeline.ablation_rows(DemoPlan())] == list(FINETUNE_METHODS)
+    seen = []
+    monkeypatch.setattr(pipeline, "run_demo", lambda out, **kw: seen.append(kw) or {"summary": "done"})
+    main(["demo", "--quick", "--out", str(tmp_path)])
+    main(["demo", "--extra-rows", "--out", str(tmp_path)])
+    assert [(kw["quick"], kw["extra_rows"]) for kw in seen] == [(True, False), (False, True)]
+
+
+def test_marking_probe_swaps_only_the_objects_marking_and_scores_every_object(tiny_demo):
+    from goalclip.core.manifest import read_manifest
+    from goalclip.demo.probe import _swapped, marking_probe
+
+    obj = {"shape": "circle", "marking": "spots", "sentence": "A red circle with spots sits in the top left."}
+    assert _swapped(obj["sentence"], obj, "vertical stripes") == "A red circle with vertical stripes sits in the top left."
+    with pytest.raises(ValueError, match="does not name its marking"):
+        _swapped("A red circle sits in the top left.", {**obj, "sentence": "A red circle sits in the top left."}, "spots")
+    out, _, _ = tiny_demo
+    objects = sum(len(r["objects"]) for r in read_manifest(out / "world" / "test.jsonl"))
+    scores = marking_probe(str(out / "models" / "goal" / "seed0"), str(out / "world" / "test.jsonl"),
+                           context=TINY.max_text_len, keep_positions=TINY.keep_positions)
+    assert set(scores) == {"marking_crop", "marking_global"}
+    for value in scores.values():  # a percentage of whole objects
+        assert 0 <= value <= 100 and round(value * objects / 100, 6).is_integer()
+    recorded = json.loads((out / "metrics.json").read_text())["ablation"]["summary"]["goal"]
+    assert recorded["marking_crop"]["values"][0] == pytest.approx(scores["marking_crop"])
