@@ -141,11 +141,12 @@ def test_marking_probe_swaps_only_the_objects_marking_and_scores_every_object(ti
     with pytest.raises(ValueError, match="does not name its marking"):
         _swapped("A red circle sits in the top left.", {**obj, "sentence": "A red circle sits in the top left."}, "spots")
     out, _, _ = tiny_demo
-    objects = sum(len(r["objects"]) for r in read_manifest(out / "world" / "test.jsonl"))
-    scores = marking_probe(str(out / "models" / "goal" / "seed0"), str(out / "world" / "test.jsonl"),
-                           context=TINY.max_text_len, keep_positions=TINY.keep_positions)
+    test = read_manifest(out / "world" / "test.jsonl")
+    counts = {"marking_crop": sum(len(r["objects"]) for r in test), "marking_global": len(test)}
+    (scores,) = marking_probe([str(out / "models" / "goal" / "seed0")], str(out / "world" / "test.jsonl"),
+                              context=TINY.max_text_len, keep_positions=TINY.keep_positions)
     assert set(scores) == {"marking_crop", "marking_global"}
-    for value in scores.values():  # a percentage of whole objects
-        assert 0 <= value <= 100 and round(value * objects / 100, 6).is_integer()
+    for metric, value in scores.items():  # a percentage of whole objects: all of them, or one per image
+        assert 0 <= value <= 100 and round(value * counts[metric] / 100, 6).is_integer()
     recorded = json.loads((out / "metrics.json").read_text())["ablation"]["summary"]["goal"]
     assert recorded["marking_crop"]["values"][0] == pytest.approx(scores["marking_crop"])
