@@ -137,9 +137,11 @@ def test_marking_probe_swaps_only_the_objects_marking_and_scores_every_object(ti
     from goalclip.demo.probe import _swapped, marking_probe
 
     obj = {"shape": "circle", "marking": "spots", "sentence": "A red circle with spots sits in the top left."}
-    assert _swapped(obj["sentence"], obj, "vertical stripes") == "A red circle with vertical stripes sits in the top left."
+    swapped = _swapped(obj["sentence"], obj, "vertical stripes")
+    assert swapped == "A red circle with vertical stripes sits in the top left."
+    plain = "A red circle sits in the top left."
     with pytest.raises(ValueError, match="does not name its marking"):
-        _swapped("A red circle sits in the top left.", {**obj, "sentence": "A red circle sits in the top left."}, "spots")
+        _swapped(plain, {**obj, "sentence": plain}, "spots")
     out, _, _ = tiny_demo
     test = read_manifest(out / "world" / "test.jsonl")
     counts = {"marking_crop": sum(len(r["objects"]) for r in test), "marking_global": len(test)}
