@@ -11,6 +11,7 @@ from PIL import Image
 
 from goalclip.demo.ablation import ablation_table, summarise
 from goalclip.demo.pipeline import (
+    EXTRA_ROWS,
     FINETUNE_METHODS,
     DemoPlan,
     iou,
@@ -57,8 +58,9 @@ def test_ablation_cells_show_mean_and_sample_std_and_single_runs_alone():
         summarise(results, ["a", "b", "c"])
 
 
-TINY = DemoPlan(n_pretrain=24, n_train=16, n_test=8, width=32, layers=1, pretrain_steps=2, pretrain_batch=8,
-                finetune_epochs=1, finetune_batch=8, finetune_seeds=2)
+TINY = DemoPlan(n_pretrain=24, n_train=16, n_test=8, image_size=32, width=32, layers=1, pretrain_steps=2,
+                pretrain_batch=8, finetune_epochs=1, finetune_batch=8, finetune_seeds=2, finetune_extra_rows=True)
+ROWS = [*FINETUNE_METHODS, *(row.label for row in EXTRA_ROWS)]
 
 
 @pytest.fixture(scope="module")
@@ -75,16 +77,17 @@ def test_demo_prints_the_ablation_table_over_seeds_and_draws_its_bars(tiny_demo)
     out, summary, printed = tiny_demo
     assert summary["table"] in printed
     rows = [line.split(" | ")[0].strip("| ") for line in printed.splitlines() if line.startswith("| ")]
-    assert rows == 2 * ["model", "pretrained", *FINETUNE_METHODS]  # retrieval table, then joint mAP@10 table
+    assert rows == 3 * ["model", "pretrained", *ROWS]  # retrieval, joint mAP@10, resolution-gap probe
     headers = [line for line in printed.splitlines() if line.startswith("| model ")]
-    assert headers == ["| model | runs | t2i@1 | t2i@5 | i2t@1 | i2t@5 |", "| model | runs | i2t_map@10 | t2i_map@10 |"]
+    assert headers == ["| model | runs | t2i@1 | t2i@5 | i2t@1 | i2t@5 |", "| model | runs | i2t_map@10 | t2i_map@10 |",
+                       "| model | runs | marking_crop | marking_global |"]
     assert "| pretrained | 1 |" in printed and "| goal | 2 |" in printed
     assert re.search(r"\| goal \| 2 \| \d+\.\d\d ± \d+\.\d\d \|", printed)
     metrics = json.loads((out / "metrics.json").read_text())
     ablation = metrics["ablation"]["summary"]
-    assert list(ablation) == ["pretrained", *FINETUNE_METHODS]
-    assert all(ablation[m]["t2i@1"]["n"] == 2 for m in FINETUNE_METHODS)
-    assert len(metrics["models"]) == 1 + 2 * len(FINETUNE_METHODS)
+    assert list(ablation) == ["pretrained", *ROWS]
+    assert all(ablation[m]["t2i@1"]["n"] == 2 for m in ROWS)
+    assert len(metrics["models"]) == 1 + 2 * len(ROWS)
     with Image.open(out / "figures" / "ablation.png") as image:
         assert image.format == "PNG" and image.width > 200
 
@@ -92,6 +95,60 @@ def test_demo_prints_the_ablation_table_over_seeds_and_draws_its_bars(tiny_demo)
 def test_demo_rerun_reuses_its_pretrained_checkpoint_when_only_fine_tuning_changes(tiny_demo):
     out, first, _ = tiny_demo
     weights = (out / "models" / "pretrained" / "model.safetensors").read_bytes()
-    again = run_demo(out, plan=dataclasses.replace(TINY, finetune_seeds=1), progress=False)
+    again = run_demo(out, plan=dataclasses.replace(TINY, finetune_seeds=1, finetune_extra_rows=False), progress=False)
     assert "pretrain" in first["times_s"] and "pretrain" not in again["times_s"]
     assert (out / "models" / "pretrained" / "model.safetensors").read_bytes() == weights
+
+
+def test_demo_renders_at_four_times_the_model_input_and_trains_the_extra_rows_on_their_pairs(tiny_demo):
+    out, summary, _ = tiny_demo
+    with Image.open(out / "world" / "images" / "train-000000.png") as image:
+        assert image.size == (4 * TINY.image_size, 4 * TINY.image_size)
+    with Image.open(out / "world" / "images" / "pretrain-000000.png") as image:
+        assert image.size == (TINY.image_size, TINY.image_size)
+    boxes_only = [json.loads(line) for line in (out / "mined" / "train_boxes.jsonl").read_text().splitlines()]
+    assert boxes_only and all(r["local"]["source"] == "external" for r in boxes_only)
+    configs = {row: json.loads((out / "models" / row.replace(" ", "_") / "seed0" / "train_config.json").read_text())
+               for row in ROWS}
+    assert configs["goal boxes-only"]["config"]["data"].endswith("train_boxes.jsonl")
+    assert configs["goal"]["config"]["data"].endswith("train.jsonl")
+    assert (configs["goal top-3 weighted"]["config"]["local_pairs"],
+            configs["goal top-3 weighted"]["config"]["pair_weighting"]) == (3, "similarity")
+    assert {k: v for k, v in summary["plan"].items() if k.startswith("finetune_")} == {
+        k: v for k, v in dataclasses.asdict(TINY).items() if k.startswith("finetune_")}
+
+
+def test_quick_and_full_plans_run_the_four_loss_methods_and_extra_rows_only_on_request(tmp_path, monkeypatch):
+    from goalclip.cli import main
+    from goalclip.demo import pipeline
+
+    assert [row.label for row in pipeline.ablation_rows(pipeline.QUICK)] == list(FINETUNE_METHODS)
+    assert pipeline.QUICK.finetune_seeds == 1 and DemoPlan().finetune_seeds == 3
+    assert [row.label for row in pipeline.ablation_rows(DemoPlan())] == list(FINETUNE_METHODS)
+    seen = []
+    monkeypatch.setattr(pipeline, "run_demo", lambda out, **kw: seen.append(kw) or {"summary": "done"})
+    main(["demo", "--quick", "--out", str(tmp_path)])
+    main(["demo", "--extra-rows", "--out", str(tmp_path)])
+    assert [(kw["quick"], kw["extra_rows"]) for kw in seen] == [(True, False), (False, True)]
+
+
+def test_marking_probe_swaps_only_the_objects_marking_and_scores_every_object(tiny_demo):
+    from goalclip.core.manifest import read_manifest
+    from goalclip.demo.probe import _swapped, marking_probe
+
+    obj = {"shape": "circle", "marking": "spots", "sentence": "A red circle with spots sits in the top left."}
+    swapped = _swapped(obj["sentence"], obj, "vertical stripes")
+    assert swapped == "A red circle with vertical stripes sits in the top left."
+    plain = "A red circle sits in the top left."
+    with pytest.raises(ValueError, match="does not name its marking"):
+        _swapped(plain, {**obj, "sentence": plain}, "spots")
+    out, _, _ = tiny_demo
+    test = read_manifest(out / "world" / "test.jsonl")
+    counts = {"marking_crop": sum(len(r["objects"]) for r in test), "marking_global": len(test)}
+    (scores,) = marking_probe([str(out / "models" / "goal" / "seed0")], str(out / "world" / "test.jsonl"),
+                              context=TINY.max_text_len, keep_positions=TINY.keep_positions)
+    assert set(scores) == {"marking_crop", "marking_global"}
+    for metric, value in scores.items():  # a percentage of whole objects: all of them, or one per image
+        assert 0 <= value <= 100 and round(value * counts[metric] / 100, 6).is_integer()
+    recorded = json.loads((out / "metrics.json").read_text())["ablation"]["summary"]["goal"]
+    assert recorded["marking_crop"]["values"][0] == pytest.approx(scores["marking_crop"])

@@ -15,6 +15,8 @@ from PIL import Image
 from goalclip.core.manifest import read_boxes, read_manifest
 from goalclip.demo.world import (
     COLOURS,
+    INK,
+    MARKINGS,
     OBJECT_TEMPLATES,
     PRETRAIN_TEMPLATE,
     WorldConfig,
@@ -41,7 +43,12 @@ def _files(root: Path) -> dict[str, bytes]:
 
 
 def _objects(record: dict) -> set[tuple]:
-    return {(o["shape"], o["colour"], o["size"], tuple(o["cell"])) for o in record["objects"]}
+    return {(o["shape"], o["colour"], o["size"], o["marking"], tuple(o["cell"])) for o in record["objects"]}
+
+
+def _painted(pixels: np.ndarray, colour: tuple[int, int, int]) -> np.ndarray:
+    """Where an object of ``colour`` is: its colour or the marking's ink."""
+    return (pixels == colour).all(axis=2) | (pixels == INK).all(axis=2)
 
 
 def test_same_config_gives_identical_files_and_another_seed_differs(tmp_path):
@@ -84,9 +91,10 @@ def _check_geometry(record: dict, config: WorldConfig) -> None:
         assert row * cell <= y1 < y2 <= (row + 1) * cell, f"{record['id']}: box outside its cell"
         outside[y1:y2, x1:x2] = False
         colour = COLOURS[obj["colour"]]
-        assert tuple(pixels[(y1 + y2) // 2, (x1 + x2) // 2]) == colour, f"{record['id']}: {obj['sentence']}"
+        assert tuple(pixels[(y1 + y2) // 2, (x1 + x2) // 2]) in (colour, INK), f"{record['id']}: {obj['sentence']}"
         in_cell = pixels[row * cell : (row + 1) * cell, col * cell : (col + 1) * cell]
-        ys, xs = np.nonzero((in_cell == colour).all(axis=2))
+        assert (in_cell == colour).all(axis=2).any(), f"{record['id']}: {obj['sentence']}"
+        ys, xs = np.nonzero(_painted(in_cell, colour))
         x0, y0 = col * cell, row * cell
         tight = [x0 + xs.min(), y0 + ys.min(), x0 + xs.max() + 1, y0 + ys.max() + 1]
         assert tight == [x1, y1, x2, y2], f"{record['id']}: {obj['sentence']}"
@@ -95,17 +103,17 @@ def _check_geometry(record: dict, config: WorldConfig) -> None:
 
 
 def _check_closeup(record: dict, config: WorldConfig) -> None:
-    """A close-up shows its one object zoomed in: the box holds the colour and is tight to +-1 px."""
+    """A close-up shows its one object zoomed in: the box holds the object and is tight to +-1 px."""
     (obj,) = record["objects"]
     pixels = np.asarray(Image.open(record["image"]).convert("RGB")).astype(int)
     assert pixels.shape == (config.image_size, config.image_size, 3)
     x1, y1, x2, y2 = obj["box"]
     colour = COLOURS[obj["colour"]]
-    assert tuple(pixels[(y1 + y2) // 2, (x1 + x2) // 2]) == colour
-    ys, xs = np.nonzero((pixels == colour).all(axis=2))
+    assert tuple(pixels[(y1 + y2) // 2, (x1 + x2) // 2]) in (colour, INK)
+    ys, xs = np.nonzero(_painted(pixels, colour))
     tight = [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
     assert max(abs(a - b) for a, b in zip(tight, obj["box"])) <= 1, (record["id"], tight, obj["box"])
-    assert (x2 - x1) > config.image_size // config.grid, "a close-up is larger than a grid cell"
+    assert (x2 - x1) >= config.image_size / 2.5 - 2, "a close-up spans at least 1/2.5 of the image (the widest zoom)"
 
 
 def test_pixels_and_boxes_match_the_records(records):
@@ -137,7 +145,7 @@ def test_long_captions_are_the_object_sentences_plus_the_scene_sentence(records)
         assert caption == " ".join(sentences)
         assert all(s.endswith(".") and s[0].isupper() for s in sentences)
         for obj in record["objects"]:
-            assert all(obj[k] in obj["sentence"] for k in ("shape", "colour", "size", "position"))
+            assert all(obj[k] in obj["sentence"] for k in ("shape", "colour", "size", "position", "marking"))
         first_sentences.add(sentences[0] == record["scene_sentence"])
     assert first_sentences == {True, False}, "sentence order is never shuffled"
     openings = {" ".join(o["sentence"].split()[:2]) for r in records["train"] for o in r["objects"]}
@@ -162,7 +170,7 @@ def test_test_families_share_all_objects_but_one(records):
         for variant in members[1:]:
             (old,) = _objects(base) - _objects(variant)
             (new,) = _objects(variant) - _objects(base)
-            fields = ("shape", "colour", "size", "position")
+            fields = ("shape", "colour", "size", "marking", "position")
             differs = [name for name, x, y in zip(fields, old, new, strict=True) if x != y]
             assert differs == [variant["changed"]]
 
@@ -173,6 +181,58 @@ def test_pretraining_images_hold_one_object_with_a_short_caption(records):
         words = {k: obj[k] for k in ("size", "colour", "shape", "position")}
         assert record["caption"] in {t.format(**words) for t in (PRETRAIN_TEMPLATE, *OBJECT_TEMPLATES)}
         assert obj["sentence"] == record["caption"]
+        assert obj["marking"] in MARKINGS and obj["marking"] not in record["caption"]  # alt text is short
+
+
+def test_pretraining_thumbnails_are_downsampled_whole_renders(tmp_path):
+    config = WorldConfig(n_pretrain=6, n_train=1, n_test=2, image_size=128, pretrain_size=32, seed=5)
+    world = generate_world(tmp_path, config)
+    for record in read_manifest(world.pretrain):
+        pixels = np.asarray(Image.open(record["image"]).convert("RGB")).astype(int)
+        assert pixels.shape == (32, 32, 3)
+        (obj,) = record["objects"]
+        x1, y1, x2, y2 = obj["box"]
+        assert 0 <= x1 < x2 <= 32 and 0 <= y1 < y2 <= 32
+        inside = pixels[y1:y2, x1:x2]
+        assert (np.ptp(inside, axis=2) > 30).any(), record["id"]  # the object's saturated colour survives
+        outside = np.ones((32, 32), dtype=bool)
+        outside[max(0, y1 - 2) : y2 + 2, max(0, x1 - 2) : x2 + 2] = False
+        background = pixels[outside]
+        assert (np.ptp(background, axis=1) <= 1).all(), record["id"]  # grey, up to bicubic rounding
+    train = read_manifest(world.train)[0]
+    assert Image.open(train["image"]).size == (128, 128)
+
+
+def _marking_contrast(pixels_a: np.ndarray, pixels_b: np.ndarray, box: list[int], factor: int) -> float:
+    """Mean absolute difference over a box after downsampling both images by ``factor`` as CLIP's
+    processor does (bicubic with antialiasing); 1 keeps the full resolution."""
+    def shrink(pixels: np.ndarray) -> np.ndarray:
+        image = Image.fromarray(pixels.astype(np.uint8))
+        size = image.width // factor
+        return np.asarray(image.resize((size, size), Image.Resampling.BICUBIC)).astype(float)
+
+    x1, y1, x2, y2 = (v // factor for v in box)
+    return float(np.abs(shrink(pixels_a) - shrink(pixels_b))[y1:y2, x1:x2].mean())
+
+
+def test_markings_are_clear_at_full_resolution_and_fade_at_a_quarter(tmp_path):
+    """The resolution gap: a family member that changes only an object's marking differs strongly at
+    the rendered size (what a crop of the object shows), but little at a quarter of the size (the
+    demo's model input), and the object's mean colour is about the same for every marking."""
+    config = WorldConfig(n_pretrain=0, n_train=1, n_test=60, image_size=256, seed=1)
+    records = read_manifest(generate_world(tmp_path, config).test)
+    pairs = [(b, v) for b in records for v in records if b["changed"] == "base" and v["family"] == b["family"]
+             and v["changed"] == "marking"]
+    assert pairs, "no marking-only variant in this world"
+    for base, variant in pairs:
+        (old,) = [o for o in base["objects"] if (o["shape"], o["marking"]) not in
+                  {(p["shape"], p["marking"]) for p in variant["objects"] if p["cell"] == o["cell"]}]
+        a, b = (np.asarray(Image.open(r["image"]).convert("RGB")).astype(int) for r in (base, variant))
+        full, quarter = _marking_contrast(a, b, old["box"], 1), _marking_contrast(a, b, old["box"], 4)
+        assert full > 20 and quarter < full / 3, (base["id"], full, quarter)
+        x1, y1, x2, y2 = old["box"]
+        means = [p[y1:y2, x1:x2].reshape(-1, 3).mean(axis=0) for p in (a, b)]
+        assert np.abs(means[0] - means[1]).max() < 12, "markings differ in mean colour"
 
 
 def test_manifests_and_boxes_read_back(world, records):
@@ -197,7 +257,7 @@ def test_vocabulary_covers_every_caption(world):
     assert len(texts) == SMALL.n_pretrain + SMALL.n_train + SMALL.n_test
     used = {w for text in texts for w in re.findall(r"[a-z]+", text.lower())}
     assert used <= words
-    assert {"circle", "purple", "large", "centre", "speckled", "five"} <= words
+    assert {"circle", "purple", "large", "centre", "speckled", "five", "stripes", "spots"} <= words
 
 
 @pytest.mark.parametrize(
@@ -216,6 +276,7 @@ def test_vocabulary_covers_every_caption(world):
         ({"family_min": 1}, r"2 <= family_min <= family_max"),
         ({"family_max": 40}, r"family_max \(40\) is too large"),
         ({"seed": -1}, r"seed must be >= 0"),
+        ({"pretrain_size": 300}, r"pretrain_size must be between 0 \(full size\) and image_size \(128\)"),
     ],
 )
 def test_bad_configs_raise_before_writing(tmp_path, overrides, message):

@@ -2,15 +2,24 @@
 
 Why synthetic: the demo and the tests cannot download real datasets, yet every step of the GOAL
 recipe (sentence splitting, region mining, local pairs, TSL, retrieval) must run end to end on data
-whose ground truth is known. Each image holds a few flat shapes sitting exactly in grid cells (with
-the demo model's 64px input and 8px patches one cell is 2x2 patches: a tiny ViT trained from scratch
-learns shape only when objects sit on the patch grid), and each object gets one sentence of a long
-caption. The true object boxes stand in for a detector.
+whose ground truth is known. Each image holds a few flat shapes sitting exactly in grid cells (a
+tiny ViT trained from scratch learns shape only when objects sit on the patch grid), and each object
+gets one sentence of a long caption. The true object boxes stand in for a detector.
+
+The resolution gap of real data: DOCCI/DCI photos are 1,500-2,000 px and CLIP sees 224 px, so a crop
+taken from the original shows detail the global view barely resolves. Here every object carries a
+fine marking (stripes one way or the other, or spots) whose period is 3/32 of a cell: clear at the
+rendered size and in any crop of it, but 1.5 px at a quarter of the size (the demo renders at 4x
+its model's input), where the model's downsampling blurs it to a faint texture. The captions name
+the marking; all markings cover the same share of the object, so its mean colour does not tell them
+apart.
 
 Splits:
 
 - ``pretrain``: one object per image with a short alt-text caption; several objects under a
-  one-object caption would make colour a shortcut and leave shape at chance.
+  one-object caption would make colour a shortcut and leave shape at chance. Stored as thumbnails
+  of ``pretrain_size`` pixels when set (web alt-text images are small; it also keeps pretraining
+  cheap); the alt text never names the marking.
 - ``train``: independent random scenes with long captions.
 - ``test``: small families of scenes sharing every object but one, so retrieval needs the details.
 
@@ -25,6 +34,7 @@ import io
 import itertools
 import json
 import logging
+import math
 import os
 import re
 from collections.abc import Sequence
@@ -56,6 +66,10 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 }
 # Half the object's side as a fraction of the cell side.
 SIZES: dict[str, float] = {"small": 0.25, "large": 0.42}
+# Fine markings, each covering about a third of the object so that only their shape tells them apart.
+MARKINGS: tuple[str, ...] = ("horizontal stripes", "vertical stripes", "spots")
+# The markings' ink: pale but not grey (blue below red and green), so no background pixel has it.
+INK: tuple[int, int, int] = (250, 250, 225)
 BACKGROUNDS: dict[str, int] = {"white": 240, "light grey": 180, "dark grey": 90, "black": 25}
 BACKGROUND_KINDS: tuple[str, ...] = ("plain", "speckled", "gradient")
 NOISE_STD = 10.0
@@ -73,6 +87,8 @@ COL_WORDS: dict[int, tuple[str, ...]] = {
     5: ("left", "centre-left", "centre", "centre-right", "right"),
 }
 
+# ``{shape}`` is the shape with its marking in long captions ("circle with spots") and the bare shape
+# in pretraining alt text.
 OBJECT_TEMPLATES: tuple[str, ...] = (
     "A {size} {colour} {shape} sits in the {position}.",
     "In the {position} there is a {size} {colour} {shape}.",
@@ -120,6 +136,7 @@ class WorldConfig:
     family_min: int = 2
     family_max: int = 4
     closeup_percent: int = 50
+    pretrain_size: int = 0
     seed: int = 0
 
     def validate(self) -> None:
@@ -128,6 +145,11 @@ class WorldConfig:
             value = getattr(self, field.name)
             if not isinstance(value, int) or isinstance(value, bool):
                 raise ValueError(f"WorldConfig.{field.name} must be an int, got {value!r}")
+        if not 0 <= self.pretrain_size <= self.image_size:
+            raise ValueError(
+                f"WorldConfig.pretrain_size must be between 0 (full size) and image_size ({self.image_size}), "
+                f"got {self.pretrain_size}"
+            )
         if self.n_pretrain < 0:
             raise ValueError(f"WorldConfig.n_pretrain must be >= 0, got {self.n_pretrain}")
         if not 0 <= self.closeup_percent <= 100:
@@ -218,6 +240,7 @@ class _Object:
     size: str
     row: int
     col: int
+    marking: str
 
 
 @dataclass(frozen=True)
@@ -237,7 +260,8 @@ class _Scene:
 
 def _most_family_members(config: WorldConfig) -> int:
     """The base plus every distinct one-attribute change of one object in the fullest scene."""
-    changes = len(COLOURS) + len(SHAPES) + len(SIZES) - 3 + config.grid * config.grid - config.max_objects
+    changes = (len(COLOURS) + len(SHAPES) + len(SIZES) + len(MARKINGS) - 4
+               + config.grid * config.grid - config.max_objects)
     return 1 + changes
 
 
@@ -260,7 +284,8 @@ def position_phrase(row: int, col: int, grid: int) -> str:
 
 
 def _random_object(rng: np.random.Generator, row: int, col: int) -> _Object:
-    return _Object(_pick(rng, SHAPES), _pick(rng, list(COLOURS)), _pick(rng, list(SIZES)), row, col)
+    return _Object(_pick(rng, SHAPES), _pick(rng, list(COLOURS)), _pick(rng, list(SIZES)), row, col,
+                   _pick(rng, MARKINGS))
 
 
 def _random_background(rng: np.random.Generator) -> _Background:
@@ -294,6 +319,7 @@ def _variant(
         "colour": [dataclasses.replace(obj, colour=c) for c in COLOURS if c != obj.colour],
         "shape": [dataclasses.replace(obj, shape=s) for s in SHAPES if s != obj.shape],
         "size": [dataclasses.replace(obj, size=s) for s in SIZES if s != obj.size],
+        "marking": [dataclasses.replace(obj, marking=m) for m in MARKINGS if m != obj.marking],
         "position": [dataclasses.replace(obj, row=r, col=c) for r, c in free],
     }
     options = {k: [o for o in v if o not in taken] for k, v in options.items()}
@@ -328,36 +354,65 @@ def _background(background: _Background, size: int) -> Image.Image:
     return Image.fromarray(pixels, "L").convert("RGB")
 
 
-def _draw_object(draw: ImageDraw.ImageDraw, obj: _Object, config: WorldConfig) -> None:
-    x1, y1, x2, y2 = _object_box(obj.row, obj.col, obj.size, config)
-    # PIL coordinates are inclusive, the box is exclusive: draw on [x1, x2 - 1].
-    right, bottom = x2 - 1, y2 - 1
-    mid_x, mid_y = (x1 + right) / 2, (y1 + bottom) / 2
-    fill = COLOURS[obj.colour]
-    if obj.shape == "circle":
-        draw.ellipse((x1, y1, right, bottom), fill=fill)
-    elif obj.shape == "square":
-        draw.rectangle((x1, y1, right, bottom), fill=fill)
-    elif obj.shape == "triangle":
-        draw.polygon([(mid_x, y1), (right, bottom), (x1, bottom)], fill=fill)
-    elif obj.shape == "diamond":
-        draw.polygon([(mid_x, y1), (right, mid_y), (mid_x, bottom), (x1, mid_y)], fill=fill)
-    elif obj.shape == "cross":
-        arm = max(1, round((x2 - x1) / 6))
-        cx, cy = (x1 + x2) // 2, (y1 + y2) // 2
-        draw.rectangle((x1, cy - arm, right, cy + arm - 1), fill=fill)
-        draw.rectangle((cx - arm, y1, cx + arm - 1, bottom), fill=fill)
+def _shape_mask(shape: str, width: int, height: int) -> np.ndarray:
+    """Boolean [height, width] mask of a shape filling a width x height box."""
+    mask = Image.new("L", (width, height), 0)
+    draw = ImageDraw.Draw(mask)
+    # PIL coordinates are inclusive: draw on [0, width - 1].
+    right, bottom = width - 1, height - 1
+    mid_x, mid_y = right / 2, bottom / 2
+    if shape == "circle":
+        draw.ellipse((0, 0, right, bottom), fill=255)
+    elif shape == "square":
+        draw.rectangle((0, 0, right, bottom), fill=255)
+    elif shape == "triangle":
+        draw.polygon([(mid_x, 0), (right, bottom), (0, bottom)], fill=255)
+    elif shape == "diamond":
+        draw.polygon([(mid_x, 0), (right, mid_y), (mid_x, bottom), (0, mid_y)], fill=255)
+    elif shape == "cross":
+        arm = max(1, round(width / 6))
+        cx, cy = width // 2, height // 2
+        draw.rectangle((0, cy - arm, right, cy + arm - 1), fill=255)
+        draw.rectangle((cx - arm, 0, cx + arm - 1, bottom), fill=255)
     else:
-        raise ValueError(f"unknown shape {obj.shape!r}")
+        raise ValueError(f"unknown shape {shape!r}")
+    return np.asarray(mask) > 0
+
+
+def marking_period(config: WorldConfig) -> int:
+    """Pixels per repeat of a marking: 3/32 of a cell (6 px in a 64 px cell), at least 3.
+
+    At a quarter of the size that is 1.5 px, past what the model's input can resolve: bicubic
+    downsampling keeps about a quarter of the difference between two markings.
+    """
+    return max(3, round(config.cell_size * 3 / 32))
+
+
+def _marking_mask(marking: str, width: int, height: int, period: int) -> np.ndarray:
+    """Boolean [height, width] mask of a marking's ink, anchored at the box's corner, ~1/3 ink."""
+    ys, xs = np.mgrid[0:height, 0:width]
+    line = max(1, round(period / 3))
+    if marking == "horizontal stripes":
+        return ys % period >= period - line
+    if marking == "vertical stripes":
+        return xs % period >= period - line
+    if marking == "spots":  # (2/3 x 1/2 of the period) per period squared = 1/3
+        return (ys % period < max(1, round(period / 2))) & (xs % period < max(1, round(period * 2 / 3)))
+    raise ValueError(f"unknown marking {marking!r}")
 
 
 def _render(scene: _Scene, config: WorldConfig) -> Image.Image:
-    """Draw a scene without anti-aliasing, so object pixels carry their exact named colour."""
-    image = _background(scene.background, config.image_size)
-    draw = ImageDraw.Draw(image)
+    """Draw a scene without anti-aliasing, so object pixels carry their exact named colour or the ink."""
+    pixels = np.array(_background(scene.background, config.image_size))
+    period = marking_period(config)
     for obj in scene.objects:
-        _draw_object(draw, obj, config)
-    return image
+        x1, y1, x2, y2 = _object_box(obj.row, obj.col, obj.size, config)
+        shape = _shape_mask(obj.shape, x2 - x1, y2 - y1)
+        ink = _marking_mask(obj.marking, x2 - x1, y2 - y1, period)
+        box = pixels[y1:y2, x1:x2]
+        box[shape & ~ink] = COLOURS[obj.colour]
+        box[shape & ink] = INK
+    return Image.fromarray(pixels, "RGB")
 
 
 def _save_png(image: Image.Image, path: Path) -> None:
@@ -367,14 +422,15 @@ def _save_png(image: Image.Image, path: Path) -> None:
         handle.write(buffer.getvalue())
 
 
-def _words(obj: _Object, grid: int) -> dict[str, str]:
-    """The template fields of one object."""
+def _words(obj: _Object, grid: int, marking: bool) -> dict[str, str]:
+    """The template fields of one object; with ``marking`` the shape is named with its marking."""
     position = position_phrase(obj.row, obj.col, grid)
-    return {"size": obj.size, "colour": obj.colour, "shape": obj.shape, "position": position}
+    shape = f"{obj.shape} with {obj.marking}" if marking else obj.shape
+    return {"size": obj.size, "colour": obj.colour, "shape": shape, "position": position}
 
 
 def _object_sentence(rng: np.random.Generator, obj: _Object, config: WorldConfig) -> str:
-    return _pick(rng, OBJECT_TEMPLATES).format(**_words(obj, config.grid))
+    return _pick(rng, OBJECT_TEMPLATES).format(**_words(obj, config.grid, marking=True))
 
 
 def _scene_sentence(rng: np.random.Generator, scene: _Scene) -> str:
@@ -392,6 +448,7 @@ def _object_record(obj: _Object, sentence: str, config: WorldConfig) -> dict[str
         "shape": obj.shape,
         "colour": obj.colour,
         "size": obj.size,
+        "marking": obj.marking,
         "position": position_phrase(obj.row, obj.col, config.grid),
         "cell": [obj.row, obj.col],
         "box": list(_object_box(obj.row, obj.col, obj.size, config)),
@@ -447,11 +504,18 @@ def _pretrain_record(index: int, images: Path, config: WorldConfig) -> dict[str,
     # Alt text comes in many phrasings; a tiny CLIP that saw only one template would not
     # understand the long captions' sentences, so the object-sentence templates appear too. A
     # close-up keeps its scene's caption (position included), as a zoomed photo's alt text does.
-    caption = _pick(rng, (PRETRAIN_TEMPLATE, *OBJECT_TEMPLATES)).format(**_words(obj, config.grid))
+    caption = _pick(rng, (PRETRAIN_TEMPLATE, *OBJECT_TEMPLATES)).format(**_words(obj, config.grid, marking=False))
     image = _render(scene, config)
     record_obj = _object_record(obj, caption, config)
     if closeup:
         image, record_obj["box"] = _closeup(image, _object_box(obj.row, obj.col, obj.size, config), zoom)
+    if config.pretrain_size and config.pretrain_size != config.image_size:
+        # bicubic with antialiasing, as CLIP's processor downsamples: the marking fades to a texture
+        scale = config.pretrain_size / config.image_size
+        image = image.resize((config.pretrain_size, config.pretrain_size), Image.Resampling.BICUBIC)
+        x1, y1, x2, y2 = record_obj["box"]
+        record_obj["box"] = [math.floor(x1 * scale), math.floor(y1 * scale), math.ceil(x2 * scale),
+                             math.ceil(y2 * scale)]
     image_path = images / f"{rid}.png"
     _save_png(image, image_path)
     return {"id": rid, "image": str(image_path), "caption": caption, "closeup": closeup, "objects": [record_obj]}
@@ -505,14 +569,18 @@ def _boxes(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _readme(config: WorldConfig) -> str:
+    small = config.pretrain_size and config.pretrain_size != config.image_size
+    pretrain_note = f"{config.pretrain_size} px thumbnails" if small else "full size"
     return f"""Synthetic long-caption world made by goalclip.demo.world (seed {config.seed}).
 
 Each image is {config.image_size}x{config.image_size} pixels on a {config.grid}x{config.grid} grid;
-every object sits centred in its own cell. Image paths are relative to this folder.
+every object sits centred in its own cell and carries a fine marking (stripes or spots, period
+{marking_period(config)} px) that the captions name. Image paths are relative to this folder.
 
 images/            PNG images, named by record id.
 pretrain.jsonl     {config.n_pretrain} one-object images with a short alt-text caption
-                   ("a small green triangle in the top right"), for pretraining a tiny CLIP.
+                   ("a small green triangle in the top right"), for pretraining a tiny CLIP
+                   ({pretrain_note}).
 train.jsonl        {config.n_train} scenes of {config.min_objects}-{config.max_objects} objects with a long caption:
                    one sentence per object plus one scene sentence, in random order.
 test.jsonl         {config.n_test} scenes in families of {config.family_min}-{config.family_max} ("family") that
@@ -521,7 +589,7 @@ train_boxes.jsonl  true object boxes per train image ({{"id", "boxes"}}): stand-
 test_boxes.jsonl   the same for the test images.
 config.json        the WorldConfig that made this folder; the same config gives identical files.
 
-Every train/test record also has "scene_sentence" and "objects": shape, colour, size,
+Every train/test record also has "scene_sentence" and "objects": shape, colour, size, marking,
 position words, grid cell [row, col], box [x1, y1, x2, y2] in pixels (x2, y2 exclusive) and
 the object's sentence exactly as it appears in the caption.
 """
@@ -588,7 +656,7 @@ def vocabulary(config: WorldConfig | None = None) -> list[str]:
     config.validate()
     pieces = [
         *OBJECT_TEMPLATES, *SCENE_TEMPLATES, *BACKGROUND_PHRASES.values(), PRETRAIN_TEMPLATE,
-        *SHAPES, *COLOURS, *SIZES, *BACKGROUNDS, *ROW_WORDS[config.grid], *COL_WORDS[config.grid],
+        *SHAPES, *COLOURS, *SIZES, *MARKINGS, "with", *BACKGROUNDS, *ROW_WORDS[config.grid], *COL_WORDS[config.grid],
         *(_count_words(n) for n in range(1, config.max_objects + 1)), "shape shapes is are",
     ]
     text = re.sub(r"\{[a-z]+\}", " ", " ".join(pieces).lower())
