@@ -136,7 +136,7 @@ def test_eval_refuses_an_unwritable_out_before_loading_any_model(tiny_world, tmp
     def boom(*args, **kwargs):
         raise AssertionError("a model was loaded before --out was checked")
 
-    monkeypatch.setattr(ev, "load_clip", boom)
+    monkeypatch.setattr(ev, "load_encoder", boom)
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
     for option, value in (("--out", blocker / "metrics.json"), ("--cache-dir", blocker / "cache")):
