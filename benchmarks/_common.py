@@ -18,9 +18,11 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import gzip
+import json
 import platform
 import resource
 import statistics
+import subprocess
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -171,6 +173,31 @@ def memory_peak(device: str = "cpu") -> int:
     if kib is not None:
         return kib * 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+class WorkerProcess:
+    """Parent-side handle of a benchmark worker: one JSON request per line on its stdin, one JSON
+    answer per line on its stdout (each variant in its own process, so memory peaks do not mix)."""
+
+    def __init__(self, cmd: list[str], variant: str):
+        self.variant = variant
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def receive(self) -> dict[str, Any]:
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"worker {self.variant} died (exit code {self.proc.wait()}); see its stderr above")
+        return json.loads(line)
+
+    def ask(self, op: str) -> dict[str, Any]:
+        self.proc.stdin.write(json.dumps({"op": op}) + "\n")
+        self.proc.stdin.flush()
+        return self.receive()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

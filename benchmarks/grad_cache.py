@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,6 +35,7 @@ import _common  # noqa: F401  (first: sets thread/offline env variables before t
 
 import torch
 from _common import (
+    WorkerProcess,
     interleaved,
     machine_facts,
     markdown_table,
@@ -162,30 +162,13 @@ def worker(args: argparse.Namespace) -> None:
             return
 
 
-class Worker:
-    """Parent-side handle of a worker process."""
+class Worker(WorkerProcess):
+    """A worker process running this script's ``--worker VARIANT`` mode."""
 
     def __init__(self, args: argparse.Namespace, setup: Path, variant: str):
         cmd = [sys.executable, __file__, "--shape", args.shape, "--device", args.device, "--precision",
                args.precision, "--setup", str(setup), "--worker", variant]
-        self.variant = variant
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-
-    def receive(self) -> dict[str, Any]:
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"worker {self.variant} died (exit code {self.proc.wait()}); see its stderr above")
-        return json.loads(line)
-
-    def ask(self, op: str) -> dict[str, Any]:
-        self.proc.stdin.write(json.dumps({"op": op}) + "\n")
-        self.proc.stdin.flush()
-        return self.receive()
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+        super().__init__(cmd, variant)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

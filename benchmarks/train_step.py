@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -62,6 +61,7 @@ from _common import (
     print_facts,
     real_clip_tokenizer,
     synchronize,
+    WorkerProcess,
 )
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 
@@ -381,8 +381,8 @@ def worker(args: argparse.Namespace) -> None:
             return
 
 
-class Worker:
-    """Parent-side handle of a worker process."""
+class Worker(WorkerProcess):
+    """A worker process running this script's ``--worker VARIANT`` mode."""
 
     def __init__(self, args: argparse.Namespace, setup: Path, variant: str):
         cmd = [sys.executable, __file__, "--config", args.config, "--batch-size", str(args.batch_size),
@@ -390,24 +390,7 @@ class Worker:
                "--threads", str(args.threads or torch.get_num_threads())]
         if args.reference_off_by_one:
             cmd.append("--reference-off-by-one")
-        self.variant = variant
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-
-    def receive(self) -> dict[str, Any]:
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"worker {self.variant} died (exit code {self.proc.wait()}); see its stderr above")
-        return json.loads(line)
-
-    def ask(self, op: str) -> dict[str, Any]:
-        self.proc.stdin.write(json.dumps({"op": op}) + "\n")
-        self.proc.stdin.flush()
-        return self.receive()
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+        super().__init__(cmd, variant)
 
 
 def grad_rel_diff(ours: list[list[float]], ref: list[list[float]]) -> float:

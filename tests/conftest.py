@@ -34,6 +34,9 @@ TINY_OBJECTS = [
     ("yellow", "square", (8, 36, 40, 60), (48, 64)),
 ]
 TINY_RGB = {"red": (220, 40, 40), "blue": (40, 90, 225), "green": (40, 165, 60), "yellow": (240, 205, 40)}
+# Trainer settings of the tiny training runs the tests compare (small batches, short texts, no workers).
+TINY_TRAIN = {"batch_size": 2, "max_text_len": 52, "keep_positions": 4, "num_workers": 0, "progress": False,
+              "log_every": 1}
 TINY_MODEL_KWARGS = dict(
     image_size=32, patch_size=8, width=32, layers=2, heads=2, projection_dim=32, context_length=16
 )

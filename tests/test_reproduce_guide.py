@@ -447,7 +447,6 @@ def test_the_guide_covers_each_paper_experiment_with_a_command():
                    "--kind patch", "--kind cls", "benchmarks/lism_vs_flism.py", "benchmarks/bf16_weights.py",
                    "data split", "data score", "--split test+qual_test"):
         assert any(needle in a for a in argvs), f"no guide command uses {needle!r}"
-    text = GUIDE.read_text(encoding="utf-8")
 
 
 # ----------------------------------------------------------------------------- the reader and runner themselves

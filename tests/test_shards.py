@@ -8,6 +8,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from conftest import TINY_TRAIN
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -15,13 +16,17 @@ from goalclip.caption.engines import Generation
 from goalclip.caption.generate import CaptionConfig, caption
 from goalclip.cli import build_parser, main
 from goalclip.core.manifest import ManifestError, SkipReport, read_manifest
-from goalclip.core.shards import expand_urls, is_shards, read_member, split_by_rank, split_records
+from goalclip.core.shards import (
+    expand_urls,
+    is_shards,
+    read_member,
+    split_by_rank,
+    split_records,
+)
 from goalclip.datasets.shards import write_shards
 from goalclip.evaluation.retrieval import EvalConfig, evaluate
 from goalclip.mining.mine import MineConfig, mine
 from goalclip.training.trainer import TrainConfig, train
-
-TINY_TRAIN = dict(batch_size=2, max_text_len=52, keep_positions=4, num_workers=0, progress=False, log_every=1)
 
 
 def _absolute(tiny_world, source: Path, folder: Path, name: str) -> Path:

@@ -8,17 +8,22 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_TRAIN
 from safetensors.torch import load_file
 from transformers import AutoProcessor, CLIPModel
 
 import goalclip.training.trainer as train_module
+from goalclip.models.clip import load_clip
 from goalclip.training.data import Collate, TrainDataset, load_examples
 from goalclip.training.losses import LossWeights
-from goalclip.models.clip import load_clip
-from goalclip.training.trainer import METHODS, TrainConfig, TrainingError, epoch_batches, train, training_step
-
-TINY_TRAIN = dict(batch_size=2, max_text_len=52, keep_positions=4, num_workers=0, progress=False, log_every=1)
-
+from goalclip.training.trainer import (
+    METHODS,
+    TrainConfig,
+    TrainingError,
+    epoch_batches,
+    train,
+    training_step,
+)
 
 # ----------------------------------------------------------------------------- one step
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 from accelerate import Accelerator, PartialState
+from conftest import TINY_TRAIN
 from safetensors.torch import load_file, save_file
 
 import goalclip.training.trainer as train_module
@@ -26,8 +27,6 @@ from goalclip.models.clip import load_clip
 from goalclip.training import validation
 from goalclip.training.trainer import TrainConfig, train
 
-TINY_TRAIN = {"batch_size": 2, "max_text_len": 52, "keep_positions": 4, "num_workers": 0, "progress": False,
-              "log_every": 1}
 RETRIEVAL_NAMES = ["i2t@1", "i2t@5", "t2i@1", "t2i@5"]
 JOINT_NAMES = ["i2t_map@10", "t2i_map@10"]
 

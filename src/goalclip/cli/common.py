@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import os
 
-
 SHARDS_HELP = ("or WebDataset shards (goalclip data shard): a .tar, a brace pattern such as "
                "shards/train-{000000..000009}.tar, or a pipe:/fsspec URL")
 
