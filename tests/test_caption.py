@@ -186,9 +186,9 @@ def test_two_process_sharding_gives_the_same_records_as_one(tiny_llava: Path, im
         port = s.getsockname()[1]
     out = tmp_path / "c.jsonl"
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(sys.path), GLOO_SOCKET_IFNAME="lo")
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "--main_process_port", str(port), "-m", "goalclip.cli", *_args(image_folder, out, tiny_llava)]
+    # torchrun: `accelerate launch --cpu --num_processes 2` starts a single process (its simple launcher)
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(port),
+               "-m", "goalclip.cli", *_args(image_folder, out, tiny_llava)]
     try:
         done = subprocess.run(command, check=False, env=env, capture_output=True, text=True, timeout=240)
     except subprocess.TimeoutExpired:
@@ -196,6 +196,7 @@ def test_two_process_sharding_gives_the_same_records_as_one(tiny_llava: Path, im
     assert done.returncode == 0, done.stderr[-3000:]
     assert _read(out) == [r for r in reference_run if "caption" in r]
     assert "captioned" in done.stdout
+    assert done.stderr.count("captioning 3 images") == 2, done.stderr[-3000:]  # each rank its own half
 
 
 # ----------------------------------------------------------------------------- backend seam
@@ -348,12 +349,12 @@ def test_pipeline_sa1b_sample_caption_score_mine_train_two_stages(tiny_llava: Pa
 
 def test_vllm_backend_under_several_processes_is_refused(image_folder: Path, tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    import accelerate
+    from goalclip.caption import generate
 
     class TwoProcesses:
         num_processes, process_index, is_main_process, device = 2, 0, True, torch.device("cpu")
 
-    monkeypatch.setattr(accelerate, "PartialState", TwoProcesses)
+    monkeypatch.setattr(generate, "process_state", lambda device: TwoProcesses())
     with pytest.raises(ValueError, match="--backend vllm runs as one process"):
         caption(CaptionConfig(data=str(image_folder), out=str(tmp_path / "c.jsonl"), backend="vllm"))
 

@@ -29,6 +29,7 @@ from goalclip.core.images import ImageError, load_rgb
 from goalclip.core.manifest import iter_jsonl, relativize, write_jsonl
 from goalclip.datasets.sample import read_images
 from goalclip.core.resumable import ids_already_written, part_paths
+from goalclip.core.processes import process_device, process_state
 from goalclip.core.shards import split_records
 
 logger = logging.getLogger(__name__)
@@ -74,11 +75,9 @@ def caption(config: CaptionConfig, engine: CaptionEngine | None = None) -> dict[
 
     ``engine`` replaces the backend named in the config (tests pass a fake one).
     """
-    from accelerate import PartialState
-
     if config.max_new_tokens < 1 or config.batch_size < 1:
         raise ValueError("--max-new-tokens and --batch-size must be at least 1")
-    state = PartialState()
+    state = process_state(config.device)  # CPU ranks join one gloo group, else each would caption everything
     if config.backend == "vllm" and state.num_processes > 1:
         raise ValueError("--backend vllm runs as one process (vLLM batches continuously and spreads a model over "
                          "GPUs itself); start it without accelerate launch, or use --backend transformers")
@@ -92,7 +91,7 @@ def caption(config: CaptionConfig, engine: CaptionEngine | None = None) -> dict[
     todo = split_records([r for r in records if r["id"] not in done], state.process_index, state.num_processes)
     logger.info("captioning %d images (%d already done)", len(todo), len(done))
 
-    device = torch.device(config.device if config.device != "auto" else state.device)
+    device = process_device(state, config.device)
     dtype = resolve_dtype(config.precision, device)
     meta = {
         "model": config.model, "backend": config.backend, "prompt_sha256": prompt.sha256,
