@@ -11,6 +11,7 @@ DDP-averaged gradients.
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 from datetime import timedelta
 from pathlib import Path
@@ -130,6 +131,12 @@ def run_rank(rank: int, world_size: int, init_file: Path, out: Path) -> None:
             tmp = out.with_suffix(".tmp")
             torch.save(results, tmp)
             tmp.rename(out)
+        # Tear down in order: no rank leaves while a peer still works, and DDP (which holds the group)
+        # is gone before the group is, so no gloo thread outlives it into interpreter shutdown. A rank
+        # that skipped this once aborted at exit in CI ("terminate called without an active exception").
+        dist.barrier()
+        del model
+        gc.collect()
     finally:
         dist.destroy_process_group()
 

@@ -429,6 +429,7 @@ mean = loss.detach().clone()
 dist.all_reduce(mean)
 if rank == 0:
     torch.save({"loss": float(mean) / world, "grads": {n: p.grad for n, p in towers.named_parameters()}}, out)
+dist.barrier()  # no rank tears the group down while its peer still works
 dist.destroy_process_group()
 '''
 
