@@ -16,8 +16,7 @@ Sections (``--sections``, all by default):
 - ``eval``: ``goalclip eval`` encoding throughput (images + captions per second, bf16) of the
   ViT-B/16-shaped model on the same 1536 x 1024 images.
 - ``gradcache``: peak memory and step time of ``goalclip train`` at batch 1024 with
-  ``--grad-cache-chunk``; skipped with a "needs grad cache" line when this goalclip has no
-  ``TrainConfig.grad_cache_chunk``.
+  ``--grad-cache-chunk``.
 
 Model FLOPs (for MFU) count what the step must compute, not what an implementation wastes: per
 transformer layer and sequence of n tokens of width d with MLP width m, a forward is
@@ -38,7 +37,6 @@ dense TFLOP/s comes from ``--peak-tflops`` or the GPU's name (H100/H200 989, A10
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import tempfile
@@ -189,9 +187,6 @@ def trainer_section(args: argparse.Namespace, work: Path) -> list[dict[str, Any]
 
 
 def gradcache_section(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
-    if "grad_cache_chunk" not in {f.name for f in dataclasses.fields(TrainConfig)}:
-        return [_row("gradcache", "skipped", None, "", note="needs grad cache (--grad-cache-chunk, "
-                     "TrainConfig.grad_cache_chunk): not in this goalclip")]
     config, batch, chunk = SHAPES[args.shapes]["gradcache"]
     setup = _setup(config, batch, work)
     _reset_peak(args.device)
