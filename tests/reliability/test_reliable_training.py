@@ -452,3 +452,24 @@ def test_over_long_captions_are_counted_once_without_a_warning_per_caption(tiny_
     assert "Token indices sequence length" not in text  # transformers' per-caption warning
     assert "8 of 8 captions are longer than the 16-token context" in text
     assert json.loads((out / "train_config.json").read_text())["derived"]["truncated_captions"] == 8
+
+
+def test_every_process_returns_only_after_the_model_is_exported(tiny_world, tmp_path, monkeypatch) -> None:
+    """Under several processes only the main one exports; the others must wait for it before they
+    return (a script may load the model on every rank) and before the process group is torn down
+    (a rank leaving while its peer still works is how gloo aborts at exit)."""
+    events: list[str] = []
+    export = trainer_module.Trainer._export
+    monkeypatch.setattr(trainer_module.Trainer, "_export",
+                        lambda self, *a, **k: (events.append("export"), export(self, *a, **k))[1])
+    wait = trainer_module.Accelerator.wait_for_everyone
+    monkeypatch.setattr(trainer_module.Accelerator, "wait_for_everyone",
+                        lambda self: (events.append("wait"), wait(self))[1])
+    end = trainer_module.Accelerator.end_training
+    monkeypatch.setattr(trainer_module.Accelerator, "end_training",
+                        lambda self: (events.append("end"), end(self))[1])
+    train(TrainConfig(model=str(tiny_world.model), data=str(tiny_world.captions), out=str(tmp_path / "out"),
+                      method="global", batch_size=4, max_steps=1, max_text_len=16, num_workers=0, progress=False))
+    assert "export" in events
+    after_export = events[len(events) - 1 - events[::-1].index("export"):]
+    assert after_export[:2] == ["export", "wait"] and after_export[-1] == "end", events

@@ -875,6 +875,7 @@ class Trainer:
         if acc.is_main_process:
             self._export(ClipBundle(clip.float(), bundle.tokenizer, bundle.image_processor), heads, heads_from)
             self._write_record(derived, result)
+        acc.wait_for_everyone()  # no process returns (or tears the group down) before the model is on disk
         acc.end_training()
         return {"out": str(self.out), "method": cfg.method, **result, "median_step_s": median,
                 "wall_s": time.perf_counter() - started}
