@@ -75,4 +75,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     if line:
         print(line)
+    if "torch.distributed" in sys.modules:  # only a command that ran torch can hold a process group
+        from goalclip.core.processes import end_processes
+
+        end_processes()
     return 0

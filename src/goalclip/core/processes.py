@@ -44,3 +44,14 @@ def process_device(state, device: str) -> torch.device:
     if state.num_processes > 1 or device == "auto":
         return state.device
     return torch.device(device)
+
+
+def end_processes() -> None:
+    """Leave the process group of a finished command: wait for every process, then destroy the group
+    while the interpreter is fully alive. A rank exiting with a live gloo group can abort at interpreter
+    shutdown (SIGABRT, "terminate called without an active exception") after finishing its work."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
