@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 
 from goalclip.cli import caption, convert, data, demo, evaluate, mine, search, train, viz
+from goalclip.cli.outputs import check_command_outputs, declare_outputs
 
 logger = logging.getLogger("goalclip")
 
@@ -42,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for command in COMMANDS:
         command.add_parser(sub)
+    declare_outputs(parser)
     return parser
 
 
@@ -60,6 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         silence_library_progress_bars()
     try:
+        check_command_outputs(args)
         line = args.func(args)
     except KeyboardInterrupt:
         print(f"goalclip {args.command}: interrupted", file=sys.stderr)

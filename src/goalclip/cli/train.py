@@ -113,6 +113,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> str:
     from dataclasses import asdict
 
+    from goalclip.cli.outputs import check_command_outputs
     from goalclip.training.losses import LossWeights
     from goalclip.training.trainer import TrainConfig, train
 
@@ -131,6 +132,7 @@ def run(args: argparse.Namespace) -> str:
     missing = [f"--{name}" for name in ("model", "data", "out") if not values.get(name)]
     if missing:
         raise ValueError(f"{', '.join(missing)} required (as flags or in --config)")
+    check_command_outputs(args, values)
     summary = train(TrainConfig.from_dict(values))
     if summary.get("already_finished"):
         return (f"{summary['out']} holds a finished run ({summary['steps']} steps); nothing to resume "

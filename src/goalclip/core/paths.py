@@ -59,3 +59,44 @@ def check_writable_dir(folder: str | os.PathLike, option: str, *, shown: str | o
         os.unlink(probe)
     except OSError as exc:
         raise OutputPathError(f"{option} {shown} cannot be written: {exc.strerror or exc}") from None
+
+
+OUTPUT_KINDS = ("file", "folder", "prefix")
+
+
+def _nearest_existing(path: Path) -> Path:
+    return next((p for p in (path, *path.parents) if p.exists()), Path("."))
+
+
+def check_can_create(path: str | os.PathLike, option: str, kind: str = "file") -> None:
+    """Raise unless ``path`` can be written as a ``kind`` (file, folder, or a ``prefix`` of file names),
+    creating nothing: the probe file goes into the nearest folder that exists and is removed at once."""
+    path = Path(path)
+    if kind == "file" and path.is_dir():
+        raise OutputPathError(f"{option} {path} is a folder; give a file name")
+    if kind == "folder" and path.exists() and not path.is_dir():
+        raise OutputPathError(f"{option} {path} is a file; give a folder")
+    folder = path if kind == "folder" else path.parent
+    existing = _nearest_existing(folder)
+    if not existing.is_dir():
+        raise OutputPathError(f"{option} {path} cannot be written: {existing} is a file, not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".goalclip-write-check.", dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise OutputPathError(f"{option} {path} cannot be written: {exc.strerror or exc}") from None
+
+
+def check_outputs(outputs: dict[str, tuple[str | os.PathLike, str]], inputs: dict[str, str | os.PathLike]) -> None:
+    """Check a command's outputs before it does any work: each can be written, none is one of the
+    inputs, and no two are the same file. ``outputs`` maps flags to ``(path, kind)``, ``inputs``
+    flags to paths; flags are shown as given (``--out``)."""
+    seen: dict[str, Path] = {flag: Path(value) for flag, value in inputs.items() if Path(value).exists()}
+    for option, (value, kind) in outputs.items():
+        out = Path(value)
+        for flag, given in seen.items():
+            if _same_file(out, Path(given)):
+                raise OutputPathError(f"{option} {value} is the same file as {flag} {given}; choose another {option}")
+        check_can_create(out, option, kind)
+        seen[option] = out

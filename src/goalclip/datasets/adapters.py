@@ -946,6 +946,11 @@ def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
         '({"id", "boxes"} per line) for `goalclip mine --regions external`',
     )
     parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing --out (and --boxes-out); without it an existing file is an error",
+    )
+    parser.add_argument(
         "--no-check-images",
         dest="check_images",
         action="store_false",
