@@ -117,7 +117,8 @@ def run(args: argparse.Namespace) -> str:
     from goalclip.training.losses import LossWeights
     from goalclip.training.trainer import TrainConfig, train
 
-    given = {k: v for k, v in vars(args).items() if k not in ("command", "func", "verbose", "config")}
+    given = {k: v for k, v in vars(args).items()
+             if k not in ("command", "func", "verbose", "config", "outputs", "input_options")}
     values = TrainConfig.from_file(args.config).to_dict() if "config" in vars(args) else {}
     weights = dict(values.get("weights") or asdict(LossWeights()))
     for flag, name in (("w_global", "global_"), ("w_local", "local"), ("w_tsl", "tsl")):

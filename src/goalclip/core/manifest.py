@@ -19,6 +19,7 @@ import math
 import os
 import re
 import secrets
+import shutil
 import socket
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -107,6 +108,8 @@ def _remove_dead_temps(path: Path) -> None:
         match = pattern.fullmatch(tmp.name)
         if match and not pid_alive(int(match.group(1))):
             logger.info("removing %s, left by a killed writer", tmp)
+            if tmp.is_dir():
+                shutil.rmtree(tmp, ignore_errors=True)
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
 
@@ -146,6 +149,69 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None 
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        raise
+
+
+def _umask() -> int:
+    """This process's umask, read without changing it where Linux shows it (no race with threads)."""
+    with contextlib.suppress(OSError, StopIteration, ValueError):
+        status = Path("/proc/self/status").read_text().splitlines()
+        return int(next(line for line in status if line.startswith("Umask:")).split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def follow_umask(path: str | os.PathLike) -> None:
+    """Give ``path`` (a file, or a folder and everything in it) the permissions the umask gives new files
+    and folders. Libraries that write through their own temp files (safetensors, hence
+    ``save_pretrained`` and Accelerate's checkpoints) leave them mode 600, unreadable by other users."""
+    path = Path(path)
+    mask = _umask()
+    for item in [path, *path.rglob("*")] if path.is_dir() else [path]:
+        os.chmod(item, (0o777 if item.is_dir() else 0o666) & ~mask)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary path next to ``path`` for a library that writes a file by name (safetensors'
+    ``save_file``); renamed over ``path`` with the umask's permissions only once the body succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_dead_temps(path)
+    fd, tmp = _create_temp(path)
+    os.close(fd)
+    try:
+        yield tmp
+        follow_umask(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary folder next to ``path`` for a library that writes a folder (``save_pretrained``); its
+    files get the umask's permissions and are renamed into ``path`` only once the body succeeds, so a
+    crash never leaves half a model. Files of ``path`` the body did not write are kept."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_dead_temps(path)
+    fd, tmp = _create_temp(path)
+    os.close(fd)
+    os.unlink(tmp)
+    tmp.mkdir()
+    try:
+        yield tmp
+        follow_umask(tmp)
+        path.mkdir(exist_ok=True)
+        for item in tmp.iterdir():
+            os.replace(item, path / item.name)
+        tmp.rmdir()
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 

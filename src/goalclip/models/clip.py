@@ -25,6 +25,7 @@ from transformers import (
     CLIPTokenizer,
 )
 
+from goalclip.core.manifest import atomic_folder
 from goalclip.models.open_clip import is_open_clip
 
 logger = logging.getLogger(__name__)
@@ -289,12 +290,12 @@ def align_sub_configs(config: CLIPConfig) -> CLIPConfig:
 def save_clip(bundle: ClipBundle, out_dir: str | os.PathLike) -> Path:
     """Save model (safetensors), tokenizer and image processor into one folder every CLIP class loads."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     align_sub_configs(bundle.model.config)
-    bundle.model.save_pretrained(out, safe_serialization=True)
     bundle.tokenizer.model_max_length = bundle.max_text_len
-    bundle.tokenizer.save_pretrained(out)
-    bundle.image_processor.save_pretrained(out)
+    with atomic_folder(out) as tmp:
+        bundle.model.save_pretrained(tmp, safe_serialization=True)
+        bundle.tokenizer.save_pretrained(tmp)
+        bundle.image_processor.save_pretrained(tmp)
     return out
 
 

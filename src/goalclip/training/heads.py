@@ -19,6 +19,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import CLIPModel
 
+from goalclip.core.manifest import atomic_path, atomic_write
+
 logger = logging.getLogger(__name__)
 
 HEADS_FILE = "tsl_heads.safetensors"
@@ -46,11 +48,13 @@ class TslHeads(torch.nn.Module):
 def save_heads(heads: TslHeads, folder: Path, initialised_from: str) -> None:
     """Write the heads (as float32) and a small JSON saying what they are next to an exported model."""
     state = {k: v.detach().float().contiguous().cpu() for k, v in heads.state_dict().items()}
-    save_file(state, str(folder / HEADS_FILE))
+    with atomic_path(folder / HEADS_FILE) as tmp:
+        save_file(state, str(tmp))
     meta = {"format": HEADS_FORMAT, "version": 1, "initialised_from": initialised_from,
             "use": "TSL projections psi_v/psi_t for continued training with --tsl-heads separate; "
                    "not used at inference (the CLIP in this folder is complete without them)"}
-    (folder / HEADS_META).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    with atomic_write(folder / HEADS_META) as handle:
+        handle.write(json.dumps(meta, indent=2) + "\n")
 
 
 def build_heads(clip: CLIPModel, model_source: str) -> tuple[TslHeads, str]:

@@ -47,7 +47,7 @@ from goalclip.training.losses import METHOD_TERMS, LossWeights, combine_losses, 
 from goalclip.training.recipes import RECIPES, recipe_settings
 from goalclip.training.validation import TRACKER_PREFIX, Validator, check_keep_best
 from goalclip.core.images import ImageError, set_max_image_pixels
-from goalclip.core.manifest import SkipReport, atomic_write, output_lock
+from goalclip.core.manifest import SkipReport, atomic_write, follow_umask, output_lock
 from goalclip.models.clip import (
     ClipBundle,
     image_forward,
@@ -682,6 +682,7 @@ class Trainer:
             if self.validator is not None:
                 progress["validation"] = self.validator.state_dict()
             (tmp / "progress.json").write_text(json.dumps(progress))
+            follow_umask(tmp)
             if final.exists():
                 shutil.rmtree(final)
             os.replace(tmp, final)
