@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from goalclip.caption.clean import clean_caption
@@ -28,7 +28,7 @@ from goalclip.core.images import ImageError, load_rgb
 from goalclip.core.manifest import iter_jsonl, relativize, write_jsonl
 from goalclip.datasets.sample import read_images
 from goalclip.core.resumable import ids_already_written, part_paths
-from goalclip.core.processes import process_device, process_state
+from goalclip.core.processes import process_device, process_state, worker_loader
 from goalclip.core.shards import split_records
 
 logger = logging.getLogger(__name__)
@@ -102,8 +102,8 @@ def caption(config: CaptionConfig, engine: CaptionEngine | None = None) -> dict[
                              max_new_tokens=config.max_new_tokens)
     part = out.with_name(f"{out.name}.part{state.process_index}")
     skipped_part = out.with_name(f"{out.name}.part{state.process_index}.skipped")
-    loader = DataLoader(_Images(todo), batch_size=config.batch_size, num_workers=config.num_workers,
-                        collate_fn=list)
+    loader = worker_loader(_Images(todo), batch_size=config.batch_size, num_workers=config.num_workers,
+                           collate_fn=list)
     folder = out.resolve().parent
     started = time.perf_counter()
     show = config.progress and state.is_main_process

@@ -22,9 +22,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from goalclip.core.processes import worker_loader
 from goalclip.core.shards import member_ref, open_member
 
 logger = logging.getLogger(__name__)
@@ -211,7 +212,7 @@ class PixelBatches:
     failed: list[tuple[int, str]] = field(default_factory=list)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        loader = DataLoader(
+        loader = worker_loader(
             PixelDataset(self.paths, self.processor, self.boxes),
             batch_size=self.batch_size,
             num_workers=self.num_workers,

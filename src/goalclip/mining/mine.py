@@ -16,14 +16,11 @@ leaves workers behind, and SIGTERM ends the run cleanly with every written recor
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import functools
 import json
 import logging
 import math
 import os
 import signal
-import sys
 import threading
 import time
 from collections import Counter
@@ -33,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from goalclip.core.images import ImageError, crop_to_box, load_rgb, pixel_values, set_max_image_pixels
@@ -43,7 +40,7 @@ from goalclip.core.manifest import (
 from goalclip.core.paths import refuse_input_as_output
 from goalclip.core.resumable import ids_already_written, part_paths
 from goalclip.core.shards import split_records
-from goalclip.core.processes import process_device, process_state
+from goalclip.core.processes import process_device, process_state, worker_loader
 from goalclip.models.clip import ClipBundle, load_clip
 from goalclip.models.embed import embed_images, encode_texts_counted
 from goalclip.mining.regions import InvalidBox, Region, RegionProposer, build_proposer, take_invalid_boxes
@@ -54,7 +51,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-PR_SET_PDEATHSIG = 1  # prctl option, from <linux/prctl.h>
 
 
 class MiningInterrupted(RuntimeError):
@@ -153,19 +149,6 @@ class _MineImages(Dataset):
             return index, None, str(exc)
         except Exception as exc:  # noqa: BLE001 - any decoder failure is this file's, not the run's
             return index, None, f"{path}: cannot decode image ({type(exc).__name__}: {exc})"
-
-
-def _die_with_parent(parent_pid: int, worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: end this worker when the mining process dies.
-
-    A worker blocked on a full result pipe never notices a killed parent by itself and would
-    hold its memory forever. Linux delivers SIGTERM to the worker when its parent exits
-    (``PR_SET_PDEATHSIG``); a parent already gone before that was set is caught by the pid check.
-    """
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    if os.getppid() != parent_pid:
-        os._exit(1)
 
 
 @contextlib.contextmanager
@@ -304,8 +287,8 @@ def _mine(config: MineConfig, state: PartialState) -> dict[str, Any]:
     clock.lap("load")
     part = out.with_name(f"{out.name}.part{state.process_index}")
     skipped_part = out.with_name(f"{out.name}.part{state.process_index}.skipped")
-    loader = DataLoader(_MineImages(todo), batch_size=config.batch_size, num_workers=config.num_workers,
-                        collate_fn=list, worker_init_fn=functools.partial(_die_with_parent, os.getpid()))
+    loader = worker_loader(_MineImages(todo), batch_size=config.batch_size, num_workers=config.num_workers,
+                           collate_fn=list)
     started = time.perf_counter()
     folder = out.resolve().parent
     show = config.progress and state.is_main_process

@@ -36,7 +36,6 @@ import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from accelerate.utils import gather_object, set_seed
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import CLIPModel, get_cosine_schedule_with_warmup
 
@@ -48,6 +47,7 @@ from goalclip.training.recipes import RECIPES, recipe_settings
 from goalclip.training.validation import TRACKER_PREFIX, Validator, check_keep_best
 from goalclip.core.images import ImageError, set_max_image_pixels
 from goalclip.core.manifest import SkipReport, atomic_write, follow_umask, output_lock
+from goalclip.core.processes import worker_loader
 from goalclip.models.clip import (
     ClipBundle,
     image_forward,
@@ -807,8 +807,8 @@ class Trainer:
             step_in_epoch = skip_batches if epoch == start_epoch else 0
             batches = epoch_batches(len(dataset), cfg.batch_size, cfg.seed, epoch, acc.process_index,
                                     acc.num_processes)
-            loader = DataLoader(dataset, batch_sampler=batches[step_in_epoch:], collate_fn=collate,
-                                num_workers=cfg.num_workers, pin_memory=pin_memory)
+            loader = worker_loader(dataset, batch_sampler=batches[step_in_epoch:], collate_fn=collate,
+                                   num_workers=cfg.num_workers, pin_memory=pin_memory)
             for batch in loader:
                 if step >= total_steps:
                     break
