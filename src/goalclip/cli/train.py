@@ -114,12 +114,14 @@ def run(args: argparse.Namespace) -> str:
     from dataclasses import asdict
 
     from goalclip.cli.outputs import check_command_outputs
+    from goalclip.core.settings import read_json_object
     from goalclip.training.losses import LossWeights
     from goalclip.training.trainer import TrainConfig, train
 
     given = {k: v for k, v in vars(args).items()
              if k not in ("command", "func", "verbose", "config", "outputs", "input_options")}
-    values = TrainConfig.from_file(args.config).to_dict() if "config" in vars(args) else {}
+    values = TrainConfig.settings(read_json_object(args.config), args.config, partial=True) \
+        if "config" in vars(args) else {}
     weights = dict(values.get("weights") or asdict(LossWeights()))
     for flag, name in (("w_global", "global_"), ("w_local", "local"), ("w_tsl", "tsl")):
         if flag in given:

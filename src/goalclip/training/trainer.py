@@ -48,6 +48,7 @@ from goalclip.training.validation import TRACKER_PREFIX, Validator, check_keep_b
 from goalclip.core.images import ImageError, set_max_image_pixels
 from goalclip.core.manifest import SkipReport, atomic_write, follow_umask, output_lock
 from goalclip.core.processes import worker_loader
+from goalclip.core.settings import SettingsError, check_fields, read_json_object
 from goalclip.models.clip import (
     ClipBundle,
     image_forward,
@@ -190,32 +191,40 @@ class TrainConfig:
         return values
 
     @classmethod
+    def settings(cls, values: dict[str, Any], source: str = "config", *, partial: bool = False) -> dict[str, Any]:
+        """The training settings of a config object or a whole ``train_config.json`` record, checked
+        field by field (``partial``: fields without a default may come from the command line)."""
+        settings = values.get("config", values)
+        if not isinstance(settings, dict):
+            raise SettingsError(f"{source}: field 'config' must be an object of training settings")
+        unknown = sorted(set(settings) - {f.name for f in fields(cls)})
+        if unknown:
+            from goalclip import __version__
+
+            versions = values.get("versions")
+            wrote = versions.get("goalclip") if isinstance(versions, dict) else None
+            raise SettingsError(
+                f"{source}: unknown training settings {', '.join(unknown)}"
+                + (f" (a run record of goalclip {wrote}; this is goalclip {__version__}: run it again with "
+                   "its settings as flags, or a --config without these keys)" if wrote else "")
+            )
+        check_fields(cls, settings, source, partial=partial)
+        return dict(settings)
+
+    @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "config") -> TrainConfig:
         """Build from :meth:`to_dict` output or a whole ``train_config.json`` record."""
-        values = dict(values.get("config", values))
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"{source}: unknown training settings {', '.join(unknown)}")
+        values = cls.settings(values, source)
         if isinstance(values.get("weights"), dict):
             values["weights"] = LossWeights(**values["weights"])
         if "recipe" not in values and "grad_clip" in values and values["grad_clip"] is None:
             values["grad_clip"] = 0.0  # a record from before recipes: null meant "no clipping" then
-        try:
-            return cls(**values)
-        except TypeError as exc:
-            raise ValueError(f"{source}: {exc}") from None
+        return cls(**values)
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> TrainConfig:
         """Read a config or a run's ``train_config.json``, so any run can be run again."""
-        try:
-            values = json.loads(Path(path).read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}: not valid JSON ({exc})") from None
-        if not isinstance(values, dict):
-            raise ValueError(f"{path}: expected a JSON object of training settings")
-        return cls.from_dict(values, source=str(path))
+        return cls.from_dict(read_json_object(path), source=str(path))
 
 
 def needs_local(method: str) -> bool:
@@ -492,10 +501,11 @@ def _read_record(out: Path) -> dict[str, Any] | None:
     path = out / "train_config.json"
     if not path.exists():
         return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: unreadable run record ({exc})") from None
+    record = read_json_object(path, "run record")
+    for key in ("config", "resolved", "derived"):
+        if not isinstance(record.get(key, {}), dict):
+            raise SettingsError(f"{path}: field '{key}' of the run record must be an object")
+    return record
 
 
 def _metrics_step(line: str) -> float:
