@@ -118,5 +118,6 @@ def test_data_sample_is_seeded_and_keeps_the_original_order(sa1b: Path, tmp_path
 
 def test_data_sample_refuses_a_non_positive_size(tmp_path: Path, capsys) -> None:
     Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
-    assert main(["data", "sample", "--data", str(tmp_path), "--n", "0", "--out", str(tmp_path / "o.jsonl")]) == 1
-    assert "at least 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:  # a usage error
+        main(["data", "sample", "--data", str(tmp_path), "--n", "0", "--out", str(tmp_path / "o.jsonl")])
+    assert exit_info.value.code == 2 and "--n: expected a positive whole number" in capsys.readouterr().err

@@ -76,6 +76,10 @@ def score_manifest(config: ScoreConfig) -> dict[str, Any]:
         cosines = (images * texts[indices.to(device)]).sum(dim=-1)
         scores.update(zip(indices.tolist(), cosines.tolist()))
     rows = [{"id": picked[i]["id"], "score": round(scores[i], 6)} for i in sorted(scores)]
+    if picked and not rows:
+        first = batches.failed[0][1] if batches.failed else "no image decoded"
+        raise RuntimeError(f"no record of {config.data} could be scored: all {len(picked)} images are unreadable "
+                           f"(first: {first})")
     if config.scores_out:
         write_jsonl(config.scores_out, rows)
     summary: dict[str, Any] = {

@@ -3,10 +3,33 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 
 SHARDS_HELP = ("or WebDataset shards (goalclip data shard): a .tar, a brace pattern such as "
                "shards/train-{000000..000009}.tar, or a pipe:/fsspec URL")
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a count of at least 1 (a bad value is a usage error, exit 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
+    return value
+
+
+def cosine(text: str) -> float:
+    """argparse type: a cosine similarity, a finite number in [-1, 1] (anything else is a usage error)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not -1.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a cosine between -1 and 1, got {text!r}")
+    return value
 
 
 def add_device(parser: argparse.ArgumentParser, what: str = "the model") -> None:

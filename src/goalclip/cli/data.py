@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import re
 
-from goalclip.cli.common import SHARDS_HELP, add_device, add_no_progress, resolve_device
+from goalclip.cli.common import SHARDS_HELP, add_device, add_no_progress, cosine, positive_int, resolve_device
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -24,7 +24,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     joint.set_defaults(func=run_joint)
     sample = data_sub.add_parser("sample", help="a seeded random sample of images from a folder or manifest")
     sample.add_argument("--data", required=True, help="a folder of images or a manifest (captions not needed)")
-    sample.add_argument("--n", type=int, required=True, help="how many images to pick")
+    sample.add_argument("--n", type=positive_int, required=True, help="how many images to pick")
     sample.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     sample.add_argument("--out", required=True, help="manifest of the sampled images to write")
     sample.set_defaults(func=run_sample)
@@ -40,7 +40,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        "(default: 1000, or all with --min-score)")
     score.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
     score.add_argument("--scores-out", help="write per-record scores {id, score} here (JSONL)")
-    score.add_argument("--min-score", type=float, help="score every record and write those scoring at least "
+    score.add_argument("--min-score", type=cosine, help="score every record and write those scoring at least "
                        "this to --out (a filter for captions that do not match their image)")
     score.add_argument("--out", help="filtered manifest to write with --min-score")
     score.add_argument("--max-text-len", type=int, help="stretch a shorter text context (Long-CLIP style) to this "
@@ -112,7 +112,8 @@ def add_split_parser(data_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, help="manifest to split (JSONL)")
     p.add_argument("--out-test", required=True, help="test manifest to write")
     p.add_argument("--out-rest", default=None, help="also write the records not in the test (e.g. the training set)")
-    p.add_argument("--test-size", type=int, default=None, help="draw this many test records at random (with --seed)")
+    p.add_argument("--test-size", type=positive_int, default=None,
+                   help="draw this many test records at random (with --seed)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the draw (default: 0)")
     p.add_argument("--exclude", action="append", default=[], metavar="FILE",
                    help="ids never drawn into the test (e.g. a training manifest); an id list in any --ids-from "

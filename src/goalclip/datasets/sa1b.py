@@ -10,6 +10,7 @@ area as LISM filters SAM's masks: tiny masks are texture, huge ones are the whol
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,11 @@ def _image_info(obj: Any, where: str) -> tuple[float, float]:
     from goalclip.datasets.adapters import _field, _number
 
     info = _field(obj, "image", where, dict)
-    return _number(info, "width", f"{where}: field 'image'"), _number(info, "height", f"{where}: field 'image'")
+    size = _number(info, "width", f"{where}: field 'image'"), _number(info, "height", f"{where}: field 'image'")
+    for name, value in zip(("width", "height"), size):
+        if not (math.isfinite(value) and value > 0):
+            raise ManifestError(f"{where}: field 'image': '{name}' must be a positive number of pixels, got {value}")
+    return size
 
 
 def convert_sa1b(
@@ -93,7 +98,9 @@ def sa1b_boxes(
             fraction = _number(annotation, "area", at) / (width * height)
             x, y, w, h = (float(v) for v in bbox)
             box = [x, y, x + w, y + h]
-            if not min_fraction <= fraction <= max_fraction:
+            if not all(math.isfinite(v) for v in box):
+                tally.note("mask box not finite", path.stem)
+            elif not min_fraction <= fraction <= max_fraction:
                 tally.note("mask area outside the kept range", path.stem)
             elif w <= 0 or h <= 0:
                 tally.note("mask box without area", path.stem)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import pickle
+import string
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -88,8 +89,14 @@ def read_templates(path: str | None) -> list[str]:
         return list(DEFAULT_TEMPLATES)
     templates = [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
     for number, template in enumerate(templates, start=1):
-        if template.count("{}") != 1:
-            raise ValueError(f"{path}:{number}: a template needs exactly one '{{}}' for the class name: {template!r}")
+        try:
+            fields = [(name, spec, conv) for _, name, spec, conv in string.Formatter().parse(template)
+                      if name is not None]
+        except ValueError as exc:  # a lone '{' or '}'
+            fields = [("?", str(exc), None)]
+        if fields != [("", "", None)]:
+            raise ValueError(f"{path}:{number}: a template needs exactly one '{{}}' for the class name and no other "
+                             f"braces ('{{{{' and '}}}}' write literal ones): {template!r}")
     if not templates:
         raise ValueError(f"{path}: no templates (one per line, with '{{}}' for the class name)")
     return templates
@@ -128,10 +135,10 @@ def load_image_folder(root: str, class_names: str | None = None) -> ClassifyData
     data = ClassifyData(classes=[], labels=[])
     for label, class_dir in enumerate(class_dirs):
         images = sorted(p for p in class_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not images:
+            raise ValueError(f"{class_dir}: class folder without images; add its images or remove it")
         data.paths.extend(str(p) for p in images)
         data.labels.extend([label] * len(images))
-    if not data.paths:
-        raise ValueError(f"{root}: no image files in its class subfolders")
     folders = [p.name for p in class_dirs]
     data.classes = (_read_class_names(class_names, folders) if class_names
                     else [name.replace("_", " ") for name in folders])
@@ -163,13 +170,27 @@ def load_cifar(root: str, fine: bool) -> ClassifyData:
 
 def load_classify_data(root: str, format: str, class_names: str | None = None) -> ClassifyData:
     if format == "imagefolder":
-        return load_image_folder(root, class_names)
-    if format in ("cifar10", "cifar100"):
+        data = load_image_folder(root, class_names)
+    elif format in ("cifar10", "cifar100"):
         data = load_cifar(root, fine=format == "cifar100")
         if class_names:
             data.classes = _read_class_names(class_names, data.classes)
-        return data
-    raise ValueError(f"unknown classification format {format!r}; choose from {', '.join(FORMATS)}")
+    else:
+        raise ValueError(f"unknown classification format {format!r}; choose from {', '.join(FORMATS)}")
+    _refuse_shared_names(data.classes, class_names or root)
+    return data
+
+
+def _refuse_shared_names(classes: list[str], source: str) -> None:
+    """Two classes with one name always tie: the accuracy would silently depend on the tie-break."""
+    labels: dict[str, list[int]] = {}
+    for label, name in enumerate(classes):
+        labels.setdefault(name, []).append(label)
+    shared = {name: found for name, found in labels.items() if len(found) > 1}
+    if shared:
+        name, found = next(iter(shared.items()))
+        raise ValueError(f"{source}: class name {name!r} is given to {len(found)} classes (labels "
+                         f"{', '.join(map(str, found))}); each class needs a name of its own")
 
 
 def class_embeddings(bundle: Bundle, classes: Sequence[str], templates: Sequence[str],
