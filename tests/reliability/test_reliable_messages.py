@@ -117,3 +117,51 @@ def test_sa1b_with_a_zero_width_names_file_and_field_and_writes_nothing(tmp_path
     err = capsys.readouterr().err
     assert "sa_1.json" in err and "'width' must be a positive number" in err
     assert not out.exists()
+
+
+@pytest.mark.parametrize(("config", "weights"), [
+    ({"model_cfg": {"embed_dim": 24, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8},
+                    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}},
+      "preprocess_cfg": {}}, b"not safetensors"),
+    ({"model_cfg": 3, "preprocess_cfg": {}}, None),
+], ids=["corrupt-weights", "corrupt-config"])
+def test_a_corrupt_open_clip_folder_names_the_spec(tiny_world, tmp_path, capsys, config, weights):
+    pytest.importorskip("open_clip")
+    folder = tmp_path / "oc"
+    folder.mkdir()
+    (folder / "open_clip_config.json").write_text(json.dumps(config))
+    if weights is not None:
+        (folder / "open_clip_model.safetensors").write_bytes(weights)
+    spec = f"open_clip:local-dir:{folder}"
+    assert main(["eval", "--model", spec, "--data", str(tiny_world.captions), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert f"{spec}: open_clip cannot load it" in err and "unexpected error" not in err
+
+
+def test_compressed_data_is_named_as_such(tiny_world, tmp_path, capsys):
+    import gzip
+
+    data = tmp_path / "x.tar.gz"
+    data.write_bytes(gzip.compress(b"anything"))
+    assert main(["eval", "--model", str(tiny_world.model), "--data", str(data), "--no-progress"]) == 1
+    assert f"{data}: a gzip-compressed file; compressed manifests and shards are not supported" in \
+        capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["caption", "mine"])
+def test_a_model_path_that_does_not_exist_is_named(tmp_path, capsys, command):
+    data = _manifest(tmp_path)
+    assert main([command, "--model", "./no-such-model", "--data", str(data), "--out", str(tmp_path / "o.jsonl")]) == 1
+    assert "--model ./no-such-model: no such folder or file" in capsys.readouterr().err
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_mine_resume_onto_a_captioned_manifest_names_its_line(tiny_world, tmp_path, capsys):
+    out = tmp_path / "captions-copy.jsonl"
+    out.write_bytes(tiny_world.captions.read_bytes())
+    before = out.read_bytes()
+    assert main(["mine", "--model", str(tiny_world.model), "--data", str(tiny_world.captions), "--out", str(out),
+                 "--regions", "grid", "--resume", "--device", "cpu", "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert f"{out}:1: a record without 'local'" in err and "unexpected error" not in err
+    assert out.read_bytes() == before

@@ -38,7 +38,7 @@ def _argv(path: tuple[str, ...], given: dict[str, str], fill: Path) -> list[str]
             value = str(fill.parent / f"other-{action.dest}")
         elif action.choices:
             value = next(iter(action.choices))
-        elif action.type in (int, float):
+        elif action.type not in (None, str, Path):  # a number (int, float, positive_int, cosine)
             value = "1"
         else:
             value = str(fill)

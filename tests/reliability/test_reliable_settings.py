@@ -37,7 +37,7 @@ def test_a_config_value_of_the_wrong_type_names_file_and_field_before_anything_r
     config = tmp_path / "run.json"
     config.write_text(json.dumps(settings))
     out = tmp_path / "run"
-    assert main(["train", "--config", str(config), "--model", str(tmp_path / "no-such-model"), "--data",
+    assert main(["train", "--config", str(config), "--model", "no-such-org/no-such-model", "--data",
                  str(tmp_path / "no-such-data.jsonl"), "--out", str(out)]) == 1
     err = capsys.readouterr().err
     assert str(config) in err and field in err and expected in err and "unexpected error" not in err

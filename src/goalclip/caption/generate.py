@@ -86,7 +86,7 @@ def caption(config: CaptionConfig, engine: CaptionEngine | None = None) -> dict[
     records = read_images(config.data)
     if config.max_images:
         records = records[: config.max_images]
-    done = ids_already_written(out, config.resume)
+    done = ids_already_written(out, config.resume, "caption")
     todo = split_records([r for r in records if r["id"] not in done], state.process_index, state.num_processes)
     logger.info("captioning %d images (%d already done)", len(todo), len(done))
 

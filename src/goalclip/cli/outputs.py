@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from goalclip.core.paths import OutputPathError, check_outputs
+from goalclip.core.paths import OutputPathError, check_model_source, check_outputs
 
 OUTPUTS: dict[tuple[str, ...], dict[str, str]] = {
     ("caption",): {"out": "file"},
@@ -36,6 +36,9 @@ OUTPUTS: dict[tuple[str, ...], dict[str, str]] = {
     ("convert", "longclip"): {"out": "folder"},
     ("demo",): {"out": "folder"},
 }
+
+# Options naming a model: a hub id, a local folder or file, or an open_clip spec.
+MODEL_OPTIONS = ("model", "models", "base", "detector", "sam", "processor")
 
 
 def leaf_parsers(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...],
@@ -72,8 +75,12 @@ def _paths(value: Any) -> list[str]:
 
 def check_command_outputs(args: argparse.Namespace, values: dict[str, Any] | None = None) -> None:
     """Check the outputs of a parsed command (``values``: the settings it runs with, when a
-    settings file adds to the flags, as ``train --config`` does)."""
+    settings file adds to the flags, as ``train --config`` does), and that a model given as a
+    path exists."""
     values = vars(args) if values is None else values
+    for dest in MODEL_OPTIONS:
+        for spec in _paths(values.get(dest)):
+            check_model_source(spec, "--model" if dest == "models" else _flag(dest))
     kinds: dict[str, str] = getattr(args, "outputs", {})
     outputs = {_flag(dest): (values[dest], kind) for dest, kind in kinds.items() if values.get(dest) is not None}
     inputs = {

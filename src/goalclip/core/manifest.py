@@ -32,6 +32,10 @@ LOCAL_SOURCES = ("detector", "grid", "sam", "external", "whole")
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 
 
+# Leading bytes of compressed files, which a manifest reader would otherwise report as "not UTF-8".
+COMPRESSED = {"gzip": b"\x1f\x8b", "bzip2": b"BZh", "xz": b"\xfd7zXZ\x00", "zstd": b"\x28\xb5\x2f\xfd"}
+
+
 class ManifestError(ValueError):
     """A manifest line is malformed; the message names the file, line and field."""
 
@@ -308,6 +312,12 @@ def iter_jsonl(
     if not path.is_file():
         raise ManifestError(f"{path}: no such manifest file")
     with path.open("rb") as handle:
+        start = handle.read(6)
+        compressed = next((name for name, magic in COMPRESSED.items() if start.startswith(magic)), None)
+        if compressed:
+            raise ManifestError(f"{path}: a {compressed}-compressed file; compressed manifests and shards are not "
+                                "supported: decompress it (a .tar.gz to its .tar shard) first")
+        handle.seek(0)
         for lineno, raw in enumerate(handle, start=1):
             try:
                 line = _decode_line(raw, first=lineno == 1)

@@ -8,12 +8,13 @@
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
 
 
 class OutputPathError(ValueError):
-    """An output path is unusable; the message names the option and the path."""
+    """An output (or model) path is unusable; the message names the option and the path."""
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -100,3 +101,17 @@ def check_outputs(outputs: dict[str, tuple[str | os.PathLike, str]], inputs: dic
                 raise OutputPathError(f"{option} {value} is the same file as {flag} {given}; choose another {option}")
         check_can_create(out, option, kind)
         seen[option] = out
+
+
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
+WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
+
+
+def check_model_source(spec: str, option: str) -> None:
+    """Raise when a model spec names a local path that does not exist (``./run``, ``/models/x``,
+    ``ckpt.pt``): loaders would go on to the hub and report its naming rules instead."""
+    if spec.startswith("open_clip:") or Path(spec).expanduser().exists():
+        return
+    if not HUB_ID.fullmatch(spec) or spec.lower().endswith(WEIGHT_SUFFIXES):
+        raise OutputPathError(f"{option} {spec}: no such folder or file (nor a hub id such as "
+                              "openai/clip-vit-base-patch32)")

@@ -269,7 +269,7 @@ def _mine(config: MineConfig, state: PartialState) -> dict[str, Any]:
     records = read_manifest(config.data)
     if config.max_images:
         records = records[: config.max_images]
-    done = ids_already_written(out, config.resume)
+    done = ids_already_written(out, config.resume, "local")
     pending = [r for r in records if r["id"] not in done]
     todo = split_records(pending, state.process_index, state.num_processes)  # whole shards per process
     logger.info("mining %d images (%d of %d already done; process %d of %d)", len(todo),
