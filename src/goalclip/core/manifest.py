@@ -357,7 +357,9 @@ def captions_of(record: dict[str, Any]) -> list[str]:
     return [record["caption"]]
 
 
-def _check_box(box: Any, where: str, require_area: bool = True) -> list[float]:
+def check_box(box: Any, where: str, require_area: bool = True) -> list[float]:
+    """``box`` as four floats; a ManifestError naming ``where`` unless it is four numbers (and, with
+    ``require_area``, finite with positive area)."""
     if not (isinstance(box, (list, tuple)) and len(box) == 4 and all(isinstance(v, (int, float)) for v in box)):
         raise ManifestError(f"{where}: a box must be [x1, y1, x2, y2] numbers, got {box!r}")
     x1, y1, x2, y2 = (float(v) for v in box)
@@ -395,7 +397,7 @@ def validate_record(record: dict[str, Any], where: str) -> None:
         sentence = local.get("sentence")
         if not isinstance(sentence, str) or not sentence.strip():
             raise ManifestError(f"{where}: field 'local.sentence' must be a non-empty string")
-        local["box"] = _check_box(local.get("box"), f"{where}: field 'local.box'")
+        local["box"] = check_box(local.get("box"), f"{where}: field 'local.box'")
 
 
 def iter_objects(
@@ -500,6 +502,6 @@ def read_boxes(path: str | os.PathLike) -> dict[str, list[list[float]]]:
         if not isinstance(boxes, list):
             raise ManifestError(f"{where}: field 'boxes' must be a list of [x1, y1, x2, y2]")
         out.setdefault(rid, []).extend(
-            _check_box(b, f"{where}: field 'boxes[{i}]'", require_area=False) for i, b in enumerate(boxes)
+            check_box(b, f"{where}: field 'boxes[{i}]'", require_area=False) for i, b in enumerate(boxes)
         )
     return out

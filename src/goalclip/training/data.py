@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import Dataset
 
 from goalclip.core.images import ImageError, crop_to_box, image_size, load_rgb, pixel_values
-from goalclip.core.manifest import ManifestError, SkipReport, captions_of, iter_records
+from goalclip.core.manifest import ManifestError, SkipReport, captions_of, check_box, iter_records
 from goalclip.models.clip import ClipBundle
 from goalclip.models.embed import crop_geometry
 from goalclip.core.text import clean_text, locate_sentence, token_span, usable_span
@@ -158,7 +158,7 @@ def _validate_pair(
     chars = locate_sentence(caption, sentence)
     if chars is None:
         raise ManifestError(f"{where}: field '{name}.sentence' not found in the caption: {sentence!r}")
-    x1, y1, x2, y2 = entry["box"]
+    x1, y1, x2, y2 = check_box(entry["box"], f"{where}: field '{name}.box'")
     tolerance = 1.0
     if x1 < -tolerance or y1 < -tolerance or x2 > width + tolerance or y2 > height + tolerance:
         raise ManifestError(f"{where}: field '{name}.box' {entry['box']} lies outside the {width}x{height} image")
