@@ -17,33 +17,12 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from test_reliable_mining_eval import _alive, _children  # the process-table readers of mine's kill test
 
 import goalclip
 from goalclip.caption.tiny import build_tiny_llava_next
 
 PACKAGE = Path(goalclip.__file__).resolve().parent
-
-
-def _live_children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            fields = stat[stat.rfind(")") + 2:].split()
-            if int(fields[1]) == pid and fields[0] != "Z":
-                found.append(int(entry.name))
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rfind(")") + 2:].split()[0] != "Z"
 
 
 def test_every_dataloader_of_the_package_is_built_by_worker_loader():
@@ -75,7 +54,7 @@ def test_caption_decoding_workers_exit_when_the_parent_dies(tmp_path, kill):
         deadline = time.monotonic() + 240
         part = out.with_name("captions.jsonl.part0")
         while time.monotonic() < deadline and proc.poll() is None:
-            workers = _live_children(proc.pid)
+            workers = _children(proc.pid)
             if len(workers) >= 2 and part.exists() and part.stat().st_size > 0:
                 break
             time.sleep(0.2)
