@@ -140,3 +140,17 @@ def test_the_checks_see_every_option_that_takes_a_value():
     assert isinstance(args, argparse.Namespace)
     assert {"data", "exclude", "ids_from"} <= set(args.input_options)
     assert not {"out_test", "out_rest"} & set(args.input_options)
+
+
+@pytest.mark.parametrize("argv", [
+    ["eval", "--task", "classify", "--model", "no-such-org/no-such-model"],
+    ["data", "score", "--model", "no-such-org/no-such-model", "--min-score", "0"],
+], ids=["eval classify", "data score --min-score"])
+def test_an_unwritable_out_stops_commands_before_their_model_loads(tmp_path, capsys, argv):
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where a folder should be\n")
+    data = tmp_path / "data.jsonl"
+    data.write_text('{"id": "a", "image": "a.png", "caption": "A photo."}\n')
+    assert main([*argv, "--data", str(data), "--out", str(blocker / "out.json")]) == 1
+    err = capsys.readouterr().err
+    assert f"--out {blocker / 'out.json'} cannot be written" in err and "no-such-model" not in err
