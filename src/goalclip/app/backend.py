@@ -82,7 +82,7 @@ class Searcher:
             bundle.model.eval()
             self.index = build_index(bundle, self.images, model_key(self.model, self.base), index_dir=self.index_dir)
             self.bundle = bundle
-        except Exception as exc:  # any failure is shown on the page; the server keeps running
+        except Exception as exc:  # noqa: BLE001 - any failure is shown on the page; the server keeps running
             logger.warning("serve: %s: %s", self.model, exc)
             self.error = f"{self.model}: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}"
         finally:

@@ -50,19 +50,26 @@ def _read_json(path: Path) -> dict[str, Any]:
     return value
 
 
-def final_validation(metrics_file: Path) -> tuple[int, dict[str, float]] | None:
-    """The last ``{"step", "val": {...}}`` line of a run's metrics.jsonl, if it validated."""
+def read_metrics(metrics_file: Path) -> tuple[int | None, tuple[int, dict[str, float]] | None]:
+    """The last step a run's metrics.jsonl reached and its last validation ``(step, scores)``, if any.
+
+    Read when a model is exported, the last line is the step of that model: the final step, or the
+    validation that made ``best/``.
+    """
+    last_step, validation = None, None
     if not metrics_file.is_file():
-        return None
-    last = None
+        return None, None
     for line in metrics_file.read_text(encoding="utf-8").splitlines():
         try:
             row = json.loads(line)
         except json.JSONDecodeError:  # a line torn by a kill
             continue
-        if isinstance(row, dict) and isinstance(row.get("val"), dict) and row["val"]:
-            last = (int(row.get("step", 0)), {k: float(v) for k, v in row["val"].items()})
-    return last
+        if not isinstance(row, dict) or "step" not in row:
+            continue
+        last_step = int(row["step"])
+        if isinstance(row.get("val"), dict) and row["val"]:
+            validation = (last_step, {k: float(v) for k, v in row["val"].items()})
+    return last_step, validation
 
 
 def data_fingerprint(data: str) -> str:
@@ -107,23 +114,23 @@ def build_card(model_dir: str | os.PathLike, run_dir: str | os.PathLike) -> str:
     record = _read_json(run_dir / "train_config.json")
     config = record.get("config", {})
     derived, resolved = record.get("derived", {}), record.get("resolved", {})
-    validation = final_validation(run_dir / "metrics.jsonl")
-    name = model_dir.resolve().name
+    last_step, validation = read_metrics(run_dir / "metrics.jsonl")
+    name = run_dir.resolve().name + ("" if model_dir.resolve() == run_dir.resolve() else f"-{model_dir.name}")
     data = _card_data(name, config, validation)
     method = str(config.get("method", "goal"))
-    steps = (record.get("result") or {}).get("steps", derived.get("total_steps"))
+    steps = last_step if last_step is not None else derived.get("total_steps")
     weights = config.get("weights") or {}
     training = [
         f"- method: `{method}`: {METHOD_TEXT.get(method, method)}",
         f"- started from: `{config.get('model')}`" + (f" (architecture `{config['base']}`)" if config.get("base") else ""),
         f"- data: `{Path(str(config.get('data'))).name}`, manifest {data_fingerprint(str(config.get('data')))}",
-        f"- steps: {steps} ({derived.get('examples', '?')} examples, batch {config.get('batch_size')} x "
-        f"{derived.get('num_processes', 1)} processes, lr {config.get('lr')}, seed {config.get('seed')})",
+        (f"- steps: {steps} ({derived.get('examples', '?')} examples, batch {config.get('batch_size')} x "
+         f"{derived.get('num_processes', 1)} processes, lr {config.get('lr')}, seed {config.get('seed')})"),
         f"- recipe: `{config.get('recipe')}` ("
         + ", ".join(f"{k} {v}" for k, v in resolved.items()) + ")",
         "- loss weights: " + ", ".join(f"{k} {v}" for k, v in weights.items()) if weights else "",
-        f"- text context: {derived.get('context_length', config.get('max_text_len'))} tokens "
-        f"(positions stretched Long-CLIP style, first {config.get('keep_positions')} kept)",
+        (f"- text context: {derived.get('context_length', config.get('max_text_len'))} tokens "
+         f"(positions stretched Long-CLIP style, first {config.get('keep_positions')} kept)"),
         f"- goalclip commit: `{record.get('git_commit')}`" if record.get("git_commit") else "",
     ]
     lines = [
@@ -138,7 +145,7 @@ def build_card(model_dir: str | os.PathLike, run_dir: str | os.PathLike) -> str:
     ]
     if validation is not None:
         step, scores = validation
-        lines += [f"Final validation (step {step}) on `{Path(str(config.get('val_data'))).name}`, Recall@K in %:", "",
+        lines += [f"Final validation (step {step}) on `{Path(str(config.get('val_data'))).name}`, in %:", "",
                   "| " + " | ".join(scores) + " |", "|" + "|".join("---:" for _ in scores) + "|",
                   "| " + " | ".join(f"{v:.2f}" for v in scores.values()) + " |", ""]
     lines += [
@@ -149,8 +156,8 @@ def build_card(model_dir: str | os.PathLike, run_dir: str | os.PathLike) -> str:
         "",
         f'model = CLIPModel.from_pretrained("{name}")  # this folder, or its Hub repo id',
         f'processor = CLIPProcessor.from_pretrained("{name}")',
-        f"# texts up to {derived.get('context_length', config.get('max_text_len'))} tokens: "
-        f'processor(text=[caption], images=[image], padding=True, truncation=True, return_tensors="pt")',
+        (f"# texts up to {derived.get('context_length', config.get('max_text_len'))} tokens: "
+         f'processor(text=[caption], images=[image], padding=True, truncation=True, return_tensors="pt")'),
         "```",
         "",
     ]
@@ -166,7 +173,7 @@ def write_model_card(model_dir: str | os.PathLike, run_dir: str | os.PathLike) -
 
 
 def add_eval_table(model_dir: str | os.PathLike, table: str, data: str) -> Path:
-    """Put an evaluation table into ``model_dir``'s card, replacing the one a previous eval wrote.
+    """Put an evaluation table (Markdown) into ``model_dir``'s card, replacing the one a previous eval wrote.
 
     A folder without a card (not exported by ``goalclip train``) gets a minimal one, so any CLIP
     folder can carry its numbers.
@@ -182,7 +189,7 @@ def add_eval_table(model_dir: str | os.PathLike, table: str, data: str) -> Path:
 
         meta = ModelCardData(library_name="transformers", pipeline_tag=PIPELINE_TAG, tags=["clip", "goalclip"])
         text = f"---\n{meta.to_yaml()}\n---\n\n# {folder.resolve().name}\n"
-    where = f"`{Path(data).name}` ({data_fingerprint(data)})" if Path(data).is_file() else f"`{data}`"
+    where = f"`{Path(data).name}`, manifest {data_fingerprint(data)}" if Path(data).is_file() else f"`{data}`"
     section = f"{EVAL_BEGIN}\n## Evaluation\n\n`goalclip eval` on {where}, in %:\n\n{table}\n{EVAL_END}\n"
     if EVAL_BEGIN in text and EVAL_END in text:
         head, rest = text.split(EVAL_BEGIN, 1)

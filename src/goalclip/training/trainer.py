@@ -48,6 +48,7 @@ from goalclip.training.recipes import RECIPES, recipe_settings
 from goalclip.training.validation import TRACKER_PREFIX, Validator, check_keep_best
 from goalclip.core.images import ImageError, set_max_image_pixels
 from goalclip.core.manifest import SkipReport, atomic_write, output_lock
+from goalclip.models.card import write_model_card
 from goalclip.models.clip import (
     ClipBundle,
     image_forward,
@@ -926,6 +927,7 @@ class Trainer:
         for item in tmp.iterdir():
             os.replace(item, folder / item.name)
         tmp.rmdir()
+        write_model_card(folder, self.out)
 
 
 def train(config: TrainConfig) -> dict[str, Any]:
