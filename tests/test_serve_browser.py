@@ -70,7 +70,7 @@ def world(tiny_world, tmp_path_factory) -> dict:
     images = shutil.copytree(tiny_world.root / "images", root / "images")
     run = root / "run"
     flags = {**TINY_TRAIN, "model": tiny_world.model, "data": tiny_world.mined, "out": run, "method": "goal",
-             "max_steps": 4, "lr": 3e-3, "val_data": tiny_world.captions, "val_every": 2}
+             "max_steps": 2, "lr": 3e-3, "val_data": tiny_world.captions}
     flags.pop("progress")
     assert main(["train", "--no-progress", *(f"--{k.replace('_', '-')}={v}" for k, v in flags.items())]) == 0
     assert main(["eval", "--model", str(run), "--data", str(tiny_world.captions), "--no-progress",
@@ -216,7 +216,7 @@ def test_runs_show_curves_and_tables_and_a_bad_folder_is_a_message(world, server
             for r in browser.find_elements(By.CSS_SELECTOR, "#runs-table tr")[1:]]
     header = [c.text for c in browser.find_elements(By.CSS_SELECTOR, "#runs-table th")]
     record = dict(zip(header, rows[0]))
-    assert record["run"] == "run" and record["steps"] == "4" and record["method"] == "goal"
+    assert record["run"] == "run" and record["steps"] == "2" and record["method"] == "goal"
     val = [json.loads(line) for line in (world["run"] / "metrics.jsonl").read_text().splitlines() if "val" in line]
     assert float(record["val t2i@1"]) == pytest.approx(val[-1]["val"]["t2i@1"], abs=1e-3)
     evals = browser.find_elements(By.CSS_SELECTOR, "#evals-table tr")

@@ -283,7 +283,7 @@ def run_figure(runs: list[dict[str, Any]]) -> bytes:
         for name in run["val"][0]["val"] if run["val"] else []:
             val_ax.plot([row["step"] for row in run["val"]], [row["val"].get(name, math.nan) for row in run["val"]],
                         marker="o", label=f"{run['run']} {name}")
-    for ax, title in ((loss_ax, "training loss"), (lr_ax, "learning rate"), (val_ax, "validation (Recall@K %)")):
+    for ax, title in ((loss_ax, "training loss"), (lr_ax, "learning rate"), (val_ax, "validation (%)")):
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("step")
         if ax.get_legend_handles_labels()[0]:
