@@ -3,7 +3,8 @@
 - ``Searcher``: one model and its cached image index (the one ``goalclip search`` builds and reuses);
   ranking is ``viz.search.search``, so the page's order is the command's order.
 - ``sentence_heatmaps``: per query sentence, the cosine between its embedding and every patch token
-  sent through the vision post-layernorm and projection, as TSL compares a sentence with pooled patch
+  sent through TSL's vision head (the post-layernorm and projection, or the learned heads a
+  ``--tsl-heads separate`` run saved beside the model), as TSL compares a sentence with pooled patch
   tokens; drawn over the model's view of the image.
 - ``Pairs``: a mined manifest's local pairs, filtered by score and source, a page at a time.
 - ``read_run`` / ``run_figure``: a training run's record, metrics and eval JSON as a table and curves.
@@ -63,6 +64,7 @@ class Searcher:
     index_dir: str | None = None
     backend: str = "auto"
     bundle: Any = None
+    heads: Any = None
     index: Any = None
     error: str | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -75,12 +77,14 @@ class Searcher:
 
     def _load(self) -> None:
         from goalclip.models.clip import load_clip
+        from goalclip.training.heads import build_heads
         from goalclip.viz.search import build_index, model_key
 
         try:
             bundle = load_clip(self.model, base=self.base, device=self.device)
             bundle.model.eval()
             self.index = build_index(bundle, self.images, model_key(self.model, self.base), index_dir=self.index_dir)
+            self.heads = build_heads(bundle.model, self.model)[0].to(bundle.model.device).eval()
             self.bundle = bundle
         except Exception as exc:  # noqa: BLE001 - any failure is shown on the page; the server keeps running
             logger.warning("serve: %s: %s", self.model, exc)
@@ -120,7 +124,7 @@ class Searcher:
     def heatmaps(self, image_id: str, query: str) -> dict[str, Any]:
         path = self.path_of(image_id)
         with self.lock:
-            return sentence_heatmaps(self.bundle, path, query)
+            return sentence_heatmaps(self.bundle, self.heads, path, query)
 
 
 def query_sentences(query: str) -> list[str]:
@@ -131,24 +135,24 @@ def query_sentences(query: str) -> list[str]:
     return sentences
 
 
-def sentence_maps(bundle: Any, image: Image.Image, sentences: list[str]) -> torch.Tensor:
-    """Cosine of each sentence with each patch ``[S, g, g]``: patch tokens through post-LN and projection
-    (what TSL pools), sentences encoded as the model encodes any text."""
-    from goalclip.models.clip import image_forward, project_patch_tokens
+def sentence_maps(bundle: Any, heads: Any, image: Image.Image, sentences: list[str]) -> torch.Tensor:
+    """Cosine of each sentence with each patch ``[S, g, g]``: patch tokens through TSL's vision head
+    (``TslHeads.project_patches``), sentences encoded as the model encodes any text (TSL's target)."""
+    from goalclip.models.clip import image_forward
     from goalclip.models.embed import encode_texts, model_device
 
     device, dtype = model_device(bundle)
     with torch.no_grad():
         pixels = pixel_values(bundle.image_processor, [image]).to(device, dtype)
         _, tokens = image_forward(bundle.model, pixels)
-        patches = F.normalize(project_patch_tokens(bundle.model, tokens[0]).float(), dim=-1)
+        patches = F.normalize(heads.project_patches(tokens[0]).float(), dim=-1)
         texts = encode_texts(bundle, sentences)
     sims = (texts @ patches.T).cpu()
     grid = math.isqrt(sims.shape[1])
     return sims.reshape(len(sentences), grid, grid)
 
 
-def sentence_heatmaps(bundle: Any, path: str | Path, query: str) -> dict[str, Any]:
+def sentence_heatmaps(bundle: Any, heads: Any, path: str | Path, query: str) -> dict[str, Any]:
     """One overlay per sentence; colours share one scale across the sentences, so they compare."""
     from matplotlib import colormaps
 
@@ -156,7 +160,7 @@ def sentence_heatmaps(bundle: Any, path: str | Path, query: str) -> dict[str, An
 
     sentences = query_sentences(query)
     image = load_rgb(str(path))
-    maps = sentence_maps(bundle, image, sentences)
+    maps = sentence_maps(bundle, heads, image, sentences)
     low, high = float(maps.min()), float(maps.max())
     scaled = upsample((maps - low) / max(high - low, 1e-12), HEATMAP_SIDE).clamp(0, 1).numpy()
     view = np.asarray(model_view(image, bundle.image_processor, HEATMAP_SIDE), dtype=np.float32) / 255.0
