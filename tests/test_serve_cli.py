@@ -13,7 +13,7 @@ from goalclip.cli import main
         (["--host", "0.0.0.0"], "--host 0.0.0.0: only loopback addresses"),
         (["--host", "example.org"], "--host example.org: only loopback addresses"),
         (["--model", "a", "--model", "b", "--model", "c", "--images", "."], "at most two models side by side"),
-        (["--model", "a"], "--model needs --images DIR"),
+        (["--model", "a"], "--model needs --images DIR or --data MANIFEST"),
     ],
 )
 def test_serve_refuses_bad_flags_with_one_line(argv, message, capsys):

@@ -20,6 +20,7 @@ import io
 import json
 import logging
 import math
+import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from goalclip.core.fingerprint import digest_of
 from goalclip.core.images import load_rgb, pixel_values
 from goalclip.core.text import clean_text, split_sentences
 
@@ -58,8 +60,9 @@ class Searcher:
     """A model and its index, loaded off the request thread; ``error`` says why it is not usable."""
 
     model: str
-    images: str
+    images: str | None
     base: str | None = None
+    data: str | None = None
     device: str = "cpu"
     index_dir: str | None = None
     backend: str = "auto"
@@ -83,7 +86,13 @@ class Searcher:
         try:
             bundle = load_clip(self.model, base=self.base, device=self.device)
             bundle.model.eval()
-            self.index = build_index(bundle, self.images, model_key(self.model, self.base), index_dir=self.index_dir)
+            key = model_key(self.model, self.base)
+            if self.data:  # a manifest's gallery: its own index, so the folder's full index is left alone
+                folder, files = manifest_gallery(self.data)
+                key += "-" + digest_of(str(Path(self.data).resolve()), length=8)
+            else:
+                folder, files = self.images, None
+            self.index = build_index(bundle, folder, key, index_dir=self.index_dir, files=files)
             self.heads = build_heads(bundle.model, self.model)[0].to(bundle.model.device).eval()
             self.bundle = bundle
         except Exception as exc:  # noqa: BLE001 - any failure is shown on the page; the server keeps running
@@ -99,7 +108,8 @@ class Searcher:
 
     def usable(self) -> None:
         if not self.ready.is_set():
-            raise AppError(f"{self.model}: still loading the model and indexing {self.images}; try again shortly")
+            raise AppError(f"{self.model}: still loading the model and indexing {self.images or self.data}; "
+                           "try again shortly")
         if self.error:
             raise AppError(self.error)
 
@@ -125,6 +135,23 @@ class Searcher:
         path = self.path_of(image_id)
         with self.lock:
             return sentence_heatmaps(self.bundle, self.heads, path, query)
+
+
+def manifest_gallery(manifest: str) -> tuple[Path, list[str]]:
+    """The distinct image files of a manifest and the folder holding them all (where their index is kept)."""
+    from goalclip.core.manifest import read_manifest
+    from goalclip.core.shards import member_ref
+
+    if not Path(manifest).is_file():
+        raise AppError(f"--data {manifest}: no such file")
+    images = list(dict.fromkeys(r["image"] for r in read_manifest(manifest)))
+    if not images:
+        raise AppError(f"--data {manifest}: no records")
+    in_shard = next((image for image in images if member_ref(image)), None)
+    if in_shard:
+        raise AppError(f"--data {manifest}: {in_shard} is inside a shard; search a folder of images (--images)")
+    root = Path(os.path.commonpath(images))
+    return (root.parent if root.is_file() else root), images
 
 
 def query_sentences(query: str) -> list[str]:

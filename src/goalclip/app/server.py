@@ -30,6 +30,7 @@ logger = logging.getLogger(__name__)
 
 STATIC = Path(__file__).with_name("static")
 MAX_K = 100
+NO_MODEL = "no model to search: start goalclip serve with --model M --images DIR (or --data MANIFEST)"
 
 
 @dataclass
@@ -75,8 +76,7 @@ def build_app(state: ServeState) -> Starlette:
     def searcher(request: Request) -> Searcher:
         index = _number(request, "model", int, 0)
         if not 0 <= index < len(state.searchers):
-            raise AppError("no model to search: start goalclip serve with --model M --images DIR"
-                           if not state.searchers else f"model: no model number {index}")
+            raise AppError(NO_MODEL if not state.searchers else f"model: no model number {index}")
         return state.searchers[index]
 
     async def index(_: Request) -> Response:
@@ -98,7 +98,7 @@ def build_app(state: ServeState) -> Starlette:
             if not 1 <= k <= MAX_K:
                 raise AppError(f"k must be between 1 and {MAX_K}, got {k}")
             if not state.searchers:
-                raise AppError("no model to search: start goalclip serve with --model M --images DIR")
+                raise AppError(NO_MODEL)
             columns = []
             for s in state.searchers:  # one model failing leaves the other column working
                 try:
@@ -165,14 +165,15 @@ def build_app(state: ServeState) -> Starlette:
     ])
 
 
-def make_state(models: list[str], images: str | None, *, base: str | None = None, device: str = "cpu",
-               index_dir: str | None = None, pairs: str | None = None, runs: list[str] | None = None) -> ServeState:
+def make_state(models: list[str], images: str | None, *, data: str | None = None, base: str | None = None,
+               device: str = "cpu", index_dir: str | None = None, pairs: str | None = None,
+               runs: list[str] | None = None) -> ServeState:
     """The state for the CLI's flags; models start loading (and indexing) in background threads."""
     state = ServeState(runs=list(runs or []))
     for model in models:
-        if images is None:
-            raise ValueError("--model needs --images DIR (the folder to search)")
-        searcher = Searcher(model, images, base=base, device=device, index_dir=index_dir)
+        if images is None and data is None:
+            raise ValueError("--model needs --images DIR or --data MANIFEST (the images to search)")
+        searcher = Searcher(model, images, data=data, base=base, device=device, index_dir=index_dir)
         searcher.start()
         state.searchers.append(searcher)
     if pairs:

@@ -15,8 +15,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         help="model to search with (hub id, folder, or state-dict file with --base); "
                         "repeat once to compare two models side by side")
     parser.add_argument("--base", default=None, help="base model id/folder when --model is a bare state-dict file")
-    parser.add_argument("--images", default=None,
-                        help="folder of images to search; the same cached index as goalclip search (DIR/.goalclip-index)")
+    gallery = parser.add_mutually_exclusive_group()
+    gallery.add_argument("--images", default=None,
+                         help="folder of images to search; the same cached index as goalclip search "
+                         "(DIR/.goalclip-index)")
+    gallery.add_argument("--data", default=None,
+                         help="or a manifest (JSON Lines with 'image') whose images are searched; indexed in "
+                         "the folder holding them, apart from that folder's own index")
     parser.add_argument("--index-dir", default=None, help="where to keep the index (default: DIR/.goalclip-index)")
     parser.add_argument("--pairs", default=None, help="mined-pairs manifest (goalclip mine --out) to page through")
     parser.add_argument("--runs", nargs="+", default=[], help="training run folders (goalclip train --out) to plot")
@@ -44,8 +49,8 @@ def run(args: argparse.Namespace) -> str:
     host = _loopback(args.host)
     if len(args.model) > 2:
         raise ValueError(f"--model: at most two models side by side, got {len(args.model)}")
-    if args.model and not args.images:
-        raise ValueError("--model needs --images DIR (the folder to search)")
+    if args.model and not (args.images or args.data):
+        raise ValueError("--model needs --images DIR or --data MANIFEST (the images to search)")
     try:
         from goalclip.app.server import make_state, serve
     except ImportError as exc:
@@ -53,7 +58,7 @@ def run(args: argparse.Namespace) -> str:
     from goalclip.core.images import set_max_image_pixels
 
     set_max_image_pixels(args.max_image_pixels)
-    state = make_state(args.model, args.images, base=args.base, device=resolve_device(args.device),
+    state = make_state(args.model, args.images, data=args.data, base=args.base, device=resolve_device(args.device),
                        index_dir=args.index_dir, pairs=args.pairs, runs=args.runs)
     serve(state, host, args.port, ready=lambda url: print(f"goalclip serve: open {url} (Ctrl-C stops)", flush=True))
     return "serve: stopped"

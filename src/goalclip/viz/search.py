@@ -162,8 +162,9 @@ def build_index(
     batch_size: int = 64,
     num_workers: int = 0,
     progress: bool = False,
+    files: Sequence[str | os.PathLike] | None = None,
 ) -> Index:
-    """Embed the folder's images, reusing cached rows whose file size and mtime are unchanged.
+    """Embed the folder's images (or ``files``, all under it), reusing cached rows whose size and mtime are unchanged.
 
     Only new or changed files go through the model; files gone from the folder drop out of
     the index. Unreadable images are skipped (logged, listed in ``Index.failed``) and retried
@@ -173,7 +174,7 @@ def build_index(
     root = Path(folder)
     if not root.is_dir():
         raise SearchError(f"{root}: not a folder")
-    files = list_images(root)
+    files = list_images(root) if files is None else [Path(f) for f in files]
     if not files:
         raise SearchError(f"{root}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
     cache_dir = Path(index_dir) if index_dir is not None else root / INDEX_DIRNAME
