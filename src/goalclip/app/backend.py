@@ -96,8 +96,9 @@ class Searcher:
             self.heads = build_heads(bundle.model, self.model)[0].to(bundle.model.device).eval()
             self.bundle = bundle
         except Exception as exc:  # noqa: BLE001 - any failure is shown on the page; the server keeps running
-            logger.warning("serve: %s: %s", self.model, exc)
-            self.error = f"{self.model}: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}"
+            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            self.error = message if message.startswith(self.model) else f"{self.model}: {message}"
+            logger.warning("serve: %s", self.error)
         finally:
             self.ready.set()
 
