@@ -69,6 +69,7 @@ class Searcher:
     bundle: Any = None
     heads: Any = None
     index: Any = None
+    indexed: frozenset[str] = frozenset()
     error: str | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
     ready: threading.Event = field(default_factory=threading.Event)
@@ -93,6 +94,7 @@ class Searcher:
             else:
                 folder, files = self.images, None
             self.index = build_index(bundle, folder, key, index_dir=self.index_dir, files=files)
+            self.indexed = frozenset(self.index.paths)
             self.heads = build_heads(bundle.model, self.model)[0].to(bundle.model.device).eval()
             self.bundle = bundle
         except Exception as exc:  # noqa: BLE001 - any failure is shown on the page; the server keeps running
@@ -128,7 +130,7 @@ class Searcher:
         """The indexed file with this id; anything else (other files, ``..``) is refused."""
         self.usable()
         path = (self.index.folder / image_id).resolve()
-        if str(path) not in set(self.index.paths):
+        if str(path) not in self.indexed:
             raise AppError(f"{image_id}: not an image of the index")
         return path
 
