@@ -28,8 +28,8 @@ from PIL import Image
 from goalclip.cli import main
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install 'goalclip[test]')")
-from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+By = pytest.importorskip("selenium.webdriver.common.by").By
+WebDriverWait = pytest.importorskip("selenium.webdriver.support.ui").WebDriverWait
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -42,16 +42,20 @@ SOURCES = ("detector", "quadrant", "sam")
 WAIT_S = 180  # model loading on a busy 2-core CI machine
 
 
-def _start(args: list[str], log: Path) -> tuple[subprocess.Popen, str]:
-    """``goalclip serve ... --port 0`` as a user runs it; returns the process and the URL it printed."""
-    handle = log.open("w")
-    process = subprocess.Popen([sys.executable, "-m", "goalclip.cli", "serve", "--port", "0", "--device", "cpu",
-                                *args], stdout=subprocess.PIPE, stderr=handle, text=True)
+def _launch(args: list[str], log: Path) -> subprocess.Popen:
+    """``goalclip serve ... --port 0`` as a user runs it."""
+    with log.open("w") as handle:
+        return subprocess.Popen([sys.executable, "-m", "goalclip.cli", "serve", "--port", "0", "--device", "cpu",
+                                 *args], stdout=subprocess.PIPE, stderr=handle, text=True)
+
+
+def _url(process: subprocess.Popen, log: Path) -> str:
+    """The URL the server printed once it listens."""
     line = process.stdout.readline()
     if "http://127.0.0.1:" not in line:
         process.kill()
         pytest.fail(f"goalclip serve printed {line!r}; stderr: {log.read_text()}")
-    return process, line.split("open ", 1)[1].split()[0]
+    return line.split("open ", 1)[1].split()[0]
 
 
 def _stop(process: subprocess.Popen) -> None:
@@ -87,13 +91,28 @@ def world(tiny_world, tmp_path_factory) -> dict:
 
 
 @pytest.fixture(scope="module")
-def server(world):
+def servers(world) -> dict:
+    """Two servers started together (they load at the same time): the one every view is tested on, and
+    one whose only model is not a CLIP (a folder with a BERT config)."""
     args = ["--images", str(world["images"]), "--pairs", str(world["pairs"]), "--runs", str(world["run"])]
     for model in world["models"]:
         args += ["--model", model]
-    process, url = _start(args, world["root"] / "serve.log")
-    yield url
-    _stop(process)
+    not_clip = world["root"] / "bert"
+    not_clip.mkdir()
+    (not_clip / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    logs = [world["root"] / "serve.log", world["root"] / "serve-not-clip.log"]
+    processes = [_launch(args, logs[0]), _launch(["--model", str(not_clip), "--images", str(world["images"])], logs[1])]
+    try:
+        urls = [_url(process, log) for process, log in zip(processes, logs)]
+        yield {"url": urls[0], "not_clip": not_clip, "not_clip_url": urls[1], "not_clip_process": processes[1]}
+    finally:
+        for process in processes:
+            _stop(process)
+
+
+@pytest.fixture(scope="module")
+def server(servers) -> str:
+    return servers["url"]
 
 
 @pytest.fixture(scope="module")
@@ -231,19 +250,14 @@ def test_runs_show_curves_and_tables_and_a_bad_folder_is_a_message(world, server
         assert json.load(answer)["runs"] == [str(world["run"])]
 
 
-def test_a_model_that_is_not_clip_is_a_message_and_the_server_keeps_running(world, browser, tmp_path):
-    not_clip = tmp_path / "bert"
-    not_clip.mkdir()
-    (not_clip / "config.json").write_text(json.dumps({"model_type": "bert"}))
-    process, url = _start(["--model", str(not_clip), "--images", str(world["images"])], tmp_path / "serve.log")
-    try:
-        _open(browser, url)
-        _wait(browser, lambda d: str(not_clip) in d.find_element(By.ID, "message").text, "the load error")
-        _search(browser, "")
-        _wait(browser, lambda d: "the query is empty" in d.find_element(By.ID, "message").text, "the empty query")
-        _search(browser, QUERY)
-        _state(browser, "results", "done")
-        assert str(not_clip) in browser.find_element(By.CSS_SELECTOR, "#results-0 .error").text
-        assert process.poll() is None
-    finally:
-        _stop(process)
+def test_a_model_that_is_not_clip_is_a_message_and_the_server_keeps_running(servers, browser):
+    not_clip = str(servers["not_clip"])
+    _open(browser, servers["not_clip_url"])
+    _wait(browser, lambda d: f"{not_clip}: a 'bert' checkpoint" in d.find_element(By.ID, "message").text,
+          "the load error")
+    _search(browser, "")
+    _wait(browser, lambda d: "the query is empty" in d.find_element(By.ID, "message").text, "the empty query")
+    _search(browser, QUERY)
+    _state(browser, "results", "done")
+    assert not_clip in browser.find_element(By.CSS_SELECTOR, "#results-0 .error").text
+    assert servers["not_clip_process"].poll() is None
