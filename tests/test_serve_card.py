@@ -12,6 +12,7 @@ from conftest import TINY_TRAIN
 from huggingface_hub import ModelCard
 
 from goalclip.cli import main
+from goalclip.models.card import write_model_card
 
 
 @pytest.fixture(scope="module")
@@ -67,3 +68,22 @@ def test_eval_card_must_be_an_evaluated_model(trained, tiny_world, tmp_path, cap
     code = main(["eval", "--model", str(trained), "--data", str(tiny_world.captions), "--card", str(tmp_path)])
     assert code == 1
     assert f"--card {tmp_path}: not one of the --model folders evaluated" in capsys.readouterr().err
+
+
+def test_base_model_is_the_hub_id_the_run_started_from_even_through_an_export(tmp_path):
+    data = tmp_path / "mined.jsonl"
+    data.write_text('{"id": "a", "image": "a.png", "caption": "A cat."}\n')
+
+    def run(name: str, model: str) -> Path:
+        folder = tmp_path / name
+        folder.mkdir()
+        record = {"config": {"model": model, "data": str(data), "method": "goal"}, "derived": {"total_steps": 3}}
+        (folder / "train_config.json").write_text(json.dumps(record))
+        write_model_card(folder, folder)
+        return folder
+
+    first = run("first", "openai/clip-vit-base-patch16")
+    assert ModelCard.load(first / "README.md").data.base_model == "openai/clip-vit-base-patch16"
+    second = run("second", str(first))  # trained further from the exported folder
+    assert ModelCard.load(second / "README.md").data.base_model == "openai/clip-vit-base-patch16"
+    assert "- steps: 3 " in (second / "README.md").read_text()  # no metrics.jsonl: the planned steps

@@ -81,11 +81,20 @@ def data_fingerprint(data: str) -> str:
 
 
 def _base_model(config: dict[str, Any]) -> str | None:
-    """The hub id the run started from (its ``--base`` for a state-dict file); None for a local folder."""
+    """The hub id the run started from (its ``--base`` for a state-dict file); for a local folder with a
+    card (a goalclip export trained further), that card's ``base_model``; else None."""
     source = config.get("base") or config.get("model")
-    if not source or os.path.exists(source):
+    if not source:
         return None
-    return str(source)
+    card = Path(source) / CARD_FILE
+    if card.is_file():
+        from huggingface_hub import ModelCard
+
+        try:
+            return ModelCard.load(card).data.base_model
+        except (ValueError, OSError):  # someone else's README: no claim about the base
+            return None
+    return None if os.path.exists(source) else str(source)
 
 
 def _card_data(name: str, config: dict[str, Any], validation: tuple[int, dict[str, float]] | None) -> Any:
