@@ -18,7 +18,8 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from urllib.request import urlopen
+from urllib.error import HTTPError
+from urllib.request import Request, urlopen
 
 import numpy as np
 import pytest
@@ -261,3 +262,11 @@ def test_a_model_that_is_not_clip_is_a_message_and_the_server_keeps_running(serv
     _state(browser, "results", "done")
     assert not_clip in browser.find_element(By.CSS_SELECTOR, "#results-0 .error").text
     assert servers["not_clip_process"].poll() is None
+
+
+def test_only_loopback_host_names_are_answered(server):
+    with urlopen(server + "api/status", timeout=30) as answer:
+        assert answer.status == 200
+    with pytest.raises(HTTPError) as refused:  # what a DNS-rebinding page would send
+        urlopen(Request(server + "api/status", headers={"Host": "attacker.example"}), timeout=30)
+    assert refused.value.code == 400

@@ -19,6 +19,8 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
@@ -151,7 +153,9 @@ def build_app(state: ServeState) -> Starlette:
         return await _answer(lambda: Response(run_figure([read_run(f) for f in list(state.runs)]),
                                               media_type="image/png"))
 
-    return Starlette(routes=[
+    # Only loopback host names: a web page elsewhere cannot reach this server through DNS rebinding.
+    hosts = Middleware(TrustedHostMiddleware, allowed_hosts=["127.0.0.1", "localhost", "::1", "[::1]"])
+    return Starlette(middleware=[hosts], routes=[
         Route("/", index),
         Route("/api/status", status),
         Route("/api/search", search),
