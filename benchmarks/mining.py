@@ -34,7 +34,8 @@ import torch
 from _common import interleaved, machine_facts, markdown_table, print_facts
 
 from goalclip.core.images import load_rgb, pixel_values
-from goalclip.core.manifest import captions_of, read_manifest
+from goalclip.core.manifest import captions_of
+from goalclip.core.records import read_manifest
 from goalclip.mining.mine import Match, match_pairs, mine_batch
 from goalclip.demo.tiny import build_tiny_clip
 from goalclip.models.clip import ClipBundle
@@ -167,7 +168,8 @@ def main() -> None:
                f"(+{check['candidate_ties']} with ties); every batched score equals the per-image score within "
                f"{check['max_score_diff']:.1e}")
     print(f"check: {summary}", flush=True)
-    print(f"timing: {args.warmup} warm-up pass(es) each untimed, then {args.rounds} interleaved passes each", flush=True)
+    print(f"timing: {args.warmup} warm-up pass(es) each untimed, then {args.rounds} interleaved passes each",
+          flush=True)
     timer = interleaved({"per-image": looped, "batched": batched}, rounds=args.rounds, warmup=args.warmup,
                         device=args.device)
 

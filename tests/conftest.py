@@ -111,3 +111,25 @@ def tiny_bundle(tiny_world: TinyWorld):
     bundle = load_clip(str(tiny_world.model))
     bundle.model.eval()
     return bundle
+
+
+@pytest.fixture
+def crash_at_step(monkeypatch: pytest.MonkeyPatch):
+    """``crash_at_step(n)``: the training step raises KeyboardInterrupt (a simulated kill) at its n-th call.
+
+    Pass ``patch`` (e.g. a ``monkeypatch.context()``) to scope the crash; ``monkeypatch.undo()`` ends it too.
+    """
+    from goalclip.training.step import StepModule
+
+    def arm(n: int, patch: pytest.MonkeyPatch = monkeypatch) -> None:
+        real_forward, calls = StepModule.forward, {"n": 0}
+
+        def crashing(self, batch):
+            calls["n"] += 1
+            if calls["n"] == n:
+                raise KeyboardInterrupt("simulated crash")
+            return real_forward(self, batch)
+
+        patch.setattr(StepModule, "forward", crashing)
+
+    return arm

@@ -25,7 +25,8 @@ from goalclip.datasets.adapters import (
     dci_boxes,
     run_convert,
 )
-from goalclip.core.manifest import ManifestError, SkipReport, read_boxes, read_manifest
+from goalclip.core.manifest import ManifestError, SkipReport, read_boxes
+from goalclip.core.records import read_manifest
 
 # ----------------------------------------------------------------------------- fixture writers
 

@@ -27,7 +27,8 @@ def test_iou_hand_cases():
 
 
 def test_mining_accuracy_counts_tight_and_containing_regions(tmp_path):
-    objects = [{"sentence": "A red circle.", "box": [8, 8, 24, 24]}, {"sentence": "A blue square.", "box": [40, 40, 56, 56]}]
+    objects = [{"sentence": "A red circle.", "box": [8, 8, 24, 24]},
+               {"sentence": "A blue square.", "box": [40, 40, 56, 56]}]
     truth = [{"id": f"i{k}", "image": "x.png", "caption": "A red circle. A blue square. Grey.", "objects": objects}
              for k in range(4)]
     locals_ = [
@@ -133,7 +134,7 @@ def test_quick_and_full_plans_run_the_four_loss_methods_and_extra_rows_only_on_r
 
 
 def test_marking_probe_swaps_only_the_objects_marking_and_scores_every_object(tiny_demo):
-    from goalclip.core.manifest import read_manifest
+    from goalclip.core.records import read_manifest
     from goalclip.demo.probe import _swapped, marking_probe
 
     obj = {"shape": "circle", "marking": "spots", "sentence": "A red circle with spots sits in the top left."}

@@ -21,17 +21,12 @@ from accelerate.utils import DistributedType
 from safetensors.torch import load_file
 
 from goalclip.cli import main
-from goalclip.models.clip import load_clip
+from goalclip.models.clip import load_clip, prepare_text_positions
+from goalclip.training.config import LossTerms, LossWeights, TrainConfig
 from goalclip.training.data import Collate, TrainDataset, load_examples
 from goalclip.training.gradcache import grad_cache_step, plan_chunks
 from goalclip.training.heads import TslHeads
-from goalclip.training.losses import LossWeights
-from goalclip.training.trainer import (
-    StepModule,
-    TrainConfig,
-    needs_local,
-    prepare_text_positions,
-)
+from goalclip.training.step import ChunkedStepModule, StepModule
 
 BATCH, CHUNK = 6, 2
 BACKGROUND = "The picture has a plain white background."
@@ -70,25 +65,30 @@ def accelerator():
     AcceleratorState._reset_state()
 
 
-def _module(tiny_world, topk_manifest: Path, case: str) -> tuple[StepModule, dict[str, torch.Tensor]]:
+def _module(tiny_world, topk_manifest: Path, case: str) -> tuple[ChunkedStepModule, dict[str, torch.Tensor]]:
     """A fresh tiny model (text positions stretched to 52 so every sentence span fits) and a batch of 6."""
     method, pairs, separate = CASES[case]
     bundle = load_clip(str(tiny_world.model))
     prepare_text_positions(bundle, 52, 4)
-    local = needs_local(method)
+    local = LossTerms.of(method).needs_local
     examples = load_examples(topk_manifest, need_local=local, local_pairs=pairs, pair_weighting="similarity")
     dataset = TrainDataset(examples[:BATCH], bundle, need_local=local, pair_weighting="similarity")
     batch = Collate(pad_id=bundle.tokenizer.pad_token_id, weighted=pairs > 1)([dataset[i] for i in range(BATCH)])
     heads = TslHeads(bundle.model) if separate else None
-    return StepModule(bundle.model, method, LossWeights(), heads), batch
+    return ChunkedStepModule(bundle.model, method, LossWeights(), heads), batch
+
+
+def _plain_twin(module: ChunkedStepModule) -> StepModule:
+    """The plain step over the same modules (the same parameters, so the same gradient names)."""
+    return StepModule(module.clip, module.method, module.weights, module.heads)
 
 
 def _grads(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
 
 
-def _plain(module: StepModule, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    loss, _ = module(batch)
+def _plain(module: ChunkedStepModule, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    loss, _ = _plain_twin(module)(batch)
     loss.backward()
     return loss.detach(), _grads(module)
 
@@ -132,7 +132,7 @@ def test_grad_cache_under_bf16_autocast_follows_the_plain_bf16_step(tiny_world, 
     try:
         module, batch = _module(tiny_world, topk_manifest, "goal-top2-separate-heads")
         with accelerator.autocast():
-            want_loss, _ = module(batch)
+            want_loss, _ = _plain_twin(module)(batch)
         accelerator.backward(want_loss)
         want = _grads(module)
         module.zero_grad(set_to_none=True)

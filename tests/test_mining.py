@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 import goalclip.mining.mine as mining_module
-from goalclip.core.manifest import read_manifest
+from goalclip.core.records import read_manifest
 from goalclip.mining.mine import MineConfig, build_joint_test, match_pairs, mine
 from goalclip.models.clip import load_clip
 from goalclip.mining.regions import Region
@@ -95,7 +95,8 @@ def _config(tiny_world, mine_inputs, out: Path, **overrides) -> MineConfig:
     return MineConfig(**values)
 
 
-def _hand_regions(image_id: str, width: int, height: int, boxes: dict[str, list[float]]) -> list[tuple[list[float], str]]:
+def _hand_regions(image_id: str, width: int, height: int,
+                  boxes: dict[str, list[float]]) -> list[tuple[list[float], str]]:
     quadrants = [
         [0, 0, width / 2, height / 2], [width / 2, 0, width, height / 2],
         [0, height / 2, width / 2, height], [width / 2, height / 2, width, height],
@@ -130,7 +131,8 @@ def test_mine_end_to_end(tiny_world, mine_inputs, mined_once) -> None:
     # Recompute every image's best pair with the model's own feature functions.
     bundle = load_clip(str(tiny_world.model))
     model, tokenizer, processor = bundle.model.eval(), bundle.tokenizer, bundle.image_processor
-    boxes = {json.loads(line)["id"]: json.loads(line)["boxes"][0] for line in mine_inputs["boxes"].read_text().splitlines()}
+    lines = mine_inputs["boxes"].read_text().splitlines()
+    boxes = {json.loads(line)["id"]: json.loads(line)["boxes"][0] for line in lines}
     for record in records:
         image = Image.open(record["image"]).convert("RGB")
         regions = _hand_regions(record["id"], image.width, image.height, boxes)
@@ -165,7 +167,8 @@ def test_mine_refuses_to_overwrite(tiny_world, mine_inputs, mined_once) -> None:
         mine(_config(tiny_world, mine_inputs, mined_once["out"]))
 
 
-def test_mine_resume_after_interruption_has_no_duplicates(tiny_world, mine_inputs, mined_once, tmp_path, monkeypatch) -> None:
+def test_mine_resume_after_interruption_has_no_duplicates(tiny_world, mine_inputs, mined_once, tmp_path,
+                                                          monkeypatch) -> None:
     out = tmp_path / "mined.jsonl"
     first = mine(_config(tiny_world, mine_inputs, out, max_images=3))
     assert first["pairs"] == 3

@@ -13,7 +13,7 @@ from goalclip.cli import main
 from goalclip.core.manifest import write_jsonl
 from goalclip.evaluation import retrieval as ev
 from goalclip.models.clip import load_clip, save_clip
-from goalclip.training.trainer import prepare_text_positions
+from goalclip.models.clip import prepare_text_positions
 
 
 def _config(world, data: str, **kwargs) -> ev.EvalConfig:

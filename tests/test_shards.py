@@ -15,7 +15,8 @@ from safetensors.torch import load_file
 from goalclip.caption.engines import Generation
 from goalclip.caption.generate import CaptionConfig, caption
 from goalclip.cli import build_parser, main
-from goalclip.core.manifest import ManifestError, SkipReport, read_manifest
+from goalclip.core.manifest import ManifestError, SkipReport
+from goalclip.core.records import read_manifest
 from goalclip.core.shards import (
     expand_urls,
     is_shards,
@@ -26,7 +27,8 @@ from goalclip.core.shards import (
 from goalclip.datasets.shards import write_shards
 from goalclip.evaluation.retrieval import EvalConfig, evaluate
 from goalclip.mining.mine import MineConfig, mine
-from goalclip.training.trainer import TrainConfig, train
+from goalclip.training.config import TrainConfig
+from goalclip.training.trainer import train
 
 
 def _absolute(tiny_world, source: Path, folder: Path, name: str) -> Path:

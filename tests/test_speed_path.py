@@ -16,7 +16,6 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-import goalclip.training.trainer as train_module
 from goalclip.cli import main
 from goalclip.core.images import load_rgb
 from goalclip.core.text import clean_text, split_sentences
@@ -25,14 +24,10 @@ from goalclip.mining.regions import build_proposer
 from goalclip.models.clip import load_clip
 from goalclip.models.embed import count_truncated, tokenize, tokenize_counted
 from goalclip.training.data import Collate, TrainDataset, load_examples
-from goalclip.training.losses import LossWeights
-from goalclip.training.trainer import (
-    TrainConfig,
-    build_optimizer,
-    fused_adamw_supported,
-    train,
-    training_step,
-)
+from goalclip.training.config import LossWeights, TrainConfig
+from goalclip.training.optimizer import build_optimizer, fused_adamw_supported
+from goalclip.training.step import StepModule, training_step
+from goalclip.training.trainer import train
 
 TINY = {"batch_size": 2, "max_text_len": 40, "keep_positions": 4, "num_workers": 0, "progress": False, "log_every": 1}
 
@@ -106,7 +101,7 @@ def test_compile_flag_compiles_the_step_and_trains(tiny_world, tmp_path, monkeyp
                      "--batch-size", "2", "--max-text-len", "40", "--keep-positions", "4", "--num-workers", "0",
                      "--no-progress", "--log-every", "1", "--max-steps", "2", "--compile"]) == 0
     [target] = compiled
-    assert isinstance(getattr(target, "__self__", None), train_module.StepModule)  # the step module's call
+    assert isinstance(getattr(target, "__self__", None), StepModule)  # the step module's call
     record = _record(out)
     assert record["config"]["compile"] is True and record["derived"]["speed_path"]["compile"] is True
     assert any("compile on" in r.getMessage() for r in caplog.records)

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from goalclip.cli import main
-from goalclip.core.manifest import ManifestError, read_manifest, write_jsonl
+from goalclip.core.manifest import ManifestError, write_jsonl
+from goalclip.core.records import read_manifest
 from goalclip.datasets.splits import filter_min_words, read_id_list, split_records
 
 

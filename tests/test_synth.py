@@ -12,7 +12,9 @@ import pysbd
 import pytest
 from PIL import Image
 
-from goalclip.core.manifest import read_boxes, read_manifest
+from goalclip.core.manifest import read_boxes
+
+from goalclip.core.records import read_manifest
 from goalclip.demo.world import (
     COLOURS,
     INK,

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from goalclip.cli import main
-from goalclip.core.manifest import read_manifest
+from goalclip.core.records import read_manifest
 from goalclip.core.text import Sentence, clean_text, split_sentences, token_span
 from goalclip.training.data import TrainDataset, load_examples
 

@@ -12,18 +12,12 @@ from conftest import TINY_TRAIN
 from safetensors.torch import load_file
 from transformers import AutoProcessor, CLIPModel
 
-import goalclip.training.trainer as train_module
 from goalclip.models.clip import load_clip
-from goalclip.training.data import Collate, TrainDataset, load_examples
-from goalclip.training.losses import LossWeights
-from goalclip.training.trainer import (
-    METHODS,
-    TrainConfig,
-    TrainingError,
-    epoch_batches,
-    train,
-    training_step,
-)
+from goalclip.training import objective
+from goalclip.training.config import METHODS, LossWeights, TrainConfig
+from goalclip.training.data import Collate, TrainDataset, epoch_batches, load_examples
+from goalclip.training.step import training_step
+from goalclip.training.trainer import TrainingError, train
 
 # ----------------------------------------------------------------------------- one step
 
@@ -129,7 +123,8 @@ def test_goal_loss_equals_plain_torch_recomputation(step_setup, reference_terms)
 @pytest.mark.parametrize(
     ("method", "terms", "weights"),
     [
-        ("goal", {"global", "local", "tsl_image", "tsl_text"}, {"global": 1.0, "local": 0.5, "tsl_image": 1.0, "tsl_text": 1.0}),
+        ("goal", {"global", "local", "tsl_image", "tsl_text"},
+         {"global": 1.0, "local": 0.5, "tsl_image": 1.0, "tsl_text": 1.0}),
         ("wo-tsl", {"global", "local"}, {"global": 1.0, "local": 0.5}),
         ("global", {"global"}, {"global": 1.0}),
         ("local", {"local"}, {"local": 1.0}),  # the local loss alone
@@ -231,18 +226,9 @@ def uninterrupted(tiny_world, six_examples, tmp_path_factory) -> dict[str, torch
 
 @pytest.mark.parametrize("crash_at_call", [3, 4])  # 3: resume mid-epoch from step 2; 4: from the epoch end
 def test_resume_after_crash_gives_identical_weights(
-    tiny_world, six_examples, uninterrupted, tmp_path, monkeypatch, crash_at_call: int
+    tiny_world, six_examples, uninterrupted, tmp_path, monkeypatch, crash_at_step, crash_at_call: int
 ) -> None:
-    real_step = train_module.training_step
-    calls = {"n": 0}
-
-    def crashing_step(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == crash_at_call:
-            raise KeyboardInterrupt("simulated crash")
-        return real_step(*args, **kwargs)
-
-    monkeypatch.setattr(train_module, "training_step", crashing_step)
+    crash_at_step(crash_at_call)
     config = dict(data=str(six_examples), max_steps=4, checkpoint_every=2)
     with pytest.raises(KeyboardInterrupt):
         train(_config(tiny_world, tmp_path, **config))
@@ -271,7 +257,7 @@ def test_resume_differs_from_a_fresh_shorter_schedule(tiny_world, six_examples, 
 
 
 def test_non_finite_loss_names_the_step(tiny_world, tmp_path, monkeypatch) -> None:
-    real_loss = train_module.contrastive_loss
+    real_loss = objective.contrastive_loss
     calls = {"n": 0}
 
     def nan_on_second_call(*args, **kwargs):
@@ -279,7 +265,7 @@ def test_non_finite_loss_names_the_step(tiny_world, tmp_path, monkeypatch) -> No
         loss = real_loss(*args, **kwargs)
         return loss * float("nan") if calls["n"] == 2 else loss
 
-    monkeypatch.setattr(train_module, "contrastive_loss", nan_on_second_call)
+    monkeypatch.setattr(objective, "contrastive_loss", nan_on_second_call)
     with pytest.raises(TrainingError, match=r"at step 2\b.*step-1"):
         train(_config(tiny_world, tmp_path, method="global", max_steps=4, checkpoint_every=1))
     assert not (tmp_path / "model.safetensors").exists()

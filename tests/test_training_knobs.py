@@ -26,8 +26,8 @@ from goalclip.cli import build_parser, main
 from goalclip.models.clip import load_clip
 from goalclip.training.data import Collate, TrainDataset, load_examples
 from goalclip.training.heads import TslHeads
-from goalclip.training.losses import LossWeights
-from goalclip.training.trainer import training_step
+from goalclip.training.config import LossWeights
+from goalclip.training.step import training_step
 
 BACKGROUND = "The picture has a plain white background."
 
@@ -351,18 +351,11 @@ def test_stage_two_from_a_run_folder_carries_no_optimizer_state(tiny_world, mani
     assert steps == [1]
 
 
-def test_resume_restores_separate_tsl_heads_from_the_checkpoint(tiny_world, manifests, tmp_path, monkeypatch) -> None:
+def test_resume_restores_separate_tsl_heads_from_the_checkpoint(tiny_world, manifests, tmp_path, monkeypatch,
+                                                                crash_at_step) -> None:
     args = ("--tsl-heads", "separate", "--max-steps", "3", "--checkpoint-every", "1", "--lr", "1e-3")
     _train(tiny_world, manifests["plain"], tmp_path / "full", *args)
-    real_step, calls = train_module.training_step, {"n": 0}
-
-    def crashing_step(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt("simulated crash")
-        return real_step(*a, **k)
-
-    monkeypatch.setattr(train_module, "training_step", crashing_step)
+    crash_at_step(3)
     assert main(["train", "--model", str(tiny_world.model), "--data", str(manifests["plain"]), "--out",
                  str(tmp_path / "crashed"), "--batch-size", "2", "--max-text-len", "40", "--keep-positions", "4",
                  "--num-workers", "0", "--no-progress", *args]) == 130
@@ -457,7 +450,7 @@ def test_weighted_losses_under_two_processes_equal_one_process(tmp_path) -> None
 
 def test_a_record_from_before_recipes_keeps_its_meaning() -> None:
     """Before recipes, ``grad_clip: null`` meant no clipping; read back, it must not become the recipe's 1.0."""
-    from goalclip.training.trainer import TrainConfig
+    from goalclip.training.config import TrainConfig
 
     old = {"model": "m", "data": "d", "out": "o", "grad_clip": None, "precision": "no"}
     assert TrainConfig.from_dict(old).resolved() == {"decay_all": False, "grad_clip": 0.0, "precision": "no"}

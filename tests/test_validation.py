@@ -20,12 +20,12 @@ from accelerate import Accelerator, PartialState
 from conftest import TINY_TRAIN
 from safetensors.torch import load_file, save_file
 
-import goalclip.training.trainer as train_module
 from goalclip.cli import main
 from goalclip.evaluation.retrieval import EvalConfig, evaluate
 from goalclip.models.clip import load_clip
 from goalclip.training import validation
-from goalclip.training.trainer import TrainConfig, train
+from goalclip.training.config import TrainConfig, metric_names
+from goalclip.training.trainer import train
 
 RETRIEVAL_NAMES = ["i2t@1", "i2t@5", "t2i@1", "t2i@5"]
 JOINT_NAMES = ["i2t_map@10", "t2i_map@10"]
@@ -174,28 +174,19 @@ SCRIPT = {1: 50.0, 2: 20.0, 3: 30.0, 4: 40.0}  # best at step 1; every later sco
 
 
 def _scripted(self, bundle, step):
-    return {name: SCRIPT[step] for name in validation.metric_names(joint=False)}
+    return {name: SCRIPT[step] for name in metric_names(joint=False)}
 
 
-def test_resume_keeps_the_best_so_far(tiny_world, six_examples, tmp_path, monkeypatch):
+def test_resume_keeps_the_best_so_far(tiny_world, six_examples, tmp_path, monkeypatch, crash_at_step):
     config = {"data": str(six_examples), "max_steps": 4, "checkpoint_every": 2, "lr": 1e-3, "method": "global",
                   "val_data": str(tiny_world.captions), "val_every": 1, "keep_best": "val/i2t@5"}
     monkeypatch.setattr(validation.Validator, "score", _scripted)
     train(_config(tiny_world, tmp_path / "whole", **config))
     whole_best = load_file(str(tmp_path / "whole" / "best" / "model.safetensors"))
 
-    real_step = train_module.training_step
-    calls = {"n": 0}
-
-    def crash_at_step_3(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt("simulated crash")
-        return real_step(*args, **kwargs)
-
     out = tmp_path / "resumed"
     with monkeypatch.context() as crash:
-        crash.setattr(train_module, "training_step", crash_at_step_3)
+        crash_at_step(3, crash)
         with pytest.raises(KeyboardInterrupt):
             train(_config(tiny_world, out, **config))
     assert json.loads((out / "checkpoints" / "step-2" / "progress.json").read_text())["validation"]["best"] == {

@@ -8,7 +8,7 @@ from PIL import Image
 from transformers import AutoTokenizer, CLIPImageProcessor, CLIPModel
 
 from goalclip.cli import main
-from goalclip.core.manifest import read_manifest
+from goalclip.core.records import read_manifest
 from goalclip.core.text import clean_text
 from goalclip.viz.errors import find_failures, word_diff
 

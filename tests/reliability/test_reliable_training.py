@@ -24,8 +24,9 @@ from safetensors.torch import load_file
 import goalclip.training.trainer as trainer_module
 from goalclip.cli import main
 from goalclip.models.clip import load_clip, save_clip
-from goalclip.training.losses import LossWeights
-from goalclip.training.trainer import TrainConfig, train, training_step
+from goalclip.training.config import LossWeights, TrainConfig
+from goalclip.training.step import training_step
+from goalclip.training.trainer import train
 
 TINY = ["--max-text-len", "52", "--keep-positions", "4", "--num-workers", "0", "--no-progress", "--log-every", "1"]
 TWO_PROCESS_TIMEOUT_S = 240
@@ -339,23 +340,11 @@ def test_skip_invalid_skips_and_counts_an_image_failing_to_decode_mid_run(
 # ----------------------------------------------------------------------------- resume
 
 
-def _crash_at_step(monkeypatch, step: int) -> None:
-    real_step = trainer_module.training_step
-    calls = {"n": 0}
-
-    def crashing_step(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == step:
-            raise KeyboardInterrupt("simulated crash")
-        return real_step(*args, **kwargs)
-
-    monkeypatch.setattr(trainer_module, "training_step", crashing_step)
-
-
-def test_resume_refuses_changed_defining_settings_naming_each(tiny_world, tmp_path, capsys, monkeypatch) -> None:
+def test_resume_refuses_changed_defining_settings_naming_each(tiny_world, tmp_path, capsys, monkeypatch,
+                                                              crash_at_step) -> None:
     out = tmp_path / "out"
     args = _args(tiny_world, out, "--max-steps", "3", "--checkpoint-every", "1")
-    _crash_at_step(monkeypatch, 3)
+    crash_at_step(3)
     assert main(["train", *args]) == 130  # interrupted: the CLI says so and exits 130
     monkeypatch.undo()
     record_before = (out / "train_config.json").read_text()
@@ -379,10 +368,10 @@ def test_resume_of_a_finished_run_says_so_and_leaves_the_model_alone(tiny_world,
     assert _model_bytes(out) == before and (out / "model.safetensors").stat().st_mtime_ns == stat.st_mtime_ns
 
 
-def test_metrics_hold_each_step_once_after_a_resume(tiny_world, tmp_path, capsys, monkeypatch) -> None:
+def test_metrics_hold_each_step_once_after_a_resume(tiny_world, tmp_path, capsys, monkeypatch, crash_at_step) -> None:
     out = tmp_path / "out"
     args = _args(tiny_world, out, "--max-steps", "4", "--checkpoint-every", "2", "--no-epoch-checkpoints")
-    _crash_at_step(monkeypatch, 4)  # steps 1-3 logged, checkpoint at step 2
+    crash_at_step(4)  # steps 1-3 logged, checkpoint at step 2
     assert main(["train", *args]) == 130  # interrupted: the CLI says so and exits 130
     monkeypatch.undo()
     assert [m["step"] for m in _metrics(out)] == [1, 2, 3]
@@ -425,10 +414,10 @@ def test_keep_checkpoints_flag_limits_the_checkpoints_kept(tiny_world, tmp_path,
 
 
 def test_resume_removes_temporary_checkpoint_folders_left_by_a_killed_run(tiny_world, tmp_path, capsys,
-                                                                          monkeypatch) -> None:
+                                                                          monkeypatch, crash_at_step) -> None:
     out = tmp_path / "out"
     args = _args(tiny_world, out, "--max-steps", "3", "--checkpoint-every", "1", "--no-epoch-checkpoints")
-    _crash_at_step(monkeypatch, 3)
+    crash_at_step(3)
     assert main(["train", *args]) == 130
     monkeypatch.undo()
     stale = [out / "checkpoints" / ".tmp-step-7", out / ".export-tmp"]  # a kill during a save or the export
@@ -459,9 +448,8 @@ def test_every_process_returns_only_after_the_model_is_exported(tiny_world, tmp_
     return (a script may load the model on every rank) and before the process group is torn down
     (a rank leaving while its peer still works is how gloo aborts at exit)."""
     events: list[str] = []
-    export = trainer_module.Trainer._export
-    monkeypatch.setattr(trainer_module.Trainer, "_export",
-                        lambda self, *a, **k: (events.append("export"), export(self, *a, **k))[1])
+    export = trainer_module.export_model
+    monkeypatch.setattr(trainer_module, "export_model", lambda *a, **k: (events.append("export"), export(*a, **k))[1])
     wait = trainer_module.Accelerator.wait_for_everyone
     monkeypatch.setattr(trainer_module.Accelerator, "wait_for_everyone",
                         lambda self: (events.append("wait"), wait(self))[1])

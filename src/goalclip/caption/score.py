@@ -15,11 +15,11 @@ from typing import Any
 import torch
 
 from goalclip.core.images import PixelBatches
-from goalclip.core.manifest import captions_of, read_manifest, write_jsonl, write_manifest
+from goalclip.core.manifest import captions_of, write_jsonl, write_manifest
+from goalclip.core.records import read_manifest
 from goalclip.datasets.sample import sample_records
-from goalclip.models.clip import load_clip
+from goalclip.models.clip import load_clip, prepare_text_positions
 from goalclip.models.embed import count_truncated, embed_images, encode_texts
-from goalclip.training.trainer import prepare_text_positions
 
 logger = logging.getLogger(__name__)
 

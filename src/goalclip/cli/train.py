@@ -113,8 +113,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> str:
     from dataclasses import asdict
 
-    from goalclip.training.losses import LossWeights
-    from goalclip.training.trainer import TrainConfig, train
+    from goalclip.training.config import LossWeights, TrainConfig
+    from goalclip.training.trainer import train
 
     given = {k: v for k, v in vars(args).items() if k not in ("command", "func", "verbose", "config")}
     values = TrainConfig.from_file(args.config).to_dict() if "config" in vars(args) else {}

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from goalclip.core.manifest import read_manifest
+from goalclip.core.records import read_manifest
 from goalclip.demo.ablation import (
     LONG_CAPTION_METRICS,
     ablation_table,
@@ -34,7 +34,8 @@ from goalclip.demo.world import MARKINGS, WorldConfig, generate_world
 from goalclip.evaluation.retrieval import EvalConfig, evaluate, write_results
 from goalclip.mining.mine import MineConfig, build_joint_test, mine
 from goalclip.models.clip import save_clip
-from goalclip.training.trainer import TrainConfig, train
+from goalclip.training.config import TrainConfig
+from goalclip.training.trainer import train
 from goalclip.viz.figures import plot_attention, plot_retrieval
 
 logger = logging.getLogger(__name__)
@@ -201,8 +202,8 @@ def run_demo(
     key = {"plan": {k: v for k, v in asdict(plan).items() if not k.startswith("finetune_")}, "seed": seed,
            "config": pretrain.to_dict()}
     if _finished_with(pretrain_key, key, Path(pretrain.out)):
-        logger.info("demo: reusing the pretrained checkpoint %s (same world, model and pretraining; delete it to retrain)",
-                    pretrain.out)
+        logger.info("demo: reusing the pretrained checkpoint %s (same world, model and pretraining; delete it to "
+                    "retrain)", pretrain.out)
     else:
         pretrain_key.unlink(missing_ok=True)
         timed("pretrain", train, pretrain)

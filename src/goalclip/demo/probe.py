@@ -24,11 +24,10 @@ from typing import Any
 import torch
 
 from goalclip.core.images import crop_to_box, load_rgb, pixel_values
-from goalclip.core.manifest import read_manifest
+from goalclip.core.records import read_manifest
 from goalclip.demo.world import MARKINGS
-from goalclip.models.clip import load_clip
+from goalclip.models.clip import load_clip, prepare_text_positions
 from goalclip.models.embed import embed_images, encode_texts
-from goalclip.training.trainer import prepare_text_positions
 
 PROBE_METRICS: tuple[str, ...] = ("marking_crop", "marking_global")
 

@@ -37,9 +37,8 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from goalclip.core.images import ImageError, crop_to_box, load_rgb, pixel_values, set_max_image_pixels
-from goalclip.core.manifest import (
-    captions_of, iter_jsonl, output_lock, read_manifest, relativize, write_jsonl, write_manifest,
-)
+from goalclip.core.manifest import captions_of, iter_jsonl, output_lock, relativize, write_jsonl, write_manifest
+from goalclip.core.records import read_manifest
 from goalclip.core.paths import refuse_input_as_output
 from goalclip.core.resumable import ids_already_written, part_paths
 from goalclip.core.shards import split_records
