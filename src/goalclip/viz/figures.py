@@ -42,10 +42,11 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
 from goalclip.core.images import load_rgb, pixel_values, to_rgb
-from goalclip.core.manifest import IMAGE_SUFFIXES, atomic_write, captions_of, read_manifest
+from goalclip.core.manifest import IMAGE_SUFFIXES, atomic_write, captions_of
+from goalclip.core.records import read_manifest
+from goalclip.evaluation.metrics import top_k_retrieval
 from goalclip.models.clip import ClipBundle, load_clip
 from goalclip.models.embed import encode_images, encode_texts, model_device, model_view_box
-from goalclip.viz.search import topk_inner_product
 
 logger = logging.getLogger(__name__)
 
@@ -371,21 +372,24 @@ def plot_retrieval(
     }
     for name, bundle, images in zip(names, bundles, image_rows):
         text = encode_texts(bundle, query_texts, batch_size=batch_size, desc="captions", warn_truncated=True).cpu()
-        scores, ids = topk_inner_product(images, text, k, backend="torch")
-        sims = text @ images.T
-        gt_sims = sims[torch.arange(len(query_gt)), torch.tensor(query_gt)]
+        # goalclip eval's order (pessimistic ties) over the whole gallery: the ground truth's rank is its position
+        sims = images @ text.T
+        order = top_k_retrieval(sims, torch.arange(len(gallery)), torch.tensor(query_gt), len(gallery), "t2i")
+        ids = order.indices[:, :k]
         result["t2i"][name] = {
             "topk": ids.tolist(),
-            "scores": scores.tolist(),
-            "hits": [[int(i) == gt for i in row] for row, gt in zip(ids, query_gt)],
-            "gt_rank": (1 + (sims > gt_sims[:, None]).sum(dim=1)).tolist(),
+            "scores": sims.T.gather(1, ids).tolist(),
+            "hits": order.hits[:, :k].tolist(),
+            "gt_rank": (order.hits.int().argmax(dim=1) + 1).tolist(),
         }
-        captions = encode_texts(bundle, caption_texts, batch_size=batch_size, desc="captions", warn_truncated=True).cpu()
-        cap_scores, cap_ids = topk_inner_product(captions, images[i2t_images], top_captions, backend="torch")
+        captions = encode_texts(bundle, caption_texts, batch_size=batch_size, desc="captions",
+                                warn_truncated=True).cpu()
+        cap_sims = images[i2t_images] @ captions.T
+        top = top_k_retrieval(cap_sims, torch.tensor(i2t_images), torch.tensor(caption_image), top_captions, "i2t")
         result["i2t"][name] = {
-            "top": cap_ids.tolist(),
-            "scores": cap_scores.tolist(),
-            "hits": [[caption_image[int(c)] == g for c in row] for row, g in zip(cap_ids, i2t_images)],
+            "top": top.indices.tolist(),
+            "scores": cap_sims.gather(1, top.indices).tolist(),
+            "hits": top.hits.tolist(),
         }
 
     thumbs: dict[int, Image.Image] = {}
@@ -471,7 +475,8 @@ def plot_retrieval(
 # ----------------------------------------------------------------------------- mined pairs
 
 
-def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+def label_font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    """DejaVu Sans at ``size`` (matplotlib ships it), else PIL's default font: labels drawn on PIL images."""
     from matplotlib import font_manager
 
     try:
@@ -502,7 +507,7 @@ def draw_pair(record: dict[str, Any], *, side: int = PAIR_IMAGE_SIDE) -> tuple[I
         draw.rectangle((x1 - 1, y1 - 1, x2 + 1, y2 + 1), outline=(0, 0, 0), width=1)
         draw.rectangle((x1, y1, x2, y2), outline=BOX_COLOUR, width=3)
 
-    font, small = _font(15), _font(12)
+    font, small = label_font(15), label_font(12)
     width = max(size[0], 420)
     chars = max(20, int(width / (0.55 * 15)))
     header = (
