@@ -203,7 +203,8 @@ def _datasets(root: Path, world_root: Path) -> dict[str, str]:
         name = "original_image.jpg" if i == 7 else f"sa_{i}_max_1.png"
         if i != 7:
             (crops / f"sa_{i}.jpg_results").mkdir(parents=True, exist_ok=True)
-            Image.open(dci / "photos" / f"sa_{i}.jpg").crop(TINY_OBJECTS[i][2]).save(crops / f"sa_{i}.jpg_results" / name)
+            crop = Image.open(dci / "photos" / f"sa_{i}.jpg").crop(TINY_OBJECTS[i][2])
+            crop.save(crops / f"sa_{i}.jpg_results" / name)
         sentence = tiny_caption(*TINY_OBJECTS[i][:2])[1]
         joint.append({"filename": f"{crops_prefix}/sa_{i}.jpg_results/{name}", "caption": sentence,
                       "similarity_score": 30.0 - i})
@@ -442,7 +443,8 @@ def test_the_guide_covers_each_paper_experiment_with_a_command():
     argvs = [" ".join(c.argv) for c in COMMANDS]
     for needle in ("--regions lism", "--regions flism", "--method global", "--method local", "--method wo-tsl",
                    "--method goal", "--recipe reference", "--context 248", "--joint", "--no-joint-keep-whole",
-                   "--format goal-json", "--task classify", "open_clip:", "--ks-preset fastgoal-coco", "--local-pairs 3",
+                   "--format goal-json", "--task classify", "open_clip:", "--ks-preset fastgoal-coco",
+                   "--local-pairs 3",
                    "--pair-weighting similarity", "--tsl-heads separate", "--model runs/stage1", "viz errors",
                    "--kind patch", "--kind cls", "benchmarks/lism_vs_flism.py", "benchmarks/bf16_weights.py",
                    "data split", "data score", "--split test+qual_test"):

@@ -209,7 +209,8 @@ def test_a_model_folder_whose_weights_do_not_fit_its_config_is_an_error_naming_t
     for section in (config, config["text_config"], config["vision_config"]):
         section["projection_dim"] = 40
     (folder / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ModelLoadError, match=r"mismatched \(2\): text_projection.weight: file \(48, 24\) vs config \(40, 24\)"):
+    with pytest.raises(ModelLoadError,
+                       match=r"mismatched \(2\): text_projection.weight: file \(48, 24\) vs config \(40, 24\)"):
         load_clip(str(folder))
 
 

@@ -146,7 +146,7 @@ def _unpickle(path: Path) -> dict[bytes, Any]:
 
 
 def load_cifar(root: str, fine: bool) -> ClassifyData:
-    """The CIFAR-10 / CIFAR-100 test split from the Python pickles; ``root`` may be the extracted folder or its parent."""
+    """The CIFAR-10 / CIFAR-100 test split from the Python pickles; ``root``: the extracted folder or its parent."""
     folder = Path(root)
     name, batch, meta, label_key, names_key = (
         ("cifar-100-python", "test", "meta", b"fine_labels", b"fine_label_names") if fine
