@@ -11,7 +11,8 @@ from PIL import Image
 
 import goalclip.mining.mine as mining_module
 from goalclip.core.records import read_manifest
-from goalclip.mining.mine import MineConfig, build_joint_test, match_pairs, mine
+from goalclip.mining.config import MineConfig
+from goalclip.mining.mine import build_joint_test, match_pairs, mine
 from goalclip.models.clip import load_clip
 from goalclip.mining.regions import Region
 from goalclip.core.text import split_sentences

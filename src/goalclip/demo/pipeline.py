@@ -32,7 +32,8 @@ from goalclip.demo.probe import PROBE_METRICS, marking_probe
 from goalclip.demo.tiny import build_tiny_clip
 from goalclip.demo.world import MARKINGS, WorldConfig, generate_world
 from goalclip.evaluation.retrieval import EvalConfig, evaluate, write_results
-from goalclip.mining.mine import MineConfig, build_joint_test, mine
+from goalclip.mining.config import MineConfig
+from goalclip.mining.mine import build_joint_test, mine
 from goalclip.models.clip import save_clip
 from goalclip.training.config import TrainConfig
 from goalclip.training.trainer import train
@@ -221,7 +222,7 @@ def run_demo(
             stale.unlink()
         timed(f"mine_{name}", mine, MineConfig(
             model=pretrained, data=str(manifest), out=str(mined[name]), regions=regions, boxes=str(boxes),
-            num_workers=num_workers, batch_size=64, progress=progress))
+            num_workers=num_workers, batch_size=64, device="cpu", progress=progress))
     accuracy = mining_accuracy(world.train, mined["train"])
     joint = out / "mined" / "test_joint.jsonl"
     build_joint_test(str(world.test), str(mined["test"]), str(joint))

@@ -45,6 +45,7 @@ from goalclip.core.shards import split_records
 from goalclip.core.processes import process_device, process_state
 from goalclip.models.clip import ClipBundle, load_clip
 from goalclip.models.embed import embed_images, encode_texts_counted
+from goalclip.mining.config import MineConfig
 from goalclip.mining.regions import InvalidBox, Region, RegionProposer, build_proposer, take_invalid_boxes
 from goalclip.core.text import clean_text, split_sentences
 
@@ -58,32 +59,6 @@ PR_SET_PDEATHSIG = 1  # prctl option, from <linux/prctl.h>
 
 class MiningInterrupted(RuntimeError):
     """The run was asked to stop (SIGTERM); what was written is kept for ``--resume``."""
-
-
-@dataclass
-class MineConfig:
-    """Options of ``goalclip mine`` (see the CLI help for each)."""
-
-    model: str
-    data: str
-    out: str
-    regions: str = "flism"
-    base: str | None = None
-    boxes: str | None = None
-    detector: str | None = None
-    sam: str | None = None
-    threshold: float = 0.3
-    max_boxes: int = 10
-    margin: float = 0.0
-    top_k: int = 5
-    batch_size: int = 32
-    crop_batch_size: int = 256
-    num_workers: int = 2
-    device: str = "cpu"
-    resume: bool = False
-    max_images: int | None = None
-    progress: bool = True
-    max_image_pixels: int | None = None
 
 
 @dataclass

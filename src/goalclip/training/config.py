@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from goalclip.core.options import MAX_IMAGE_PIXELS_DEFAULT, MAX_IMAGE_PIXELS_HELP, NO_PROGRESS_HELP, SHARDS_HELP, option
 from goalclip.evaluation.names import DIRECTIONS, JOINT_K
 from goalclip.training.recipes import RECIPES, recipe_settings
 
@@ -81,9 +82,9 @@ class LossWeights:
     local baseline is the local loss by itself, not half of it.
     """
 
-    global_: float = 1.0
-    local: float = 0.5
-    tsl: float = 1.0
+    global_: float = option(1.0, flag="--w-global", help="weight of the global loss")
+    local: float = option(0.5, flag="--w-local", help="weight of the local loss")
+    tsl: float = option(1.0, flag="--w-tsl", help="weight of each TSL term")
 
     def weight(self, key: str) -> float:
         """The weight of one named loss value (:attr:`LossTerms.keys`)."""
@@ -116,47 +117,88 @@ class TrainConfig:
     as ``"resolved"``. ``grad_clip`` 0 turns clipping off.
     """
 
-    model: str
-    data: str
-    out: str
-    method: str = "goal"
-    base: str | None = None
-    epochs: int = 10
-    max_steps: int | None = None
-    batch_size: int = 16
-    lr: float = 5e-6
-    weight_decay: float = 0.05
-    recipe: str = "goalclip"
-    decay_all: bool | None = None
-    warmup_steps: int = 0
-    max_text_len: int = 248
-    keep_positions: int = 20
+    model: str = option(help="starting CLIP: hub id, model folder (e.g. a previous run's --out, for two-stage "
+                        "training: only its weights, and its TSL heads with --tsl-heads separate, carry over; the run "
+                        "starts a fresh optimizer and schedule) or state-dict file (with --base); required unless in "
+                        "--config")
+    data: str = option(help="mined-pairs manifest (a captioned manifest is enough for --method global), "
+                       f"{SHARDS_HELP}; required unless in --config")
+    out: str = option(help="output folder: the final model (loads with CLIPModel.from_pretrained), "
+                      "train_config.json, metrics.jsonl, checkpoints/; required unless in --config")
+    method: str = option("goal", choices=METHODS, help="loss terms: goal = global+local+TSL, wo-tsl = global+local, "
+                         "global, local")
+    base: str | None = option(None, help="base model id/folder when --model is a bare state-dict file")
+    epochs: int = option(10, help="passes over the data")
+    max_steps: int | None = option(None, help="stop after this many optimizer steps (overrides --epochs)")
+    batch_size: int = option(16, help="pairs per process per step")
+    lr: float = option(5e-6, help="AdamW learning rate")
+    weight_decay: float = option(0.05, help="AdamW weight decay")
+    recipe: str = option("goalclip", choices=RECIPES, help="optimisation choices at once: goalclip = no decay on "
+                         "biases/norms/embeddings/logit scale, grad clip 1.0, fp32; reference = the GOAL authors' "
+                         "code: decay on all parameters, no clipping, bf16 mixed precision (bf16 weights for --method "
+                         "global/local). Sentence splitting and text cleaning happen when mining. Explicit flags "
+                         "override the recipe")
+    decay_all: bool | None = option(None, help="weight decay on every parameter (--no-decay-all: not on biases, "
+                                    "norms, embeddings, logit scale)", default_help="from --recipe")
+    warmup_steps: int = option(0, help="linear warmup before the cosine decay")
+    max_text_len: int = option(248, help="text context after stretching")
+    keep_positions: int = option(20, help="leading positions copied unchanged by the stretch")
     weights: LossWeights = field(default_factory=LossWeights)
-    seed: int = 0
-    precision: str | None = None
-    grad_clip: float | None = None
-    local_pairs: int = 1
-    pair_weighting: str = "uniform"
-    tsl_heads: str = "shared"
-    gradient_checkpointing: bool = False
-    grad_cache_chunk: int | None = None
-    num_workers: int = 2
-    checkpoint_every: int = 0
-    checkpoint_epochs: bool = True
-    keep_checkpoints: int = 2
-    log_every: int = 10
-    resume: bool = False
-    overwrite: bool = False
-    skip_invalid: bool = False
-    report_to: str | None = None
-    progress: bool = True
-    max_image_pixels: int | None = None
-    val_data: str | None = None
-    val_joint: str | None = None
-    val_every: int = 0
-    val_batch_size: int = 64
-    keep_best: str | None = None
-    compile: bool = False
+    seed: int = option(0, help="random seed for init, data order and crops")
+    precision: str | None = option(None, choices=PRECISIONS, help="no = fp32; fp16/bf16 = mixed precision through "
+                                   "Accelerate (fp32 master weights); bf16-weights = model and optimizer state in "
+                                   "bf16, as the authors' baselines ran", default_help="from --recipe")
+    grad_clip: float | None = option(None, help="gradient norm clip; 0 disables", default_help="from --recipe")
+    local_pairs: int = option(1, help="train on up to K mined pairs per image: the 'local' pair, then the record's "
+                              "'candidates' (FAST-GOAL top-k; goalclip mine keeps --top-k of them, default 5); one "
+                              "vision forward over all crops")
+    pair_weighting: str = option("uniform", choices=PAIR_WEIGHTINGS, help="with --local-pairs > 1, each image's "
+                                 "pairs share weight 1 equally (uniform) or in proportion to their mining score "
+                                 "(similarity; negative scores count 0)")
+    tsl_heads: str = option("shared", choices=TSL_HEADS, help="TSL projections: shared = CLIP's own post-norm + "
+                            "projection (the reference code); separate = learned heads initialised from them "
+                            "(FAST-GOAL psi_v, psi_t), saved beside the model as tsl_heads.safetensors and reloaded "
+                            "when --model holds them")
+    gradient_checkpointing: bool = option(False, help="recompute activations to save memory")
+    grad_cache_chunk: int | None = option(None, metavar="M", default_help="off", help="gradient caching: encode the "
+                                          "batch M rows at a time, first without a graph, compute the full-batch "
+                                          "loss and its gradients for the cached embeddings, then encode each chunk "
+                                          "again and back-propagate them: the same loss and gradients as the plain "
+                                          "step (the contrastive negatives stay the whole batch, unlike gradient "
+                                          "accumulation) with the activation memory of M rows, for about one extra "
+                                          "forward pass; one process or DDP")
+    num_workers: int = option(2, help="data-loading worker processes")
+    checkpoint_every: int = option(0, help="also checkpoint every N steps", default_help="only at each epoch end")
+    checkpoint_epochs: bool = option(True, flag="--no-epoch-checkpoints", help="do not checkpoint at epoch ends")
+    keep_checkpoints: int = option(2, help="newest checkpoints kept, older ones deleted")
+    log_every: int = option(10, help="steps between metrics.jsonl lines")
+    resume: bool = option(False, help="continue the unfinished run in --out from its latest checkpoint (same "
+                          "settings; a finished run is left as it is)")
+    overwrite: bool = option(False, help="replace the model and run record already in --out")
+    skip_invalid: bool = option(False, help="skip and count bad records instead of stopping")
+    report_to: str | None = option(None, help="Accelerate tracker: tensorboard, wandb, all (needs the package "
+                                   "installed)")
+    progress: bool = option(True, flag="--no-progress", help=NO_PROGRESS_HELP)
+    max_image_pixels: int | None = option(None, help=MAX_IMAGE_PIXELS_HELP, default_help=MAX_IMAGE_PIXELS_DEFAULT)
+    val_data: str | None = option(None, metavar="FILE", default_help="no validation", help="validate during "
+                                  "training on this retrieval manifest (the format of goalclip eval --data): "
+                                  "Recall@1/5 both ways as goalclip eval --ks 1 5 scores the weights of that step, "
+                                  "logged to metrics.jsonl as {\"step\", \"epoch\", \"val\": {...}} and to the "
+                                  "trackers as val/NAME")
+    val_joint: str | None = option(None, metavar="FILE", help="with --val-data: also the global-local joint test on "
+                                   "this manifest of local pairs (as goalclip eval --joint): mAP@10 both ways")
+    val_every: int = option(0, metavar="N", help="validate every N optimizer steps; 0 = at each epoch end. The final "
+                            "model is always validated")
+    val_batch_size: int = option(64, metavar="N", help="images or texts per validation forward pass")
+    keep_best: str | None = option(None, metavar="METRIC", help="export the model with the best validation METRIC "
+                                   "(higher is better; ties keep the earlier step) to OUT/best/, a model folder like "
+                                   "the final one; the step and value are in train_config.json and survive --resume. "
+                                   "METRIC: i2t@1, i2t@5, t2i@1, t2i@5, or with --val-joint i2t_map@10, t2i_map@10 "
+                                   "(val/ prefix allowed)")
+    compile: bool = option(False, help="torch.compile the training step (opt-in: the first steps wait for "
+                           "compilation, minutes for a large model, and new batch shapes recompile; pays off on a GPU "
+                           "over long runs). SDPA attention, fused AdamW on CUDA and pinned memory need no flag: the "
+                           "run logs and records which are on (train_config.json 'speed_path')")
 
     def validate(self) -> None:
         if self.method not in METHODS:
