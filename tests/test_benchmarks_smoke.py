@@ -53,14 +53,14 @@ def test_gpu_suite_runs_every_section_at_reduced_shapes(tmp_path, capsys):
     sections = [row["section"] for row in result["rows"]]
     assert set(sections) == set(bench.SECTIONS) and "| section | variant | throughput |" in printed
     for row in result["rows"]:
-        assert row["throughput"] is None or row["throughput"] > 0
+        assert row["throughput"] > 0, row  # every section measured something
     steps = [row for row in result["rows"] if row["section"] == "step-b16"]
     assert [row["variant"] for row in steps] == ["reference-style, fp32", "goalclip, fp32"] and steps[-1]["speedup"] > 0
     assert steps[0]["model_tflop_per_step"] == steps[1]["model_tflop_per_step"] > 0
     [trainer] = [row for row in result["rows"] if row["section"] == "trainer"]
     assert trainer["speed_path"] == {"attention": "sdpa", "fused_adamw": False, "pin_memory": False, "compile": False}
     [gradcache] = [row for row in result["rows"] if row["section"] == "gradcache"]
-    assert gradcache["throughput"] is not None or "needs grad cache" in gradcache["note"]
+    assert "needs grad cache" not in gradcache.get("note", "")  # gradient caching is merged: it is measured
     assert json.loads(out.read_text())["rows"] == result["rows"]
 
 

@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import socket
-import subprocess
 import sys
 import types
 from pathlib import Path
@@ -179,20 +176,12 @@ def test_resume_after_a_kill_writes_every_id_once(tiny_llava: Path, image_folder
     assert not list(tmp_path.glob("c.jsonl.part*"))
 
 
+@pytest.mark.multiprocess
 def test_two_process_sharding_gives_the_same_records_as_one(tiny_llava: Path, image_folder: Path, tmp_path: Path,
-                                                            reference_run: list[dict]) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+                                                            reference_run: list[dict], launch_ranks) -> None:
     out = tmp_path / "c.jsonl"
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(sys.path), GLOO_SOCKET_IFNAME="lo")
     # torchrun: `accelerate launch --cpu --num_processes 2` starts a single process (its simple launcher)
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(port),
-               "-m", "goalclip.cli", *_args(image_folder, out, tiny_llava)]
-    try:
-        done = subprocess.run(command, check=False, env=env, capture_output=True, text=True, timeout=240)
-    except subprocess.TimeoutExpired:
-        pytest.fail("2-process captioning did not finish within 240 s")
+    done = launch_ranks(["-m", "goalclip.cli", *_args(image_folder, out, tiny_llava)])
     assert done.returncode == 0, done.stderr[-3000:]
     assert _read(out) == [r for r in reference_run if "caption" in r]
     assert "captioned" in done.stdout
@@ -360,7 +349,7 @@ def test_vllm_backend_under_several_processes_is_refused(image_folder: Path, tmp
 
 
 def test_cli_default_model_is_the_library_default() -> None:
-    from goalclip.caption.engines import DEFAULT_MODEL
-    from goalclip.cli import caption as caption_cli
+    from goalclip.cli import build_parser
 
-    assert caption_cli.DEFAULT_MODEL == DEFAULT_MODEL
+    args = build_parser().parse_args(["caption", "--data", "images", "--out", "c.jsonl"])
+    assert args.model == CaptionConfig(data="images", out="c.jsonl").model

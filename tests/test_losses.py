@@ -1,4 +1,8 @@
-"""Losses checked against independent hand computations (explicit math loops) on tiny tensors."""
+"""Losses checked against independent hand computations (explicit math loops) on tiny tensors.
+
+The gathered (several-process) path is checked where it runs, in tests/training/test_distributed.py:
+two processes against one, with a no-gather negative control.
+"""
 
 from __future__ import annotations
 
@@ -66,13 +70,6 @@ def test_contrastive_is_symmetric_and_normalises_inside() -> None:
     # A batch whose pairs are perfectly aligned and mutually orthogonal beats the random pairing.
     eye = torch.eye(3, dtype=torch.float64)
     assert contrastive_loss(eye, eye, scale).item() < loss.item()
-
-
-def test_contrastive_gather_flag_is_noop_without_distributed() -> None:
-    img = torch.tensor(IMAGES)
-    txt = torch.tensor(TEXTS)
-    scale = torch.tensor(4.0)
-    assert torch.equal(contrastive_loss(img, txt, scale), contrastive_loss(img, txt, scale, False))
 
 
 def test_contrastive_logit_scale_gradient() -> None:

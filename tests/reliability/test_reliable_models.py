@@ -7,6 +7,7 @@ real command line (``goalclip.cli.main``) where a user would meet them.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -223,9 +224,17 @@ def test_a_model_folder_holding_another_models_tokenizer_is_an_error(exported, t
         load_clip(str(folder))
 
 
-def test_a_complete_folder_loads_without_complaint(exported):
-    bundle = load_clip(str(exported))
+def test_a_complete_folder_loads_without_complaint(exported, caplog):
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.enable_propagation()  # transformers' own warnings (missing or unused weights) reach caplog too
+    try:
+        with caplog.at_level(logging.INFO):
+            bundle = load_clip(str(exported))
+    finally:
+        hf_logging.disable_propagation()
     assert bundle.model.config.projection_dim == 48 and len(bundle.tokenizer) > 200
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
 
 
 # ----------------------------------------------------------------------------- 11.6: non-finite models
