@@ -1,10 +1,10 @@
 """One process of the 2-process gloo check in test_distributed.py, plus the shared tiny setup.
 
 The test imports this file for the single-process reference (``build_model``, ``make_batch``,
-``compute_loss``) and runs it as a script once per rank, so both sides use the very same model,
-data and loss code. Each rank runs three modes inside one process group (starting processes is the
-slow part): equal halves with gather, an uneven 5/3 split with gather, and equal halves without
-gather (the negative control). Rank 0 saves, per mode, the mean loss over ranks and the
+``compute_loss``) and runs it as a script under torchrun (the ``launch_ranks`` fixture), so both
+sides use the very same model, data and loss code. Each rank runs three modes inside one process
+group (starting processes is the slow part): equal halves with gather, an uneven 5/3 split with
+gather, and equal halves without gather (the negative control). Rank 0 saves, per mode, the mean loss over ranks and the
 DDP-averaged gradients.
 """
 
@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
+import os
 from datetime import timedelta
 from pathlib import Path
 
@@ -21,7 +22,8 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from goalclip.training.losses import LossWeights, combine_losses, contrastive_loss, masked_mean, tsl_loss
+from goalclip.training.config import LossWeights
+from goalclip.training.losses import combine_losses, contrastive_loss, masked_mean, tsl_loss
 
 logger = logging.getLogger("dist_worker")
 
@@ -104,14 +106,9 @@ def shard(batch: dict[str, Tensor], sizes: tuple[int, ...], rank: int) -> dict[s
     return {key: value[start : start + sizes[rank]] for key, value in batch.items()}
 
 
-def run_rank(rank: int, world_size: int, init_file: Path, out: Path) -> None:
-    dist.init_process_group(
-        "gloo",
-        init_method=init_file.resolve().as_uri(),
-        rank=rank,
-        world_size=world_size,
-        timeout=timedelta(seconds=60),
-    )
+def run_rank(rank: int, world_size: int, out: Path) -> None:
+    dist.init_process_group("gloo", init_method="env://", rank=rank, world_size=world_size,
+                            timeout=timedelta(seconds=60))
     try:
         model = DistributedDataParallel(build_model())
         batch = make_batch()
@@ -143,14 +140,11 @@ def run_rank(rank: int, world_size: int, init_file: Path, out: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--rank", type=int, required=True)
-    parser.add_argument("--world-size", type=int, required=True)
-    parser.add_argument("--init-file", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     torch.set_num_threads(1)
-    run_rank(args.rank, args.world_size, args.init_file, args.out)
+    run_rank(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), args.out)  # set by torchrun
 
 
 if __name__ == "__main__":

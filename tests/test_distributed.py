@@ -1,19 +1,14 @@
 """Two CPU processes (gloo, DDP) on halves of a batch must equal one process on the whole batch.
 
 This is the property the gathered losses exist for: N processes x batch b is the same optimisation
-step as one process with batch N*b. Ranks are plain subprocesses of tests/dist_worker.py meeting
-through a FileStore in the test's temporary folder (no port to pick, so no port race); gloo is
-pinned to the loopback interface, so nothing leaves the machine. A hard timeout turns a hang into
-a failure.
+step as one process with batch N*b. Ranks are tests/dist_worker.py under torchrun (the
+``launch_ranks`` fixture); gloo is pinned to the loopback interface, so nothing leaves the machine.
+A hard timeout turns a hang into a failure.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -34,45 +29,14 @@ def _load_worker() -> ModuleType:
     return module
 
 
-def _worker_env() -> dict[str, str]:
-    env = dict(os.environ, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE")
-    if "lo" in {name for _, name in socket.if_nameindex()}:
-        env.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    return env
+pytestmark = pytest.mark.multiprocess
 
 
 @pytest.fixture(scope="module")
-def two_process_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    folder = tmp_path_factory.mktemp("dist")
-    out = folder / "rank0.pt"
-    procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                str(WORKER),
-                f"--rank={rank}",
-                f"--world-size={WORLD_SIZE}",
-                f"--init-file={folder / 'store'}",
-                f"--out={out}",
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=_worker_env(),
-        )
-        for rank in range(WORLD_SIZE)
-    ]
-    logs = []
-    try:
-        for proc in procs:
-            logs.append(proc.communicate(timeout=TIMEOUT_S)[0])
-    except subprocess.TimeoutExpired:
-        for proc in procs:
-            proc.kill()
-            proc.communicate()
-        pytest.fail(f"distributed workers did not finish within {TIMEOUT_S}s")
-    for rank, (proc, log) in enumerate(zip(procs, logs)):
-        assert proc.returncode == 0, f"rank {rank} exited with {proc.returncode}:\n{log}"
+def two_process_results(tmp_path_factory: pytest.TempPathFactory, launch_ranks) -> dict[str, Any]:
+    out = tmp_path_factory.mktemp("dist") / "rank0.pt"
+    done = launch_ranks([WORKER, f"--out={out}"], n=WORLD_SIZE, timeout=TIMEOUT_S)
+    assert done.returncode == 0, done.stdout + done.stderr
     return torch.load(out)
 
 

@@ -8,7 +8,6 @@ world; the run checks compare whole ``goalclip train`` runs (final weights).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -236,22 +235,16 @@ def test_a_grad_cache_run_equals_a_plain_run_and_says_it_is_on(tiny_world, topk_
     assert "--grad-cache-chunk must be at least 1" in capsys.readouterr().err
 
 
-def _launch_two_ranks():
-    """The reliability suite's launcher of 2 real `goalclip train` processes (gloo on the loopback)."""
-    path = Path(__file__).with_name("reliability") / "test_reliable_training.py"
-    spec = importlib.util.spec_from_file_location("goalclip_tests_reliable_training", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module._launch_two_ranks
-
-
-def test_two_processes_with_grad_cache_equal_one_plain_process(tiny_world, topk_manifest, tmp_path) -> None:
+@pytest.mark.multiprocess
+def test_two_processes_with_grad_cache_equal_one_plain_process(tiny_world, topk_manifest, tmp_path,
+                                                               launch_ranks) -> None:
     """DDP: gathered negatives, per-chunk backward without sync, one gradient all-reduce at the last chunk."""
     single, double = tmp_path / "one", tmp_path / "two"
     _train(tiny_world, topk_manifest, single, "--batch-size", "4")
-    _launch_two_ranks()(["--model", str(tiny_world.model), "--data", str(topk_manifest), "--out", str(double),
-                         "--method", "goal", "--local-pairs", "2", "--tsl-heads", "separate", "--max-steps", "2",
-                         "--lr", "1e-3", "--no-epoch-checkpoints", "--batch-size", "2", "--grad-cache-chunk", "1",
-                         *TINY], True)
+    done = launch_ranks(["-m", "goalclip.cli", "train", "--model", str(tiny_world.model), "--data", str(topk_manifest),
+                         "--out", str(double), "--method", "goal", "--local-pairs", "2", "--tsl-heads", "separate",
+                         "--max-steps", "2", "--lr", "1e-3", "--no-epoch-checkpoints", "--batch-size", "2",
+                         "--grad-cache-chunk", "1", *TINY], CUDA_VISIBLE_DEVICES="", ACCELERATE_USE_CPU="1")
+    assert done.returncode == 0, done.stdout + done.stderr
     assert json.loads((double / "train_config.json").read_text())["derived"]["num_processes"] == 2
     _assert_same_training(tiny_world, single, double)

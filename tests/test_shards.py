@@ -26,7 +26,8 @@ from goalclip.core.shards import (
 )
 from goalclip.datasets.shards import write_shards
 from goalclip.evaluation.retrieval import EvalConfig, evaluate
-from goalclip.mining.mine import MineConfig, mine
+from goalclip.mining.config import MineConfig
+from goalclip.mining.mine import mine
 from goalclip.training.config import TrainConfig
 from goalclip.training.trainer import train
 
@@ -278,26 +279,21 @@ def test_missing_image_is_skipped_when_sharding_and_a_bad_json_member_is_named(t
     assert len(skipped) == 1
 
 
-def test_two_process_mining_from_shards_gives_each_process_whole_shards(tiny_world, sharded, tmp_path) -> None:
-    import os
-    import subprocess
-    import sys
-
+@pytest.mark.multiprocess
+def test_two_process_mining_from_shards_gives_each_process_whole_shards(tiny_world, sharded, tmp_path,
+                                                                        launch_ranks) -> None:
     single = tmp_path / "one.jsonl"
     args = ["mine", "--model", str(tiny_world.model), "--regions", "grid", "--top-k", "3", "--batch-size", "3",
             "--num-workers", "0", "--no-progress", "--device", "cpu", "--data", sharded["captions"]["data"]]
     assert main([*args, "--out", str(single)]) == 0
     out = tmp_path / "two.jsonl"
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(sys.path), GLOO_SOCKET_IFNAME="lo")
     # the CLI's own entry point, then a look at the process group it leaves behind
     rank_script = tmp_path / "cli_rank.py"
     rank_script.write_text("import sys\nimport torch.distributed as dist\nfrom goalclip.cli import main\n"
                            "code = main(sys.argv[1:])\n"
                            "sys.stderr.write(f'process group after main: {dist.is_initialized()}\\n')\n"
                            "sys.exit(code)\n")
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-               str(rank_script), *args, "--out", str(out)]
-    done = subprocess.run(command, check=False, env=env, capture_output=True, text=True, timeout=240)
+    done = launch_ranks([rank_script, *args, "--out", out])
     assert done.returncode == 0, done.stderr[-3000:]
     # each rank tore its group down itself: a rank exiting with a live gloo group can abort at interpreter
     # shutdown after finishing its work ("terminate called without an active exception"; seen in CI)

@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -406,11 +403,11 @@ _WEIGHTED_RANK = r'''
 import sys
 from datetime import timedelta
 import torch, torch.distributed as dist
-sys.path.insert(0, sys.argv[4])
+sys.path.insert(0, sys.argv[2])
 from weighted_case import weighted_loss, weighted_setup
-rank, world, store, out = int(sys.argv[1]), 2, sys.argv[2], sys.argv[3]
-dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world,
-                        timeout=timedelta(seconds=60))
+out = sys.argv[1]
+dist.init_process_group("gloo", timeout=timedelta(seconds=60))  # env:// from torchrun
+rank, world = dist.get_rank(), dist.get_world_size()
 towers, data = weighted_setup()
 rows = slice(0, 5) if rank == 0 else slice(5, None)
 loss = weighted_loss(towers, {k: v[rows] for k, v in data.items()})
@@ -427,15 +424,13 @@ dist.destroy_process_group()
 '''
 
 
-def test_weighted_losses_under_two_processes_equal_one_process(tmp_path) -> None:
+@pytest.mark.multiprocess
+def test_weighted_losses_under_two_processes_equal_one_process(tmp_path, launch_ranks) -> None:
     out = tmp_path / "rank0.pt"
     (tmp_path / "weighted_case.py").write_text(_WEIGHTED_SETUP)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    procs = [subprocess.Popen([sys.executable, "-c", _WEIGHTED_RANK, str(rank), str(tmp_path / "store"), str(out),
-                               str(tmp_path)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for rank in range(2)]
-    logs = [proc.communicate(timeout=180)[0] for proc in procs]
-    assert all(proc.returncode == 0 for proc in procs), logs
+    (tmp_path / "weighted_rank.py").write_text(_WEIGHTED_RANK)
+    done = launch_ranks([tmp_path / "weighted_rank.py", out, tmp_path], timeout=180)
+    assert done.returncode == 0, done.stdout + done.stderr
     got = torch.load(out, weights_only=True)
     spec = importlib.util.spec_from_file_location("weighted_case", tmp_path / "weighted_case.py")
     case = importlib.util.module_from_spec(spec)

@@ -8,10 +8,6 @@ validation and keep them across a resume.
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -236,20 +232,17 @@ def test_cli_names_the_valid_metrics(tiny_world, tmp_path, capsys, source):
 # ----------------------------------------------------------------------------- two processes
 
 
-def test_two_process_validation_equals_one_process_eval_of_the_same_weights(tiny_world, tmp_path):
+@pytest.mark.multiprocess
+def test_two_process_validation_equals_one_process_eval_of_the_same_weights(tiny_world, tmp_path, launch_ranks):
     """Under torchrun each process encodes its share of the validation items; the gathered scores
     must be those of a plain one-process ``goalclip eval`` of the exported model."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE")
-    if "lo" in {name for _, name in socket.if_nameindex()}:
-        env.setdefault("GLOO_SOCKET_IFNAME", "lo")
     out = tmp_path / "run"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-               "-m", "goalclip.cli", "train", "--model", str(tiny_world.model), "--data", str(tiny_world.mined),
-               "--out", str(out), "--method", "global", "--batch-size", "2", "--max-steps", "2", "--lr", "3e-3",
-               "--max-text-len", "52", "--keep-positions", "4", "--num-workers", "0", "--no-progress",
-               "--val-data", str(tiny_world.captions), "--val-joint", str(tiny_world.mined), "--val-batch-size", "3",
-               "--keep-best", "val/i2t_map@10"]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, check=False)
+    done = launch_ranks([
+        "-m", "goalclip.cli", "train", "--model", str(tiny_world.model), "--data", str(tiny_world.mined),
+        "--out", str(out), "--method", "global", "--batch-size", "2", "--max-steps", "2", "--lr", "3e-3",
+        "--max-text-len", "52", "--keep-positions", "4", "--num-workers", "0", "--no-progress",
+        "--val-data", str(tiny_world.captions), "--val-joint", str(tiny_world.mined), "--val-batch-size", "3",
+        "--keep-best", "val/i2t_map@10"], timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     record = json.loads((out / "train_config.json").read_text())
     assert record["derived"]["num_processes"] == 2

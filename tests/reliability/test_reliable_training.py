@@ -10,11 +10,7 @@ import errno
 import json
 import logging
 import math
-import os
 import shutil
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -29,7 +25,6 @@ from goalclip.training.step import training_step
 from goalclip.training.trainer import train
 
 TINY = ["--max-text-len", "52", "--keep-positions", "4", "--num-workers", "0", "--no-progress", "--log-every", "1"]
-TWO_PROCESS_TIMEOUT_S = 240
 
 
 def _cli(capsys, *args: str) -> tuple[int, str, str]:
@@ -61,45 +56,17 @@ def _assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor],
 # ----------------------------------------------------------------------------- several processes
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def launch_two_trainings(launch_ranks, args: list[str], use_cpu_flag: bool) -> None:
+    """Two `goalclip train` ranks on CPU (gloo on the loopback), with or without ACCELERATE_USE_CPU."""
+    env = {"ACCELERATE_USE_CPU": "1"} if use_cpu_flag else {}
+    done = launch_ranks(["-m", "goalclip.cli", "train", *args], CUDA_VISIBLE_DEVICES="", **env)
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
-def _launch_two_ranks(args: list[str], use_cpu_flag: bool) -> list[str]:
-    """Start 2 CLI processes the way torchrun would (env:// rendezvous on the loopback)."""
-    src = Path(__file__).resolve().parents[2] / "src"
-    env = dict(os.environ, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE", MASTER_ADDR="127.0.0.1",
-               MASTER_PORT=str(_free_port()), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2", CUDA_VISIBLE_DEVICES="",
-               PYTHONPATH=os.pathsep.join([str(src), os.environ.get("PYTHONPATH", "")]))
-    env.pop("ACCELERATE_USE_CPU", None)
-    if use_cpu_flag:
-        env["ACCELERATE_USE_CPU"] = "1"
-    if "lo" in {name for _, name in socket.if_nameindex()}:
-        env.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    procs = [
-        subprocess.Popen([sys.executable, "-m", "goalclip.cli", "train", *args], stdout=subprocess.PIPE,
-                         stderr=subprocess.STDOUT, text=True, env={**env, "RANK": str(r), "LOCAL_RANK": str(r)})
-        for r in range(2)
-    ]
-    logs = []
-    try:
-        for proc in procs:
-            logs.append(proc.communicate(timeout=TWO_PROCESS_TIMEOUT_S)[0])
-    except subprocess.TimeoutExpired:
-        for proc in procs:
-            proc.kill()
-            proc.communicate()
-        pytest.fail(f"two training processes did not finish within {TWO_PROCESS_TIMEOUT_S}s")
-    for rank, (proc, log) in enumerate(zip(procs, logs)):
-        assert proc.returncode == 0, f"rank {rank} exited with {proc.returncode}:\n{log}"
-    return logs
-
-
+@pytest.mark.multiprocess
 @pytest.mark.parametrize("use_cpu_flag", [True, False], ids=["ACCELERATE_USE_CPU", "plain-env"])
 def test_two_processes_at_batch_b_train_exactly_like_one_process_at_batch_2b(
-    tiny_world, tmp_path, use_cpu_flag: bool
+    tiny_world, tmp_path, launch_ranks, use_cpu_flag: bool
 ) -> None:
     """Same LR at every step, same logged loss, same final weights; never two independent runs."""
     common = ["--method", "goal", "--max-steps", "3", "--lr", "1e-3", "--warmup-steps", "1", "--no-epoch-checkpoints"]
@@ -107,8 +74,8 @@ def test_two_processes_at_batch_b_train_exactly_like_one_process_at_batch_2b(
     train(TrainConfig(model=str(tiny_world.model), data=str(tiny_world.mined), out=str(single), method="goal",
                       max_steps=3, lr=1e-3, warmup_steps=1, checkpoint_epochs=False, batch_size=4,
                       max_text_len=52, keep_positions=4, num_workers=0, progress=False, log_every=1))
-    _launch_two_ranks(["--model", str(tiny_world.model), "--data", str(tiny_world.mined), "--out", str(double),
-                       "--batch-size", "2", *TINY, *common], use_cpu_flag)
+    launch_two_trainings(launch_ranks, ["--model", str(tiny_world.model), "--data", str(tiny_world.mined), "--out",
+                                        str(double), "--batch-size", "2", *TINY, *common], use_cpu_flag)
 
     one, two = _metrics(single), _metrics(double)
     assert [m["step"] for m in two] == [1, 2, 3]  # one line per step: not two independent runs
