@@ -28,7 +28,7 @@ reference-style step is charged the same model FLOPs, so its lower MFU is its wa
 dense TFLOP/s comes from ``--peak-tflops`` or the GPU's name (H100/H200 989, A100 312).
 
 ``--shapes reduced`` runs every section at the test suite's tiny shapes on the CPU in seconds
-(tests/test_benchmarks_smoke.py), so the script cannot rot; its numbers mean nothing.
+(tests/benchmarks/test_benchmarks_smoke.py), so the script cannot rot; its numbers mean nothing.
 
     python benchmarks/gpu_suite.py --out gpu_suite.json                # on a GPU
     python benchmarks/gpu_suite.py --shapes reduced --device cpu       # the CPU smoke run

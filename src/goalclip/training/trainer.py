@@ -182,7 +182,7 @@ class Trainer:
         local = self.terms.needs_local
         examples = load_examples(cfg.data, need_local=local, skip_invalid=cfg.skip_invalid, skipped=self.skipped,
                                  local_pairs=cfg.local_pairs, pair_weighting=cfg.pair_weighting)
-        # SDPA: the same numbers as eager attention (tests/test_speed_path.py), fused kernels on a GPU
+        # SDPA: the same numbers as eager attention (tests/training/test_speed_path.py), fused kernels on a GPU
         bundle = load_clip(cfg.model, base=cfg.base, attn_implementation="sdpa")
         context = prepare_text_positions(bundle, cfg.max_text_len, cfg.keep_positions)
         clamp_logit_scale(bundle.model)

@@ -20,7 +20,7 @@ from goalclip.core.records import read_manifest
 from goalclip.core.text import Sentence, clean_text, split_sentences, token_span
 from goalclip.training.data import TrainDataset, load_examples
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 from _common import real_clip_tokenizer  # noqa: E402
 
 

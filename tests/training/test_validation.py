@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from accelerate import Accelerator, PartialState
-from conftest import TINY_TRAIN
+from tests.conftest import TINY_TRAIN
 from safetensors.torch import load_file, save_file
 
 from goalclip.cli import main

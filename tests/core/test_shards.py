@@ -8,7 +8,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from conftest import TINY_TRAIN
+from tests.conftest import TINY_TRAIN
 from PIL import Image
 from safetensors.torch import load_file
 

@@ -27,12 +27,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_OBJECTS, tiny_caption
+from tests.conftest import TINY_OBJECTS, tiny_caption
 from PIL import Image
 
 from goalclip.cli import main
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 GUIDE = REPO / "docs" / "reproduce.md"
 
 # Flags whose value is a file or folder the command must have written.
@@ -97,7 +97,7 @@ def resolve(command: Command, variables: dict[str, str], models: dict[str, str])
     def expand(match: re.Match) -> str:
         name = match.group(1) or match.group(2)
         if name not in variables:
-            raise KeyError(f"{command}: ${name} has no tiny stand-in in tests/test_reproduce_guide.py")
+            raise KeyError(f"{command}: ${name} has no tiny stand-in in tests/docs/test_reproduce_guide.py")
         return variables[name]
 
     argv = [re.sub(r"\$\{(\w+)\}|\$(\w+)", expand, token) for token in command.argv]

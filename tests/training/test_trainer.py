@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_TRAIN
+from tests.conftest import TINY_TRAIN
 from safetensors.torch import load_file
 from transformers import AutoProcessor, CLIPModel
 
