@@ -53,7 +53,7 @@ from goalclip.demo.world import WorldConfig, generate_world, vocabulary
 from goalclip.mining.mine import mine_batch
 from goalclip.mining.regions import build_proposer
 from goalclip.models.clip import ClipBundle, image_forward, text_forward
-from goalclip.models.embed import embed_images, embed_texts, tokenize
+from goalclip.models.embed import embed_pixels, embed_token_ids, tokenize
 from goalclip.training.optimizer import build_optimizer
 from goalclip.training.step import clamp_logit_scale, training_step
 
@@ -150,9 +150,9 @@ def mining_section(shapes: str, args: argparse.Namespace) -> dict[str, Any]:
 
     def bare() -> None:
         for p in pixels:
-            embed_images(bundle.model, p)
+            embed_pixels(bundle.model, p)
         for t in tokens:
-            embed_texts(bundle.model, t["input_ids"], t["attention_mask"])
+            embed_token_ids(bundle.model, t["input_ids"], t["attention_mask"])
 
     def mined() -> None:
         mine_batch(bundle, proposer, records, images, top_k=5, crop_batch_size=chunk, device=device)

@@ -255,7 +255,7 @@ def test_cache_hit_does_not_encode(world, tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise AssertionError("encoded although the cache holds the embeddings")
 
-    for name in ("embed_images", "encode_texts_counted", "load_encoder"):
+    for name in ("embed_pixels", "embed_text_strings_counted", "load_encoder"):
         monkeypatch.setattr(ev, name, boom)
     second = ev.evaluate(config)
     assert second["models"][0]["metrics"] == first["models"][0]["metrics"]

@@ -16,7 +16,7 @@ from goalclip.models.clip import (
     stretch_positions,
     stretched_positions,
 )
-from goalclip.models.embed import embed_texts, tokenize
+from goalclip.models.embed import embed_token_ids, tokenize
 
 LONG_TEXT = (
     "The picture has a plain white background. A red square is drawn here. Nothing else is in it. "
@@ -70,7 +70,7 @@ def test_stretch_positions_in_place_with_shorter_target(tiny_world) -> None:
     # The model runs over the new context (it would raise an index error past 16 otherwise).
     tokens = tokenize(bundle, [LONG_TEXT], max_len=40)
     assert tokens["input_ids"].shape[1] > 16
-    assert torch.isfinite(embed_texts(model, tokens["input_ids"], tokens["attention_mask"])).all()
+    assert torch.isfinite(embed_token_ids(model, tokens["input_ids"], tokens["attention_mask"])).all()
     with pytest.raises(ValueError, match="stretch limit"):
         stretch_positions(load_clip(str(tiny_world.model)).model, keep=4, target=53)
 
@@ -137,7 +137,7 @@ def test_load_clip_state_dict_file_on_base(tiny_world, stretched_state, tmp_path
     _assert_state_equal(bundle.model, stretched_state)
     tokens = tokenize(bundle, [LONG_TEXT])
     assert tokens["input_ids"].shape[1] > 16
-    assert torch.isfinite(embed_texts(bundle.model, tokens["input_ids"], tokens["attention_mask"])).all()
+    assert torch.isfinite(embed_token_ids(bundle.model, tokens["input_ids"], tokens["attention_mask"])).all()
 
 
 def test_load_clip_state_dict_same_length(tiny_world, tmp_path) -> None:
@@ -239,7 +239,7 @@ def test_right_padding_does_not_change_embeddings(tiny_bundle) -> None:
     texts = ["a red square", "A blue circle is drawn here. Nothing else is in it."]
     batch = tokenize(tiny_bundle, texts)
     assert batch["attention_mask"][0].eq(0).any()  # the first text really is padded
-    padded = embed_texts(model, batch["input_ids"], batch["attention_mask"])
+    padded = embed_token_ids(model, batch["input_ids"], batch["attention_mask"])
     for row, text in enumerate(texts):
         alone = tokenize(tiny_bundle, [text])
         with torch.no_grad():

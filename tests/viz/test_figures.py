@@ -17,7 +17,7 @@ from goalclip.viz import figures as viz
 from goalclip.core.images import load_rgb, pixel_values
 from goalclip.demo.tiny import build_tiny_clip
 from goalclip.models.clip import ClipBundle, load_clip, save_clip
-from goalclip.models.embed import embed_images, embed_texts, model_view_box, tokenize
+from goalclip.models.embed import embed_pixels, embed_token_ids, model_view_box, tokenize
 
 TEXTS = [
     "a red square in the top left of a dark picture",
@@ -256,11 +256,11 @@ def test_retrieval_frames_match_a_brute_force_ranking(model_dirs, tmp_path):
     for name, source in zip(result["models"], models):
         bundle = load_clip(source)
         images = torch.cat(
-            [embed_images(bundle.model, pixel_values(bundle.image_processor, [load_rgb(p)])) for p in gallery]
+            [embed_pixels(bundle.model, pixel_values(bundle.image_processor, [load_rgb(p)])) for p in gallery]
         )
         texts = [(by_id[q].get("captions") or [by_id[q]["caption"]])[0] for q in result["queries"]]
         tokens = tokenize(bundle, texts)
-        sims = embed_texts(bundle.model, tokens["input_ids"], tokens["attention_mask"]) @ images.T
+        sims = embed_token_ids(bundle.model, tokens["input_ids"], tokens["attention_mask"]) @ images.T
         order = sims.argsort(dim=1, descending=True)
         sorted_sims = sims.gather(1, order)
         assert (sorted_sims[:, : k + 1].diff(dim=1).abs() > 1e-6).all()  # no ties at the cut
@@ -273,7 +273,7 @@ def test_retrieval_frames_match_a_brute_force_ranking(model_dirs, tmp_path):
         verdicts += [h for row in expected_hits for h in row]
 
         cap_tokens = tokenize(bundle, all_captions)
-        cap = embed_texts(bundle.model, cap_tokens["input_ids"], cap_tokens["attention_mask"])
+        cap = embed_token_ids(bundle.model, cap_tokens["input_ids"], cap_tokens["attention_mask"])
         cap_sims = images[gt[:3]] @ cap.T
         cap_order = cap_sims.argsort(dim=1, descending=True)[:, :3]
         assert (cap_sims.gather(1, cap_order).diff(dim=1).abs() > 1e-6).all()

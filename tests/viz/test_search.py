@@ -18,7 +18,7 @@ from goalclip.cli import main
 from goalclip.demo.tiny import build_tiny_clip
 from goalclip.models import embed as embed_module
 from goalclip.models.clip import ClipBundle, ModelLoadError, load_clip, save_clip
-from goalclip.models.embed import embed_images, embed_texts, tokenize
+from goalclip.models.embed import embed_pixels, embed_token_ids, tokenize
 from goalclip.viz.search import SearchError, build_index, model_key, search
 
 TEXTS = [
@@ -62,21 +62,21 @@ def folder(tmp_path: Path) -> Path:
 def counter(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Rows that go through the image tower during indexing."""
     seen: list[int] = []
-    original = embed_module.embed_images
+    original = embed_module.embed_pixels
 
     def counting(model, pixels):
         seen.append(int(pixels.shape[0]))
         return original(model, pixels)
 
-    monkeypatch.setattr(embed_module, "embed_images", counting)
+    monkeypatch.setattr(embed_module, "embed_pixels", counting)
     return seen
 
 
 @torch.no_grad()
 def _brute_force(bundle: ClipBundle, paths: list[str], queries: list[str], k: int) -> list[list[tuple[str, float]]]:
-    images = torch.cat([embed_images(bundle.model, pixel_values(bundle.image_processor, [load_rgb(p)])) for p in paths])
+    images = torch.cat([embed_pixels(bundle.model, pixel_values(bundle.image_processor, [load_rgb(p)])) for p in paths])
     tokens = tokenize(bundle, queries)
-    sims = embed_texts(bundle.model, tokens["input_ids"], tokens["attention_mask"]) @ images.T
+    sims = embed_token_ids(bundle.model, tokens["input_ids"], tokens["attention_mask"]) @ images.T
     order = sims.argsort(dim=1, descending=True)[:, :k]
     return [[(paths[int(i)], float(sims[q, i])) for i in row] for q, row in enumerate(order)]
 

@@ -46,7 +46,7 @@ from goalclip.core.records import iter_objects
 from goalclip.core.paths import check_writable_dir, check_writable_file, refuse_input_as_output
 from goalclip.core.processes import process_device, process_state
 from goalclip.models.clip import prepare_text_positions
-from goalclip.models.embed import Bundle, embed_images, encode_texts_counted, load_encoder
+from goalclip.models.embed import Bundle, embed_pixels, embed_text_strings_counted, load_encoder
 from goalclip.models.open_clip import is_open_clip, spec_fingerprint
 
 logger = logging.getLogger(__name__)
@@ -319,13 +319,14 @@ def _encode_items(
     indices, rows = [torch.empty(0, dtype=torch.long)], [torch.empty(0, dim)]
     for local, pixels in batches:
         indices.append(part_index[local])
-        rows.append(embed_images(model, pixels.to(device=device, dtype=dtype)).cpu())
+        rows.append(embed_pixels(model, pixels.to(device=device, dtype=dtype)).cpu())
     images, image_ok = _gather_rows(state, torch.cat(indices), torch.cat(rows), len(items.image_paths))
     failures = sorted(gather_object([(int(part_index[i]), msg) for i, msg in batches.failed]))
 
     text_part = _shard(state, len(items.texts))
-    rows, truncated = encode_texts_counted(bundle, [items.texts[i] for i in text_part], batch_size=config.batch_size,
-                                           max_len=max_len, progress=progress, desc=f"{items.kind} texts")
+    rows, truncated = embed_text_strings_counted(bundle, [items.texts[i] for i in text_part],
+                                                 batch_size=config.batch_size, max_len=max_len, progress=progress,
+                                                 desc=f"{items.kind} texts")
     texts, _ = _gather_rows(state, torch.tensor(text_part, dtype=torch.long), rows.cpu(), len(items.texts))
     truncated = sum(gather_object([truncated]))
     return Embeddings(images, image_ok, texts, failures, truncated, max_len)

@@ -44,7 +44,7 @@ from goalclip.core.resumable import ids_already_written, part_paths
 from goalclip.core.shards import split_records
 from goalclip.core.processes import process_device, process_state
 from goalclip.models.clip import ClipBundle, load_clip
-from goalclip.models.embed import embed_images, encode_texts_counted
+from goalclip.models.embed import embed_pixels, embed_text_strings_counted
 from goalclip.mining.config import MineConfig
 from goalclip.mining.regions import InvalidBox, Region, RegionProposer, build_proposer, take_invalid_boxes
 from goalclip.core.text import clean_text, split_sentences
@@ -165,7 +165,7 @@ def _crop_embeddings(bundle: ClipBundle, crops: list, batch_size: int, device: t
     chunks = []
     for start in range(0, len(crops), batch_size):
         pixels = pixel_values(bundle.image_processor, crops[start : start + batch_size]).to(device)
-        chunks.append(embed_images(bundle.model, pixels))
+        chunks.append(embed_pixels(bundle.model, pixels))
     return torch.cat(chunks)
 
 
@@ -195,7 +195,7 @@ def mine_batch(
         return MinedBatch([(r, None, "no regions" if not crops else "no sentences") for r in records],
                           seconds=clock.seconds)
     crop_emb = _crop_embeddings(bundle, crops, crop_batch_size, device)
-    text_emb, truncated = encode_texts_counted(bundle, flat_sentences, batch_size=crop_batch_size)
+    text_emb, truncated = embed_text_strings_counted(bundle, flat_sentences, batch_size=crop_batch_size)
     if device.type == "cuda":
         torch.cuda.synchronize(device)  # kernels run asynchronously: charge them to this stage
     clock.lap("embed")

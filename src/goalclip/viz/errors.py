@@ -27,7 +27,7 @@ from goalclip.core.records import read_manifest
 from goalclip.evaluation.metrics import top_k_retrieval
 from goalclip.viz.figures import VizError, label_font
 from goalclip.models.clip import load_clip
-from goalclip.models.embed import encode_images, encode_texts
+from goalclip.models.embed import embed_image_files, embed_text_strings
 
 logger = logging.getLogger(__name__)
 
@@ -76,13 +76,14 @@ def find_failures(
         raise VizError(f"{data}: no records")
     bundle = load_clip(model, base=base, device=device)
     bundle.model.eval()
-    images, readable, _ = encode_images(bundle, [r["image"] for r in records], batch_size=batch_size,
-                                        progress=progress)
+    images, readable, _ = embed_image_files(bundle, [r["image"] for r in records], batch_size=batch_size,
+                                            progress=progress)
     if not readable:
         raise VizError(f"{data}: none of the images could be read")
     texts = [c for r in records for c in captions_of(r)]
     owner = torch.tensor([i for i, r in enumerate(records) for _ in captions_of(r)])
-    scores = images @ encode_texts(bundle, texts, batch_size=batch_size, desc="captions", warn_truncated=True).cpu().T
+    texts_embedded = embed_text_strings(bundle, texts, batch_size=batch_size, desc="captions", warn_truncated=True)
+    scores = images @ texts_embedded.cpu().T
     # the top caption in goalclip eval's order: on a tie with its own caption, another image's caption ranks first
     first = top_k_retrieval(scores, torch.tensor(readable), owner, 1, "i2t")
     failures = []

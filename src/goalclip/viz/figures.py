@@ -46,7 +46,7 @@ from goalclip.core.manifest import IMAGE_SUFFIXES, atomic_write, captions_of
 from goalclip.core.records import read_manifest
 from goalclip.evaluation.metrics import top_k_retrieval
 from goalclip.models.clip import ClipBundle, load_clip
-from goalclip.models.embed import encode_images, encode_texts, model_device, model_view_box
+from goalclip.models.embed import embed_image_files, embed_text_strings, model_device, model_view_box
 
 logger = logging.getLogger(__name__)
 
@@ -340,7 +340,7 @@ def plot_retrieval(
     for source in models:
         bundle = load_clip(source, base=base, device=device)
         bundle.model.eval()
-        embeddings, ok, _ = encode_images(bundle, gallery, batch_size=batch_size)
+        embeddings, ok, _ = embed_image_files(bundle, gallery, batch_size=batch_size)
         readable &= set(ok)
         bundles.append(bundle)
         embedded.append(dict(zip(ok, embeddings)))
@@ -371,7 +371,8 @@ def plot_retrieval(
         "i2t": {},
     }
     for name, bundle, images in zip(names, bundles, image_rows):
-        text = encode_texts(bundle, query_texts, batch_size=batch_size, desc="captions", warn_truncated=True).cpu()
+        text = embed_text_strings(bundle, query_texts, batch_size=batch_size, desc="captions",
+                                  warn_truncated=True).cpu()
         # goalclip eval's order (pessimistic ties) over the whole gallery: the ground truth's rank is its position
         sims = images @ text.T
         order = top_k_retrieval(sims, torch.arange(len(gallery)), torch.tensor(query_gt), len(gallery), "t2i")
@@ -382,8 +383,8 @@ def plot_retrieval(
             "hits": order.hits[:, :k].tolist(),
             "gt_rank": (order.hits.int().argmax(dim=1) + 1).tolist(),
         }
-        captions = encode_texts(bundle, caption_texts, batch_size=batch_size, desc="captions",
-                                warn_truncated=True).cpu()
+        captions = embed_text_strings(bundle, caption_texts, batch_size=batch_size, desc="captions",
+                                      warn_truncated=True).cpu()
         cap_sims = images[i2t_images] @ captions.T
         top = top_k_retrieval(cap_sims, torch.tensor(i2t_images), torch.tensor(caption_image), top_captions, "i2t")
         result["i2t"][name] = {
