@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
@@ -20,6 +21,7 @@ def _load(name: str):
     return module
 
 
+@pytest.mark.slow
 def test_lism_vs_flism_runs_at_tiny_shapes(tmp_path, capsys):
     bench = _load("lism_vs_flism")
     out = tmp_path / "bench.json"
@@ -33,6 +35,7 @@ def test_lism_vs_flism_runs_at_tiny_shapes(tmp_path, capsys):
     assert result["ratio_lism_over_flism"] > 0 and out.is_file()
 
 
+@pytest.mark.slow
 def test_grad_cache_benchmark_runs_at_tiny_shapes(tmp_path, capsys):
     bench = _load("grad_cache")
     out = tmp_path / "bench.json"
@@ -45,6 +48,7 @@ def test_grad_cache_benchmark_runs_at_tiny_shapes(tmp_path, capsys):
     assert set(result["median_s"]) == {"2", "4", "4:2"} and out.is_file()
 
 
+@pytest.mark.slow
 def test_gpu_suite_runs_every_section_at_reduced_shapes(tmp_path, capsys):
     bench = _load("gpu_suite")
     out = tmp_path / "suite.json"

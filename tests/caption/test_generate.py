@@ -289,6 +289,7 @@ def test_text_only_model_is_refused_with_a_clear_message(image_folder: Path, tmp
 # ----------------------------------------------------------------------------- the whole pipeline
 
 
+@pytest.mark.slow
 def test_pipeline_sa1b_sample_caption_score_mine_train_two_stages(tiny_llava: Path, tiny_world, tmp_path: Path,
                                                                   capsys: pytest.CaptureFixture) -> None:
     """SA-1B layout -> data convert -> data sample -> caption -> data score (filter) -> mine with the masks'

@@ -74,6 +74,7 @@ def tiny_demo(tmp_path_factory):
     return out, summary, capture.getvalue()
 
 
+@pytest.mark.slow
 def test_demo_prints_the_ablation_table_over_seeds_and_draws_its_bars(tiny_demo):
     out, summary, printed = tiny_demo
     assert summary["table"] in printed
@@ -93,6 +94,7 @@ def test_demo_prints_the_ablation_table_over_seeds_and_draws_its_bars(tiny_demo)
         assert image.format == "PNG" and image.width > 200
 
 
+@pytest.mark.slow
 def test_demo_rerun_reuses_its_pretrained_checkpoint_when_only_fine_tuning_changes(tiny_demo):
     out, first, _ = tiny_demo
     weights = (out / "models" / "pretrained" / "model.safetensors").read_bytes()
@@ -101,6 +103,7 @@ def test_demo_rerun_reuses_its_pretrained_checkpoint_when_only_fine_tuning_chang
     assert (out / "models" / "pretrained" / "model.safetensors").read_bytes() == weights
 
 
+@pytest.mark.slow
 def test_demo_renders_at_four_times_the_model_input_and_trains_the_extra_rows_on_their_pairs(tiny_demo):
     out, summary, _ = tiny_demo
     with Image.open(out / "world" / "images" / "train-000000.png") as image:
@@ -133,6 +136,7 @@ def test_quick_and_full_plans_run_the_four_loss_methods_and_extra_rows_only_on_r
     assert [(kw["quick"], kw["extra_rows"]) for kw in seen] == [(True, False), (False, True)]
 
 
+@pytest.mark.slow
 def test_marking_probe_swaps_only_the_objects_marking_and_scores_every_object(tiny_demo):
     from goalclip.core.records import read_manifest
     from goalclip.demo.probe import _swapped, marking_probe

@@ -431,6 +431,7 @@ def guide_run(tmp_path_factory, tiny_world) -> dict[int, Result]:
     return results
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: f"line{c.line}-{'-'.join(c.argv[1:3])}")
 def test_guide_command_runs_and_writes_its_outputs(guide_run, command):
     result = guide_run[command.line]
