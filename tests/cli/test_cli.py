@@ -67,14 +67,6 @@ def test_skip_invalid_counts_instead_of_stopping(tiny_world, tmp_path, capsys):
     assert "on 6 examples (2 skipped)" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("command", ["mine", "train", "eval", "search", "demo"])
-def test_every_option_has_help(command):
-    parser = build_parser()
-    sub = next(a for a in parser._actions if a.dest == "command").choices[command]
-    undocumented = [a.option_strings for a in sub._actions if a.option_strings and not a.help]
-    assert undocumented == []
-
-
 def _subparsers(parser):
     """Every (name, parser) pair below ``parser``, nested subcommands included (viz attention, ...)."""
     import argparse
@@ -107,9 +99,10 @@ def test_every_subcommand_option_has_help_and_devices_default_to_auto():
 
 
 @pytest.mark.parametrize("command", ["mine", "train", "eval", "search", "demo", "viz attention", "viz retrieval"])
-def test_long_commands_take_no_progress(command):
-    parsers = dict(_subparsers(build_parser()))
-    assert "--no-progress" in parsers[command]._option_string_actions
+def test_long_commands_take_no_progress(command, capsys):
+    with pytest.raises(SystemExit):
+        main([*command.split(), "--help"])
+    assert "--no-progress hide progress bars" in " ".join(capsys.readouterr().out.split())
 
 
 def test_version(capsys):
@@ -123,7 +116,8 @@ def test_usage_error_exits_2_and_runtime_error_exits_1(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["train", "--method", "bogus"])  # not one of the choices
     assert exit_info.value.code == 2
-    capsys.readouterr()
+    err = capsys.readouterr().err
+    assert "--method: invalid choice: 'bogus'" in err and "goal" in err and "Traceback" not in err
     code = main(["eval", "--model", "m", "--data", str(tmp_path / "missing.jsonl"), "--no-progress"])
     err = capsys.readouterr().err
     assert code == 1 and err.startswith("goalclip eval: error:") and "Traceback" not in err
