@@ -142,7 +142,7 @@ class Searcher:
 
 def manifest_gallery(manifest: str) -> tuple[Path, list[str]]:
     """The distinct image files of a manifest and the folder holding them all (where their index is kept)."""
-    from goalclip.core.manifest import read_manifest
+    from goalclip.core.records import read_manifest
     from goalclip.core.shards import member_ref
 
     if not Path(manifest).is_file():
@@ -169,14 +169,14 @@ def sentence_maps(bundle: Any, heads: Any, image: Image.Image, sentences: list[s
     """Cosine of each sentence with each patch ``[S, g, g]``: patch tokens through TSL's vision head
     (``TslHeads.project_patches``), sentences encoded as the model encodes any text (TSL's target)."""
     from goalclip.models.clip import image_forward
-    from goalclip.models.embed import encode_texts, model_device
+    from goalclip.models.embed import embed_text_strings, model_device
 
     device, dtype = model_device(bundle)
     with torch.no_grad():
         pixels = pixel_values(bundle.image_processor, [image]).to(device, dtype)
         _, tokens = image_forward(bundle.model, pixels)
         patches = F.normalize(heads.project_patches(tokens[0]).float(), dim=-1)
-        texts = encode_texts(bundle, sentences)
+        texts = embed_text_strings(bundle, sentences)
     sims = (texts @ patches.T).cpu()
     grid = math.isqrt(sims.shape[1])
     return sims.reshape(len(sentences), grid, grid)
@@ -212,7 +212,7 @@ class Pairs:
     """The mined pairs of a manifest (records with a ``local`` pair), in file order."""
 
     def __init__(self, manifest: str):
-        from goalclip.core.manifest import read_manifest
+        from goalclip.core.records import read_manifest
 
         if not Path(manifest).is_file():
             raise AppError(f"--pairs {manifest}: no such file")

@@ -55,7 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _configure_logging(args.verbose)
-    if getattr(args, "no_progress", False):
+    if getattr(args, "no_progress", False) or getattr(args, "progress", True) is False:
         from goalclip.cli.common import silence_library_progress_bars
 
         silence_library_progress_bars()

@@ -131,7 +131,8 @@ def build_card(model_dir: str | os.PathLike, run_dir: str | os.PathLike) -> str:
     weights = config.get("weights") or {}
     training = [
         f"- method: `{method}`: {METHOD_TEXT.get(method, method)}",
-        f"- started from: `{config.get('model')}`" + (f" (architecture `{config['base']}`)" if config.get("base") else ""),
+        f"- started from: `{config.get('model')}`"
+        + (f" (architecture `{config['base']}`)" if config.get("base") else ""),
         f"- data: `{Path(str(config.get('data'))).name}`, manifest {data_fingerprint(str(config.get('data')))}",
         (f"- steps: {steps} ({derived.get('examples', '?')} examples, batch {config.get('batch_size')} x "
          f"{derived.get('num_processes', 1)} processes, lr {config.get('lr')}, seed {config.get('seed')})"),
@@ -145,7 +146,8 @@ def build_card(model_dir: str | os.PathLike, run_dir: str | os.PathLike) -> str:
     lines = [
         f"# {name}",
         "",
-        "A CLIP model fine-tuned for long, detailed captions with goalclip (GOAL / FAST-GOAL). It is a plain `transformers` CLIP folder: model, tokenizer and image processor.",
+        "A CLIP model fine-tuned for long, detailed captions with goalclip (GOAL / FAST-GOAL). "
+        "It is a plain `transformers` CLIP folder: model, tokenizer and image processor.",
         "",
         "## Training",
         "",
