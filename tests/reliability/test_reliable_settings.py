@@ -16,8 +16,9 @@ def test_a_partial_config_with_model_data_and_out_on_the_command_line_trains(tin
     config = tmp_path / "run.json"
     config.write_text(json.dumps({"epochs": 1, "batch_size": 2, "method": "global"}))
     out = tmp_path / "run"
-    assert main(["train", "--config", str(config), "--model", str(tiny_world.model), "--data",
-                 str(tiny_world.mined), "--out", str(out), "--max-steps", "1", *TINY[:-2]]) == 0, capsys.readouterr().err
+    argv = ["train", "--config", str(config), "--model", str(tiny_world.model), "--data", str(tiny_world.mined),
+            "--out", str(out), "--max-steps", "1", *TINY[:-2]]
+    assert main(argv) == 0, capsys.readouterr().err
     recorded = json.loads((out / "train_config.json").read_text())["config"]
     assert (recorded["epochs"], recorded["method"], recorded["out"]) == (1, "global", str(out))
 

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from test_reliable_mining_eval import _alive, _children  # the process-table readers of mine's kill test
 
 import goalclip
 from goalclip.caption.tiny import build_tiny_llava_next
+from tests.reliability.test_reliable_mining_eval import _alive, _children  # mine kill test: process-table readers
 
 PACKAGE = Path(goalclip.__file__).resolve().parent
 

@@ -27,6 +27,7 @@ OUTPUTS: dict[tuple[str, ...], dict[str, str]] = {
     ("viz", "errors"): {"out": "file"},
     ("viz", "pairs"): {"out": "folder"},
     ("search",): {"out": "file", "sheet": "file", "index_dir": "folder"},
+    ("serve",): {"index_dir": "folder"},
     ("data", "convert"): {"out": "file", "boxes_out": "file"},
     ("data", "joint"): {"out": "file"},
     ("data", "sample"): {"out": "file"},
