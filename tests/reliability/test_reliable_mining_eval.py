@@ -7,6 +7,7 @@ hard timeouts, so a hang is a failure rather than a stuck suite.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -19,6 +20,7 @@ import subprocess
 import sys
 import time
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -252,18 +254,28 @@ def test_mine_decoding_workers_exit_when_the_parent_dies(tiny_world, tmp_path, k
     out = tmp_path / "mined.jsonl"
     args = ["mine", "--model", str(tiny_world.model), "--data", str(data), "--out", str(out), "--regions", "grid",
             "--batch-size", "1", "--num-workers", "2", "--no-progress"]
-    proc = subprocess.Popen([sys.executable, "-m", "goalclip.cli", *args], env=_env(),
+    part = out.with_name("mined.jsonl.part0")
+    with _killed_with_its_workers(args, part, kill, _env()) as proc:
+        if kill == signal.SIGTERM:
+            assert proc.returncode != 0 and "--resume" in proc.stderr.read().decode()
+        assert all(json.loads(line)["local"] for line in part.read_text().splitlines())  # valid for --resume
+
+
+@contextlib.contextmanager
+def _killed_with_its_workers(args: list[str], part: Path, kill: int, env: dict[str, str]) -> Iterator[subprocess.Popen]:
+    """Run ``goalclip ARGS``; once two loader workers run and ``part`` has a record, send ``kill`` to the
+    command and check that its workers end within 15 s. Yields the ended process (stderr piped)."""
+    proc = subprocess.Popen([sys.executable, "-m", "goalclip.cli", *args], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     workers: list[int] = []
     try:
         deadline = time.monotonic() + SUBPROCESS_TIMEOUT_S
-        part = out.with_name("mined.jsonl.part0")
         while time.monotonic() < deadline and proc.poll() is None:
             workers = _children(proc.pid)
             if len(workers) >= 2 and part.exists() and part.stat().st_size > 0:
                 break
             time.sleep(0.2)
-        assert proc.poll() is None and len(workers) >= 2, "mining ended or never started its workers"
+        assert proc.poll() is None and len(workers) >= 2, f"goalclip {args[0]} ended or never started its workers"
         os.kill(proc.pid, kill)
         proc.wait(timeout=60)
         deadline = time.monotonic() + 15
@@ -271,16 +283,13 @@ def test_mine_decoding_workers_exit_when_the_parent_dies(tiny_world, tmp_path, k
             time.sleep(0.2)
         survivors = [w for w in workers if _alive(w)]
         assert not survivors, f"decoding workers {survivors} outlived their parent"
-        if kill == signal.SIGTERM:
-            assert proc.returncode != 0 and "--resume" in proc.stderr.read().decode()
-        assert all(json.loads(line)["local"] for line in part.read_text().splitlines())  # valid for --resume
+        yield proc
     finally:
         for pid in [proc.pid, *workers]:
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
         proc.wait(timeout=30)
-        if proc.stderr:
-            proc.stderr.close()
+        proc.stderr.close()
 
 
 # ----------------------------------------------------------------------------- mining reports

@@ -10,9 +10,6 @@ import ast
 import json
 import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -20,7 +17,7 @@ from PIL import Image
 
 import goalclip
 from goalclip.caption.tiny import build_tiny_llava_next
-from tests.reliability.test_reliable_mining_eval import _alive, _children  # mine kill test: process-table readers
+from tests.reliability.test_reliable_mining_eval import _killed_with_its_workers
 
 PACKAGE = Path(goalclip.__file__).resolve().parent
 
@@ -45,28 +42,7 @@ def test_caption_decoding_workers_exit_when_the_parent_dies(tmp_path, kill):
     out = tmp_path / "captions.jsonl"
     env = {**os.environ, "PYTHONPATH": str(PACKAGE.parent) + os.pathsep + os.environ.get("PYTHONPATH", ""),
            "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "goalclip.cli", "caption", "--model", str(model), "--data",
-                             str(data), "--out", str(out), "--device", "cpu", "--batch-size", "1", "--num-workers",
-                             "2", "--max-new-tokens", "4", "--no-progress"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    workers: list[int] = []
-    try:
-        deadline = time.monotonic() + 240
-        part = out.with_name("captions.jsonl.part0")
-        while time.monotonic() < deadline and proc.poll() is None:
-            workers = _children(proc.pid)
-            if len(workers) >= 2 and part.exists() and part.stat().st_size > 0:
-                break
-            time.sleep(0.2)
-        assert proc.poll() is None and len(workers) >= 2, "captioning ended or never started its workers"
-        os.kill(proc.pid, kill)
-        proc.wait(timeout=60)
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline and any(_alive(w) for w in workers):
-            time.sleep(0.2)
-        assert not [w for w in workers if _alive(w)], "decoding workers outlived their parent"
-    finally:
-        for pid in [proc.pid, *workers]:
-            if _alive(pid):
-                os.kill(pid, signal.SIGKILL)
-        proc.wait(timeout=30)
+    args = ["caption", "--model", str(model), "--data", str(data), "--out", str(out), "--device", "cpu",
+            "--batch-size", "1", "--num-workers", "2", "--max-new-tokens", "4", "--no-progress"]
+    with _killed_with_its_workers(args, out.with_name("captions.jsonl.part0"), kill, env):
+        pass
