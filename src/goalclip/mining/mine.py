@@ -43,7 +43,7 @@ from goalclip.core.manifest import (
 from goalclip.core.paths import refuse_input_as_output
 from goalclip.core.resumable import ids_already_written, part_paths
 from goalclip.core.shards import split_records
-from goalclip.core.processes import process_device, process_state
+from goalclip.core.processes import ShardCompletion, process_device, process_state
 from goalclip.models.clip import ClipBundle, load_clip
 from goalclip.models.embed import embed_images, encode_texts_counted
 from goalclip.mining.regions import InvalidBox, Region, RegionProposer, build_proposer, take_invalid_boxes
@@ -283,6 +283,7 @@ def _mine(config: MineConfig, state: PartialState) -> dict[str, Any]:
     set_max_image_pixels(config.max_image_pixels)
     out = Path(config.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    completion = ShardCompletion(state, out)
     records = read_manifest(config.data)
     if config.max_images:
         records = records[: config.max_images]
@@ -338,7 +339,7 @@ def _mine(config: MineConfig, state: PartialState) -> dict[str, Any]:
             skip_sink.flush()
             bar.update(len(batch))
             clock.restart()  # writing is no stage: the next lap (decode) starts here
-    state.wait_for_everyone()
+    completion.wait()  # by files: a process done early must not time out in a collective
     truncated = sum(gather_object([truncated])) if state.num_processes > 1 else truncated
     # processes run side by side: a stage's wall time is that of the slowest process
     per_process = gather_object([clock.seconds]) if state.num_processes > 1 else [clock.seconds]
@@ -352,6 +353,8 @@ def _mine(config: MineConfig, state: PartialState) -> dict[str, Any]:
             logger.warning("%d sentences were longer than the model's %d-token context and were cut to fit",
                            truncated, bundle.max_text_len)
     state.wait_for_everyone()
+    if state.is_main_process:
+        completion.clean()
     return summary
 
 
