@@ -309,6 +309,21 @@ def save_clip(bundle: ClipBundle, out_dir: str | os.PathLike) -> Path:
 # ----------------------------------------------------------------------------- tower forwards
 
 
+def compile_towers(model: CLIPModel) -> None:
+    """``torch.compile`` the transformer encoders of both towers in place, with dynamic shapes.
+
+    The encoders are where the compute is, and their inputs vary only in size (rows per chunk, crops and
+    pairs per batch, text lengths): per grad mode (gradient caching encodes once without gradients) one graph
+    serves the vision encoder and two the text encoder (transformers passes it no mask when no row is padded),
+    whatever the batch. Compiling the whole step instead guarded on chunk bounds, on which streams a chunk
+    holds and on pair counts, and recompiled until torch fell back to eager; compiling whole towers breaks
+    the graph in transformers' hidden-state capture. Parameter names, checkpoints and DDP wrapping are
+    unchanged (``Module.compile`` works in place).
+    """
+    for tower in (model.vision_model, model.text_model):
+        tower.encoder.compile(dynamic=True)
+
+
 def image_forward(model: CLIPModel, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Projected (unnormalised) image embeddings and last-layer patch tokens (before post-LN)."""
     out = model.vision_model(pixel_values=pixel_values)

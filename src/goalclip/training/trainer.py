@@ -50,6 +50,7 @@ from goalclip.core.images import ImageError, set_max_image_pixels
 from goalclip.core.manifest import SkipReport, atomic_write, output_lock
 from goalclip.models.clip import (
     ClipBundle,
+    compile_towers,
     image_forward,
     load_clip,
     project_patch_tokens,
@@ -758,7 +759,7 @@ class Trainer:
         step_module.to(acc.device)  # before the optimizer: fused AdamW needs the parameters on the GPU
         optimizer = build_optimizer(step_module, cfg.lr, cfg.weight_decay, self.settings["decay_all"])
         if cfg.compile:
-            step_module.compile()  # in place: parameter names, checkpoints and unwrap_model stay as they are
+            compile_towers(model)  # the towers only: the chunk and pair logic around them stays eager
         pin_memory = acc.device.type == "cuda"  # page-locked batches: the .to(non_blocking=True) copies overlap
         # The schedule counts optimizer steps, so it stays out of accelerate.prepare (whose wrapper
         # would step it once per process per step); checkpoints still save and restore it.
