@@ -31,6 +31,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--crop-batch-size", type=int, default=256, help="crops/sentences per CLIP forward (default: 256)")
     p.add_argument("--num-workers", type=int, default=2, help="image-decoding worker processes (default: 2)")
     add_device(p, "the matcher, detector and SAM")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                   help="auto = bf16 autocast on CUDA (pair scores within 0.01 of fp32), fp32 elsewhere; "
+                   "fp32 uses TF32 matmuls on CUDA; weights stay fp32 (default: auto)")
     p.add_argument("--max-images", type=int, help="mine only the first N images (for a quick look)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run: ids already written are "
                    "skipped, never duplicated")
@@ -46,7 +49,7 @@ def run(args: argparse.Namespace) -> str:
         model=args.model, base=args.base, data=args.data, out=args.out, regions=args.regions, boxes=args.boxes,
         detector=args.detector, sam=args.sam, threshold=args.threshold, max_boxes=args.max_boxes,
         margin=args.margin, top_k=args.top_k, batch_size=args.batch_size, crop_batch_size=args.crop_batch_size,
-        num_workers=args.num_workers, device=args.device, resume=args.resume, max_images=args.max_images,
+        num_workers=args.num_workers, device=args.device, precision=args.precision, resume=args.resume, max_images=args.max_images,
         progress=not args.no_progress, max_image_pixels=args.max_image_pixels,
     ))
     if not summary:  # non-main process under accelerate launch

@@ -36,18 +36,37 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from goalclip.core.images import ImageError, crop_to_box, load_rgb, pixel_values, set_max_image_pixels
+from goalclip.core.images import (
+    ImageError,
+    crop_to_box,
+    load_rgb,
+    pixel_values,
+    set_max_image_pixels,
+)
 from goalclip.core.manifest import (
-    captions_of, iter_jsonl, output_lock, read_manifest, relativize, write_jsonl, write_manifest,
+    captions_of,
+    iter_jsonl,
+    output_lock,
+    read_manifest,
+    relativize,
+    write_jsonl,
+    write_manifest,
 )
 from goalclip.core.paths import refuse_input_as_output
+from goalclip.core.processes import ShardCompletion, process_device, process_state
 from goalclip.core.resumable import ids_already_written, part_paths
 from goalclip.core.shards import split_records
-from goalclip.core.processes import ShardCompletion, process_device, process_state
+from goalclip.core.text import clean_text, split_sentences
+from goalclip.mining.regions import (
+    InvalidBox,
+    Region,
+    RegionProposer,
+    build_proposer,
+    take_invalid_boxes,
+)
 from goalclip.models.clip import ClipBundle, load_clip
 from goalclip.models.embed import embed_images, encode_texts_counted
-from goalclip.mining.regions import InvalidBox, Region, RegionProposer, build_proposer, take_invalid_boxes
-from goalclip.core.text import clean_text, split_sentences
+from goalclip.models.precision import describe, inference_precision, resolve_precision
 
 if TYPE_CHECKING:
     from accelerate import PartialState
@@ -81,6 +100,7 @@ class MineConfig:
     crop_batch_size: int = 256
     num_workers: int = 2
     device: str = "cpu"
+    precision: str = "auto"  # goalclip.models.precision: bf16 autocast on CUDA, fp32 elsewhere
     resume: bool = False
     max_images: int | None = None
     progress: bool = True
@@ -298,6 +318,8 @@ def _mine(config: MineConfig, state: PartialState) -> dict[str, Any]:
     clock = _StageClock()
     bundle = load_clip(config.model, base=config.base, device=device)
     bundle.model.eval()
+    precision = resolve_precision(config.precision, device)
+    logger.info("mining in %s", describe(precision, bundle.model, device))
     proposer = build_proposer(
         config.regions, detector=config.detector, sam=config.sam, boxes=config.boxes, device=device,
         threshold=config.threshold, max_boxes=config.max_boxes, margin=config.margin,
@@ -322,8 +344,9 @@ def _mine(config: MineConfig, state: PartialState) -> dict[str, Any]:
                     entry = {"id": todo[i]["id"], "kind": "unreadable image", "reason": error}
                     skip_sink.write(json.dumps(entry) + "\n")
             if good:
-                mined_batch = mine_batch(bundle, proposer, [r for r, _ in good], [img for _, img in good],
-                                         top_k=config.top_k, crop_batch_size=config.crop_batch_size, device=device)
+                with inference_precision(precision, device):
+                    mined_batch = mine_batch(bundle, proposer, [r for r, _ in good], [img for _, img in good],
+                                             top_k=config.top_k, crop_batch_size=config.crop_batch_size, device=device)
                 truncated += mined_batch.truncated
                 clock.add(mined_batch.seconds)
                 for record, match, reason in mined_batch.results:

@@ -1,0 +1,61 @@
+"""``--precision`` of mine and search: bf16 autocast by default on CUDA, fp32 (with TF32 matmuls on CUDA) else.
+
+No GPU here: bf16 runs under CPU autocast, which rounds the same matmul inputs to bf16 as CUDA autocast. The
+stated tolerance: every pair's score within 0.01 of fp32, the best pair's too; which pair is best may change
+where fp32 had a runner-up that close (the untrained tiny model has exact ties between identical background
+crops).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+import torch
+
+from goalclip.cli import main
+from goalclip.models.precision import inference_precision, resolve_precision
+
+
+def _mine(tiny_world, out, precision):
+    assert main(["mine", "--model", str(tiny_world.model), "--data", str(tiny_world.captions), "--regions", "flism",
+                 "--boxes", str(tiny_world.boxes), "--out", str(out), "--device", "cpu", "--precision", precision,
+                 "--num-workers", "0", "--no-progress"]) == 0
+    return {r["id"]: r for r in map(json.loads, out.read_text().splitlines())}
+
+
+def _scores(record):
+    return {(c["sentence"], tuple(c["box"])): c["score"] for c in record["candidates"]}
+
+
+def test_mining_in_bf16_scores_within_tolerance_of_fp32(tiny_world, tmp_path, caplog):
+    fp32 = _mine(tiny_world, tmp_path / "fp32.jsonl", "fp32")
+    with caplog.at_level(logging.INFO, logger="goalclip.mining.mine"):
+        bf16 = _mine(tiny_world, tmp_path / "bf16.jsonl", "bf16")
+    assert "mining in bf16 autocast over torch.float32 weights on cpu" in caplog.text
+    assert bf16.keys() == fp32.keys() and len(fp32) == len(tiny_world.ids)
+    for image_id, record in fp32.items():
+        want, got = _scores(record), _scores(bf16[image_id])
+        assert all(got[key] == pytest.approx(score, abs=0.01) for key, score in want.items() if key in got)
+        assert bf16[image_id]["local"]["score"] == pytest.approx(record["local"]["score"], abs=0.01)
+
+
+def test_auto_is_bf16_on_cuda_and_fp32_with_tf32_matmuls_elsewhere(monkeypatch):
+    assert resolve_precision("auto", torch.device("cuda", 0)) == "bf16"
+    assert resolve_precision("auto", torch.device("cpu")) == "fp32"
+    assert resolve_precision("fp32", torch.device("cuda", 0)) == "fp32"
+    with pytest.raises(ValueError, match="--precision must be one of auto, fp32, bf16"):
+        resolve_precision("fp16", torch.device("cpu"))
+    before = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("highest")
+        with inference_precision("fp32", torch.device("cpu")):
+            assert torch.get_float32_matmul_precision() == "highest"  # TF32 is a CUDA matter
+        with inference_precision("fp32", torch.device("cuda", 0)):
+            assert torch.get_float32_matmul_precision() == "high"  # TF32 tensor cores where fp32 is kept
+        assert torch.get_float32_matmul_precision() == "highest"
+        with inference_precision("bf16", torch.device("cpu")):
+            assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    finally:
+        torch.set_float32_matmul_precision(before)
