@@ -59,3 +59,23 @@ def test_auto_is_bf16_on_cuda_and_fp32_with_tf32_matmuls_elsewhere(monkeypatch):
             assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
     finally:
         torch.set_float32_matmul_precision(before)
+
+
+def test_search_in_bf16_ranks_within_tolerance_of_fp32_and_keeps_its_own_index(tiny_world, tmp_path, caplog):
+    def search(precision):
+        out = tmp_path / f"{precision}.json"
+        assert main(["search", "--model", str(tiny_world.model), "--images", str(tiny_world.root / "images"),
+                     "--query", "A red circle is drawn here.", "--query", "A blue square.", "--k", "8",
+                     "--index-dir", str(tmp_path / "index"), "--device", "cpu", "--precision", precision,
+                     "--out", str(out), "--no-progress"]) == 0
+        summary = json.loads(out.read_text())
+        return summary, [{hit["path"]: hit["score"] for hit in result["hits"]} for result in summary["results"]]
+
+    _, fp32 = search("fp32")
+    with caplog.at_level(logging.INFO, logger="goalclip.cli.search"):
+        summary, bf16 = search("bf16")
+    assert "searching in bf16 autocast over torch.float32 weights on cpu" in caplog.text
+    assert summary["embedded"] == len(tiny_world.ids)  # not the fp32 index's embeddings
+    for want, got in zip(fp32, bf16, strict=True):
+        assert got.keys() == want.keys()
+        assert all(got[path] == pytest.approx(score, abs=0.01) for path, score in want.items())
