@@ -79,3 +79,21 @@ def test_search_in_bf16_ranks_within_tolerance_of_fp32_and_keeps_its_own_index(t
     for want, got in zip(fp32, bf16, strict=True):
         assert got.keys() == want.keys()
         assert all(got[path] == pytest.approx(score, abs=0.01) for path, score in want.items())
+
+
+def test_eval_auto_precision_is_fp32_on_cpu_and_bf16_stays_within_tolerance(tiny_world, tmp_path, caplog):
+    def evaluate(*precision):
+        out = tmp_path / f"{'-'.join(precision) or 'default'}.json"
+        assert main(["eval", "--model", str(tiny_world.model), "--data", str(tiny_world.captions), "--ks", "1", "5",
+                     "--device", "cpu", *precision, "--out", str(out), "--no-progress"]) == 0
+        return json.loads(out.read_text())
+
+    with caplog.at_level(logging.INFO, logger="goalclip.evaluation.retrieval"):
+        default = evaluate()
+    assert default["config"]["precision"] == "fp32"  # auto: fp32 on a CPU
+    assert "encoding with torch.float32 weights on cpu" in caplog.text
+    bf16 = evaluate("--precision", "bf16")
+    assert bf16["config"]["precision"] == "bf16"
+    want, got = default["models"][0]["metrics"], bf16["models"][0]["metrics"]
+    assert got.keys() == want.keys() and len(want) == 4
+    assert all(got[metric] == pytest.approx(value, abs=12.5) for metric, value in want.items())  # 1 of 8 images
