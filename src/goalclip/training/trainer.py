@@ -823,15 +823,17 @@ class Trainer:
                 else:
                     with acc.autocast():
                         loss, logs = model(batch)
+                if not cfg.grad_cache_chunk:
+                    acc.backward(loss)
+                if self.settings["grad_clip"]:
+                    acc.clip_grad_norm_(model.parameters(), self.settings["grad_clip"])
+                # A host read (a device sync) every step: after the backward is queued, so the GPU works through
+                # it meanwhile, and before the optimizer, so a non-finite loss never reaches the weights.
                 if not torch.isfinite(loss):
                     raise TrainingError(
                         f"non-finite loss ({loss.item()}) at step {step + 1}; last good checkpoint: "
                         f"{last_ckpt or 'none (use --checkpoint-every)'}"
                     )
-                if not cfg.grad_cache_chunk:
-                    acc.backward(loss)
-                if self.settings["grad_clip"]:
-                    acc.clip_grad_norm_(model.parameters(), self.settings["grad_clip"])
                 optimizer.step()
                 if not optimizer.step_was_skipped:  # fp16 overflow: the schedule waits too
                     scheduler.step()
