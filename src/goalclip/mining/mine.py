@@ -36,37 +36,19 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from goalclip.core.images import (
-    ImageError,
-    crop_to_box,
-    load_rgb,
-    pixel_values,
-    set_max_image_pixels,
-)
+from goalclip.core.images import ImageError, crop_to_box, load_rgb, pixel_values, set_max_image_pixels
 from goalclip.core.manifest import (
-    captions_of,
-    iter_jsonl,
-    output_lock,
-    read_manifest,
-    relativize,
-    write_jsonl,
-    write_manifest,
+    captions_of, iter_jsonl, output_lock, read_manifest, relativize, write_jsonl, write_manifest,
 )
 from goalclip.core.paths import refuse_input_as_output
-from goalclip.core.processes import ShardCompletion, process_device, process_state
 from goalclip.core.resumable import ids_already_written, part_paths
 from goalclip.core.shards import split_records
-from goalclip.core.text import clean_text, split_sentences
-from goalclip.mining.regions import (
-    InvalidBox,
-    Region,
-    RegionProposer,
-    build_proposer,
-    take_invalid_boxes,
-)
+from goalclip.core.processes import ShardCompletion, process_device, process_state
 from goalclip.models.clip import ClipBundle, load_clip
-from goalclip.models.embed import embed_images, encode_texts_counted
 from goalclip.models.precision import describe, inference_precision, resolve_precision
+from goalclip.models.embed import embed_images, encode_texts_counted
+from goalclip.mining.regions import InvalidBox, Region, RegionProposer, build_proposer, take_invalid_boxes
+from goalclip.core.text import clean_text, split_sentences
 
 if TYPE_CHECKING:
     from accelerate import PartialState
