@@ -36,7 +36,7 @@ section's goalclip step fits at 128 (34 GiB). Results are written to ``--out`` a
 section that still runs out of memory becomes a "did not fit" row while the others run.
 
 ``--shapes reduced`` runs every section at the test suite's tiny shapes on the CPU in seconds
-(tests/test_benchmarks_smoke.py), so the script cannot rot; its numbers mean nothing.
+(tests/benchmarks/test_benchmarks_smoke.py), so the script cannot rot; its numbers mean nothing.
 
     python benchmarks/gpu_suite.py --out gpu_suite.json                # on a GPU
     python benchmarks/gpu_suite.py --shapes reduced --device cpu       # the CPU smoke run
@@ -66,7 +66,8 @@ from train_step import build_real_clip, build_setup, load_setup, variant_loss
 
 from goalclip.evaluation.retrieval import EvalConfig, evaluate
 from goalclip.models.clip import load_clip
-from goalclip.training.trainer import TrainConfig, train
+from goalclip.training.config import TrainConfig
+from goalclip.training.trainer import train
 
 SECTIONS = ("step-b16", "step-l14", "trainer", "flism", "lism", "eval", "gradcache")
 BUDGET_GIB = 75  # what a step section may be planned to use: an 80 GB card less the CUDA context and fragmentation
@@ -292,7 +293,8 @@ def step_section(name: str, args: argparse.Namespace, work: Path) -> list[dict[s
 def _train_config(args: argparse.Namespace, setup: Path, out: Path, batch: int, **extra: Any) -> TrainConfig:
     return TrainConfig(model=str(setup / "model"), data=str(setup / "train.jsonl"), out=str(out), batch_size=batch,
                        max_steps=extra.pop("max_steps", 5), precision="bf16" if _bf16(args.device) else "no",
-                       num_workers=SHAPES[args.shapes]["workers"], progress=False, log_every=1, checkpoint_epochs=False, **extra)
+                       num_workers=SHAPES[args.shapes]["workers"], progress=False, log_every=1, checkpoint_epochs=False,
+                       **extra)
 
 
 def trainer_section(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from goalclip.cli.common import add_device, add_max_image_pixels, add_model, add_no_progress, resolve_device
+from goalclip.core.options import INFERENCE_PRECISION_HELP, INFERENCE_PRECISIONS
 
 logger = logging.getLogger(__name__)
 
@@ -27,10 +28,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--index-dir", default=None, help="where to keep the index (default: DIR/.goalclip-index)")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     add_device(parser)
-    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
-                        help="auto = bf16 autocast on CUDA, fp32 elsewhere; fp32 uses TF32 matmuls on CUDA; weights "
-                        "stay fp32 and each precision keeps its own index (default: auto)")
-    parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass when indexing (default: 64)")
+    parser.add_argument("--precision", choices=INFERENCE_PRECISIONS, default="auto",
+                        help=f"{INFERENCE_PRECISION_HELP}; each precision keeps its own index (default: auto)")
+    parser.add_argument("--batch-size", type=int, default=64,
+                        help="images per forward pass when indexing (default: 64)")
     parser.add_argument("--num-workers", type=int, default=0, help="DataLoader workers decoding images (default: 0)")
     parser.add_argument(
         "--backend", choices=("auto", "faiss", "torch"), default="auto",

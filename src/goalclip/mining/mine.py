@@ -37,16 +37,16 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from goalclip.core.images import ImageError, crop_to_box, load_rgb, pixel_values, set_max_image_pixels
-from goalclip.core.manifest import (
-    captions_of, iter_jsonl, output_lock, read_manifest, relativize, write_jsonl, write_manifest,
-)
+from goalclip.core.manifest import captions_of, iter_jsonl, output_lock, relativize, write_jsonl, write_manifest
+from goalclip.core.records import read_manifest
 from goalclip.core.paths import refuse_input_as_output
 from goalclip.core.resumable import ids_already_written, part_paths
 from goalclip.core.shards import split_records
 from goalclip.core.processes import ShardCompletion, process_device, process_state
 from goalclip.models.clip import ClipBundle, load_clip
+from goalclip.models.embed import embed_pixels, embed_text_strings_counted
 from goalclip.models.precision import describe, inference_precision, resolve_precision
-from goalclip.models.embed import embed_images, encode_texts_counted
+from goalclip.mining.config import MineConfig
 from goalclip.mining.regions import InvalidBox, Region, RegionProposer, build_proposer, take_invalid_boxes
 from goalclip.core.text import clean_text, split_sentences
 
@@ -60,33 +60,6 @@ PR_SET_PDEATHSIG = 1  # prctl option, from <linux/prctl.h>
 
 class MiningInterrupted(RuntimeError):
     """The run was asked to stop (SIGTERM); what was written is kept for ``--resume``."""
-
-
-@dataclass
-class MineConfig:
-    """Options of ``goalclip mine`` (see the CLI help for each)."""
-
-    model: str
-    data: str
-    out: str
-    regions: str = "flism"
-    base: str | None = None
-    boxes: str | None = None
-    detector: str | None = None
-    sam: str | None = None
-    threshold: float = 0.3
-    max_boxes: int = 10
-    margin: float = 0.0
-    top_k: int = 5
-    batch_size: int = 32
-    crop_batch_size: int = 256
-    num_workers: int = 2
-    device: str = "cpu"
-    precision: str = "auto"  # goalclip.models.precision: bf16 autocast on CUDA, fp32 elsewhere
-    resume: bool = False
-    max_images: int | None = None
-    progress: bool = True
-    max_image_pixels: int | None = None
 
 
 @dataclass
@@ -193,7 +166,7 @@ def _crop_embeddings(bundle: ClipBundle, crops: list, batch_size: int, device: t
     chunks = []
     for start in range(0, len(crops), batch_size):
         pixels = pixel_values(bundle.image_processor, crops[start : start + batch_size]).to(device)
-        chunks.append(embed_images(bundle.model, pixels))
+        chunks.append(embed_pixels(bundle.model, pixels))
     return torch.cat(chunks)
 
 
@@ -223,7 +196,7 @@ def mine_batch(
         return MinedBatch([(r, None, "no regions" if not crops else "no sentences") for r in records],
                           seconds=clock.seconds)
     crop_emb = _crop_embeddings(bundle, crops, crop_batch_size, device)
-    text_emb, truncated = encode_texts_counted(bundle, flat_sentences, batch_size=crop_batch_size)
+    text_emb, truncated = embed_text_strings_counted(bundle, flat_sentences, batch_size=crop_batch_size)
     if device.type == "cuda":
         torch.cuda.synchronize(device)  # kernels run asynchronously: charge them to this stage
     clock.lap("embed")

@@ -4,7 +4,7 @@ Weights stay fp32 (:func:`goalclip.models.clip.load_clip`); ``bf16`` autocasts t
 matmuls on bf16 tensor cores, and ``fp32`` keeps fp32 activations with TF32 matmuls on CUDA (tensor cores
 with a 10-bit mantissa, as PyTorch's ``high`` float32 matmul precision). ``auto`` is bf16 on CUDA, where
 mining's pair scores stay within 0.01 of fp32 (the best pair may change where fp32 had a runner-up that
-close; tests/test_gpu_inference_precision.py, on CPU autocast), and fp32 elsewhere (CPU bf16 without AMX is
+close; tests/models/test_gpu_inference_precision.py, on CPU autocast), and fp32 elsewhere (CPU bf16 without AMX is
 slower than fp32).
 """
 
@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import torch
 
-INFERENCE_PRECISIONS = ("auto", "fp32", "bf16")
+from goalclip.core.options import INFERENCE_PRECISIONS
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
