@@ -292,7 +292,7 @@ def _tiny_open_clip(folder: Path) -> str:
     """Every ``open_clip:`` row of the guide becomes this tiny open_clip model, as a local-dir spec."""
     import open_clip
     from safetensors.torch import save_file
-    from test_open_clip import TINY_CFG
+    from tests.models.test_open_clip import TINY_CFG
 
     folder.mkdir()
     (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY_CFG, "preprocess_cfg": {}}))
