@@ -164,7 +164,7 @@ def build_matcher(folder: Path, image_size: int, patch: int, context: int) -> Pa
 
     tokenizer = real_clip_tokenizer(context) or train_tokenizer(SENTENCES)
     tokenizer.model_max_length = context
-    small = dict(hidden_size=48, intermediate_size=48, num_hidden_layers=1, num_attention_heads=1)
+    small = {"hidden_size": 48, "intermediate_size": 48, "num_hidden_layers": 1, "num_attention_heads": 1}
     config = CLIPConfig(
         text_config=dict(small, max_position_embeddings=context, vocab_size=len(tokenizer),
                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
@@ -265,13 +265,41 @@ def summarise(runs: list[dict]) -> dict[str, float]:
             "ceiling_16": ceiling(main_ms, worker_ms)}
 
 
+def report(result: dict[str, Any], workers: list[int], shape: dict[str, Any]) -> str:
+    """The markdown table, the targets and the DOCCI projection."""
+    names = {"mine": "mine (FLISM, 15 regions)", "train": f"train (batch {shape['train_batch']}, 1 crop)"}
+    rows = [[names[stage], f"{s['main_ms']:.1f}", f"{s['worker_ms']:.1f}", f"{s['per_core']:.1f}",
+             *(f"{s[f'measured_{w}']:.1f}" for w in workers), f"{s['ceiling_16']:.0f}"]
+            for stage, s in result.items() if stage in names]
+    facts = result["machine"]
+    load = ", ".join(str(x) for x in facts["load_avg_1_5_15"])
+    lines = [f"\n### Feed, `--shapes {result['shapes']}`, towers no-ops ({facts['nproc']} cores, load avg {load} at the start)\n",
+             markdown_table(["stage", "main CPU ms/img", "worker CPU ms/img", "img/s per worker core",
+                             *(f"measured img/s, {w} worker(s)" for w in workers), f"ceiling img/s, {CORES} cores"],
+                            rows), ""]
+    if "mine" in result:
+        mine_s = result["mine"]
+        result["docci_flism_minutes_16_cores"] = DOCCI_IMAGES / mine_s["ceiling_16"] / 60
+        lines.append(f"Targets: mining main-process CPU <= {TARGETS['mine_main_ms']:.0f} ms/img (measured "
+                     f"{mine_s['main_ms']:.1f}); FLISM ceiling >= {TARGETS['mine_ceiling']:.0f} img/s on {CORES} cores "
+                     f"(measured {mine_s['ceiling_16']:.0f}). DOCCI ({DOCCI_IMAGES} images) FLISM at that ceiling: "
+                     f"{result['docci_flism_minutes_16_cores']:.1f} min (if the GPU keeps up). Mined output identical "
+                     f"across worker counts: {result['mine_outputs_equal']}.")
+    if "train" in result:
+        lines.append(f"Target: training >= {TARGETS['train_per_core']:.0f} samples/s per worker core (measured "
+                     f"{result['train']['per_core']:.1f}).")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--shapes", choices=sorted(SHAPES), default="real")
     parser.add_argument("--workers", default="1,2", help="loader worker counts to run (comma-separated)")
+    parser.add_argument("--stages", default="mine,train", help="which stages to run (comma-separated)")
     parser.add_argument("--out", type=Path, default=None, help="also write the numbers as JSON")
     args = parser.parse_args(argv)
     shape = SHAPES[args.shapes]
+    stages = args.stages.split(",")
     torch.set_num_threads(1)  # the main process of a feed run is one core; workers use one thread each anyway
     facts = machine_facts("cpu")
     print_facts(facts)
@@ -287,32 +315,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         write_manifest(train_data, records[: shape["train_batch"] * shape["train_batches"]])
         models = {"clip": build_matcher(work / "matcher", *shape["matcher"]), "yolos": work / "yolos"}
         transformers.YolosImageProcessor(size=shape["detector_size"]).save_pretrained(models["yolos"])
-        mining = [mine_once(models, mine_data, work / f"mined-{w}.jsonl", w, shape) for w in workers]
-        for run in mining:
-            print(f"mine, {run['workers']} worker(s): {json.dumps({k: v for k, v in run.items() if k != 'out'})}",
-                  flush=True)
-        result["mine_outputs_equal"] = len({run["out"] for run in mining}) == 1
-        trainer = stub_towers(mine_module.load_clip(str(build_matcher(work / "trainer", *shape["trainer"]))))
-        training = [train_once(trainer, train_data, w, shape) for w in workers]
-        for run in training:
-            print(f"train, {run['workers']} worker(s): {json.dumps(run)}", flush=True)
-    result["mine"], result["train"] = summarise(mining), summarise(training)
-    mine_s, train_s = result["mine"], result["train"]
-    docci_minutes = DOCCI_IMAGES / mine_s["ceiling_16"] / 60
-    result["docci_flism_minutes_16_cores"] = docci_minutes
-    measured = [f"measured img/s, {w} worker(s)" for w in workers]
-    rows = [[name, f"{s['main_ms']:.1f}", f"{s['worker_ms']:.1f}", f"{s['per_core']:.1f}",
-             *(f"{s[f'measured_{w}']:.1f}" for w in workers), f"{s['ceiling_16']:.0f}"]
-            for name, s in (("mine (FLISM, 15 regions)", mine_s), (f"train (batch {shape['train_batch']}, 1 crop)", train_s))]
-    print(f"\n### Feed, `--shapes {args.shapes}`, towers no-ops ({facts['nproc']} cores, load avg "
-          f"{', '.join(str(x) for x in facts['load_avg_1_5_15'])})\n")
-    print(markdown_table(["stage", "main CPU ms/img", "worker CPU ms/img", "img/s per worker core", *measured,
-                          f"ceiling img/s, {CORES} cores"], rows))
-    print(f"\nTargets: mining main-process CPU <= {TARGETS['mine_main_ms']:.0f} ms/img (measured {mine_s['main_ms']:.1f}); "
-          f"FLISM ceiling >= {TARGETS['mine_ceiling']:.0f} img/s on {CORES} cores (measured {mine_s['ceiling_16']:.0f}); "
-          f"training >= {TARGETS['train_per_core']:.0f} samples/s per worker core (measured {train_s['per_core']:.1f}).")
-    print(f"DOCCI ({DOCCI_IMAGES} images) FLISM at the {CORES}-core feed ceiling: {docci_minutes:.1f} min "
-          f"(if the GPU keeps up). Mined output identical across worker counts: {result['mine_outputs_equal']}.")
+        if "mine" in stages:
+            mining = [mine_once(models, mine_data, work / f"mined-{w}.jsonl", w, shape) for w in workers]
+            for run in mining:
+                print(f"mine, {run['workers']} worker(s): {json.dumps({k: v for k, v in run.items() if k != 'out'})}",
+                      flush=True)
+            result["mine"] = summarise(mining)
+            result["mine_outputs_equal"] = len({run["out"] for run in mining}) == 1
+        if "train" in stages:
+            trainer = stub_towers(mine_module.load_clip(str(build_matcher(work / "trainer", *shape["trainer"]))))
+            training = [train_once(trainer, train_data, w, shape) for w in workers]
+            for run in training:
+                print(f"train, {run['workers']} worker(s): {json.dumps(run)}", flush=True)
+            result["train"] = summarise(training)
+    print(report(result, workers, shape))
     if args.out is not None:
         args.out.write_text(json.dumps(result, indent=2))
     return result
