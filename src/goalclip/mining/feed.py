@@ -13,12 +13,14 @@ GPU is attached (benchmarks/feed.py). So:
 - :class:`CropCutter` cuts and preprocesses the crops of the proposed regions in a second set of
   worker processes, while the main process embeds the previous batch.
 
-Every pixel comes from the model's own image processors, called on the same PIL images as before,
-so mined pairs are unchanged (tests/test_mining_feed.py).
+Every pixel is the models' own image processors' (the matcher's through
+:class:`~goalclip.models.pixels.ClipPixels`, bit-identical), computed from the same PIL images as
+before, so mined pairs are unchanged (tests/test_mining_feed.py).
 """
 
 from __future__ import annotations
 
+import itertools
 import signal
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -29,10 +31,11 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from goalclip.core.images import ImageError, crop_to_box, load_rgb, pixel_values
+from goalclip.core.images import ImageError, crop_to_box, load_rgb
 from goalclip.core.manifest import captions_of
 from goalclip.core.text import clean_text, split_sentences
 from goalclip.mining.regions import Box, RegionProposer, prepare_regions
+from goalclip.models.pixels import ClipPixels
 
 
 @dataclass(frozen=True)
@@ -103,21 +106,23 @@ class MiningFeed(Dataset):
         )
 
 
-def cut_crops(processor: Callable, image: Image.Image, boxes: Sequence[Box]) -> torch.Tensor:
-    """One image's region crops through the matcher's image processor: ``[len(boxes), 3, H, W]``."""
+def cut_crops(pixels: ClipPixels, image: Image.Image, boxes: Sequence[Box]) -> torch.Tensor:
+    """One image's region crops as the matcher's image processor makes them: ``[len(boxes), 3, H, W]``."""
     if not boxes:
         return torch.empty(0)
-    return pixel_values(processor, [crop_to_box(image, box) for box in boxes])
+    return pixels([crop_to_box(image, box) for box in boxes])
 
 
-def _cut_from_pixels(processor: Callable, pixels: torch.Tensor, boxes: Sequence[Box]) -> torch.Tensor:
-    return cut_crops(processor, Image.fromarray(pixels.numpy()), boxes)
+def _cut_into(processor: ClipPixels, pixels: torch.Tensor, boxes: Sequence[Box], out: torch.Tensor) -> None:
+    """:func:`cut_crops` of a decoded uint8 image, written into ``out`` (rows of the batch's crop tensor)."""
+    if boxes:
+        out.copy_(cut_crops(processor, Image.fromarray(pixels.numpy()), boxes))
 
 
-_POOL_PROCESSOR: Callable | None = None
+_POOL_PROCESSOR: ClipPixels | None = None
 
 
-def _pool_start(processor: Callable, init: Callable[[], None] | None) -> None:
+def _pool_start(processor: ClipPixels, init: Callable[[], None] | None) -> None:
     """Pool initializer. SIGTERM gets its default action back: a handler inherited from the parent
     (mining's stop-on-SIGTERM) would turn ``Pool.terminate`` into a caught task error, and the pool's
     shutdown would wait forever for a worker that lives on."""
@@ -128,32 +133,45 @@ def _pool_start(processor: Callable, init: Callable[[], None] | None) -> None:
         init()
 
 
-def _pool_cut(job: tuple[torch.Tensor, list[Box]]) -> torch.Tensor:
-    return _cut_from_pixels(_POOL_PROCESSOR, *job)
+def _pool_cut(job: tuple[torch.Tensor, list[Box], torch.Tensor]) -> None:
+    _cut_into(_POOL_PROCESSOR, *job)
 
 
 class CropCutter:
     """Cut and preprocess crops in ``workers`` processes (in this process when 0).
 
-    :meth:`submit` returns at once; the returned callable waits for the batch's crops. Tensors
-    travel through shared memory, so the main process pays only for the handles.
+    :meth:`submit` returns at once; the returned callable waits for the batch's crops: one
+    ``[crops, *shape]`` tensor in region order, allocated in shared memory and filled in place by
+    the workers, so the main process neither copies nor concatenates pixels.
     """
 
-    def __init__(self, processor: Callable, workers: int, init: Callable[[], None] | None = None):
-        self.processor = processor
+    def __init__(self, processor: Callable, shape: tuple[int, ...], workers: int,
+                 init: Callable[[], None] | None = None):
+        self.processor = processor = ClipPixels(processor)
+        self.shape = shape
         self.pool = None
         if workers > 0:
             from torch.multiprocessing import get_context
 
             self.pool = get_context("fork").Pool(workers, initializer=_pool_start, initargs=(processor, init))
 
-    def submit(self, pixels: list[torch.Tensor], boxes: list[list[Box]]) -> Callable[[], list[torch.Tensor]]:
-        jobs = list(zip(pixels, boxes))
+    def submit(self, pixels: list[torch.Tensor], boxes: list[list[Box]]) -> Callable[[], torch.Tensor]:
+        out = torch.empty(sum(len(b) for b in boxes), *self.shape)
+        starts = [0, *itertools.accumulate(len(b) for b in boxes)]
+        jobs = [(image, image_boxes, out[start : start + len(image_boxes)])
+                for image, image_boxes, start in zip(pixels, boxes, starts)]
         if self.pool is None:
-            crops = [_cut_from_pixels(self.processor, *job) for job in jobs]
-            return lambda: crops
+            for job in jobs:
+                _cut_into(self.processor, *job)
+            return lambda: out
+        out.share_memory_()
         pending = self.pool.map_async(_pool_cut, jobs, chunksize=1)
-        return pending.get
+
+        def wait() -> torch.Tensor:
+            pending.get()  # re-raises a worker's error here
+            return out
+
+        return wait
 
     def close(self) -> None:
         if self.pool is not None:

@@ -47,6 +47,7 @@ from goalclip.core.shards import split_records
 from goalclip.core.processes import process_device, process_state
 from goalclip.models.clip import ClipBundle, load_clip
 from goalclip.models.embed import embed_images, encode_texts_counted
+from goalclip.models.pixels import ClipPixels
 from goalclip.mining.feed import CropCutter, MiningFeed, caption_sentences, cut_crops
 from goalclip.mining.regions import (
     InvalidBox, Region, RegionProposer, build_proposer, propose_regions, take_invalid_boxes,
@@ -183,7 +184,9 @@ def mine_batch(
     regions = proposer.propose(images, [r["id"] for r in records])
     clock.lap("propose")
     sentences = [caption_sentences(r) for r in records]
-    crops = [cut_crops(bundle.image_processor, img, [reg.box for reg in regs]) for img, regs in zip(images, regions)]
+    pixels = ClipPixels(bundle.image_processor)
+    crops = [cut_crops(pixels, img, [reg.box for reg in regs]) for img, regs in zip(images, regions)]
+    crops = torch.cat([c for c in crops if len(c)]) if any(len(c) for c in crops) else torch.empty(0)
     clock.lap("crop")
     mined = match_batch(bundle, records, regions, sentences, crops, top_k=top_k, crop_batch_size=crop_batch_size,
                         device=device)
@@ -197,27 +200,25 @@ def match_batch(
     records: list[dict[str, Any]],
     regions: list[list[Region]],
     sentences: list[list[str]],
-    crops: list[torch.Tensor],
+    crops: torch.Tensor,
     *,
     top_k: int,
     crop_batch_size: int,
     device: torch.device,
 ) -> MinedBatch:
-    """Embed a batch's preprocessed crops (per image, in region order) and its cleaned sentences,
+    """Embed a batch's preprocessed crops (all images', in region order) and its cleaned sentences,
     all images together, and match each image's sentences against its regions.
 
     Returns, per record, the record, its match (None if it had no region) and a skip reason, and
     the number of sentences cut to the model's text context.
     """
     clock = _StageClock()
-    pixels = [c for c in crops if len(c)]
     flat_sentences = [s for sents in sentences for s in sents]
-    if not pixels or not flat_sentences:
-        return MinedBatch([(r, None, "no regions" if not pixels else "no sentences") for r in records],
+    if not len(crops) or not flat_sentences:
+        return MinedBatch([(r, None, "no regions" if not len(crops) else "no sentences") for r in records],
                           seconds=clock.seconds)
-    pixels = torch.cat(pixels)
-    crop_emb = torch.cat([embed_images(bundle.model, pixels[start : start + crop_batch_size].to(device))
-                          for start in range(0, len(pixels), crop_batch_size)])
+    crop_emb = torch.cat([embed_images(bundle.model, crops[start : start + crop_batch_size].to(device))
+                          for start in range(0, len(crops), crop_batch_size)])
     text_emb, truncated = encode_texts_counted(bundle, flat_sentences, batch_size=crop_batch_size, cleaned=True)
     if device.type == "cuda":
         torch.cuda.synchronize(device)  # kernels run asynchronously: charge them to this stage
@@ -235,6 +236,12 @@ def match_batch(
         results.append((record, match_pairs(image_texts @ image_crops.T, sents, regs, top_k), None))
     clock.lap("match")
     return MinedBatch(results, truncated, clock.seconds)
+
+
+def _crop_shape(bundle: ClipBundle) -> tuple[int, int, int]:
+    """The shape of one crop's pixels: what the matcher's vision tower takes."""
+    size = int(bundle.model.config.vision_config.image_size)
+    return int(bundle.model.config.vision_config.num_channels), size, size
 
 
 STAGES = ("load", "decode", "propose", "crop", "embed", "match")
@@ -313,7 +320,8 @@ def _mine(config: MineConfig, state: PartialState) -> dict[str, Any]:
     with _stop_on_sigterm(part), part.open("a", encoding="utf-8") as sink, \
             skipped_part.open("a", encoding="utf-8") as skip_sink, \
             tqdm(total=len(todo), desc="mine", unit="img", disable=not show) as bar, \
-            CropCutter(bundle.image_processor, config.num_workers, functools.partial(die_with_parent, 0)) as cutter:
+            CropCutter(bundle.image_processor, _crop_shape(bundle), config.num_workers,
+                       functools.partial(die_with_parent, 0)) as cutter:
         for batch in itertools.chain(loader, [None]):  # None: one more turn to finish the last batch
             current = None
             if batch is not None:
