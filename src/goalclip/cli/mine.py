@@ -29,7 +29,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top-k", type=int, default=5, help="candidate pairs kept per image for analysis (default: 5)")
     p.add_argument("--batch-size", type=int, default=32, help="images per mining batch (default: 32)")
     p.add_argument("--crop-batch-size", type=int, default=256, help="crops/sentences per CLIP forward (default: 256)")
-    p.add_argument("--num-workers", type=int, default=2, help="image-decoding worker processes (default: 2)")
+    p.add_argument("--num-workers", type=int, default=2,
+                   help="worker processes of each kind: decoding + proposer preprocessing, and crop cutting "
+                   "(default: 2; 0 = all in the main process)")
     add_device(p, "the matcher, detector and SAM")
     p.add_argument("--max-images", type=int, help="mine only the first N images (for a quick look)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run: ids already written are "
