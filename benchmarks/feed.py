@@ -47,6 +47,7 @@ import _common  # noqa: F401  (first: sets thread/offline env variables before t
 import torch
 import transformers
 from _common import machine_facts, markdown_table, print_facts, real_clip_tokenizer
+from lism_vs_flism import SENTENCES
 from PIL import Image, ImageDraw
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.yolos.modeling_yolos import YolosObjectDetectionOutput
@@ -57,14 +58,6 @@ from goalclip.mining.mine import MineConfig, mine
 from goalclip.models.clip import ClipBundle, save_clip
 from goalclip.training.data import Collate, TrainDataset, load_examples
 
-SENTENCES = [
-    "A red car is parked on the left side of the street.",
-    "Two people walk past a shop with a striped awning.",
-    "A tall tree stands behind the bench in the middle.",
-    "The sky above the buildings is pale blue with thin clouds.",
-    "A bicycle leans against a lamp post near the corner.",
-    "In the bottom right there is a small dog on a leash.",
-]
 SHAPES: dict[str, dict[str, Any]] = {
     "real": {"image": (1024, 768), "mine_images": 64, "mine_batch": 32, "matcher": (336, 14, 77),
              "detector_size": {"shortest_edge": 512, "longest_edge": 1333}, "detector_boxes": 10,
