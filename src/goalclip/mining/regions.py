@@ -15,6 +15,10 @@ proposal to training and never depend on a model's resize.
 All proposers share one small interface, :class:`RegionProposer`: ``propose(images, ids)`` takes a
 batch and returns one list of :class:`Region` per image. The model-backed proposers run one batched
 forward over all the images they are given, so the caller's batch size is also the memory knob.
+Their CPU part, the image processor, is also callable alone (``prepare(images)``, or
+:func:`prepare_regions` for any proposer): mining runs it in its loader workers and passes the result
+to ``propose(sizes, ids, prepared=...)`` (:func:`propose_regions`), where only the sizes of the images
+are read.
 They import transformers when constructed, so grid/external mining never pays for that import.
 """
 
