@@ -17,7 +17,8 @@ DataLoader. For each stage it prints:
 
 Shapes (``--shapes real``): 1024 x 768 JPEGs; mining with a ViT-L/14-336-sized matcher (336 px
 image processor, 77-token context), a YOLOS-sized detector input (512 px short side) giving 10
-boxes + the 5 FLISM grid boxes = 15 regions per image, 6 sentences per caption; training at
+boxes + the 5 FLISM grid boxes = 15 regions per image, 6 sentences per caption, 192 images in 6 batches
+(one-time costs such as forking workers and making shared buffers spread as in a long run); training at
 ViT-B/16 shapes (224 px, 248-token context), batch 256, one local crop per sample.
 ``--shapes tiny`` runs the same at toy sizes in seconds (tests/test_benchmarks_smoke.py).
 
@@ -59,7 +60,7 @@ from goalclip.models.clip import ClipBundle, save_clip
 from goalclip.training.data import Collate, TrainDataset, load_examples
 
 SHAPES: dict[str, dict[str, Any]] = {
-    "real": {"image": (1024, 768), "mine_images": 64, "mine_batch": 32, "matcher": (336, 14, 77),
+    "real": {"image": (1024, 768), "mine_images": 192, "mine_batch": 32, "matcher": (336, 14, 77),
              "detector_size": {"shortest_edge": 512, "longest_edge": 1333}, "detector_boxes": 10,
              "trainer": (224, 16, 248), "train_batch": 256, "train_batches": 2},
     "tiny": {"image": (96, 64), "mine_images": 4, "mine_batch": 2, "matcher": (32, 8, 32),
