@@ -20,7 +20,7 @@ image processor, 77-token context), a YOLOS-sized detector input (512 px short s
 boxes + the 5 FLISM grid boxes = 15 regions per image, 6 sentences per caption, 192 images in 6 batches
 (one-time costs such as forking workers and making shared buffers spread as in a long run); training at
 ViT-B/16 shapes (224 px, 248-token context), batch 256, one local crop per sample.
-``--shapes tiny`` runs the same at toy sizes in seconds (tests/test_benchmarks_smoke.py).
+``--shapes tiny`` runs the same at toy sizes in seconds (tests/benchmarks/test_feed_smoke.py).
 
     python benchmarks/feed.py                  # real shapes, CPU only (the towers are no-ops)
     python benchmarks/feed.py --shapes tiny
@@ -269,7 +269,8 @@ def report(result: dict[str, Any], workers: list[int], shape: dict[str, Any]) ->
             for stage, s in result.items() if stage in names]
     facts = result["machine"]
     load = ", ".join(str(x) for x in facts["load_avg_1_5_15"])
-    lines = [f"\n### Feed, `--shapes {result['shapes']}`, towers no-ops ({facts['nproc']} cores, load avg {load} at the start)\n",
+    lines = [f"\n### Feed, `--shapes {result['shapes']}`, towers no-ops ({facts['nproc']} cores, "
+             f"load avg {load} at the start)\n",
              markdown_table(["stage", "main CPU ms/img", "worker CPU ms/img", "img/s per worker core",
                              *(f"measured img/s, {w} worker(s)" for w in workers), f"ceiling img/s, {CORES} cores"],
                             rows), ""]
@@ -306,7 +307,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         count = max(shape["mine_images"], shape["train_batch"] * shape["train_batches"])
         records = make_jpegs(work / "data", count, shape["image"])
         mine_data = work / "mine.jsonl"
-        write_manifest(mine_data, [{k: r[k] for k in ("id", "image", "caption")} for r in records[: shape["mine_images"]]])
+        captions = [{k: r[k] for k in ("id", "image", "caption")} for r in records[: shape["mine_images"]]]
+        write_manifest(mine_data, captions)
         train_data = work / "train.jsonl"
         write_manifest(train_data, records[: shape["train_batch"] * shape["train_batches"]])
         models = {"clip": build_matcher(work / "matcher", *shape["matcher"]), "yolos": work / "yolos"}

@@ -66,8 +66,9 @@ from _common import (
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 
 from goalclip.training.data import Collate, TrainDataset, load_examples
-from goalclip.training.losses import LossWeights
-from goalclip.core.manifest import read_manifest, write_manifest
+from goalclip.training.config import LossWeights
+from goalclip.core.manifest import write_manifest
+from goalclip.core.records import read_manifest
 from goalclip.demo.tiny import build_tiny_clip
 from goalclip.models.clip import (
     ClipBundle,
@@ -77,7 +78,7 @@ from goalclip.models.clip import (
 )
 from goalclip.models.embed import crop_geometry
 from goalclip.demo.world import WorldConfig, generate_world, vocabulary
-from goalclip.training.trainer import training_step
+from goalclip.training.step import training_step
 
 WEIGHTS = LossWeights()
 LR, WEIGHT_DECAY = 5e-6, 0.05
@@ -97,8 +98,9 @@ CONFIGS: dict[str, dict[str, Any]] = {
 # ------------------------------------------------------------------------------------ setup
 
 
-def build_setup(config: str, batch_size: int, folder: Path, seed: int = 0) -> Path:
-    """Synthetic world + a training manifest with one local pair per image + a saved model."""
+def build_setup(config: str, batch_size: int, folder: Path, seed: int = 0, with_model: bool = True) -> Path:
+    """Synthetic world + a training manifest with one local pair per image + a saved model (unless not
+    ``with_model``: a memory estimate builds the model on the meta device instead)."""
     spec = CONFIGS[config]
     world = generate_world(
         folder / "world",
@@ -111,6 +113,8 @@ def build_setup(config: str, batch_size: int, folder: Path, seed: int = 0) -> Pa
         record["local"] = {"sentence": obj["sentence"], "box": obj["box"], "score": 1.0, "source": "external"}
     manifest = folder / "train.jsonl"
     write_manifest(manifest, records)
+    if not with_model:
+        return folder
     texts = [r["caption"] for r in records] + [" ".join(vocabulary())]
     if config == "tiny":
         bundle = build_tiny_clip(texts, width=64, layers=4, projection_dim=64, image_size=64, patch_size=8,
@@ -122,7 +126,8 @@ def build_setup(config: str, batch_size: int, folder: Path, seed: int = 0) -> Pa
     return folder
 
 
-# Real CLIP shapes (OpenAI's configs): vision (width, layers, heads, patch, px), text (width, layers, heads), projection.
+# Real CLIP shapes (OpenAI's configs): vision (width, layers, heads, patch, px), text (width, layers, heads),
+# projection.
 ARCHS: dict[str, tuple[tuple[int, int, int, int, int], tuple[int, int, int], int]] = {
     "vit-b16": ((768, 12, 12, 16, 224), (512, 12, 8), 512),
     "vit-l14": ((1024, 24, 16, 14, 224), (768, 12, 12), 768),
@@ -162,9 +167,10 @@ class Loaded:
     ref: dict[str, Any]
 
 
-def load_setup(folder: Path, batch_size: int, device: str) -> Loaded:
-    """The same examples as our Collate batch and as a reference-style batch (same pixels)."""
-    bundle = load_clip(str(folder / "model"))
+def load_setup(folder: Path, batch_size: int, device: str, bundle: ClipBundle | None = None) -> Loaded:
+    """The same examples as our Collate batch and as a reference-style batch (same pixels), for the saved
+    model or ``bundle``."""
+    bundle = bundle or load_clip(str(folder / "model"))
     examples = load_examples(folder / "train.jsonl", need_local=True)[:batch_size]
     dataset = TrainDataset(examples, bundle, need_local=True)
     ours = Collate(pad_id=bundle.tokenizer.pad_token_id)([dataset[i] for i in range(len(examples))])

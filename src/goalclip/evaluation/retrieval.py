@@ -23,6 +23,7 @@ gathered and the main process scores and writes. A plain single process needs no
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -39,19 +40,22 @@ from torch import Tensor
 
 from goalclip.core.fingerprint import digest_of, files_fingerprint, fingerprint
 from goalclip.evaluation import metrics
+from goalclip.evaluation.names import JOINT_K
 from goalclip.core.images import PixelBatches, set_max_image_pixels
-from goalclip.core.manifest import ManifestError, atomic_write, captions_of, iter_objects, validate_record
+from goalclip.core.manifest import ManifestError, atomic_write, captions_of, validate_record
+from goalclip.core.records import iter_objects
 from goalclip.core.paths import check_writable_dir, check_writable_file, refuse_input_as_output
 from goalclip.core.processes import process_device, process_state
-from goalclip.models.embed import Bundle, embed_images, encode_texts_counted, load_encoder
+from goalclip.models.clip import prepare_text_positions
+from goalclip.models.embed import Bundle, embed_pixels, embed_text_strings_counted, load_encoder
 from goalclip.models.open_clip import is_open_clip, spec_fingerprint
+from goalclip.models.precision import inference_precision, resolve_precision
 
 logger = logging.getLogger(__name__)
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 LONG_CAPTION_KS = (1, 5, 25, 50)
 MULTI_CAPTION_KS = (1, 5, 10)
-JOINT_K = 10
 # The K values each paper reports: GOAL and FAST-GOAL on long captions; FAST-GOAL Table IV on COCO/Flickr30k.
 KS_PRESETS = {"goal": [1, 5, 25, 50], "fastgoal-coco": [1, 5, 10, 15]}
 # Bumped whenever the cached content, its meaning or its key changes, so old caches are never misread.
@@ -71,7 +75,7 @@ class EvalConfig:
     ``joint_keep_whole=False`` drops joint-test records whose local pair is the whole image.
     ``context`` evaluates every model at that many text positions, as the papers evaluate even
     stock CLIP at 248: a model with a shorter context is stretched Long-CLIP style before scoring
-    (the training-time stretch, :func:`goalclip.training.trainer.prepare_text_positions`, keeping
+    (the training-time stretch, :func:`goalclip.models.clip.prepare_text_positions`, keeping
     the first ``keep_positions``); a model already that long is left alone; texts are cut at
     ``context`` either way, so every row of a table reads the same tokens.
     """
@@ -84,7 +88,7 @@ class EvalConfig:
     batch_size: int = 64
     num_workers: int = 0
     device: str = "cpu"
-    precision: str = "fp32"
+    precision: str = "fp32"  # or auto: bf16 on CUDA, fp32 elsewhere
     cache_dir: str | None = None
     out: str | None = None
     progress: bool = True
@@ -317,13 +321,14 @@ def _encode_items(
     indices, rows = [torch.empty(0, dtype=torch.long)], [torch.empty(0, dim)]
     for local, pixels in batches:
         indices.append(part_index[local])
-        rows.append(embed_images(model, pixels.to(device=device, dtype=dtype)).cpu())
+        rows.append(embed_pixels(model, pixels.to(device=device, dtype=dtype)).cpu())
     images, image_ok = _gather_rows(state, torch.cat(indices), torch.cat(rows), len(items.image_paths))
     failures = sorted(gather_object([(int(part_index[i]), msg) for i, msg in batches.failed]))
 
     text_part = _shard(state, len(items.texts))
-    rows, truncated = encode_texts_counted(bundle, [items.texts[i] for i in text_part], batch_size=config.batch_size,
-                                           max_len=max_len, progress=progress, desc=f"{items.kind} texts")
+    rows, truncated = embed_text_strings_counted(bundle, [items.texts[i] for i in text_part],
+                                                 batch_size=config.batch_size, max_len=max_len, progress=progress,
+                                                 desc=f"{items.kind} texts")
     texts, _ = _gather_rows(state, torch.tensor(text_part, dtype=torch.long), rows.cpu(), len(items.texts))
     truncated = sum(gather_object([truncated]))
     return Embeddings(images, image_ok, texts, failures, truncated, max_len)
@@ -340,8 +345,6 @@ def _stretch_to_context(bundle: Bundle, source: str, config: EvalConfig) -> None
 
     Only transformers CLIPs are stretched; an open_clip row shorter than ``--context`` is an error.
     """
-    from goalclip.training.trainer import prepare_text_positions
-
     if config.context is None or bundle.max_text_len >= config.context:
         return
     if is_open_clip(source):
@@ -505,8 +508,8 @@ def score_bundle(
 def _check_config(config: EvalConfig) -> None:
     if not config.models:
         raise ValueError("at least one model is needed")
-    if config.precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {config.precision!r}")
+    if config.precision not in (*PRECISIONS, "auto"):
+        raise ValueError(f"precision must be one of auto, {', '.join(PRECISIONS)}, got {config.precision!r}")
     if config.ks is not None and (not config.ks or any(k < 1 for k in config.ks)):
         raise ValueError(f"ks must be positive integers, got {config.ks}")
     if config.batch_size < 1:
@@ -545,6 +548,9 @@ def _embed_model(
         _stretch_to_context(bundle, source, config)  # in fp32, as at training time
         bundle.model.to(PRECISIONS[config.precision]).eval()
         run.timing["load_s"] = time.perf_counter() - start
+        tf32 = config.precision == "fp32" and device.type == "cuda"
+        logger.info("%s: encoding with %s weights on %s%s", source, PRECISIONS[config.precision], device,
+                    " (TF32 matmuls)" if tf32 else "")
         if config.max_text_len is not None and config.max_text_len > bundle.max_text_len:
             logger.warning(
                 "%s: its context is %d tokens, shorter than max_text_len %d; using %d",
@@ -552,7 +558,8 @@ def _embed_model(
             )
         start = time.perf_counter()
         for items in missing:
-            embeddings = _encode_items(bundle, items, config, state, device)
+            with inference_precision("fp32", device) if tf32 else contextlib.nullcontext():
+                embeddings = _encode_items(bundle, items, config, state, device)
             run.embeddings[items.kind] = embeddings
             if paths[items.kind] is not None and state.is_main_process:
                 save_embeddings(paths[items.kind], embeddings)
@@ -592,6 +599,8 @@ def evaluate(config: EvalConfig, *, write_out: bool = True) -> dict[str, Any]:
     set_max_image_pixels(config.max_image_pixels)
     started = time.perf_counter()
     state = process_state(config.device)
+    if config.precision == "auto":  # bf16 weights on CUDA (recalls within tests/models/test_gpu_inference_precision.py)
+        config = replace(config, precision=resolve_precision("auto", process_device(state, config.device)))
     item_sets = [retrieval_items(config.data)]
     if config.joint is not None:
         item_sets.append(joint_items(config.joint, keep_whole=config.joint_keep_whole))

@@ -15,7 +15,7 @@ GPU is attached (benchmarks/feed.py). So:
 
 Every pixel is the models' own image processors' (the matcher's through
 :class:`~goalclip.models.pixels.ClipPixels`, bit-identical), computed from the same PIL images as
-before, so mined pairs are unchanged (tests/test_mining_feed.py).
+before, so mined pairs are unchanged (tests/mining/test_feed.py).
 """
 
 from __future__ import annotations

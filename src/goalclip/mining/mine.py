@@ -38,16 +38,17 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from goalclip.core.images import set_max_image_pixels
-from goalclip.core.manifest import (
-    iter_jsonl, output_lock, read_manifest, relativize, write_jsonl, write_manifest,
-)
+from goalclip.core.manifest import iter_jsonl, output_lock, relativize, write_jsonl, write_manifest
+from goalclip.core.records import read_manifest
 from goalclip.core.paths import refuse_input_as_output
 from goalclip.core.resumable import ids_already_written, part_paths
 from goalclip.core.shards import split_records
-from goalclip.core.processes import process_device, process_state
+from goalclip.core.processes import ShardCompletion, process_device, process_state
 from goalclip.models.clip import ClipBundle, load_clip
-from goalclip.models.embed import embed_images, encode_texts_counted
+from goalclip.models.embed import embed_pixels, embed_text_strings_counted
 from goalclip.models.pixels import ClipPixels
+from goalclip.models.precision import describe, inference_precision, resolve_precision
+from goalclip.mining.config import MineConfig
 from goalclip.mining.feed import CropCutter, MiningFeed, caption_sentences, cut_crops
 from goalclip.mining.regions import (
     InvalidBox, Region, RegionProposer, build_proposer, propose_regions, take_invalid_boxes,
@@ -63,32 +64,6 @@ PR_SET_PDEATHSIG = 1  # prctl option, from <linux/prctl.h>
 
 class MiningInterrupted(RuntimeError):
     """The run was asked to stop (SIGTERM); what was written is kept for ``--resume``."""
-
-
-@dataclass
-class MineConfig:
-    """Options of ``goalclip mine`` (see the CLI help for each)."""
-
-    model: str
-    data: str
-    out: str
-    regions: str = "flism"
-    base: str | None = None
-    boxes: str | None = None
-    detector: str | None = None
-    sam: str | None = None
-    threshold: float = 0.3
-    max_boxes: int = 10
-    margin: float = 0.0
-    top_k: int = 5
-    batch_size: int = 32
-    crop_batch_size: int = 256
-    num_workers: int = 2
-    device: str = "cpu"
-    resume: bool = False
-    max_images: int | None = None
-    progress: bool = True
-    max_image_pixels: int | None = None
 
 
 @dataclass
@@ -217,9 +192,10 @@ def match_batch(
     if not len(crops) or not flat_sentences:
         return MinedBatch([(r, None, "no regions" if not len(crops) else "no sentences") for r in records],
                           seconds=clock.seconds)
-    crop_emb = torch.cat([embed_images(bundle.model, crops[start : start + crop_batch_size].to(device))
+    crop_emb = torch.cat([embed_pixels(bundle.model, crops[start : start + crop_batch_size].to(device))
                           for start in range(0, len(crops), crop_batch_size)])
-    text_emb, truncated = encode_texts_counted(bundle, flat_sentences, batch_size=crop_batch_size, cleaned=True)
+    text_emb, truncated = embed_text_strings_counted(bundle, flat_sentences, batch_size=crop_batch_size,
+                                                     cleaned=True)
     if device.type == "cuda":
         torch.cuda.synchronize(device)  # kernels run asynchronously: charge them to this stage
     clock.lap("embed")
@@ -287,6 +263,7 @@ def _mine(config: MineConfig, state: PartialState) -> dict[str, Any]:
     set_max_image_pixels(config.max_image_pixels)
     out = Path(config.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    completion = ShardCompletion(state, out)
     records = read_manifest(config.data)
     if config.max_images:
         records = records[: config.max_images]
@@ -301,6 +278,8 @@ def _mine(config: MineConfig, state: PartialState) -> dict[str, Any]:
     clock = _StageClock()
     bundle = load_clip(config.model, base=config.base, device=device)
     bundle.model.eval()
+    precision = resolve_precision(config.precision, device)
+    logger.info("mining in %s", describe(precision, bundle.model, device))
     proposer = build_proposer(
         config.regions, detector=config.detector, sam=config.sam, boxes=config.boxes, device=device,
         threshold=config.threshold, max_boxes=config.max_boxes, margin=config.margin,
@@ -332,7 +311,9 @@ def _mine(config: MineConfig, state: PartialState) -> dict[str, Any]:
                 bar.update(len(batch.failed))
                 if batch.indices:
                     batch_records = [todo[i] for i in batch.indices]
-                    regions = propose_regions(proposer, batch.sizes, [r["id"] for r in batch_records], batch.prepared)
+                    with inference_precision(precision, device):
+                        regions = propose_regions(proposer, batch.sizes, [r["id"] for r in batch_records],
+                                                  batch.prepared)
                     invalid = _invalid_box_entries(take_invalid_boxes(proposer))
                     clock.lap("propose")
                     crops = cutter.submit(batch.pixels, [[reg.box for reg in regs] for regs in regions])
@@ -342,8 +323,9 @@ def _mine(config: MineConfig, state: PartialState) -> dict[str, Any]:
                 batch_records, regions, sentences, invalid, crops = in_flight
                 crops = crops()
                 clock.lap("crop")
-                mined_batch = match_batch(bundle, batch_records, regions, sentences, crops, top_k=config.top_k,
-                                          crop_batch_size=config.crop_batch_size, device=device)
+                with inference_precision(precision, device):
+                    mined_batch = match_batch(bundle, batch_records, regions, sentences, crops, top_k=config.top_k,
+                                              crop_batch_size=config.crop_batch_size, device=device)
                 truncated += mined_batch.truncated
                 clock.add(mined_batch.seconds)
                 for record, match, reason in mined_batch.results:
@@ -360,7 +342,7 @@ def _mine(config: MineConfig, state: PartialState) -> dict[str, Any]:
             sink.flush()
             skip_sink.flush()
             clock.restart()  # writing is no stage: the next lap (decode) starts here
-    state.wait_for_everyone()
+    completion.wait()  # by files: a process done early must not time out in a collective
     truncated = sum(gather_object([truncated])) if state.num_processes > 1 else truncated
     # processes run side by side: a stage's wall time is that of the slowest process
     per_process = gather_object([clock.seconds]) if state.num_processes > 1 else [clock.seconds]
@@ -374,6 +356,8 @@ def _mine(config: MineConfig, state: PartialState) -> dict[str, Any]:
             logger.warning("%d sentences were longer than the model's %d-token context and were cut to fit",
                            truncated, bundle.max_text_len)
     state.wait_for_everyone()
+    if state.is_main_process:
+        completion.clean()
     return summary
 
 

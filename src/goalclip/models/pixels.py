@@ -6,7 +6,7 @@ that feed training and mining that is most of an image's CPU time (benchmarks/fe
 same PIL resize on the uint8 image, crops it, and goes from uint8 to normalised float in one torch
 pass. The pixels the resize makes are the processor's own (same PIL call, same sizes, same crop
 offsets, as transformers rounds them) and so is the arithmetic after it: the output is bit-identical
-(tests/test_training_pixels.py). A processor of any other kind (no centre
+(tests/models/test_pixels.py). A processor of any other kind (no centre
 crop, a fixed size, no normalisation) is called as it is.
 
 Resizing just the crop window (``Image.resize(box=...)``) would skip the pixels the crop throws
