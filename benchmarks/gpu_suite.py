@@ -17,6 +17,9 @@ Sections (``--sections``, all by default):
   ViT-B/16-shaped model on the same 1536 x 1024 images.
 - ``gradcache``: peak memory and step time of ``goalclip train`` at batch 1024 with
   ``--grad-cache-chunk``.
+- ``feed``: ``benchmarks/feed.py`` on this machine's CPUs (towers replaced by no-ops; FLISM mining
+  and the training data path at real shapes, 8 workers): the images/s the CPU side can feed. Next
+  to the ``flism`` and ``trainer`` rows it shows whether the towers or the feed are the bottleneck.
 
 Model FLOPs (for MFU) count what the step must compute, not what an implementation wastes: per
 transformer layer and sequence of n tokens of width d with MLP width m, a forward is
@@ -61,6 +64,7 @@ import _common  # noqa: F401  (first: sets thread/offline env variables before t
 
 import torch
 from _common import interleaved, machine_facts, markdown_table, print_facts, synchronize
+from feed import main as feed_main
 from lism_vs_flism import build_models, make_images, run_method
 from train_step import build_real_clip, build_setup, load_setup, variant_loss
 
@@ -69,7 +73,7 @@ from goalclip.models.clip import load_clip
 from goalclip.training.config import TrainConfig
 from goalclip.training.trainer import train
 
-SECTIONS = ("step-b16", "step-l14", "trainer", "flism", "lism", "eval", "gradcache")
+SECTIONS = ("step-b16", "step-l14", "trainer", "flism", "lism", "eval", "gradcache", "feed")
 BUDGET_GIB = 75  # what a step section may be planned to use: an 80 GB card less the CUDA context and fragmentation
 # Per trainable parameter: fp32 weights, fp32 gradients, AdamW's two fp32 moments, and autocast's bf16 copy.
 STATIC_BYTES_PER_PARAM = 4 + 4 + 8 + 2
@@ -354,6 +358,19 @@ def eval_section(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
                  encode_s=seconds)]
 
 
+def feed_section(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
+    workers = SHAPES[args.shapes]["workers"]
+    result = feed_main(["--shapes", "real" if args.shapes == "real" else "tiny", "--workers", str(workers)])
+    rows = []
+    for stage, unit in (("mine", "images/s"), ("train", "samples/s")):
+        numbers = result[stage]
+        note = (f"main {numbers['main_ms']:.1f} ms/img, workers {numbers['worker_ms']:.1f} ms/img, "
+                f"16-core ceiling {numbers['ceiling_16']:.0f}/s")
+        rows.append(_row("feed", f"{stage} feed, towers no-ops, {workers} workers", numbers[f"measured_{workers}"],
+                         unit, note=note, **{k: v for k, v in numbers.items() if not k.startswith("measured")}))
+    return rows
+
+
 # ------------------------------------------------------------------------------------- report
 
 
@@ -397,6 +414,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "lism": lambda work: mining_section("lism", args, work),
         "eval": lambda work: eval_section(args, work),
         "gradcache": lambda work: gradcache_section(args, work),
+        "feed": lambda work: feed_section(args, work),
     }
     started = time.perf_counter()
     rows: list[dict[str, Any]] = []

@@ -180,13 +180,13 @@ def test_mine_resume_after_interruption_has_no_duplicates(tiny_world, mine_input
     part.write_text(first_lines[0] + "\n" + torn[: len(torn) // 2])
 
     mined_ids: list[str] = []
-    real_batch = mining_module.mine_batch
+    real_batch = mining_module.match_batch
 
-    def recording_batch(bundle, proposer, records, images, **kwargs):
+    def recording_batch(bundle, records, *args, **kwargs):
         mined_ids.extend(r["id"] for r in records)
-        return real_batch(bundle, proposer, records, images, **kwargs)
+        return real_batch(bundle, records, *args, **kwargs)
 
-    monkeypatch.setattr(mining_module, "mine_batch", recording_batch)
+    monkeypatch.setattr(mining_module, "match_batch", recording_batch)
     summary = mine(_config(tiny_world, mine_inputs, out, resume=True))
     ids = [json.loads(line)["id"] for line in out.read_text().splitlines()]
     assert ids == list(tiny_world.ids)  # every id exactly once, in manifest order

@@ -146,6 +146,17 @@ def _size(text: str) -> int:
     return int(match.group(1)) * 1024 ** " KMGT".index(match.group(2).upper() or " ")
 
 
+def _positive(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
 def add_shard_parser(data_sub: argparse._SubParsersAction) -> None:
     shard_help = "write a manifest as WebDataset tar shards, which every command reads as --data"
     p = data_sub.add_parser(
@@ -165,6 +176,10 @@ def add_shard_parser(data_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-size", type=_size, default=None, metavar="SIZE",
                    help="bytes per shard file at most, e.g. 500000, 300M or 1G (headers and padding counted; a "
                    "record larger than this gets a shard of its own) (default: no limit)")
+    p.add_argument("--max-side", type=_positive, default=None, metavar="N",
+                   help="store an image whose longer side exceeds N pixels resized to N (Lanczos; JPEG stays JPEG, "
+                   "others become PNG), with its record's local/candidates/objects boxes scaled to match: a "
+                   "working resolution for large datasets (default: images as they are)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace existing OUT-NNNNNN.tar shards (and remove those the new set does not replace); "
                    "without it existing shards are an error")
@@ -176,6 +191,7 @@ def run_shard(args: argparse.Namespace) -> str:
     from goalclip.datasets.shards import write_shards
 
     s = write_shards(args.data, args.out, max_count=args.max_per_shard, max_size=args.max_size,
-                     overwrite=args.overwrite, progress=not args.no_progress)
-    return (f"sharded {s['written']} records ({s['skipped']} skipped) into {s['shards']} shards, "
+                     overwrite=args.overwrite, progress=not args.no_progress, max_side=args.max_side)
+    resized = f", {s['resized']} resized to at most {args.max_side} px" if args.max_side else ""
+    return (f"sharded {s['written']} records ({s['skipped']} skipped{resized}) into {s['shards']} shards, "
             f"{s['bytes']} bytes -> {s['data']}")

@@ -16,6 +16,7 @@ import signal
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -125,6 +126,12 @@ def _die_with_parent(parent_pid: int, worker_id: int) -> None:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     if os.getppid() != parent_pid:
         os._exit(1)
+
+
+def dies_with_this_process() -> Callable[[], None]:
+    """An initializer for worker processes started outside a DataLoader (a ``multiprocessing.Pool``):
+    they end with this process as :func:`worker_loader`'s workers do."""
+    return functools.partial(_die_with_parent, os.getpid(), 0)
 
 
 def worker_loader(dataset: Dataset, **kwargs) -> DataLoader:

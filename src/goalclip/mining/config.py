@@ -42,7 +42,8 @@ class MineConfig:
     top_k: int = option(5, help="candidate pairs kept per image for analysis")
     batch_size: int = option(32, help="images per mining batch")
     crop_batch_size: int = option(256, help="crops/sentences per CLIP forward")
-    num_workers: int = option(2, help="image-decoding worker processes")
+    num_workers: int = option(2, help="worker processes of each kind: decoding + proposer preprocessing, and crop "
+                              "cutting (0 = all in the main process)")
     device: str = option("auto", help=DEVICE_HELP.format(what="the matcher, detector and SAM"))
     precision: str = option("auto", choices=INFERENCE_PRECISIONS, help=INFERENCE_PRECISION_HELP)
     resume: bool = option(False, help="continue an interrupted run: ids already written are skipped, never "

@@ -16,6 +16,7 @@ leaves workers behind, and SIGTERM ends the run cleanly with every written recor
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import math
@@ -30,22 +31,26 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from goalclip.core.images import ImageError, crop_to_box, load_rgb, pixel_values, set_max_image_pixels
-from goalclip.core.manifest import captions_of, iter_jsonl, output_lock, relativize, write_jsonl, write_manifest
+from goalclip.core.images import set_max_image_pixels
+from goalclip.core.manifest import iter_jsonl, output_lock, relativize, write_jsonl, write_manifest
 from goalclip.core.records import read_manifest
 from goalclip.core.paths import refuse_input_as_output
 from goalclip.core.resumable import ids_already_written, part_paths
 from goalclip.core.shards import split_records
-from goalclip.core.processes import ShardCompletion, process_device, process_state, worker_loader
+from goalclip.core.processes import (
+    ShardCompletion, dies_with_this_process, process_device, process_state, worker_loader,
+)
 from goalclip.models.clip import ClipBundle, load_clip
 from goalclip.models.embed import embed_pixels, embed_text_strings_counted
+from goalclip.models.pixels import ClipPixels
 from goalclip.models.precision import describe, inference_precision, resolve_precision
 from goalclip.mining.config import MineConfig
-from goalclip.mining.regions import InvalidBox, Region, RegionProposer, build_proposer, take_invalid_boxes
-from goalclip.core.text import clean_text, split_sentences
+from goalclip.mining.feed import CropCutter, MiningFeed, caption_sentences, cut_crops
+from goalclip.mining.regions import (
+    InvalidBox, Region, RegionProposer, build_proposer, propose_regions, take_invalid_boxes,
+)
 
 if TYPE_CHECKING:
     from accelerate import PartialState
@@ -103,27 +108,6 @@ def match_pairs(
     return Match(best, candidates, False)
 
 
-class _MineImages(Dataset):
-    """Decode images in workers; unreadable ones come back as a one-line error string.
-
-    Any exception is caught here, in the worker: one that escaped would reach the user wrapped
-    in a DataLoader traceback and end the run over a single bad file.
-    """
-
-    def __init__(self, records: list[dict[str, Any]]):
-        self.records = records
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def __getitem__(self, index: int):
-        path = self.records[index]["image"]
-        try:
-            return index, load_rgb(path), None
-        except ImageError as exc:
-            return index, None, str(exc)
-        except Exception as exc:  # noqa: BLE001 - any decoder failure is this file's, not the run's
-            return index, None, f"{path}: cannot decode image ({type(exc).__name__}: {exc})"
 
 
 @contextlib.contextmanager
@@ -145,14 +129,6 @@ def _stop_on_sigterm(part: Path) -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _crop_embeddings(bundle: ClipBundle, crops: list, batch_size: int, device: torch.device) -> torch.Tensor:
-    chunks = []
-    for start in range(0, len(crops), batch_size):
-        pixels = pixel_values(bundle.image_processor, crops[start : start + batch_size]).to(device)
-        chunks.append(embed_pixels(bundle.model, pixels))
-    return torch.cat(chunks)
-
-
 def mine_batch(
     bundle: ClipBundle,
     proposer: RegionProposer,
@@ -163,23 +139,49 @@ def mine_batch(
     crop_batch_size: int,
     device: torch.device,
 ) -> MinedBatch:
-    """Mine one batch of images: all crops and all sentences are embedded together.
+    """Mine one batch of decoded images in this process (``goalclip mine`` spreads the CPU work
+    over worker processes, see :mod:`goalclip.mining.feed`, and calls :func:`match_batch`)."""
+    clock = _StageClock()
+    regions = proposer.propose(images, [r["id"] for r in records])
+    clock.lap("propose")
+    sentences = [caption_sentences(r) for r in records]
+    pixels = ClipPixels(bundle.image_processor)
+    crops = [cut_crops(pixels, img, [reg.box for reg in regs]) for img, regs in zip(images, regions)]
+    crops = torch.cat([c for c in crops if len(c)]) if any(len(c) for c in crops) else torch.empty(0)
+    clock.lap("crop")
+    mined = match_batch(bundle, records, regions, sentences, crops, top_k=top_k, crop_batch_size=crop_batch_size,
+                        device=device)
+    clock.add(mined.seconds)
+    mined.seconds = clock.seconds
+    return mined
+
+
+def match_batch(
+    bundle: ClipBundle,
+    records: list[dict[str, Any]],
+    regions: list[list[Region]],
+    sentences: list[list[str]],
+    crops: torch.Tensor,
+    *,
+    top_k: int,
+    crop_batch_size: int,
+    device: torch.device,
+) -> MinedBatch:
+    """Embed a batch's preprocessed crops (all images', in region order) and its cleaned sentences,
+    all images together, and match each image's sentences against its regions.
 
     Returns, per record, the record, its match (None if it had no region) and a skip reason, and
     the number of sentences cut to the model's text context.
     """
     clock = _StageClock()
-    regions = proposer.propose(images, [r["id"] for r in records])
-    clock.lap("propose")
-    sentences = [[s.text for s in split_sentences(clean_text(captions_of(r)[0]))] for r in records]
-    crops = [crop_to_box(img, reg.box) for img, regs in zip(images, regions) for reg in regs]
     flat_sentences = [s for sents in sentences for s in sents]
-    clock.lap("crop")
-    if not crops or not flat_sentences:
-        return MinedBatch([(r, None, "no regions" if not crops else "no sentences") for r in records],
+    if not len(crops) or not flat_sentences:
+        return MinedBatch([(r, None, "no regions" if not len(crops) else "no sentences") for r in records],
                           seconds=clock.seconds)
-    crop_emb = _crop_embeddings(bundle, crops, crop_batch_size, device)
-    text_emb, truncated = embed_text_strings_counted(bundle, flat_sentences, batch_size=crop_batch_size)
+    crop_emb = torch.cat([embed_pixels(bundle.model, crops[start : start + crop_batch_size].to(device))
+                          for start in range(0, len(crops), crop_batch_size)])
+    text_emb, truncated = embed_text_strings_counted(bundle, flat_sentences, batch_size=crop_batch_size,
+                                                     cleaned=True)
     if device.type == "cuda":
         torch.cuda.synchronize(device)  # kernels run asynchronously: charge them to this stage
     clock.lap("embed")
@@ -196,6 +198,12 @@ def mine_batch(
         results.append((record, match_pairs(image_texts @ image_crops.T, sents, regs, top_k), None))
     clock.lap("match")
     return MinedBatch(results, truncated, clock.seconds)
+
+
+def _crop_shape(bundle: ClipBundle) -> tuple[int, int, int]:
+    """The shape of one crop's pixels: what the matcher's vision tower takes."""
+    size = int(bundle.model.config.vision_config.image_size)
+    return int(bundle.model.config.vision_config.num_channels), size, size
 
 
 STAGES = ("load", "decode", "propose", "crop", "embed", "match")
@@ -265,26 +273,44 @@ def _mine(config: MineConfig, state: PartialState) -> dict[str, Any]:
     clock.lap("load")
     part = out.with_name(f"{out.name}.part{state.process_index}")
     skipped_part = out.with_name(f"{out.name}.part{state.process_index}.skipped")
-    loader = worker_loader(_MineImages(todo), batch_size=config.batch_size, num_workers=config.num_workers,
-                           collate_fn=list)
+    feed = MiningFeed(todo, proposer)
+    loader = worker_loader(feed, batch_size=config.batch_size, num_workers=config.num_workers,
+                           collate_fn=feed.collate)
     started = time.perf_counter()
     folder = out.resolve().parent
     show = config.progress and state.is_main_process
     truncated = 0
+    in_flight = None  # the batch whose crops the cutter works on while the next batch is proposed
     with _stop_on_sigterm(part), part.open("a", encoding="utf-8") as sink, \
             skipped_part.open("a", encoding="utf-8") as skip_sink, \
-            tqdm(total=len(todo), desc="mine", unit="img", disable=not show) as bar:
-        for batch in loader:
-            clock.lap("decode")
-            good = [(todo[i], img) for i, img, _ in batch if img is not None]
-            for i, _, error in batch:
-                if error is not None:
+            tqdm(total=len(todo), desc="mine", unit="img", disable=not show) as bar, \
+            CropCutter(bundle.image_processor, _crop_shape(bundle), config.num_workers,
+                       dies_with_this_process()) as cutter:
+        for batch in itertools.chain(loader, [None]):  # None: one more turn to finish the last batch
+            current = None
+            if batch is not None:
+                clock.lap("decode")
+                for i, error in batch.failed:
                     entry = {"id": todo[i]["id"], "kind": "unreadable image", "reason": error}
                     skip_sink.write(json.dumps(entry) + "\n")
-            if good:
+                bar.update(len(batch.failed))
+                if batch.indices:
+                    batch_records = [todo[i] for i in batch.indices]
+                    with inference_precision(precision, device):
+                        regions = propose_regions(proposer, batch.sizes, [r["id"] for r in batch_records],
+                                                  batch.prepared)
+                    invalid = _invalid_box_entries(take_invalid_boxes(proposer))
+                    clock.lap("propose")
+                    crops = cutter.submit(batch.pixels, [[reg.box for reg in regs] for regs in regions])
+                    current = (batch_records, regions, batch.sentences, invalid, crops)
+                    clock.lap("crop")
+            if in_flight is not None:
+                batch_records, regions, sentences, invalid, crops = in_flight
+                crops = crops()
+                clock.lap("crop")
                 with inference_precision(precision, device):
-                    mined_batch = mine_batch(bundle, proposer, [r for r, _ in good], [img for _, img in good],
-                                             top_k=config.top_k, crop_batch_size=config.crop_batch_size, device=device)
+                    mined_batch = match_batch(bundle, batch_records, regions, sentences, crops, top_k=config.top_k,
+                                              crop_batch_size=config.crop_batch_size, device=device)
                 truncated += mined_batch.truncated
                 clock.add(mined_batch.seconds)
                 for record, match, reason in mined_batch.results:
@@ -294,11 +320,12 @@ def _mine(config: MineConfig, state: PartialState) -> dict[str, Any]:
                         continue
                     mined = {**relativize(record, folder), "local": match.best, "candidates": match.candidates}
                     sink.write(json.dumps(mined, ensure_ascii=False) + "\n")
-                for entry in _invalid_box_entries(take_invalid_boxes(proposer)):
+                for entry in invalid:
                     skip_sink.write(json.dumps(entry) + "\n")
+                bar.update(len(batch_records))
+            in_flight = current
             sink.flush()
             skip_sink.flush()
-            bar.update(len(batch))
             clock.restart()  # writing is no stage: the next lap (decode) starts here
     completion.wait()  # by files: a process done early must not time out in a collective
     truncated = sum(gather_object([truncated])) if state.num_processes > 1 else truncated

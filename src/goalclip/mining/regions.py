@@ -15,6 +15,10 @@ proposal to training and never depend on a model's resize.
 All proposers share one small interface, :class:`RegionProposer`: ``propose(images, ids)`` takes a
 batch and returns one list of :class:`Region` per image. The model-backed proposers run one batched
 forward over all the images they are given, so the caller's batch size is also the memory knob.
+Their CPU part, the image processor, is also callable alone (``prepare(images)``, or
+:func:`prepare_regions` for any proposer): mining runs it in its loader workers and passes the result
+to ``propose(sizes, ids, prepared=...)`` (:func:`propose_regions`), where only the sizes of the images
+are read.
 They import transformers when constructed, so grid/external mining never pays for that import.
 """
 
@@ -26,12 +30,15 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from PIL import Image
 
 from goalclip.core.manifest import LOCAL_SOURCES, read_boxes
+
+if TYPE_CHECKING:
+    from transformers import BatchFeature
 
 logger = logging.getLogger(__name__)
 
@@ -292,10 +299,34 @@ class CombinedProposer:
         self.proposers = list(proposers)
         self.name = "+".join(p.name for p in self.proposers)
 
-    def propose(self, images: Sequence[Image.Image], ids: Sequence[str]) -> list[list[Region]]:
+    def prepare(self, images: Sequence[Image.Image]) -> list[BatchFeature | None]:
+        """Each model-backed member's :meth:`prepare` (None for the others)."""
+        return [prepare_regions(p, images) for p in self.proposers]
+
+    def propose(
+        self, images: Sequence[Image.Image], ids: Sequence[str], prepared: Sequence[BatchFeature | None] | None = None
+    ) -> list[list[Region]]:
         _check_batch(images, ids)
-        per_proposer = [p.propose(images, ids) for p in self.proposers]
+        prepared = prepared if prepared is not None else [None] * len(self.proposers)
+        per_proposer = [propose_regions(p, images, ids, inputs) for p, inputs in zip(self.proposers, prepared)]
         return [dedupe_regions(r for lists in per_proposer for r in lists[i]) for i in range(len(images))]
+
+
+def prepare_regions(proposer: RegionProposer, images: Sequence[Image.Image]) -> Any:
+    """The CPU-side inputs a proposer's models need for ``images`` (None for a proposer without a model).
+
+    Mining calls this where the images are decoded (loader workers) and hands the result to
+    :func:`propose_regions` in the main process, which then only runs the forwards.
+    """
+    prepare = getattr(proposer, "prepare", None)
+    return None if prepare is None else prepare(images)
+
+
+def propose_regions(
+    proposer: RegionProposer, images: Sequence[Any], ids: Sequence[str], prepared: Any
+) -> list[list[Region]]:
+    """``proposer.propose`` with what :func:`prepare_regions` made of the same images, if anything."""
+    return proposer.propose(images, ids) if prepared is None else proposer.propose(images, ids, prepared=prepared)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -333,13 +364,19 @@ class DetectorProposer:
         self.model.to(device=self.device, dtype=self.dtype).eval()
         logger.info("detector %s loaded on %s", model, self.device)
 
+    def prepare(self, images: Sequence[Image.Image]) -> BatchFeature:
+        """The detector's image processor over the batch: the CPU part, which mining runs in loader workers."""
+        return self.processor(images=[im.convert("RGB") for im in images], return_tensors="pt")
+
     @torch.inference_mode()
-    def propose(self, images: Sequence[Image.Image], ids: Sequence[str]) -> list[list[Region]]:
+    def propose(
+        self, images: Sequence[Image.Image], ids: Sequence[str], prepared: BatchFeature | None = None
+    ) -> list[list[Region]]:
+        """Regions per image; with ``prepared`` (:meth:`prepare` of the same images) ``images`` only give sizes."""
         _check_batch(images, ids)
         if not images:
             return []
-        images = [im.convert("RGB") for im in images]
-        inputs = self.processor(images=images, return_tensors="pt").to(self.device)
+        inputs = (self.prepare(images) if prepared is None else prepared).to(self.device)
         if self.dtype is not None:
             inputs = inputs.to(self.dtype)
         outputs = self.model(**inputs)
@@ -424,19 +461,26 @@ class SamProposer:
         steps = [(k + 0.5) / n for k in range(n)]
         return [[[sx * width, sy * height]] for sy in steps for sx in steps]
 
+    def prepare(self, images: Sequence[Image.Image]) -> BatchFeature:
+        """SAM's processor over the batch and its point grids: the CPU part, which mining runs in loader workers."""
+        images = [im.convert("RGB") for im in images]
+        return self.processor(
+            images=images,
+            input_points=[self._point_grid(im.width, im.height) for im in images],
+            input_labels=[[[1]] * self.points_per_side**2 for _ in images],
+            return_tensors="pt",
+        )
+
     @torch.inference_mode()
-    def propose(self, images: Sequence[Image.Image], ids: Sequence[str]) -> list[list[Region]]:
+    def propose(
+        self, images: Sequence[Image.Image], ids: Sequence[str], prepared: BatchFeature | None = None
+    ) -> list[list[Region]]:
+        """Regions per image; with ``prepared`` (:meth:`prepare` of the same images) ``images`` only give sizes."""
         _check_batch(images, ids)
         if not images:
             return []
-        images = [im.convert("RGB") for im in images]
         n_points = self.points_per_side**2
-        inputs = self.processor(
-            images=images,
-            input_points=[self._point_grid(im.width, im.height) for im in images],
-            input_labels=[[[1]] * n_points for _ in images],
-            return_tensors="pt",
-        )
+        inputs = self.prepare(images) if prepared is None else prepared
         original_sizes = inputs["original_sizes"].tolist()
         reshaped_sizes = inputs["reshaped_input_sizes"].tolist()
         pixel_values = inputs["pixel_values"].to(self.device, dtype=self.model.dtype)

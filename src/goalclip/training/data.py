@@ -17,12 +17,13 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from goalclip.core.images import ImageError, crop_to_box, image_size, load_rgb, pixel_values
+from goalclip.core.images import ImageError, crop_to_box, image_size, load_rgb
 from goalclip.core.manifest import ManifestError, SkipReport, captions_of, check_box
 from goalclip.core.records import iter_records
 from goalclip.models.clip import ClipBundle
 from goalclip.models.embed import crop_geometry
 from goalclip.core.text import clean_text, locate_sentence, token_span, usable_span
+from goalclip.models.pixels import ClipPixels
 
 logger = logging.getLogger(__name__)
 
@@ -226,6 +227,7 @@ class TrainDataset(Dataset):
         self.examples = examples
         self.tokenizer = bundle.tokenizer
         self.processor = bundle.image_processor
+        self.pixels = ClipPixels(bundle.image_processor)  # the processor's pixels without its conversions
         self.max_len = bundle.max_text_len
         self.patch_size = int(bundle.model.config.vision_config.patch_size)
         self.num_patches = bundle.patch_grid**2
@@ -251,10 +253,10 @@ class TrainDataset(Dataset):
             ids = ids[: self.max_len - 1] + [self.tokenizer.eos_token_id]
         item: dict[str, Any] = {"caption_ids": ids}
         if not self.need_local:
-            item["pixels"] = pixel_values(self.processor, [image])[0]
+            item["pixels"] = self.pixels([image])[0]
             return item
         crops = [crop_to_box(image, pair.box, ex.image) for pair in ex.pairs]
-        pixels = pixel_values(self.processor, [image, *crops])
+        pixels = self.pixels([image, *crops])
         weights = pair_weights([pair.score for pair in ex.pairs], self.pair_weighting)
         item["pixels"] = pixels[0]
         item["pairs"] = []
