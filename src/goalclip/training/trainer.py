@@ -279,6 +279,15 @@ def _pool_pairs(states: torch.Tensor, rows: slice, pairs: slice, batch: dict[str
     return masked_mean(tokens, batch[mask][pairs])
 
 
+def _no_pairs(model: CLIPModel, image_emb: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Zero-row local representations, so the local and TSL terms of a batch without pairs are 0 and
+    every process still makes the same collective calls."""
+    config = model.config
+    return {"sentence": image_emb.new_zeros((0, image_emb.shape[1])),
+            "patches": image_emb.new_zeros((0, config.vision_config.hidden_size)),
+            "span": image_emb.new_zeros((0, config.text_config.hidden_size))}
+
+
 def batch_loss(
     model: CLIPModel,
     reps: dict[str, torch.Tensor],
@@ -291,6 +300,8 @@ def batch_loss(
     terms_on = METHOD_TERMS[method]
     b = batch["caption_ids"].shape[0]
     image_emb = reps["image"]
+    if needs_local(method) and "sentence" not in reps:  # no image of the batch has a local pair: zero rows
+        reps = {**reps, **_no_pairs(model, image_emb)}
     scale = model.logit_scale.exp()  # bounded by clamping the parameter after each step, not here
     terms: dict[str, torch.Tensor] = {}
     logs: dict[str, torch.Tensor] = {"logit_scale": scale.detach()}
@@ -782,6 +793,7 @@ class Trainer:
         validate = functools.partial(self._validate, ClipBundle(clip, bundle.tokenizer, bundle.image_processor),
                                      heads, heads_from, metrics_path)
         derived = {"context_length": context, "num_processes": acc.num_processes, "examples": len(dataset),
+                   "examples_without_local_pair": sum(not ex.pairs for ex in examples) if local else None,
                    "skipped": len(self.skipped), "truncated_captions": truncated, "steps_per_epoch": steps_per_epoch,
                    "total_steps": total_steps, "speed_path": speed_path(clip, optimizer, pin_memory, cfg.compile)}
         logger.info(describe_speed_path(derived["speed_path"]))
