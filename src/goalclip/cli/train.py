@@ -65,6 +65,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pair-weighting", choices=["uniform", "similarity"],
                    help="with --local-pairs > 1, each image's pairs share weight 1 equally (uniform) or in "
                    "proportion to their mining score (similarity; negative scores count 0) (default: uniform)")
+    p.add_argument("--local-pair-loss", choices=["best", "all"],
+                   help="with --local-pairs > 1: best = L_local on each image's best pair, the K pairs and their "
+                   "weights enter TSL only (FAST-GOAL's text); all = every pair, weighted, in L_local too. Another "
+                   "pair of a pair's own image is never its negative (default: best)")
+    p.add_argument("--tsl-target", choices=["diagonal", "identity"],
+                   help="TSL target: diagonal = each pooled feature's cosine with its own local embedding against 1 "
+                   "(the GOAL authors' code); identity = the batch's pooled x local cosine matrix against the "
+                   "identity, pushing the other pairs' cosines to 0 (GOAL's Eq. 14) (default: diagonal)")
     p.add_argument("--tsl-heads", choices=["shared", "separate"],
                    help="TSL projections: shared = CLIP's own post-norm + projection (the reference code); "
                    "separate = learned heads initialised from them (FAST-GOAL psi_v, psi_t), saved beside the "

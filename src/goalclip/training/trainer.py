@@ -43,7 +43,10 @@ from transformers import CLIPModel, get_cosine_schedule_with_warmup
 from goalclip.training.data import PAIR_WEIGHTINGS, Collate, TrainDataset, load_examples
 from goalclip.training.gradcache import Chunk, grad_cache_step, plan_chunks
 from goalclip.training.heads import HEADS_FILE, HEADS_META, TslHeads, build_heads, save_heads
-from goalclip.training.losses import METHOD_TERMS, LossWeights, combine_losses, contrastive_loss, masked_mean, tsl_loss
+from goalclip.training.losses import (
+    LOCAL_PAIR_LOSSES, METHOD_TERMS, TSL_TARGETS, LossOptions, LossWeights, combine_losses, contrastive_loss,
+    local_pair_loss, masked_mean, tsl_loss,
+)
 from goalclip.training.recipes import RECIPES, recipe_settings
 from goalclip.training.validation import TRACKER_PREFIX, Validator, check_keep_best
 from goalclip.core.images import ImageError, set_max_image_pixels
@@ -115,6 +118,8 @@ class TrainConfig:
     grad_clip: float | None = None
     local_pairs: int = 1
     pair_weighting: str = "uniform"
+    local_pair_loss: str = "best"
+    tsl_target: str = "diagonal"
     tsl_heads: str = "shared"
     gradient_checkpointing: bool = False
     grad_cache_chunk: int | None = None
@@ -154,6 +159,11 @@ class TrainConfig:
         if self.pair_weighting not in PAIR_WEIGHTINGS:
             raise ValueError(f"--pair-weighting must be one of {', '.join(PAIR_WEIGHTINGS)}, "
                              f"got {self.pair_weighting!r}")
+        if self.local_pair_loss not in LOCAL_PAIR_LOSSES:
+            raise ValueError(f"--local-pair-loss must be one of {', '.join(LOCAL_PAIR_LOSSES)}, "
+                             f"got {self.local_pair_loss!r}")
+        if self.tsl_target not in TSL_TARGETS:
+            raise ValueError(f"--tsl-target must be one of {', '.join(TSL_TARGETS)}, got {self.tsl_target!r}")
         if self.tsl_heads not in TSL_HEADS:
             raise ValueError(f"--tsl-heads must be one of {', '.join(TSL_HEADS)}, got {self.tsl_heads!r}")
         if self.tsl_heads == "separate" and "tsl" not in METHOD_TERMS.get(self.method, ()):
@@ -295,6 +305,7 @@ def batch_loss(
     method: str,
     weights: LossWeights,
     heads: TslHeads | None = None,
+    options: LossOptions = LossOptions(),
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The loss of a batch from its representations (:func:`encode`); see :func:`training_step`."""
     terms_on = METHOD_TERMS[method]
@@ -307,16 +318,17 @@ def batch_loss(
     logs: dict[str, torch.Tensor] = {"logit_scale": scale.detach()}
     if "global" in terms_on:
         terms["global"] = contrastive_loss(image_emb[:b], reps["caption"], scale)
-    pair_weight = batch.get("pair_weight")
+    pair_weight, owner = batch.get("pair_weight"), batch.get("pair_owner")
     if "local" in terms_on:
-        terms["local"] = contrastive_loss(image_emb[b:], reps["sentence"], scale, weights=pair_weight)
+        terms["local"] = local_pair_loss(image_emb[b:], reps["sentence"], scale, owner, pair_weight,
+                                         options.local_pair_loss)
     if "tsl" in terms_on:
         pooled_image = heads.project_patches(reps["patches"]) if heads else project_patch_tokens(model, reps["patches"])
         terms["tsl_image"], cos_image = tsl_loss(pooled_image, image_emb[b:], batch["image_tsl_valid"],
-                                                 weights=pair_weight)
+                                                 weights=pair_weight, tsl_target=options.tsl_target, groups=owner)
         pooled_text = heads.project_text(reps["span"]) if heads else project_text_tokens(model, reps["span"])
         terms["tsl_text"], cos_text = tsl_loss(pooled_text, reps["sentence"], batch["text_tsl_valid"],
-                                               weights=pair_weight)
+                                               weights=pair_weight, tsl_target=options.tsl_target, groups=owner)
         logs["tsl_cos_image"] = cos_image.nanmean()
         logs["tsl_cos_text"] = cos_text.nanmean()
     if pair_weight is not None:
@@ -333,22 +345,24 @@ def training_step(
     method: str,
     weights: LossWeights,
     heads: TslHeads | None = None,
+    options: LossOptions = LossOptions(),
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Loss of one batch: one vision forward over ``[global ; crops]``, each text encoded once.
 
     With top-k local pairs (``pair_owner`` / ``pair_weight`` in the batch, see ``Collate``) the
-    crops and sentences are every valid pair of the batch: the local InfoNCE scores all crops
-    against all sentences of the (gathered) batch, each pair's two row losses weighted by its
-    pair weight, divided by the weights' sum; each TSL term is the weighted mean over its valid
-    pairs, a pair pooling its own image's patch tokens / caption tokens. Without those keys every
-    weight is 1 and each image has one pair (the plain means). ``heads`` (``--tsl-heads
+    crops and sentences are every valid pair of the batch. Each TSL term is the weighted mean over
+    its valid pairs, a pair pooling its own image's patch tokens / caption tokens. The local
+    InfoNCE (``options.local_pair_loss``, see :func:`~goalclip.training.losses.local_pair_loss`)
+    takes each image's best pair (``best``) or every pair weighted (``all``); a pair never has
+    another pair of its own image as a negative. Without those keys every weight is 1 and each
+    image has one pair (the plain means). ``heads`` (``--tsl-heads
     separate``) project the TSL pooled features instead of CLIP's own norm + projection.
 
     Returns the loss and detached scalars for logging (kept as tensors: converting them every
     step would force a device sync).
     """
     [whole] = batch_chunks(batch, method)
-    return batch_loss(model, encode(model, batch, method, whole), batch, method, weights, heads)
+    return batch_loss(model, encode(model, batch, method, whole), batch, method, weights, heads, options)
 
 
 class StepModule(torch.nn.Module):
@@ -359,19 +373,21 @@ class StepModule(torch.nn.Module):
     chunk of the batch instead, and ``loss`` is the step's loss from the cached representations.
     """
 
-    def __init__(self, clip: CLIPModel, method: str, weights: LossWeights, heads: TslHeads | None = None):
+    def __init__(self, clip: CLIPModel, method: str, weights: LossWeights, heads: TslHeads | None = None,
+                 options: LossOptions = LossOptions()):
         super().__init__()
         self.clip = clip
         self.method = method
         self.weights = weights
         self.heads = heads
+        self.options = options
 
     def forward(
         self, batch: dict[str, torch.Tensor], chunk: Chunk | None = None
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]] | dict[str, torch.Tensor]:
         if chunk is not None:
             return encode(self.clip, batch, self.method, chunk)
-        return training_step(self.clip, batch, self.method, self.weights, self.heads)
+        return training_step(self.clip, batch, self.method, self.weights, self.heads, self.options)
 
     def chunks(self, batch: dict[str, torch.Tensor], size: int) -> list[Chunk]:
         return batch_chunks(batch, self.method, size)
@@ -379,7 +395,7 @@ class StepModule(torch.nn.Module):
     def loss(
         self, reps: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        return batch_loss(self.clip, reps, batch, self.method, self.weights, self.heads)
+        return batch_loss(self.clip, reps, batch, self.method, self.weights, self.heads, self.options)
 
 
 def fused_adamw_supported(params: list[torch.Tensor]) -> bool:
@@ -753,7 +769,8 @@ class Trainer:
                            "sentences past it get no text-TSL term", truncated, len(examples), context)
         collate = Collate(pad_id=bundle.tokenizer.pad_token_id, weighted=cfg.local_pairs > 1)
         heads, heads_from = build_heads(model, cfg.model) if cfg.tsl_heads == "separate" else (None, None)
-        step_module = StepModule(model, cfg.method, cfg.weights, heads)
+        options = LossOptions(cfg.local_pair_loss, cfg.tsl_target)
+        step_module = StepModule(model, cfg.method, cfg.weights, heads, options)
         bf16_weights = self.settings["precision"] == "bf16-weights"
         if bf16_weights:
             step_module.to(torch.bfloat16)
