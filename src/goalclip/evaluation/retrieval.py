@@ -40,7 +40,7 @@ from torch import Tensor
 from goalclip.core.fingerprint import digest_of, files_fingerprint, fingerprint
 from goalclip.evaluation import metrics
 from goalclip.core.images import PixelBatches, set_max_image_pixels
-from goalclip.core.manifest import ManifestError, atomic_write, captions_of, iter_objects, validate_record
+from goalclip.core.manifest import ManifestError, atomic_write, captions_of, iter_records
 from goalclip.core.paths import check_writable_dir, check_writable_file, refuse_input_as_output
 from goalclip.core.processes import process_device, process_state
 from goalclip.models.embed import Bundle, embed_images, encode_texts_counted, load_encoder
@@ -182,11 +182,12 @@ def joint_items(path: str, *, keep_whole: bool = True) -> EvalItems:
     """
     located = read_eval_records(path)
     records = [record for _, record in located]
-    missing = [r["id"] for r in records if "local" not in r]
+    missing = [r["id"] for r in records if not r.get("local")]
     if missing:
         raise ManifestError(
             f"{path}: the joint test needs a 'local' pair in every record; {len(missing)} have none "
-            f"(first: {', '.join(missing[:5])}); mine pairs with 'goalclip mine' first"
+            f"(first: {', '.join(missing[:5])}); build it with 'goalclip data joint' from mined pairs "
+            "(it leaves out, and counts, images without a pair)"
         )
     items = EvalItems("joint", str(path), [], [], [], [], [], [])
     for record in records:
@@ -228,32 +229,9 @@ def _is_whole_pair(record: dict[str, Any]) -> bool:
 
 
 def read_eval_records(path: str) -> list[tuple[str, dict[str, Any]]]:
-    """``(file:line, record)`` of an evaluation manifest, validated like any manifest, except that
-    a local pair may name a crop file (``local.image``, relative to the manifest) instead of a box.
-
-    Crop-file pairs exist only in joint tests (training needs boxes), so they are accepted here
-    and not by the general manifest reader. Duplicate ids raise (they would shift ground truth).
-    """
-    out: list[tuple[str, dict[str, Any]]] = []
-    seen: dict[str, str] = {}
-    for where, record, base in iter_objects(path):
-        local = record.get("local")
-        crop = local.get("image") if isinstance(local, dict) else None
-        if crop is None:
-            validate_record(record, where)
-        else:
-            validate_record({k: v for k, v in record.items() if k != "local"}, where)
-            if not isinstance(crop, str) or not crop:
-                raise ManifestError(f"{where}: field 'local.image' must be a path string (a crop file)")
-            sentence = local.get("sentence")
-            if not isinstance(sentence, str) or not sentence.strip():
-                raise ManifestError(f"{where}: field 'local.sentence' must be a non-empty string")
-            local["image"] = str(base / crop)  # an absolute path stays as it is
-        record["image"] = str(base / record["image"])
-        if record["id"] in seen:
-            raise ManifestError(f"{where}: duplicate id {record['id']!r} (first at {seen[record['id']]})")
-        seen[record["id"]] = where
-        out.append((where, record))
+    """``(file:line, record)`` of an evaluation manifest, validated as every manifest is (a joint
+    test's local pair may be a crop file ``local.image``, see :func:`~goalclip.core.manifest.validate_record`)."""
+    out = list(iter_records(path))
     if not out:
         raise ManifestError(f"{path}: the manifest holds no records")
     return out

@@ -165,6 +165,9 @@ def _validate_pair(
     entry: Any, caption: str, width: int, height: int, where: str, name: str, need_score: bool
 ) -> LocalPair:
     """A mined (sentence, box) entry checked against its caption and image."""
+    if isinstance(entry, dict) and entry.get("box") is None and "image" in entry:
+        raise ManifestError(f"{where}: field '{name}' is a crop file ('image') without a 'box': crop-file pairs "
+                            "serve the joint test (eval --joint); training needs the box in the image")
     if not isinstance(entry, dict) or "sentence" not in entry or "box" not in entry:
         raise ManifestError(f"{where}: field '{name}' must be an object with 'sentence' and 'box'")
     sentence = clean_text(entry["sentence"])
@@ -195,7 +198,7 @@ def _validate_example(
         raise ManifestError(f"{where}: field 'image': {exc}") from None
     caption = clean_text(captions_of(record)[0])
     example = Example(record["id"], record["image"], caption)
-    local = record.get("local")
+    local = record.get("local") if need_local else None  # a global-only method reads no pair
     if local is None:
         if need_local and "local" not in record:
             raise ManifestError(f"{where}: field 'local' is missing (this method needs mined pairs: run goalclip mine)")
