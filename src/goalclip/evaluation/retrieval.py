@@ -114,6 +114,7 @@ class EvalItems:
     multi_caption: bool = False
     whole_pairs: int = 0  # joint test: records whose local pair is the whole image
     whole_dropped: list[str] = field(default_factory=list)  # ids of those left out (keep_whole=False)
+    without_pair: list[str] = field(default_factory=list)  # joint test: ids mined with "local": null, left out
 
     @cached_property
     def data_key(self) -> str:
@@ -176,22 +177,25 @@ def joint_items(path: str, *, keep_whole: bool = True) -> EvalItems:
 
     A whole-image pair (source ``whole``, or a box covering the whole image) is kept by default,
     as the authors' published test keeps them; ``keep_whole=False`` drops those records from the
-    test entirely (listed in ``whole_dropped``). Every record needs a ``local`` pair: a record
-    without one would enter the test with a single image item and change what mAP@10 measures,
-    so it is an error naming the records.
+    test entirely (listed in ``whole_dropped``). A record mined without a pair (``"local": null``:
+    every sentence matched the whole image) is left out and listed in ``without_pair``, as
+    ``data joint`` leaves it out. A record with no ``local`` field would enter the test with a
+    single image item and change what mAP@10 measures, so it is an error naming the records.
     """
     located = read_eval_records(path)
     records = [record for _, record in located]
-    missing = [r["id"] for r in records if not r.get("local")]
+    missing = [r["id"] for r in records if "local" not in r]
     if missing:
         raise ManifestError(
             f"{path}: the joint test needs a 'local' pair in every record; {len(missing)} have none "
-            f"(first: {', '.join(missing[:5])}); build it with 'goalclip data joint' from mined pairs "
-            "(it leaves out, and counts, images without a pair)"
+            f"(first: {', '.join(missing[:5])}); mine pairs with 'goalclip mine' first"
         )
     items = EvalItems("joint", str(path), [], [], [], [], [], [])
     for record in records:
         local = record["local"]
+        if local is None:
+            items.without_pair.append(record["id"])
+            continue
         if _is_whole_pair(record):
             items.whole_pairs += 1
             if not keep_whole:
@@ -206,8 +210,12 @@ def joint_items(path: str, *, keep_whole: bool = True) -> EvalItems:
         texts = [*captions_of(record), local["sentence"]]
         items.texts.extend(texts)
         items.text_groups.extend([group] * len(texts))
+    if items.without_pair:
+        logger.warning("%s: %d records have no local pair (mined with 'local': null) and are left out of the joint "
+                       "test (first: %s)", path, len(items.without_pair), ", ".join(items.without_pair[:5]))
     if not items.group_ids:
-        raise ManifestError(f"{path}: no record is left once whole-image pairs are dropped")
+        raise ManifestError(f"{path}: no record with a local pair is left (whole-image pairs dropped: "
+                            f"{len(items.whole_dropped)}, without a pair: {len(items.without_pair)})")
     return items
 
 
@@ -600,6 +608,7 @@ def evaluate(config: EvalConfig, *, write_out: bool = True) -> dict[str, Any]:
         if items.kind == "joint":
             results["sets"]["joint"]["whole_pairs"] = items.whole_pairs
             results["sets"]["joint"]["whole_pairs_dropped"] = items.whole_dropped
+            results["sets"]["joint"]["without_local_pair"] = items.without_pair
     for run in runs:
         start = time.perf_counter()
         scores: dict[str, float] = {}
