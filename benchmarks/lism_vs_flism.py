@@ -120,7 +120,8 @@ def _build_sam(folder: Path, shapes: str) -> None:
     from transformers import SamConfig, SamImageProcessor, SamModel, SamProcessor
 
     if shapes == "real":  # ViT-H: the vision config of facebook/sam-vit-huge
-        vision = dict(hidden_size=1280, num_hidden_layers=32, num_attention_heads=16, global_attn_indexes=[7, 15, 23, 31])
+        vision = {"hidden_size": 1280, "num_hidden_layers": 32, "num_attention_heads": 16,
+                  "global_attn_indexes": [7, 15, 23, 31]}
         SamModel(SamConfig(vision_config=vision)).save_pretrained(folder)
         SamProcessor(SamImageProcessor()).save_pretrained(folder)
         return

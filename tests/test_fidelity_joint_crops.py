@@ -54,6 +54,7 @@ def test_crop_file_pairs_pass_read_manifest_data_joint_and_eval_joint(tiny_world
 
 def test_training_on_crop_file_pairs_says_why_not(tiny_world, tmp_path) -> None:
     cropped = _crop_file_joint(tiny_world, tmp_path)
-    with pytest.raises(ManifestError, match=r"cropped\.jsonl:1: field 'local' is a crop file .* training needs the box"):
+    message = r"cropped\.jsonl:1: field 'local' is a crop file .* training needs the box"
+    with pytest.raises(ManifestError, match=message):
         load_examples(cropped, need_local=True)
     assert len(load_examples(cropped, need_local=False)) == len(tiny_world.ids)  # global training reads it

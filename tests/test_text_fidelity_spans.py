@@ -58,7 +58,8 @@ def test_spaced_closing_quote_before_the_period_stays_in_its_sentence(clip_token
     keeps its closing ``".`` instead of losing it to a dropped piece."""
     _exact(clip_tokenizer, 'A metal sign hangs on the gate and it reads "Keep Out? ". The gate is closed.',
            ['A metal sign hangs on the gate and it reads "Keep Out? ".', "The gate is closed."])
-    _exact(clip_tokenizer, 'The label says "FRAGILE! ", in red. A box.', ['The label says "FRAGILE! ", in red.', "A box."])
+    _exact(clip_tokenizer, 'The label says "FRAGILE! ", in red. A box.',
+           ['The label says "FRAGILE! ", in red.', "A box."])
 
 
 def test_quoted_sign_text_over_several_lines_is_one_sentence(clip_tokenizer) -> None:
