@@ -111,3 +111,16 @@ def tiny_bundle(tiny_world: TinyWorld):
     bundle = load_clip(str(tiny_world.model))
     bundle.model.eval()
     return bundle
+
+
+@pytest.fixture(scope="session")
+def clip_tokenizer():
+    """OpenAI's real CLIP BPE (its vocabulary ships in open_clip's wheel), for exact-span tests."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from _common import real_clip_tokenizer
+
+    tokenizer = real_clip_tokenizer(max_length=248)
+    assert tokenizer is not None, "open_clip (a test dependency) ships the BPE vocabulary these tests need"
+    return tokenizer

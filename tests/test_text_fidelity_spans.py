@@ -8,22 +8,9 @@ compose kinds that are NOT fixed yet (strict xfail): each says which real-data p
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
 from goalclip.core.text import clean_text, split_sentences, token_span
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from _common import real_clip_tokenizer  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def clip_tokenizer():
-    tokenizer = real_clip_tokenizer(max_length=248)
-    assert tokenizer is not None, "open_clip (a test dependency) ships the BPE vocabulary these tests need"
-    return tokenizer
 
 
 def _exact(tokenizer, raw: str, expected: list[str]) -> None:
