@@ -113,3 +113,17 @@ def test_a_batch_whose_images_have_no_local_pair_trains_the_global_loss_only(tin
     assert torch.isfinite(loss) and float(logs["loss_local"]) == 0.0 and float(logs["loss_tsl_image"]) == 0.0
     loss.backward()
     assert float(loss) == float(logs["loss_global"])
+
+
+def test_mine_help_lists_every_region_kind_and_the_whole_image_rule(capsys) -> None:
+    import pytest
+
+    from goalclip.mining.regions import REGION_KINDS
+
+    with pytest.raises(SystemExit):
+        cli_main(["mine", "--help"])
+    text = " ".join(capsys.readouterr().out.split()).replace("- ", "-")
+    start = text.index("--regions REGIONS region proposer")
+    regions = text[start : text.index("--boxes BOXES", start)]
+    assert all(kind in regions for kind in REGION_KINDS), regions
+    assert "--whole-wins {drop-sentence,drop-image}" in text
