@@ -208,7 +208,7 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str
 
 def _bytes_to_unicode() -> dict[int, str]:
     """GPT-2/CLIP byte-level alphabet: printable bytes map to themselves, the rest above 255."""
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
     codes = keep[:]
     extra = 0
     for b in range(256):

@@ -36,12 +36,13 @@ import _common  # noqa: F401  (first: sets thread/offline env variables before t
 import torch
 from safetensors.torch import load_file
 
-from goalclip.core.manifest import read_manifest
+from goalclip.core.records import read_manifest
 from goalclip.demo.pipeline import DemoPlan
 from goalclip.demo.tiny import build_tiny_clip
 from goalclip.demo.world import WorldConfig, generate_world
 from goalclip.models.clip import save_clip
-from goalclip.training.trainer import TrainConfig, train
+from goalclip.training.config import TrainConfig
+from goalclip.training.trainer import train
 
 PRECISIONS = ("no", "bf16", "bf16-weights")
 

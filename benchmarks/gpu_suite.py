@@ -28,7 +28,7 @@ reference-style step is charged the same model FLOPs, so its lower MFU is its wa
 dense TFLOP/s comes from ``--peak-tflops`` or the GPU's name (H100/H200 989, A100 312).
 
 ``--shapes reduced`` runs every section at the test suite's tiny shapes on the CPU in seconds
-(tests/test_benchmarks_smoke.py), so the script cannot rot; its numbers mean nothing.
+(tests/benchmarks/test_benchmarks_smoke.py), so the script cannot rot; its numbers mean nothing.
 
     python benchmarks/gpu_suite.py --out gpu_suite.json                # on a GPU
     python benchmarks/gpu_suite.py --shapes reduced --device cpu       # the CPU smoke run
@@ -56,7 +56,8 @@ from lism_vs_flism import build_models, make_images, run_method
 from train_step import build_setup, load_setup, variant_loss
 
 from goalclip.evaluation.retrieval import EvalConfig, evaluate
-from goalclip.training.trainer import TrainConfig, train
+from goalclip.training.config import TrainConfig
+from goalclip.training.trainer import train
 
 SECTIONS = ("step-b16", "step-l14", "trainer", "flism", "lism", "eval", "gradcache")
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
@@ -173,7 +174,8 @@ def step_section(name: str, args: argparse.Namespace, work: Path) -> list[dict[s
 def _train_config(args: argparse.Namespace, setup: Path, out: Path, batch: int, **extra: Any) -> TrainConfig:
     return TrainConfig(model=str(setup / "model"), data=str(setup / "train.jsonl"), out=str(out), batch_size=batch,
                        max_steps=extra.pop("max_steps", 5), precision="bf16" if _bf16(args.device) else "no",
-                       num_workers=SHAPES[args.shapes]["workers"], progress=False, log_every=1, checkpoint_epochs=False, **extra)
+                       num_workers=SHAPES[args.shapes]["workers"], progress=False, log_every=1, checkpoint_epochs=False,
+                       **extra)
 
 
 def trainer_section(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:

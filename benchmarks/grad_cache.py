@@ -48,14 +48,16 @@ from _common import (
 from accelerate import Accelerator
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 
-from goalclip.core.manifest import read_manifest, write_manifest
+from goalclip.core.manifest import write_manifest
+
+from goalclip.core.records import read_manifest
 from goalclip.demo.tiny import build_tiny_clip
 from goalclip.demo.world import WorldConfig, generate_world, vocabulary
 from goalclip.models.clip import ClipBundle, load_clip, save_clip, stretch_positions
 from goalclip.training.data import Collate, TrainDataset, load_examples
 from goalclip.training.gradcache import grad_cache_step
-from goalclip.training.losses import LossWeights
-from goalclip.training.trainer import StepModule
+from goalclip.training.config import LossWeights
+from goalclip.training.step import ChunkedStepModule, StepModule
 
 # Vision (width, layers, heads, patch, image) and text (width, layers, heads) of the real models.
 SHAPES: dict[str, dict[str, Any]] = {
@@ -121,7 +123,7 @@ def worker(args: argparse.Namespace) -> None:
     accelerator = Accelerator(cpu=args.device == "cpu", mixed_precision=args.precision)
     device = accelerator.device
     clip = load_clip(str(Path(args.setup) / "model")).model.to(device)
-    module = StepModule(clip, "goal", LossWeights())
+    module = (ChunkedStepModule if chunk else StepModule)(clip, "goal", LossWeights())
     batch = {k: v.to(device) for k, v in torch.load(Path(args.setup) / f"batch{batch_size}.pt").items()}
     optimizer = torch.optim.AdamW(module.parameters(), lr=5e-6, weight_decay=0.05)
     params = sum(p.numel() * p.element_size() for p in module.parameters())

@@ -46,15 +46,16 @@ from _common import interleaved, machine_facts, markdown_table, print_facts
 from train_step import WEIGHTS, build_real_clip, build_setup, load_setup
 
 from goalclip.core.images import load_rgb, pixel_values
-from goalclip.core.manifest import read_manifest
+from goalclip.core.records import read_manifest
 from goalclip.core.text import clean_text, split_sentences
 from goalclip.demo.tiny import build_tiny_clip
 from goalclip.demo.world import WorldConfig, generate_world, vocabulary
 from goalclip.mining.mine import mine_batch
 from goalclip.mining.regions import build_proposer
 from goalclip.models.clip import ClipBundle, image_forward, text_forward
-from goalclip.models.embed import embed_images, embed_texts, tokenize
-from goalclip.training.trainer import build_optimizer, clamp_logit_scale, training_step
+from goalclip.models.embed import embed_pixels, embed_token_ids, tokenize
+from goalclip.training.optimizer import build_optimizer
+from goalclip.training.step import clamp_logit_scale, training_step
 
 SHAPES = {
     # batch / timed rounds for the step; images / rounds for mining (a ViT-B/16 pass on 2 cores takes seconds)
@@ -149,9 +150,9 @@ def mining_section(shapes: str, args: argparse.Namespace) -> dict[str, Any]:
 
     def bare() -> None:
         for p in pixels:
-            embed_images(bundle.model, p)
+            embed_pixels(bundle.model, p)
         for t in tokens:
-            embed_texts(bundle.model, t["input_ids"], t["attention_mask"])
+            embed_token_ids(bundle.model, t["input_ids"], t["attention_mask"])
 
     def mined() -> None:
         mine_batch(bundle, proposer, records, images, top_k=5, crop_batch_size=chunk, device=device)

@@ -46,7 +46,8 @@ from _common import machine_facts, markdown_table, print_facts, real_clip_tokeni
 from PIL import Image, ImageDraw
 
 from goalclip.core.manifest import write_manifest
-from goalclip.mining.mine import STAGES, MineConfig, mine
+from goalclip.mining.config import MineConfig
+from goalclip.mining.mine import STAGES, mine
 
 SENTENCES = [
     "A red car is parked on the left side of the street.",

@@ -34,11 +34,12 @@ import torch
 from _common import interleaved, machine_facts, markdown_table, print_facts
 
 from goalclip.core.images import load_rgb, pixel_values
-from goalclip.core.manifest import captions_of, read_manifest
+from goalclip.core.manifest import captions_of
+from goalclip.core.records import read_manifest
 from goalclip.mining.mine import Match, match_pairs, mine_batch
 from goalclip.demo.tiny import build_tiny_clip
 from goalclip.models.clip import ClipBundle
-from goalclip.models.embed import embed_images, embed_texts, tokenize
+from goalclip.models.embed import embed_pixels, embed_token_ids, tokenize
 from goalclip.mining.regions import RegionProposer, build_proposer
 from goalclip.demo.world import WorldConfig, generate_world, vocabulary
 from goalclip.core.text import clean_text, split_sentences
@@ -68,9 +69,9 @@ def mine_per_image(bundle: ClipBundle, proposer: RegionProposer, records, images
             out.append((None, None, sentences, regions) if keep_similarity else None)
             continue
         crops = [image.crop(tuple(round(v) for v in region.box)) for region in regions]
-        crop_emb = embed_images(bundle.model, pixel_values(bundle.image_processor, crops).to(device))
+        crop_emb = embed_pixels(bundle.model, pixel_values(bundle.image_processor, crops).to(device))
         tokens = tokenize(bundle, sentences)
-        text_emb = embed_texts(bundle.model, tokens["input_ids"].to(device), tokens["attention_mask"].to(device))
+        text_emb = embed_token_ids(bundle.model, tokens["input_ids"].to(device), tokens["attention_mask"].to(device))
         similarity = text_emb @ crop_emb.T
         match = match_pairs(similarity, sentences, regions, top_k)
         out.append((match, similarity.cpu(), sentences, regions) if keep_similarity else match)
@@ -167,7 +168,8 @@ def main() -> None:
                f"(+{check['candidate_ties']} with ties); every batched score equals the per-image score within "
                f"{check['max_score_diff']:.1e}")
     print(f"check: {summary}", flush=True)
-    print(f"timing: {args.warmup} warm-up pass(es) each untimed, then {args.rounds} interleaved passes each", flush=True)
+    print(f"timing: {args.warmup} warm-up pass(es) each untimed, then {args.rounds} interleaved passes each",
+          flush=True)
     timer = interleaved({"per-image": looped, "batched": batched}, rounds=args.rounds, warmup=args.warmup,
                         device=args.device)
 

@@ -66,8 +66,9 @@ from _common import (
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 
 from goalclip.training.data import Collate, TrainDataset, load_examples
-from goalclip.training.losses import LossWeights
-from goalclip.core.manifest import read_manifest, write_manifest
+from goalclip.training.config import LossWeights
+from goalclip.core.manifest import write_manifest
+from goalclip.core.records import read_manifest
 from goalclip.demo.tiny import build_tiny_clip
 from goalclip.models.clip import (
     ClipBundle,
@@ -77,7 +78,7 @@ from goalclip.models.clip import (
 )
 from goalclip.models.embed import crop_geometry
 from goalclip.demo.world import WorldConfig, generate_world, vocabulary
-from goalclip.training.trainer import training_step
+from goalclip.training.step import training_step
 
 WEIGHTS = LossWeights()
 LR, WEIGHT_DECAY = 5e-6, 0.05
@@ -122,7 +123,8 @@ def build_setup(config: str, batch_size: int, folder: Path, seed: int = 0) -> Pa
     return folder
 
 
-# Real CLIP shapes (OpenAI's configs): vision (width, layers, heads, patch, px), text (width, layers, heads), projection.
+# Real CLIP shapes (OpenAI's configs): vision (width, layers, heads, patch, px), text (width, layers, heads),
+# projection.
 ARCHS: dict[str, tuple[tuple[int, int, int, int, int], tuple[int, int, int], int]] = {
     "vit-b16": ((768, 12, 12, 16, 224), (512, 12, 8), 512),
     "vit-l14": ((1024, 24, 16, 14, 224), (768, 12, 12), 768),

@@ -113,6 +113,73 @@ def tiny_bundle(tiny_world: TinyWorld):
     return bundle
 
 
+@pytest.fixture
+def crash_at_step(monkeypatch: pytest.MonkeyPatch):
+    """``crash_at_step(n)``: the training step raises KeyboardInterrupt (a simulated kill) at its n-th call.
+
+    Pass ``patch`` (e.g. a ``monkeypatch.context()``) to scope the crash; ``monkeypatch.undo()`` ends it too.
+    """
+    from goalclip.training.step import StepModule
+
+    def arm(n: int, patch: pytest.MonkeyPatch = monkeypatch) -> None:
+        real_forward, calls = StepModule.forward, {"n": 0}
+
+        def crashing(self, batch):
+            calls["n"] += 1
+            if calls["n"] == n:
+                raise KeyboardInterrupt("simulated crash")
+            return real_forward(self, batch)
+
+        patch.setattr(StepModule, "forward", crashing)
+
+    return arm
+
+
+# ----------------------------------------------------------------------------- several processes
+
+RANKS_TIMEOUT_S = 240  # generous: starting torch in several processes is slow on a busy 2-core CI box
+
+
+@pytest.fixture(scope="session")
+def launch_ranks():
+    """``launch_ranks(argv, n=2, **env) -> CompletedProcess``: ``torchrun --standalone --nproc-per-node n argv``.
+
+    The one launcher of the multi-process tests: this checkout's code (PYTHONPATH), one thread per rank,
+    gloo on the loopback, no inherited ACCELERATE_USE_CPU (pass it in ``env``); a hang fails the test.
+    ``argv`` is what follows torchrun's options: ``["-m", "goalclip.cli", "train", ...]`` or a script.
+    """
+    import socket
+    import subprocess
+    import sys
+
+    def launch(argv: list[str], n: int = 2, timeout: float = RANKS_TIMEOUT_S,
+               **env: str) -> subprocess.CompletedProcess:
+        environ = {k: v for k, v in os.environ.items() if k != "ACCELERATE_USE_CPU"}
+        environ.update(PYTHONPATH=os.pathsep.join(sys.path), OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE")
+        if "lo" in {name for _, name in socket.if_nameindex()}:
+            environ["GLOO_SOCKET_IFNAME"] = "lo"
+        environ.update(env)
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(n),
+                   *map(str, argv)]
+        try:
+            return subprocess.run(command, env=environ, capture_output=True, text=True, timeout=timeout,
+                                  check=False)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"{n} processes of {' '.join(map(str, argv[:4]))} ... did not finish within {timeout:.0f} s")
+
+    return launch
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A multi-process test is slow too (``pytest -m "not slow"`` is the fast loop); tests under
+    tests/reliability/ carry the ``reliability`` marker (the promises README lists by name)."""
+    for item in items:
+        if item.get_closest_marker("multiprocess"):
+            item.add_marker(pytest.mark.slow)
+        if "reliability" in item.path.parts:
+            item.add_marker(pytest.mark.reliability)
+
+
 @pytest.fixture(scope="session")
 def clip_tokenizer():
     """OpenAI's real CLIP BPE (its vocabulary ships in open_clip's wheel), for exact-span tests."""

@@ -25,7 +25,8 @@ from PIL import Image
 
 from goalclip.cli import main
 from goalclip.core.images import load_rgb
-from goalclip.core.manifest import ManifestError, atomic_write, read_manifest
+from goalclip.core.manifest import ManifestError, atomic_write
+from goalclip.core.records import read_manifest
 
 # ----------------------------------------------------------------------------- helpers
 

@@ -68,16 +68,11 @@ def _mine_args(tiny_world, data: Path, out: Path, *extra: str) -> list[str]:
 # ----------------------------------------------------------------------------- several processes
 
 
-def test_mine_in_two_cpu_processes_shards_the_images_and_equals_one_process(tiny_world, tmp_path):
+@pytest.mark.multiprocess
+def test_mine_in_two_cpu_processes_shards_the_images_and_equals_one_process(tiny_world, tmp_path, launch_ranks):
     """Two ranks (torchrun, no ACCELERATE_USE_CPU) mine disjoint shares; the merge equals one process."""
     two = tmp_path / "two" / "mined.jsonl"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-               "-m", "goalclip.cli", *_mine_args(tiny_world, tiny_world.captions, two)]
-    try:
-        proc = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT_S,
-                              check=False)
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"two-process mining did not finish within {SUBPROCESS_TIMEOUT_S}s")
+    proc = launch_ranks(["-m", "goalclip.cli", *_mine_args(tiny_world, tiny_world.captions, two)])
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log
     per_rank = [int(n) for n in re.findall(r"mining (\d+) images", log)]
@@ -93,17 +88,12 @@ def test_mine_in_two_cpu_processes_shards_the_images_and_equals_one_process(tiny
         assert a["local"]["score"] == pytest.approx(b["local"]["score"], abs=1e-5)
 
 
-def test_eval_in_two_cpu_processes_equals_one_process(tiny_world, tmp_path):
+@pytest.mark.multiprocess
+def test_eval_in_two_cpu_processes_equals_one_process(tiny_world, tmp_path, launch_ranks):
     """Two ranks (torchrun, no ACCELERATE_USE_CPU) split the encoding; the table equals one process's."""
     args = ["eval", "--model", str(tiny_world.model), "--data", str(tiny_world.captions), "--joint",
             str(tiny_world.mined), "--device", "cpu", "--batch-size", "3", "--no-progress"]
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-               "-m", "goalclip.cli", *args, "--out", str(tmp_path / "two.json")]
-    try:
-        proc = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT_S,
-                              check=False)
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"two-process eval did not finish within {SUBPROCESS_TIMEOUT_S}s")
+    proc = launch_ranks(["-m", "goalclip.cli", *args, "--out", tmp_path / "two.json"])
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert main([*args, "--out", str(tmp_path / "one.json")]) == 0
     two, one = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("two", "one"))

@@ -7,6 +7,7 @@ real command line (``goalclip.cli.main``) where a user would meet them.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -209,7 +210,8 @@ def test_a_model_folder_whose_weights_do_not_fit_its_config_is_an_error_naming_t
     for section in (config, config["text_config"], config["vision_config"]):
         section["projection_dim"] = 40
     (folder / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ModelLoadError, match=r"mismatched \(2\): text_projection.weight: file \(48, 24\) vs config \(40, 24\)"):
+    with pytest.raises(ModelLoadError,
+                       match=r"mismatched \(2\): text_projection.weight: file \(48, 24\) vs config \(40, 24\)"):
         load_clip(str(folder))
 
 
@@ -222,9 +224,17 @@ def test_a_model_folder_holding_another_models_tokenizer_is_an_error(exported, t
         load_clip(str(folder))
 
 
-def test_a_complete_folder_loads_without_complaint(exported):
-    bundle = load_clip(str(exported))
+def test_a_complete_folder_loads_without_complaint(exported, caplog):
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.enable_propagation()  # transformers' own warnings (missing or unused weights) reach caplog too
+    try:
+        with caplog.at_level(logging.INFO):
+            bundle = load_clip(str(exported))
+    finally:
+        hf_logging.disable_propagation()
     assert bundle.model.config.projection_dim == 48 and len(bundle.tokenizer) > 200
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
 
 
 # ----------------------------------------------------------------------------- 11.6: non-finite models

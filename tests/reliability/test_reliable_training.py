@@ -10,11 +10,7 @@ import errno
 import json
 import logging
 import math
-import os
 import shutil
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -24,11 +20,11 @@ from safetensors.torch import load_file
 import goalclip.training.trainer as trainer_module
 from goalclip.cli import main
 from goalclip.models.clip import load_clip, save_clip
-from goalclip.training.losses import LossWeights
-from goalclip.training.trainer import TrainConfig, train, training_step
+from goalclip.training.config import LossWeights, TrainConfig
+from goalclip.training.step import training_step
+from goalclip.training.trainer import train
 
 TINY = ["--max-text-len", "52", "--keep-positions", "4", "--num-workers", "0", "--no-progress", "--log-every", "1"]
-TWO_PROCESS_TIMEOUT_S = 240
 
 
 def _cli(capsys, *args: str) -> tuple[int, str, str]:
@@ -60,45 +56,17 @@ def _assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor],
 # ----------------------------------------------------------------------------- several processes
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def launch_two_trainings(launch_ranks, args: list[str], use_cpu_flag: bool) -> None:
+    """Two `goalclip train` ranks on CPU (gloo on the loopback), with or without ACCELERATE_USE_CPU."""
+    env = {"ACCELERATE_USE_CPU": "1"} if use_cpu_flag else {}
+    done = launch_ranks(["-m", "goalclip.cli", "train", *args], CUDA_VISIBLE_DEVICES="", **env)
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
-def _launch_two_ranks(args: list[str], use_cpu_flag: bool) -> list[str]:
-    """Start 2 CLI processes the way torchrun would (env:// rendezvous on the loopback)."""
-    src = Path(__file__).resolve().parents[2] / "src"
-    env = dict(os.environ, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE", MASTER_ADDR="127.0.0.1",
-               MASTER_PORT=str(_free_port()), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2", CUDA_VISIBLE_DEVICES="",
-               PYTHONPATH=os.pathsep.join([str(src), os.environ.get("PYTHONPATH", "")]))
-    env.pop("ACCELERATE_USE_CPU", None)
-    if use_cpu_flag:
-        env["ACCELERATE_USE_CPU"] = "1"
-    if "lo" in {name for _, name in socket.if_nameindex()}:
-        env.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    procs = [
-        subprocess.Popen([sys.executable, "-m", "goalclip.cli", "train", *args], stdout=subprocess.PIPE,
-                         stderr=subprocess.STDOUT, text=True, env={**env, "RANK": str(r), "LOCAL_RANK": str(r)})
-        for r in range(2)
-    ]
-    logs = []
-    try:
-        for proc in procs:
-            logs.append(proc.communicate(timeout=TWO_PROCESS_TIMEOUT_S)[0])
-    except subprocess.TimeoutExpired:
-        for proc in procs:
-            proc.kill()
-            proc.communicate()
-        pytest.fail(f"two training processes did not finish within {TWO_PROCESS_TIMEOUT_S}s")
-    for rank, (proc, log) in enumerate(zip(procs, logs)):
-        assert proc.returncode == 0, f"rank {rank} exited with {proc.returncode}:\n{log}"
-    return logs
-
-
+@pytest.mark.multiprocess
 @pytest.mark.parametrize("use_cpu_flag", [True, False], ids=["ACCELERATE_USE_CPU", "plain-env"])
 def test_two_processes_at_batch_b_train_exactly_like_one_process_at_batch_2b(
-    tiny_world, tmp_path, use_cpu_flag: bool
+    tiny_world, tmp_path, launch_ranks, use_cpu_flag: bool
 ) -> None:
     """Same LR at every step, same logged loss, same final weights; never two independent runs."""
     common = ["--method", "goal", "--max-steps", "3", "--lr", "1e-3", "--warmup-steps", "1", "--no-epoch-checkpoints"]
@@ -106,8 +74,8 @@ def test_two_processes_at_batch_b_train_exactly_like_one_process_at_batch_2b(
     train(TrainConfig(model=str(tiny_world.model), data=str(tiny_world.mined), out=str(single), method="goal",
                       max_steps=3, lr=1e-3, warmup_steps=1, checkpoint_epochs=False, batch_size=4,
                       max_text_len=52, keep_positions=4, num_workers=0, progress=False, log_every=1))
-    _launch_two_ranks(["--model", str(tiny_world.model), "--data", str(tiny_world.mined), "--out", str(double),
-                       "--batch-size", "2", *TINY, *common], use_cpu_flag)
+    launch_two_trainings(launch_ranks, ["--model", str(tiny_world.model), "--data", str(tiny_world.mined), "--out",
+                                        str(double), "--batch-size", "2", *TINY, *common], use_cpu_flag)
 
     one, two = _metrics(single), _metrics(double)
     assert [m["step"] for m in two] == [1, 2, 3]  # one line per step: not two independent runs
@@ -339,23 +307,11 @@ def test_skip_invalid_skips_and_counts_an_image_failing_to_decode_mid_run(
 # ----------------------------------------------------------------------------- resume
 
 
-def _crash_at_step(monkeypatch, step: int) -> None:
-    real_step = trainer_module.training_step
-    calls = {"n": 0}
-
-    def crashing_step(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == step:
-            raise KeyboardInterrupt("simulated crash")
-        return real_step(*args, **kwargs)
-
-    monkeypatch.setattr(trainer_module, "training_step", crashing_step)
-
-
-def test_resume_refuses_changed_defining_settings_naming_each(tiny_world, tmp_path, capsys, monkeypatch) -> None:
+def test_resume_refuses_changed_defining_settings_naming_each(tiny_world, tmp_path, capsys, monkeypatch,
+                                                              crash_at_step) -> None:
     out = tmp_path / "out"
     args = _args(tiny_world, out, "--max-steps", "3", "--checkpoint-every", "1")
-    _crash_at_step(monkeypatch, 3)
+    crash_at_step(3)
     assert main(["train", *args]) == 130  # interrupted: the CLI says so and exits 130
     monkeypatch.undo()
     record_before = (out / "train_config.json").read_text()
@@ -379,10 +335,10 @@ def test_resume_of_a_finished_run_says_so_and_leaves_the_model_alone(tiny_world,
     assert _model_bytes(out) == before and (out / "model.safetensors").stat().st_mtime_ns == stat.st_mtime_ns
 
 
-def test_metrics_hold_each_step_once_after_a_resume(tiny_world, tmp_path, capsys, monkeypatch) -> None:
+def test_metrics_hold_each_step_once_after_a_resume(tiny_world, tmp_path, capsys, monkeypatch, crash_at_step) -> None:
     out = tmp_path / "out"
     args = _args(tiny_world, out, "--max-steps", "4", "--checkpoint-every", "2", "--no-epoch-checkpoints")
-    _crash_at_step(monkeypatch, 4)  # steps 1-3 logged, checkpoint at step 2
+    crash_at_step(4)  # steps 1-3 logged, checkpoint at step 2
     assert main(["train", *args]) == 130  # interrupted: the CLI says so and exits 130
     monkeypatch.undo()
     assert [m["step"] for m in _metrics(out)] == [1, 2, 3]
@@ -425,10 +381,10 @@ def test_keep_checkpoints_flag_limits_the_checkpoints_kept(tiny_world, tmp_path,
 
 
 def test_resume_removes_temporary_checkpoint_folders_left_by_a_killed_run(tiny_world, tmp_path, capsys,
-                                                                          monkeypatch) -> None:
+                                                                          monkeypatch, crash_at_step) -> None:
     out = tmp_path / "out"
     args = _args(tiny_world, out, "--max-steps", "3", "--checkpoint-every", "1", "--no-epoch-checkpoints")
-    _crash_at_step(monkeypatch, 3)
+    crash_at_step(3)
     assert main(["train", *args]) == 130
     monkeypatch.undo()
     stale = [out / "checkpoints" / ".tmp-step-7", out / ".export-tmp"]  # a kill during a save or the export
@@ -459,9 +415,8 @@ def test_every_process_returns_only_after_the_model_is_exported(tiny_world, tmp_
     return (a script may load the model on every rank) and before the process group is torn down
     (a rank leaving while its peer still works is how gloo aborts at exit)."""
     events: list[str] = []
-    export = trainer_module.Trainer._export
-    monkeypatch.setattr(trainer_module.Trainer, "_export",
-                        lambda self, *a, **k: (events.append("export"), export(self, *a, **k))[1])
+    export = trainer_module.export_model
+    monkeypatch.setattr(trainer_module, "export_model", lambda *a, **k: (events.append("export"), export(*a, **k))[1])
     wait = trainer_module.Accelerator.wait_for_everyone
     monkeypatch.setattr(trainer_module.Accelerator, "wait_for_everyone",
                         lambda self: (events.append("wait"), wait(self))[1])

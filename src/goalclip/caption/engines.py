@@ -16,9 +16,10 @@ from typing import Any, Protocol
 import torch
 from PIL import Image
 
+from goalclip.caption.prompt import DEFAULT_MODEL
+
 logger = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "llava-hf/llava-v1.6-mistral-7b-hf"
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 

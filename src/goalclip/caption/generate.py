@@ -22,8 +22,8 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from goalclip.caption.clean import clean_caption
-from goalclip.caption.engines import DEFAULT_MODEL, CaptionEngine, load_engine, resolve_dtype
-from goalclip.caption.prompt import load_prompt
+from goalclip.caption.engines import CaptionEngine, load_engine, resolve_dtype
+from goalclip.caption.prompt import DEFAULT_MODEL, load_prompt
 from goalclip.core.images import ImageError, load_rgb
 from goalclip.core.manifest import iter_jsonl, relativize, write_jsonl
 from goalclip.datasets.sample import read_images

@@ -1,10 +1,15 @@
-"""The captioning prompt: a built-in default, or the user's own file; its hash travels with every record."""
+"""The captioning prompt: a built-in default, or the user's own file; its hash travels with every record.
+
+Torch-free (the CLI reads its defaults here without loading torch), so the default captioner lives here too.
+"""
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+
+DEFAULT_MODEL = "llava-hf/llava-v1.6-mistral-7b-hf"  # LLaVA-NeXT (Mistral 7B)
 
 # Asks for what FAST-GOAL's training captions need: long, visually grounded descriptions that
 # cover the scene, each object's attributes and where things are, and nothing that cannot be seen

@@ -15,11 +15,11 @@ from typing import Any
 import torch
 
 from goalclip.core.images import PixelBatches
-from goalclip.core.manifest import captions_of, read_manifest, write_jsonl, write_manifest
+from goalclip.core.manifest import captions_of, write_jsonl, write_manifest
+from goalclip.core.records import read_manifest
 from goalclip.datasets.sample import sample_records
-from goalclip.models.clip import load_clip
-from goalclip.models.embed import count_truncated, embed_images, encode_texts
-from goalclip.training.trainer import prepare_text_positions
+from goalclip.models.clip import load_clip, prepare_text_positions
+from goalclip.models.embed import count_truncated, embed_pixels, embed_text_strings
 
 logger = logging.getLogger(__name__)
 
@@ -67,12 +67,12 @@ def score_manifest(config: ScoreConfig) -> dict[str, Any]:
     if truncated:
         logger.warning("%d of %d captions are longer than the model's %d-token context and were truncated",
                        truncated, len(captions), context)
-    texts = encode_texts(bundle, captions, batch_size=config.batch_size)
+    texts = embed_text_strings(bundle, captions, batch_size=config.batch_size)
     batches = PixelBatches([r["image"] for r in picked], bundle.image_processor, batch_size=config.batch_size,
                            num_workers=config.num_workers, progress=config.progress, desc="score")
     scores: dict[int, float] = {}
     for indices, pixels in batches:
-        images = embed_images(bundle.model, pixels.to(device))
+        images = embed_pixels(bundle.model, pixels.to(device))
         cosines = (images * texts[indices.to(device)]).sum(dim=-1)
         scores.update(zip(indices.tolist(), cosines.tolist()))
     rows = [{"id": picked[i]["id"], "score": round(scores[i], 6)} for i in sorted(scores)]

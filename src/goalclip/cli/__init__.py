@@ -1,4 +1,4 @@
-"""The ``goalclip`` command: caption | mine | train | eval | viz | search | data | convert | demo.
+"""The ``goalclip`` command: caption | mine | train | eval | viz | search | serve | data | convert | demo.
 
 Parsers are built from the small modules of this package, which import nothing heavy (no torch,
 no transformers), so ``--help`` is instant; each command imports the library code it runs only
@@ -15,11 +15,11 @@ import sys
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 
-from goalclip.cli import caption, convert, data, demo, evaluate, mine, search, train, viz
+from goalclip.cli import caption, convert, data, demo, evaluate, mine, search, serve, train, viz
 
 logger = logging.getLogger("goalclip")
 
-COMMANDS = (caption, mine, train, evaluate, viz, search, data, convert, demo)
+COMMANDS = (caption, mine, train, evaluate, viz, search, serve, data, convert, demo)
 
 
 def _version() -> str:
@@ -55,7 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _configure_logging(args.verbose)
-    if getattr(args, "no_progress", False):
+    if getattr(args, "no_progress", False) or getattr(args, "progress", True) is False:
         from goalclip.cli.common import silence_library_progress_bars
 
         silence_library_progress_bars()

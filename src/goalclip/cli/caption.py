@@ -5,9 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from goalclip.caption.prompt import DEFAULT_MODEL
 from goalclip.cli.common import SHARDS_HELP, add_device, add_no_progress
-
-DEFAULT_MODEL = "llava-hf/llava-v1.6-mistral-7b-hf"  # same as goalclip.caption.engines (kept light here)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

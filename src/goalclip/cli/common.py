@@ -5,29 +5,26 @@ from __future__ import annotations
 import argparse
 import os
 
-SHARDS_HELP = ("or WebDataset shards (goalclip data shard): a .tar, a brace pattern such as "
-               "shards/train-{000000..000009}.tar, or a pipe:/fsspec URL")
+from goalclip.core.options import (  # noqa: F401 (SHARDS_HELP: the commands' --data help)
+    DEVICE_HELP,
+    MAX_IMAGE_PIXELS_DEFAULT,
+    MAX_IMAGE_PIXELS_HELP,
+    NO_PROGRESS_HELP,
+    SHARDS_HELP,
+)
 
 
 def add_device(parser: argparse.ArgumentParser, what: str = "the model") -> None:
-    parser.add_argument(
-        "--device", default="auto",
-        help=f"torch device for {what}: auto (CUDA when available, or each process's own device under "
-        "accelerate launch; else CPU), cpu, cuda, cuda:1, ... (default: auto)",
-    )
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP.format(what=what) + " (default: auto)")
 
 
 def add_no_progress(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--no-progress", action="store_true",
-                        help="hide progress bars (goalclip's and the libraries' own, e.g. weight loading)")
+    parser.add_argument("--no-progress", action="store_true", help=NO_PROGRESS_HELP)
 
 
 def add_max_image_pixels(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--max-image-pixels", type=int,
-        help="refuse images with more pixels than this as possible decompression bombs (skipped and counted "
-        "like unreadable files); 0 = no limit (default: PIL's 89478485)",
-    )
+    parser.add_argument("--max-image-pixels", type=int,
+                        help=f"{MAX_IMAGE_PIXELS_HELP} (default: {MAX_IMAGE_PIXELS_DEFAULT})")
 
 
 def add_model(parser: argparse.ArgumentParser, help_text: str) -> None:

@@ -19,7 +19,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="hub id or folder whose tokenizer and image processor the checkpoint was trained with "
         "(LongCLIP-L: openai/clip-vit-large-patch14; LongCLIP-B: openai/clip-vit-base-patch16)",
     )
-    parser.add_argument("--out", required=True, help="output folder loadable by CLIPModel/AutoProcessor.from_pretrained")
+    parser.add_argument("--out", required=True,
+                        help="output folder loadable by CLIPModel/AutoProcessor.from_pretrained")
     parser.add_argument(
         "--heads", type=int, default=None,
         help="attention heads in both towers (default: width // 64, right for every OpenAI and Long-CLIP model)",

@@ -58,7 +58,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run_convert(args: argparse.Namespace) -> str:
     if args.format == "sa1b":  # its boxes come from its own masks, written by the sa1b module
-        from goalclip.datasets.sa1b import run_convert_sa1b as convert
+        from goalclip.datasets.adapters import run_convert_sa1b as convert
     else:
         from goalclip.datasets.adapters import run_convert as convert
 

@@ -18,7 +18,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        "loss methods only. A re-run with the same world and model reuses the pretrained checkpoint.")
     p.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
     p.add_argument("--quick", action="store_true",
-                   help="a smaller world, fewer steps, one fine-tune seed and the four loss methods only (what CI runs)")
+                   help="a smaller world, fewer steps, one fine-tune seed and the four loss methods only "
+                   "(what CI runs)")
     p.add_argument("--seed", type=int, default=0, help="seed for the world and all training (default: 0)")
     p.add_argument("--num-workers", type=int, default=0, help="data-loading workers (default: 0, best on 2 cores)")
     p.add_argument("--extra-rows", action="store_true",

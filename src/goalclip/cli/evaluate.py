@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
 
 from goalclip.cli.common import SHARDS_HELP, add_device, add_max_image_pixels, add_no_progress, resolve_device
@@ -93,6 +94,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--out", default=None, help="write metrics, counts and timing as JSON to this file")
     parser.add_argument(
+        "--card", action="append", default=[], metavar="MODEL",
+        help="a --model folder whose README.md model card gets this evaluation's table (replacing the one an "
+        "earlier --card wrote; a folder without a card gets a minimal one); repeatable",
+    )
+    parser.add_argument(
         "--max-text-len", type=int, default=None,
         help="truncate texts to this many tokens (default and upper bound: each model's own context; "
         "open_clip rows other than CLIP-tokenizer ones only at their own context)",
@@ -116,8 +122,28 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
+def _check_cards(args: argparse.Namespace) -> None:
+    """Before any work: every --card must be one of the --model folders."""
+    models = {os.path.realpath(m) for m in args.models}
+    for card in args.card:
+        if os.path.realpath(card) not in models or not os.path.isdir(card):
+            raise ValueError(f"--card {card}: not one of the --model folders evaluated")
+
+
+def _add_cards(cards: list[str], results: dict[str, Any], data: str) -> None:
+    """Write each --card model's row of the results into its model card."""
+    from goalclip.evaluation.retrieval import markdown_table
+    from goalclip.models.card import add_eval_table
+
+    for card in cards:
+        rows = [row for row in results["models"] if os.path.realpath(row["model"]) == os.path.realpath(card)]
+        path = add_eval_table(card, markdown_table({**results, "models": rows}), data)
+        print(f"model card: {path}", flush=True)
+
+
 def run(args: argparse.Namespace) -> str:
     """Evaluate, print the Markdown table, return the summary line (empty on non-main processes)."""
+    _check_cards(args)
     if args.task == "classify":
         return run_classify(args)
     from goalclip.evaluation.retrieval import KS_PRESETS, EvalConfig, evaluate, markdown_table, write_results
@@ -136,6 +162,7 @@ def run(args: argparse.Namespace) -> str:
     print(markdown_table(results), flush=True)  # before writing: a failed write must not lose the numbers
     if config.out is not None:
         write_results(results, config.out)
+    _add_cards(args.card, results, args.data)
     parts = [
         f"{kind}: {s['image_items']} images / {s['text_items']} texts"
         + (f" ({len(s['excluded_ids'])} records excluded)" if s["excluded_ids"] else "")
@@ -163,6 +190,7 @@ def run_classify(args: argparse.Namespace) -> str:
     set_max_image_pixels(args.max_image_pixels)
     results = classify(config)
     print(markdown_table(results))
+    _add_cards(args.card, results, args.data)
     where = f"; metrics -> {config.out}" if config.out else ""
     return (f"classified {results['images']} images into {results['classes']} classes with "
             f"{len(results['templates'])} templates, {len(results['models'])} model(s); "

@@ -24,7 +24,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--index-dir", default=None, help="where to keep the index (default: DIR/.goalclip-index)")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     add_device(parser)
-    parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass when indexing (default: 64)")
+    parser.add_argument("--batch-size", type=int, default=64,
+                        help="images per forward pass when indexing (default: 64)")
     parser.add_argument("--num-workers", type=int, default=0, help="DataLoader workers decoding images (default: 0)")
     parser.add_argument(
         "--backend", choices=("auto", "faiss", "torch"), default="auto",

@@ -25,11 +25,9 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import json
 import logging
 import math
 import os
-import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from functools import partial
@@ -41,12 +39,13 @@ from goalclip.core.manifest import (
     ManifestError,
     SkipReport,
     iter_jsonl,
-    json_error,
     validate_record,
     write_jsonl,
     write_manifest,
 )
-from goalclip.datasets.sa1b import convert_sa1b
+from goalclip.datasets.fields import dataset_root, load_json, natural_key, get_field, get_number
+from goalclip.datasets.sa1b import convert_sa1b, sa1b_boxes
+from goalclip.datasets.sample import manifest_images
 
 logger = logging.getLogger(__name__)
 
@@ -138,55 +137,9 @@ class _Collector:
 # ----------------------------------------------------------------------------- small helpers
 
 
-def _root(root: str | os.PathLike) -> Path:
-    root = Path(root).expanduser().resolve()
-    if not root.is_dir():
-        raise ManifestError(f"{root}: dataset root is not a folder")
-    return root
-
-
 def _check_split(split: str, allowed: tuple[str, ...], dataset: str) -> None:
     if split not in allowed:
         raise ValueError(f"{dataset}: unknown split {split!r}; choose from {', '.join(allowed)}")
-
-
-def _natural_key(name: str) -> tuple[tuple[int, int | str], ...]:
-    """Sort key that puts ``2`` before ``10`` (Urban1k and DCI mask ids are bare numbers)."""
-    return tuple((0, int(part)) if part.isdigit() else (1, part) for part in re.split(r"(\d+)", name) if part)
-
-
-def _load_json(path: Path) -> Any:
-    if not path.is_file():
-        raise ManifestError(f"{path}: no such file")
-    try:
-        with path.open(encoding="utf-8") as handle:
-            return json.load(handle)
-    except json.JSONDecodeError as exc:
-        raise ManifestError(f"{path}: malformed JSON ({json_error(exc)})") from None
-    except UnicodeDecodeError as exc:
-        raise ManifestError(f"{path}: not UTF-8 text (byte {exc.start + 1}: {exc.reason})") from None
-
-
-def _type_name(kind: type | tuple[type, ...]) -> str:
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    names = {str: "a string", list: "a list", dict: "an object", int: "an integer", float: "a number"}
-    return " or ".join(names.get(k, k.__name__) for k in kinds)
-
-
-def _field(obj: Any, name: str, where: str, kind: type | tuple[type, ...] = str) -> Any:
-    """``obj[name]``, or a ManifestError naming the entry and the field when absent or mistyped."""
-    if not isinstance(obj, dict):
-        raise ManifestError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-    if name not in obj:
-        raise ManifestError(f"{where}: field {name!r} is missing")
-    value = obj[name]
-    if isinstance(value, bool) or not isinstance(value, kind):
-        raise ManifestError(f"{where}: field {name!r} must be {_type_name(kind)}, got {type(value).__name__}")
-    return value
-
-
-def _number(obj: Any, name: str, where: str) -> float:
-    return float(_field(obj, name, where, (int, float)))
 
 
 def _first_file(candidates: list[Path], what: str) -> Path:
@@ -215,7 +168,7 @@ def convert_docci(
     train (9,647), test (5,000), qual_dev and qual_test (100 each); ``+`` joins several in the
     given order, e.g. ``test+qual_test`` (5,100 images, the test set some papers report).
     """
-    root = _root(root)
+    root = dataset_root(root)
     splits = split.split("+")
     for part in splits:
         if part not in DOCCI_SPLITS:
@@ -228,13 +181,13 @@ def convert_docci(
     for part in splits:
         for lineno, obj in iter_jsonl(path):
             where = f"{path}:{lineno}"
-            if _field(obj, "split", where) != part:
+            if get_field(obj, "split", where) != part:
                 continue
-            rid = _field(obj, "example_id", where)
+            rid = get_field(obj, "example_id", where)
             if not rid.startswith(part):
                 continue
-            image = root / "images" / _field(obj, "image_file", where)
-            collect.add(rid, image, _field(obj, "description", where), where)
+            image = root / "images" / get_field(obj, "image_file", where)
+            collect.add(rid, image, get_field(obj, "description", where), where)
     return collect.result()
 
 
@@ -243,7 +196,7 @@ def convert_docci(
 
 def _dci_base(root: str | os.PathLike) -> Path:
     """DCI's own folder (``photos/``, ``annotations/``, ``splits.json``), or its parent."""
-    root = _root(root)
+    root = dataset_root(root)
     nested = root / "densely_captioned_images"
     return nested if nested.is_dir() else root
 
@@ -261,10 +214,10 @@ def _dci_files(base: Path, split: str, prefer_complete: bool) -> list[Path]:
             f"{base}: neither annotations/ nor complete/ found (is this DCI's densely_captioned_images folder?)"
         )
     if split == "all":
-        return sorted(folder.glob("*.json"), key=lambda p: _natural_key(p.name))
+        return sorted(folder.glob("*.json"), key=lambda p: natural_key(p.name))
     splits_path = base / "splits.json"
-    splits = _load_json(splits_path)
-    names = _field(splits, split, str(splits_path), list)
+    splits = load_json(splits_path)
+    names = get_field(splits, split, str(splits_path), list)
     for i, name in enumerate(names):
         if not isinstance(name, str):
             raise ManifestError(f"{splits_path}: field '{split}[{i}]' must be a file name string")
@@ -273,14 +226,14 @@ def _dci_files(base: Path, split: str, prefer_complete: bool) -> list[Path]:
 
 def _dci_caption(obj: Any, caption: str, where: str) -> str:
     if caption == "extra":
-        return _field(obj, "extra_caption", where)
+        return get_field(obj, "extra_caption", where)
     if caption == "short":
-        return _field(obj, "short_caption", where)
+        return get_field(obj, "short_caption", where)
     if caption == "short+extra":
-        parts = (_field(obj, "short_caption", where).strip(), _field(obj, "extra_caption", where).strip())
+        parts = (get_field(obj, "short_caption", where).strip(), get_field(obj, "extra_caption", where).strip())
         return "\n".join(p for p in parts if p)
-    summaries = _field(obj, "summaries", where, dict)
-    base = _field(summaries, "base", f"{where}: field 'summaries'", (str, list))
+    summaries = get_field(obj, "summaries", where, dict)
+    base = get_field(summaries, "base", f"{where}: field 'summaries'", (str, list))
     if isinstance(base, list):
         if not base or not isinstance(base[0], str):
             raise ManifestError(f"{where}: field 'summaries.base' must hold at least one string")
@@ -315,9 +268,9 @@ def convert_dci(
     base = _dci_base(root)
     collect = _Collector(tally, check_images)
     for path in _dci_files(base, split, prefer_complete=caption == "summary"):
-        obj = _load_json(path)
+        obj = load_json(path)
         where = str(path)
-        image_name = _field(obj, "image", where)
+        image_name = get_field(obj, "image", where)
         collect.add(
             PurePosixPath(image_name).stem, base / "photos" / image_name, _dci_caption(obj, caption, where), where
         )
@@ -325,14 +278,14 @@ def convert_dci(
 
 
 def _dci_mask_box(mask: Any, where: str) -> list[float]:
-    bounds = _field(mask, "bounds", where, dict)
-    top_left = _field(bounds, "topLeft", f"{where}: field 'bounds'", dict)
-    bottom_right = _field(bounds, "bottomRight", f"{where}: field 'bounds'", dict)
+    bounds = get_field(mask, "bounds", where, dict)
+    top_left = get_field(bounds, "topLeft", f"{where}: field 'bounds'", dict)
+    bottom_right = get_field(bounds, "bottomRight", f"{where}: field 'bounds'", dict)
     return [
-        _number(top_left, "x", f"{where}: field 'bounds.topLeft'"),
-        _number(top_left, "y", f"{where}: field 'bounds.topLeft'"),
-        _number(bottom_right, "x", f"{where}: field 'bounds.bottomRight'"),
-        _number(bottom_right, "y", f"{where}: field 'bounds.bottomRight'"),
+        get_number(top_left, "x", f"{where}: field 'bounds.topLeft'"),
+        get_number(top_left, "y", f"{where}: field 'bounds.topLeft'"),
+        get_number(bottom_right, "x", f"{where}: field 'bounds.bottomRight'"),
+        get_number(bottom_right, "y", f"{where}: field 'bounds.bottomRight'"),
     ]
 
 
@@ -357,12 +310,12 @@ def dci_boxes(
     tally = tally if tally is not None else SkipReport()
     out: list[Record] = []
     for path in _dci_files(base, split, prefer_complete=False):
-        obj = _load_json(path)
+        obj = load_json(path)
         where = str(path)
-        rid = PurePosixPath(_field(obj, "image", where)).stem
-        masks = _field(obj, "mask_data", where, dict)
+        rid = PurePosixPath(get_field(obj, "image", where)).stem
+        masks = get_field(obj, "mask_data", where, dict)
         boxes: list[list[float]] = []
-        for key in sorted(masks, key=_natural_key):
+        for key in sorted(masks, key=natural_key):
             mask_where = f"{where}: mask_data[{key!r}]"
             mask = masks[key]
             if isinstance(mask, dict) and mask.get("mask_quality") == 2:
@@ -402,7 +355,7 @@ def convert_urban1k(
     line). Ids are ``urban1k_<stem>`` in natural order, since the stems are bare numbers.
     Images without a caption file are skipped and counted.
     """
-    root = _root(root)
+    root = dataset_root(root)
     _check_split(split, URBAN1K_SPLITS, "urban1k")
     if not (root / "caption").is_dir() and (root / "Urban1k").is_dir():
         root = root / "Urban1k"
@@ -413,7 +366,7 @@ def convert_urban1k(
     images = {p.stem: p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
     collect = _Collector(tally, check_images)
     captioned: set[str] = set()
-    for path in sorted(caption_dir.glob("*.txt"), key=lambda p: _natural_key(p.name)):
+    for path in sorted(caption_dir.glob("*.txt"), key=lambda p: natural_key(p.name)):
         try:
             text = path.read_text(encoding="utf-8")
         except UnicodeDecodeError as exc:
@@ -422,7 +375,7 @@ def convert_urban1k(
         captioned.add(path.stem)
         image = images.get(path.stem, image_dir / f"{path.stem}.jpg")
         collect.add(f"urban1k_{path.stem}", image, caption, str(path))
-    for stem in sorted(set(images) - captioned, key=_natural_key):
+    for stem in sorted(set(images) - captioned, key=natural_key):
         collect.tally.skip("image without a caption file", f"urban1k_{stem}")
     return collect.result()
 
@@ -441,16 +394,16 @@ def _convert_karpathy(
     tally: SkipReport | None,
 ) -> list[Record]:
     """Shared reader of Karpathy's split files: ``{"images": [{filename, split, sentences}]}``."""
-    data = _load_json(path)
-    images = _field(data, "images", str(path), list)
+    data = load_json(path)
+    images = get_field(data, "images", str(path), list)
     collect = _Collector(tally, check_images)
     for i, item in enumerate(images):
         where = f"{path}: images[{i}]"
-        if _field(item, "split", where) not in wanted:
+        if get_field(item, "split", where) not in wanted:
             continue
-        filename = _field(item, "filename", where)
-        sentences = _field(item, "sentences", where, list)
-        captions = [_field(s, "raw", f"{where}.sentences[{j}]") for j, s in enumerate(sentences)]
+        filename = get_field(item, "filename", where)
+        sentences = get_field(item, "sentences", where, list)
+        captions = [get_field(s, "raw", f"{where}.sentences[{j}]") for j, s in enumerate(sentences)]
         collect.add(id_of(filename), image_of(item, filename), captions, where, limit=max_captions)
     logger.debug("%s: %d of %d images in split(s) %s", dataset, len(collect.records), len(images), sorted(wanted))
     return collect.result()
@@ -483,7 +436,7 @@ def convert_coco(
     ``image_root/filepath/filename`` (``image_root`` defaults to ``root``); ids are the file
     stems (``COCO_val2014_000000391895``).
     """
-    root = _root(root)
+    root = dataset_root(root)
     _check_split(split, COCO_SPLITS, "coco")
     wanted = {"train", "restval"} if split == "train" and restval_into_train else {split}
     images = Path(image_root).expanduser().resolve() if image_root is not None else root
@@ -517,7 +470,7 @@ def convert_flickr30k(
     ``images/`` under ``root`` that exists, else ``root``. Ids are ``flickr30k_<stem>`` since
     Flickr's stems are bare numbers.
     """
-    root = _root(root)
+    root = dataset_root(root)
     _check_split(split, FLICKR30K_SPLITS, "flickr30k")
     if image_root is not None:
         images = Path(image_root).expanduser().resolve()
@@ -560,12 +513,12 @@ def convert_sharegpt4v(
     another). Image paths in the file are relative to ``image_root`` (default ``root``, the
     ``data/`` folder). Ids are the file's ``id`` values; a repeated id is skipped.
     """
-    root = _root(root)
+    root = dataset_root(root)
     _check_split(split, SHAREGPT4V_SPLITS, "sharegpt4v")
     if test_size < 0:
         raise ValueError(f"sharegpt4v: test_size must be >= 0, got {test_size}")
     path = Path(annotation).expanduser().resolve() if annotation is not None else root / SHAREGPT4V_FILE
-    data = _load_json(path)
+    data = load_json(path)
     if not isinstance(data, list):
         raise ManifestError(f"{path}: expected a JSON list of records, got {type(data).__name__}")
     images = Path(image_root).expanduser().resolve() if image_root is not None else root
@@ -574,13 +527,13 @@ def convert_sharegpt4v(
     for i in range(start, min(stop, len(data))):
         item = data[i]
         where = f"{path}: [{i}]"
-        rid = str(_field(item, "id", where, (str, int)))
-        turns = _field(item, "conversations", where, list)
+        rid = str(get_field(item, "id", where, (str, int)))
+        turns = get_field(item, "conversations", where, list)
         answer = next((t for t in turns if isinstance(t, dict) and t.get("from") == "gpt"), None)
         if answer is None:
             raise ManifestError(f'{where}: field \'conversations\' has no turn with "from": "gpt"')
-        caption = _field(answer, "value", f"{where}: gpt turn").replace("\n", " ")
-        collect.add(rid, images / _field(item, "image", where), caption, where)
+        caption = get_field(answer, "value", f"{where}: gpt turn").replace("\n", " ")
+        collect.add(rid, images / get_field(item, "image", where), caption, where)
     return collect.result()
 
 
@@ -598,13 +551,13 @@ class _GoalPair:
 def _goal_pair(entry: Any, where: str) -> _GoalPair:
     score = entry.get("similarity_score") if isinstance(entry, dict) else None
     if score is not None:
-        score = _number(entry, "similarity_score", where) / GOAL_LOGIT_SCALE
+        score = get_number(entry, "similarity_score", where) / GOAL_LOGIT_SCALE
     box = None
     if isinstance(entry, dict) and "bbox_coordinates" in entry:
-        coords = _field(entry, "bbox_coordinates", where, dict)
+        coords = get_field(entry, "bbox_coordinates", where, dict)
         sub = f"{where}: field 'bbox_coordinates'"
-        box = [_number(coords, key, sub) for key in ("x1", "y1", "x2", "y2")]
-    return _GoalPair(_field(entry, "caption", where).strip(), _field(entry, "filename", where), score, box)
+        box = [get_number(coords, key, sub) for key in ("x1", "y1", "x2", "y2")]
+    return _GoalPair(get_field(entry, "caption", where).strip(), get_field(entry, "filename", where), score, box)
 
 
 def _goal_is_local(entry: dict[str, Any]) -> bool:
@@ -704,11 +657,11 @@ def convert_goal_json(
     ``image_root`` is given, in which case each image is ``image_root/<file name>``. Scores are
     CLIP logits in the files and are divided by 100 to give cosines. Ids are file stems.
     """
-    root = _root(root)
+    root = dataset_root(root)
     path = _first_file(
         [root / split, root / f"{split}.json", root / "datasets" / f"{split}.json"], f"GOAL JSON file {split!r}"
     )
-    data = _load_json(path)
+    data = load_json(path)
     if not isinstance(data, list):
         raise ManifestError(f"{path}: expected a JSON list of entries, got {type(data).__name__}")
     images = Path(image_root).expanduser().resolve() if image_root is not None else None
@@ -733,11 +686,10 @@ def convert_goal_json(
         if not isinstance(entry, dict):
             raise ManifestError(f"{where}: expected a JSON object, got {type(entry).__name__}")
         if "original_filename" in entry:
-            segments = _field(entry, "segment", where, list)
+            segments = get_field(entry, "segment", where, list)
             pairs = [_goal_pair(s, f"{where}.segment[{j}]") for j, s in enumerate(segments)]
-            globals_.append(
-                (_field(entry, "original_filename", where), _field(entry, "original_caption", where), pairs, where)
-            )
+            image, caption = get_field(entry, "original_filename", where), get_field(entry, "original_caption", where)
+            globals_.append((image, caption, pairs, where))
         elif _goal_is_local(entry):
             pair = _goal_pair(entry, where)
             parent = PurePosixPath(pair.crop).parent.name
@@ -746,7 +698,7 @@ def convert_goal_json(
                 continue
             locals_.setdefault(parent[: -len("_results")], []).append(pair)
         else:
-            globals_.append((_field(entry, "filename", where), _field(entry, "caption", where), [], where))
+            globals_.append((get_field(entry, "filename", where), get_field(entry, "caption", where), [], where))
 
     for filename, caption, pairs, where in globals_:
         rid = PurePosixPath(filename).stem
@@ -1020,3 +972,16 @@ def run_convert(args: argparse.Namespace) -> dict[str, Any]:
         args.format, args.root, args.split, args.out, boxes_out=args.boxes_out, allow_skips=allow_skips, **options
     )
     return summary.as_dict()
+
+
+def run_convert_sa1b(args: argparse.Namespace) -> dict[str, Any]:
+    """``goalclip data convert --format sa1b``: the manifest, and with ``--boxes-out`` its images' mask boxes."""
+    summary = run_convert(argparse.Namespace(**{**vars(args), "boxes_out": None}))
+    if args.boxes_out is not None:
+        kept = {r["id"] for r in manifest_images(Path(args.out))}
+        tally = SkipReport()
+        boxes = [b for b in sa1b_boxes(args.root, args.split, tally=tally) if b["id"] in kept]
+        tally.log()
+        summary.update(boxes_out=str(Path(args.boxes_out).resolve()), boxes_written=write_jsonl(args.boxes_out, boxes),
+                       notes={**summary.get("notes", {}), **tally.notes})
+    return summary

@@ -9,12 +9,12 @@ area as LISM filters SAM's masks: tiny masks are texture, huge ones are the whol
 
 from __future__ import annotations
 
-import argparse
 import os
 from pathlib import Path
 from typing import Any
 
 from goalclip.core.manifest import ManifestError, SkipReport
+from goalclip.datasets.fields import dataset_root, load_json, natural_key, get_field, get_number
 
 
 Record = dict[str, Any]
@@ -25,36 +25,30 @@ MAX_AREA_FRACTION = 0.8
 
 def _annotation_files(root: str | os.PathLike, split: str) -> list[Path]:
     """``sa_*.json`` of the whole root (``split`` "all") or of one chunk folder named by ``split``."""
-    from goalclip.datasets.adapters import _natural_key, _root
-
-    base = _root(root)
+    base = dataset_root(root)
     if split != "all":
         base = base / split
         if not base.is_dir():
             raise ValueError(f"sa1b: split must be 'all' or a chunk folder under {root}; {base} is not a folder")
-    files = sorted(base.rglob("sa_*.json"), key=lambda p: _natural_key(str(p.relative_to(base))))
+    files = sorted(base.rglob("sa_*.json"), key=lambda p: natural_key(str(p.relative_to(base))))
     if not files:
         raise ValueError(f"sa1b: no sa_*.json annotation files under {base}")
     return files
 
 
 def _image_info(obj: Any, where: str) -> tuple[float, float]:
-    from goalclip.datasets.adapters import _field, _number
-
-    info = _field(obj, "image", where, dict)
-    return _number(info, "width", f"{where}: field 'image'"), _number(info, "height", f"{where}: field 'image'")
+    info = get_field(obj, "image", where, dict)
+    return get_number(info, "width", f"{where}: field 'image'"), get_number(info, "height", f"{where}: field 'image'")
 
 
 def convert_sa1b(
     root: str | os.PathLike, split: str = "all", *, check_images: bool = True, tally: SkipReport | None = None
 ) -> list[Record]:
     """SA-1B images as records ``{"id", "image", "width", "height"}`` (no caption), in file-name order."""
-    from goalclip.datasets.adapters import _load_json
-
     tally = tally if tally is not None else SkipReport()
     records = []
     for path in _annotation_files(root, split):
-        width, height = _image_info(_load_json(path), str(path))
+        width, height = _image_info(load_json(path), str(path))
         image = path.with_suffix(".jpg")
         if check_images and not image.is_file():
             tally.skip("image file not found", path.stem)
@@ -76,21 +70,19 @@ def sa1b_boxes(
     A mask whose area is under ``min_fraction`` or over ``max_fraction`` of the image is left out,
     as are boxes without area and repeats; an image with no box left is not listed.
     """
-    from goalclip.datasets.adapters import _field, _load_json, _number
-
     tally = tally if tally is not None else SkipReport()
     out: list[Record] = []
     for path in _annotation_files(root, split):
         where = str(path)
-        obj = _load_json(path)
+        obj = load_json(path)
         width, height = _image_info(obj, where)
         boxes: list[list[float]] = []
-        for index, annotation in enumerate(_field(obj, "annotations", where, list)):
+        for index, annotation in enumerate(get_field(obj, "annotations", where, list)):
             at = f"{where}: annotations[{index}]"
-            bbox = _field(annotation, "bbox", at, list)
+            bbox = get_field(annotation, "bbox", at, list)
             if len(bbox) != 4 or not all(isinstance(v, (int, float)) for v in bbox):
                 raise ManifestError(f"{at}: field 'bbox' must be [x, y, w, h] numbers, got {bbox!r}")
-            fraction = _number(annotation, "area", at) / (width * height)
+            fraction = get_number(annotation, "area", at) / (width * height)
             x, y, w, h = (float(v) for v in bbox)
             box = [x, y, x + w, y + h]
             if not min_fraction <= fraction <= max_fraction:
@@ -104,20 +96,3 @@ def sa1b_boxes(
         else:
             tally.note("no mask box in the kept area range", path.stem)
     return out
-
-
-def run_convert_sa1b(args: argparse.Namespace) -> dict[str, Any]:
-    """``goalclip data convert --format sa1b``: the manifest, and with ``--boxes-out`` its images' mask boxes."""
-    from goalclip.core.manifest import write_jsonl
-    from goalclip.datasets.adapters import run_convert
-    from goalclip.datasets.sample import manifest_images
-
-    summary = run_convert(argparse.Namespace(**{**vars(args), "boxes_out": None}))
-    if args.boxes_out is not None:
-        kept = {r["id"] for r in manifest_images(Path(args.out))}
-        tally = SkipReport()
-        boxes = [b for b in sa1b_boxes(args.root, args.split, tally=tally) if b["id"] in kept]
-        tally.log()
-        summary.update(boxes_out=str(Path(args.boxes_out).resolve()), boxes_written=write_jsonl(args.boxes_out, boxes),
-                       notes={**summary.get("notes", {}), **tally.notes})
-    return summary

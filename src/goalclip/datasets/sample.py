@@ -1,7 +1,7 @@
 """Image lists from a folder or a manifest (captions optional), and seeded samples of them.
 
 ``goalclip caption`` and ``goalclip data sample`` start from raw images, so unlike
-:func:`~goalclip.core.manifest.read_manifest` a record here needs only ``id`` and ``image``.
+:func:`~goalclip.core.records.read_manifest` a record here needs only ``id`` and ``image``.
 """
 
 from __future__ import annotations
@@ -11,9 +11,10 @@ import random
 from pathlib import Path
 from typing import Any
 
-from goalclip.core.manifest import ManifestError, iter_objects, write_manifest
+from goalclip.core.manifest import IMAGE_SUFFIXES, ManifestError, write_manifest
+
+from goalclip.core.records import iter_objects
 from goalclip.core.shards import is_shards
-from goalclip.datasets.adapters import IMAGE_SUFFIXES
 
 Record = dict[str, Any]
 

@@ -143,7 +143,8 @@ def make_split(
 ) -> dict[str, Any]:
     """``goalclip data split``: filter, split and write a manifest; returns (and writes beside
     ``out_test`` as ``<stem>.split.json``) a summary that records how the split was made."""
-    from goalclip.core.manifest import atomic_write, read_manifest, write_manifest
+    from goalclip.core.manifest import atomic_write, write_manifest
+    from goalclip.core.records import read_manifest
     from goalclip.core.paths import refuse_input_as_output
 
     if (test_size is None) == (ids_from is None):

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from goalclip.core.manifest import read_manifest
+from goalclip.core.records import read_manifest
 from goalclip.demo.ablation import (
     LONG_CAPTION_METRICS,
     ablation_table,
@@ -32,9 +32,11 @@ from goalclip.demo.probe import PROBE_METRICS, marking_probe
 from goalclip.demo.tiny import build_tiny_clip
 from goalclip.demo.world import MARKINGS, WorldConfig, generate_world
 from goalclip.evaluation.retrieval import EvalConfig, evaluate, write_results
-from goalclip.mining.mine import MineConfig, build_joint_test, mine
+from goalclip.mining.config import MineConfig
+from goalclip.mining.mine import build_joint_test, mine
 from goalclip.models.clip import save_clip
-from goalclip.training.trainer import TrainConfig, train
+from goalclip.training.config import TrainConfig
+from goalclip.training.trainer import train
 from goalclip.viz.figures import plot_attention, plot_retrieval
 
 logger = logging.getLogger(__name__)
@@ -202,8 +204,8 @@ def run_demo(
     key = {"plan": {k: v for k, v in asdict(plan).items() if not k.startswith("finetune_")}, "seed": seed,
            "config": pretrain.to_dict()}
     if _finished_with(pretrain_key, key, Path(pretrain.out)):
-        logger.info("demo: reusing the pretrained checkpoint %s (same world, model and pretraining; delete it to retrain)",
-                    pretrain.out)
+        logger.info("demo: reusing the pretrained checkpoint %s (same world, model and pretraining; delete it to "
+                    "retrain)", pretrain.out)
     else:
         pretrain_key.unlink(missing_ok=True)
         timed("pretrain", train, pretrain)
@@ -221,7 +223,7 @@ def run_demo(
             stale.unlink()
         timed(f"mine_{name}", mine, MineConfig(
             model=pretrained, data=str(manifest), out=str(mined[name]), regions=regions, boxes=str(boxes),
-            num_workers=num_workers, batch_size=64, progress=progress))
+            num_workers=num_workers, batch_size=64, device="cpu", progress=progress))
     accuracy = mining_accuracy(world.train, mined["train"])
     joint = out / "mined" / "test_joint.jsonl"
     build_joint_test(str(world.test), str(mined["test"]), str(joint))

@@ -24,11 +24,10 @@ from typing import Any
 import torch
 
 from goalclip.core.images import crop_to_box, load_rgb, pixel_values
-from goalclip.core.manifest import read_manifest
+from goalclip.core.records import read_manifest
 from goalclip.demo.world import MARKINGS
-from goalclip.models.clip import load_clip
-from goalclip.models.embed import embed_images, encode_texts
-from goalclip.training.trainer import prepare_text_positions
+from goalclip.models.clip import load_clip, prepare_text_positions
+from goalclip.models.embed import embed_pixels, embed_text_strings
 
 PROBE_METRICS: tuple[str, ...] = ("marking_crop", "marking_global")
 
@@ -68,12 +67,12 @@ def marking_probe(
         bundle.model.eval()
         with torch.no_grad():
             crop_emb, image_emb = (
-                torch.cat([embed_images(bundle.model, pixel_values(bundle.image_processor, batch[i : i + 64]))
+                torch.cat([embed_pixels(bundle.model, pixel_values(bundle.image_processor, batch[i : i + 64]))
                            for i in range(0, len(batch), 64)])
                 for batch in (crops, images)
             )
-            sentence_emb = encode_texts(bundle, sentences, batch_size=256).view(len(crops), len(MARKINGS), -1)
-            caption_emb = encode_texts(bundle, captions, batch_size=256).view(len(images), len(MARKINGS), -1)
+            sentence_emb = embed_text_strings(bundle, sentences, batch_size=256).view(len(crops), len(MARKINGS), -1)
+            caption_emb = embed_text_strings(bundle, captions, batch_size=256).view(len(images), len(MARKINGS), -1)
         crop_pick = torch.einsum("nd,nmd->nm", crop_emb, sentence_emb).argmax(dim=1)
         image_pick = torch.einsum("nd,nmd->nm", image_emb, caption_emb).argmax(dim=1)
         scores.append({

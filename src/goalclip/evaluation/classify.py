@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from goalclip.core.images import PixelBatches, pixel_values
 from goalclip.core.manifest import atomic_write
 from goalclip.core.manifest import IMAGE_SUFFIXES
-from goalclip.models.embed import Bundle, embed_images, encode_texts, load_encoder
+from goalclip.models.embed import Bundle, embed_pixels, embed_text_strings, load_encoder
 
 logger = logging.getLogger(__name__)
 
@@ -146,7 +146,7 @@ def _unpickle(path: Path) -> dict[bytes, Any]:
 
 
 def load_cifar(root: str, fine: bool) -> ClassifyData:
-    """The CIFAR-10 / CIFAR-100 test split from the Python pickles; ``root`` may be the extracted folder or its parent."""
+    """The CIFAR-10 / CIFAR-100 test split from the Python pickles; ``root``: the extracted folder or its parent."""
     folder = Path(root)
     name, batch, meta, label_key, names_key = (
         ("cifar-100-python", "test", "meta", b"fine_labels", b"fine_label_names") if fine
@@ -176,7 +176,7 @@ def class_embeddings(bundle: Bundle, classes: Sequence[str], templates: Sequence
                      batch_size: int = 64) -> torch.Tensor:
     """One normalised embedding per class: the mean over templates of the normalised prompt embeddings."""
     prompts = [template.format(name) for name in classes for template in templates]
-    per_prompt = encode_texts(bundle, prompts, batch_size=batch_size).float()
+    per_prompt = embed_text_strings(bundle, prompts, batch_size=batch_size).float()
     per_class = per_prompt.view(len(classes), len(templates), -1).mean(dim=1)
     return torch.nn.functional.normalize(per_class, dim=-1)
 
@@ -200,7 +200,7 @@ def image_embeddings(bundle: Bundle, data: ClassifyData, config: ClassifyConfig)
         failed = batches.failed
     rows, kept = [], []
     for indices, pixels in batches:
-        rows.append(embed_images(bundle.model, pixels.to(param.device, param.dtype)).cpu())
+        rows.append(embed_pixels(bundle.model, pixels.to(param.device, param.dtype)).cpu())
         kept.extend(indices.tolist())
     if failed:
         logger.warning("%d unreadable image(s) left out of the accuracy", len(failed))

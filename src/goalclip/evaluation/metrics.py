@@ -21,18 +21,16 @@ from __future__ import annotations
 import operator
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from torch import Tensor
 
-Direction = Literal["i2t", "t2i"]
+from goalclip.evaluation.names import DIRECTIONS, Direction
 
 # Elements of ``sim`` handled per chunk: small enough to stay in cache-friendly sizes on a CPU
 # (measured: larger chunks were slower, not faster) and to bound GPU temporaries.
 DEFAULT_CHUNK_ELEMENTS = 1 << 20
 
-_DIRECTIONS: tuple[Direction, ...] = ("i2t", "t2i")
 _INT32_MAGNITUDE_BITS = 0x7FFFFFFF
 _MAX_GALLERY = 1 << 31
 
@@ -106,7 +104,7 @@ def recall_at_k(
     ks = _check_ks(ks)
     image_ranks, text_ranks = ground_truth_ranks(sim, text_image, chunk_elements=chunk_elements)
     recalls: dict[str, float] = {}
-    for direction, ranks in zip(_DIRECTIONS, (image_ranks, text_ranks), strict=True):
+    for direction, ranks in zip(DIRECTIONS, (image_ranks, text_ranks), strict=True):
         for k in ks:
             recalls[f"{direction}@{k}"] = 100.0 * int((ranks <= k).sum()) / ranks.numel()
     return recalls
@@ -134,7 +132,7 @@ def top_k_retrieval(
     """
     _check_sim(sim)
     k = _check_ks([k])[0]
-    if direction not in _DIRECTIONS:
+    if direction not in DIRECTIONS:
         raise ValueError(f"direction must be 'i2t' or 't2i', got {direction!r}")
     n_images, n_texts = sim.shape
     image_groups = _check_index_vector(
@@ -207,7 +205,7 @@ def joint_average_precisions(
                 f"group ({orphans.numel()} such {query} items); its AP would be undefined"
             )
     average_precisions = []
-    for direction, counts in zip(_DIRECTIONS, n_relevant, strict=True):
+    for direction, counts in zip(DIRECTIONS, n_relevant, strict=True):
         hits = top_k_retrieval(
             sim, image_groups, text_groups, k, direction, chunk_elements=chunk_elements
         ).hits
@@ -236,7 +234,7 @@ def joint_map_at_k(
     )
     return {
         f"{direction}_map@{k}": 100.0 * float(values.mean())
-        for direction, values in zip(_DIRECTIONS, per_query, strict=True)
+        for direction, values in zip(DIRECTIONS, per_query, strict=True)
     }
 
 

@@ -39,11 +39,14 @@ from torch import Tensor
 
 from goalclip.core.fingerprint import digest_of, files_fingerprint, fingerprint
 from goalclip.evaluation import metrics
+from goalclip.evaluation.names import JOINT_K
 from goalclip.core.images import PixelBatches, set_max_image_pixels
-from goalclip.core.manifest import ManifestError, atomic_write, captions_of, iter_records
+from goalclip.core.manifest import ManifestError, atomic_write, captions_of
+from goalclip.core.records import iter_records
 from goalclip.core.paths import check_writable_dir, check_writable_file, refuse_input_as_output
 from goalclip.core.processes import process_device, process_state
-from goalclip.models.embed import Bundle, embed_images, encode_texts_counted, load_encoder
+from goalclip.models.clip import prepare_text_positions
+from goalclip.models.embed import Bundle, embed_pixels, embed_text_strings_counted, load_encoder
 from goalclip.models.open_clip import is_open_clip, spec_fingerprint
 
 logger = logging.getLogger(__name__)
@@ -51,7 +54,6 @@ logger = logging.getLogger(__name__)
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 LONG_CAPTION_KS = (1, 5, 25, 50)
 MULTI_CAPTION_KS = (1, 5, 10)
-JOINT_K = 10
 # The K values each paper reports: GOAL and FAST-GOAL on long captions; FAST-GOAL Table IV on COCO/Flickr30k.
 KS_PRESETS = {"goal": [1, 5, 25, 50], "fastgoal-coco": [1, 5, 10, 15]}
 # Bumped whenever the cached content, its meaning or its key changes, so old caches are never misread.
@@ -71,7 +73,7 @@ class EvalConfig:
     ``joint_keep_whole=False`` drops joint-test records whose local pair is the whole image.
     ``context`` evaluates every model at that many text positions, as the papers evaluate even
     stock CLIP at 248: a model with a shorter context is stretched Long-CLIP style before scoring
-    (the training-time stretch, :func:`goalclip.training.trainer.prepare_text_positions`, keeping
+    (the training-time stretch, :func:`goalclip.models.clip.prepare_text_positions`, keeping
     the first ``keep_positions``); a model already that long is left alone; texts are cut at
     ``context`` either way, so every row of a table reads the same tokens.
     """
@@ -303,13 +305,14 @@ def _encode_items(
     indices, rows = [torch.empty(0, dtype=torch.long)], [torch.empty(0, dim)]
     for local, pixels in batches:
         indices.append(part_index[local])
-        rows.append(embed_images(model, pixels.to(device=device, dtype=dtype)).cpu())
+        rows.append(embed_pixels(model, pixels.to(device=device, dtype=dtype)).cpu())
     images, image_ok = _gather_rows(state, torch.cat(indices), torch.cat(rows), len(items.image_paths))
     failures = sorted(gather_object([(int(part_index[i]), msg) for i, msg in batches.failed]))
 
     text_part = _shard(state, len(items.texts))
-    rows, truncated = encode_texts_counted(bundle, [items.texts[i] for i in text_part], batch_size=config.batch_size,
-                                           max_len=max_len, progress=progress, desc=f"{items.kind} texts")
+    rows, truncated = embed_text_strings_counted(bundle, [items.texts[i] for i in text_part],
+                                                 batch_size=config.batch_size, max_len=max_len, progress=progress,
+                                                 desc=f"{items.kind} texts")
     texts, _ = _gather_rows(state, torch.tensor(text_part, dtype=torch.long), rows.cpu(), len(items.texts))
     truncated = sum(gather_object([truncated]))
     return Embeddings(images, image_ok, texts, failures, truncated, max_len)
@@ -326,8 +329,6 @@ def _stretch_to_context(bundle: Bundle, source: str, config: EvalConfig) -> None
 
     Only transformers CLIPs are stretched; an open_clip row shorter than ``--context`` is an error.
     """
-    from goalclip.training.trainer import prepare_text_positions
-
     if config.context is None or bundle.max_text_len >= config.context:
         return
     if is_open_clip(source):

@@ -37,15 +37,15 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from goalclip.core.images import ImageError, crop_to_box, load_rgb, pixel_values, set_max_image_pixels
-from goalclip.core.manifest import (
-    captions_of, iter_jsonl, output_lock, read_manifest, relativize, write_jsonl, write_manifest,
-)
+from goalclip.core.manifest import captions_of, iter_jsonl, output_lock, relativize, write_jsonl, write_manifest
+from goalclip.core.records import read_manifest
 from goalclip.core.paths import refuse_input_as_output
 from goalclip.core.resumable import ids_already_written, part_paths
 from goalclip.core.shards import split_records
 from goalclip.core.processes import process_device, process_state
 from goalclip.models.clip import ClipBundle, load_clip
-from goalclip.models.embed import embed_images, encode_texts_counted
+from goalclip.models.embed import embed_pixels, embed_text_strings_counted
+from goalclip.mining.config import WHOLE_WINS, MineConfig
 from goalclip.mining.regions import InvalidBox, Region, RegionProposer, build_proposer, take_invalid_boxes
 from goalclip.core.text import clean_text, split_sentences
 
@@ -59,43 +59,6 @@ PR_SET_PDEATHSIG = 1  # prctl option, from <linux/prctl.h>
 
 class MiningInterrupted(RuntimeError):
     """The run was asked to stop (SIGTERM); what was written is kept for ``--resume``."""
-
-
-@dataclass
-class MineConfig:
-    """Options of ``goalclip mine`` (see the CLI help for each)."""
-
-    model: str
-    data: str
-    out: str
-    regions: str = "flism"
-    base: str | None = None
-    boxes: str | None = None
-    detector: str | None = None
-    sam: str | None = None
-    threshold: float = 0.3
-    max_boxes: int = 10
-    margin: float = 0.0
-    top_k: int = 5
-    whole_wins: str = "drop-sentence"
-    batch_size: int = 32
-    crop_batch_size: int = 256
-    num_workers: int = 2
-    device: str = "cpu"
-    resume: bool = False
-    max_images: int | None = None
-    progress: bool = True
-    max_image_pixels: int | None = None
-
-
-WHOLE_WINS = ("drop-sentence", "drop-image")
-"""What a sentence whose best region is the whole image does to the image's pair (``--whole-wins``).
-
-``drop-sentence`` (default, as the GOAL authors' pipeline: their ``*_del_org.json`` files drop such
-sentences and training takes the best remaining pair): the best pair whose region is not the whole
-image is kept; an image where every sentence chose the whole image keeps no pair (``local`` null)
-but stays in the manifest for the global loss. ``drop-image`` (the rule of GOAL's text and of
-goalclip before): the image is skipped whenever its single best pair is the whole image."""
 
 
 @dataclass
@@ -128,7 +91,7 @@ def match_pairs(
 
     ``similarity`` is [sentences, regions] cosine similarity. Candidates are the sentences'
     best pairs sorted by score, whole-image ones included. The kept pair follows ``whole_wins``
-    (see :data:`WHOLE_WINS`): a sentence whose best region is the whole image (LISM adds it as a
+    (see :data:`~goalclip.mining.config.WHOLE_WINS`): a sentence whose best region is the whole image (LISM adds it as a
     region) is not about a local region.
     """
     scores, best_region = similarity.max(dim=1)
@@ -208,7 +171,7 @@ def _crop_embeddings(bundle: ClipBundle, crops: list, batch_size: int, device: t
     chunks = []
     for start in range(0, len(crops), batch_size):
         pixels = pixel_values(bundle.image_processor, crops[start : start + batch_size]).to(device)
-        chunks.append(embed_images(bundle.model, pixels))
+        chunks.append(embed_pixels(bundle.model, pixels))
     return torch.cat(chunks)
 
 
@@ -239,7 +202,7 @@ def mine_batch(
         return MinedBatch([(r, None, "no regions" if not crops else "no sentences") for r in records],
                           seconds=clock.seconds)
     crop_emb = _crop_embeddings(bundle, crops, crop_batch_size, device)
-    text_emb, truncated = encode_texts_counted(bundle, flat_sentences, batch_size=crop_batch_size)
+    text_emb, truncated = embed_text_strings_counted(bundle, flat_sentences, batch_size=crop_batch_size)
     if device.type == "cuda":
         torch.cuda.synchronize(device)  # kernels run asynchronously: charge them to this stage
     clock.lap("embed")

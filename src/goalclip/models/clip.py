@@ -273,6 +273,21 @@ def stretch_positions(model: CLIPModel, *, keep: int = 20, target: int | None = 
     return stretched.shape[0]
 
 
+def prepare_text_positions(bundle: ClipBundle, max_text_len: int, keep: int) -> int:
+    """Stretch the text positions Long-CLIP style when the model's context is shorter than asked.
+
+    A model that already has ``max_text_len`` or more positions (a GOAL checkpoint, a folder
+    from an earlier run) is left alone, so two-stage training is simply two runs.
+    """
+    current = bundle.max_text_len
+    if current >= max_text_len:
+        return current
+    new_len = stretch_positions(bundle.model, keep=keep, target=max_text_len)
+    bundle.tokenizer.model_max_length = new_len
+    logger.info("stretched text positions %d -> %d (keep %d)", current, new_len, keep)
+    return new_len
+
+
 def align_sub_configs(config: CLIPConfig) -> CLIPConfig:
     """Copy the top-level ``projection_dim`` into the text and vision sub-configs (in place).
 

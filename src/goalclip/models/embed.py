@@ -4,7 +4,12 @@ Evaluation also encodes open_clip models (``models/open_clip.py``) through the s
 a bundle is a ``ClipBundle`` or an ``OpenClipBundle`` (``load_encoder`` picks), and only the
 tokenizer call and the two tower calls differ between them.
 
-Every embedding goes through ``embed_texts`` / ``embed_images``, which also refuse non-finite
+The names say what each function takes: ``embed_token_ids`` (one tokenised batch) and
+``embed_pixels`` (one pixel batch) run one forward of a model; ``embed_text_strings`` (and
+``embed_text_strings_counted``, which also counts the texts cut at the context) and
+``embed_image_files`` take a bundle and many strings or image paths, and batch them.
+
+Every embedding goes through ``embed_token_ids`` / ``embed_pixels``, which also refuse non-finite
 results: a model with a NaN weight would otherwise mine "pairs" that are all sentence 0 and
 box 0, rank search results by NaN, and report recalls computed from garbage.
 
@@ -110,7 +115,7 @@ def _finite(model: torch.nn.Module, embeds: torch.Tensor, what: str) -> torch.Te
 
 
 @torch.no_grad()
-def embed_texts(
+def embed_token_ids(
     model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
 ) -> torch.Tensor:
     """L2-normalised text embeddings for one tokenised batch (a CLIPModel or an open_clip model)."""
@@ -122,7 +127,7 @@ def embed_texts(
 
 
 @torch.no_grad()
-def embed_images(model: torch.nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
+def embed_pixels(model: torch.nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
     """L2-normalised image embeddings for one pixel batch (a CLIPModel or an open_clip model)."""
     if isinstance(model, CLIPModel):
         embeds, _ = image_forward(model, pixel_values)
@@ -131,7 +136,7 @@ def embed_images(model: torch.nn.Module, pixel_values: torch.Tensor) -> torch.Te
     return _finite(model, F.normalize(embeds.float(), dim=-1), "image")
 
 
-def encode_texts(
+def embed_text_strings(
     bundle: Bundle,
     texts: Sequence[str],
     *,
@@ -146,9 +151,10 @@ def encode_texts(
     Texts are batched longest first so each batch pads little (``tokenize`` pads to the
     batch's longest). Texts past the context lose their tail; with ``warn_truncated`` one
     warning says how many (search queries), otherwise callers count them with
-    :func:`encode_texts_counted` (evaluation sums the count over processes).
+    :func:`embed_text_strings_counted` (evaluation sums the count over processes).
     """
-    out, cut = encode_texts_counted(bundle, texts, batch_size=batch_size, max_len=max_len, progress=progress, desc=desc)
+    out, cut = embed_text_strings_counted(bundle, texts, batch_size=batch_size, max_len=max_len, progress=progress,
+                                          desc=desc)
     if warn_truncated and cut:
         logger.warning(
             "%d of %d %s are longer than the model's %d-token context and were truncated",
@@ -160,7 +166,7 @@ def encode_texts(
     return out
 
 
-def encode_texts_counted(
+def embed_text_strings_counted(
     bundle: Bundle,
     texts: Sequence[str],
     *,
@@ -169,7 +175,7 @@ def encode_texts_counted(
     progress: bool = False,
     desc: str = "texts",
 ) -> tuple[torch.Tensor, int]:
-    """:func:`encode_texts` and how many texts were longer than the context, tokenising each text once."""
+    """:func:`embed_text_strings` and how many texts were longer than the context, tokenising each text once."""
     from tqdm.auto import tqdm
 
     device, _ = model_device(bundle)
@@ -182,14 +188,15 @@ def encode_texts_counted(
         truncated += cut
         rows = torch.tensor(chunk, device=device)
         mask = tokens.get("attention_mask")  # open_clip ids carry no mask
-        out[rows] = embed_texts(bundle.model, tokens["input_ids"].to(device), None if mask is None else mask.to(device))
+        out[rows] = embed_token_ids(bundle.model, tokens["input_ids"].to(device),
+                                    None if mask is None else mask.to(device))
     return out, truncated
 
 
 # ----------------------------------------------------------------------------- images
 
 
-def encode_images(
+def embed_image_files(
     bundle: Bundle,
     paths: Sequence[str],
     *,
@@ -209,7 +216,7 @@ def encode_images(
     chunks: list[torch.Tensor] = []
     ok: list[int] = []
     for indices, pixels in batches:
-        chunks.append(embed_images(bundle.model, pixels.to(device=device, dtype=dtype)).cpu())
+        chunks.append(embed_pixels(bundle.model, pixels.to(device=device, dtype=dtype)).cpu())
         ok.extend(indices.tolist())
     embeddings = torch.cat(chunks) if chunks else torch.empty(0, bundle.embed_dim)
     return embeddings, ok, list(batches.failed)

@@ -18,7 +18,8 @@ import torch
 from torch.utils.data import Dataset
 
 from goalclip.core.images import ImageError, crop_to_box, image_size, load_rgb, pixel_values
-from goalclip.core.manifest import ManifestError, SkipReport, captions_of, iter_records
+from goalclip.core.manifest import ManifestError, SkipReport, captions_of
+from goalclip.core.records import iter_records
 from goalclip.models.clip import ClipBundle
 from goalclip.models.embed import crop_geometry
 from goalclip.core.text import clean_text, locate_sentence, token_span, usable_span
@@ -53,7 +54,6 @@ def box_patch_mask(
     return mask.flatten()
 
 
-PAIR_WEIGHTINGS = ("uniform", "similarity")
 
 
 @dataclass
@@ -357,3 +357,19 @@ class Collate:
                 raise ValueError("examples with several local pairs need Collate(weighted=True)")
         batch["pixel_values"] = torch.stack(pixels)
         return batch
+
+
+def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, rank: int, world: int) -> list[list[int]]:
+    """This process's batches for one epoch; the order depends only on (seed, epoch).
+
+    Global batches of ``batch_size * world`` (the incomplete last one dropped, so every process
+    has the same batch size for the gathered contrastive loss); process ``rank`` takes its slice
+    of each. A resumed run rebuilds the same list and skips the batches already done.
+    """
+    generator = torch.Generator().manual_seed(seed * 1000 + epoch)
+    order = torch.randperm(n, generator=generator).tolist()
+    per_step = batch_size * world
+    return [
+        order[start + rank * batch_size : start + (rank + 1) * batch_size]
+        for start in range(0, n - per_step + 1, per_step)
+    ]

@@ -16,9 +16,9 @@ pass; activation memory is that of one chunk. Under DDP every chunk but the last
 all-reduces each parameter once, with every parameter ready. Each chunk's second forward replays
 the random state of its first, so anything random in the forward (dropout) draws the same numbers.
 
-The model is the trainer's ``StepModule`` (or its DDP wrapper): ``module.chunks(batch, size)`` plans
-the chunks, ``model(batch, chunk)`` encodes one, ``module.loss(representations, batch)`` is the step's
-loss from representations, the same function the plain step uses.
+The model is a :class:`goalclip.training.step.ChunkedStepModule` (or its DDP wrapper): ``module.chunks(batch,
+size)`` plans the chunks, ``model(batch, chunk)`` encodes one, ``module.loss(representations, batch)`` is the
+step's loss from representations, the same function the plain step uses.
 """
 
 from __future__ import annotations

@@ -17,7 +17,6 @@ and one process's returned value is its share, not the global loss: average it o
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -25,11 +24,10 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
+from goalclip.training.config import LOCAL_PAIR_LOSSES, METHOD_TERMS, TSL_TARGETS, LossTerms, LossWeights
+
 __all__ = [
-    "LOCAL_PAIR_LOSSES",
     "METHOD_TERMS",
-    "TSL_TARGETS",
-    "LossOptions",
     "LossWeights",
     "combine_losses",
     "contrastive_loss",
@@ -309,49 +307,7 @@ def masked_mean(states: Tensor, mask: Tensor) -> Tensor:
     return (summed / counts).to(states.dtype)
 
 
-@dataclass
-class LossWeights:
-    """Weights of the GOAL objective ``L = global_ * L_global + local * L_local + tsl * L_TSL``.
-
-    ``global_`` has a trailing underscore because ``global`` is a Python keyword. Defaults are the
-    paper's 1.0 / 0.5 / 1.0. The weights balance terms against each other, so a method with a
-    single term (``global``, ``local``) trains on that term alone with weight 1: the papers'
-    local baseline is the local loss by itself, not half of it.
-    """
-
-    global_: float = 1.0
-    local: float = 0.5
-    tsl: float = 1.0
-
-
-LOCAL_PAIR_LOSSES = ("best", "all")
-TSL_TARGETS = ("diagonal", "identity")
-
-
-@dataclass
-class LossOptions:
-    """Readings of the papers that change the loss (``--local-pair-loss``, ``--tsl-target``).
-
-    ``local_pair_loss`` with several local pairs per image (``--local-pairs``): ``best`` (FAST-GOAL's
-    text: the K pairs and their weights enter TSL only) has L_local use each image's best pair;
-    ``all`` puts every pair, weighted, into L_local too. Either way a crop or sentence is never a
-    negative of another pair of its own image. ``tsl_target`` see :func:`tsl_loss`.
-    """
-
-    local_pair_loss: str = "best"
-    tsl_target: str = "diagonal"
-
-
-METHOD_TERMS: dict[str, tuple[str, ...]] = {
-    "goal": ("global", "local", "tsl"),
-    "wo-tsl": ("global", "local"),
-    "global": ("global",),
-    "local": ("local",),
-}
-"""Which loss terms each training method (the paper's ablations) switches on."""
-
-
-def combine_losses(terms: dict[str, Tensor], method: str, weights: LossWeights) -> Tensor:
+def combine_losses(terms: dict[str, Tensor], method: str | LossTerms, weights: LossWeights) -> Tensor:
     """Weighted sum of the terms ``method`` enables.
 
     ``terms`` keys: ``"global"``, ``"local"``, ``"tsl_image"``, ``"tsl_text"``; only the keys the
@@ -359,22 +315,14 @@ def combine_losses(terms: dict[str, Tensor], method: str, weights: LossWeights) 
     TSL term is ``tsl_image + tsl_text``, each weighted by ``weights.tsl``. A single-term method
     returns its term unweighted (see :class:`LossWeights`).
     """
-    if method not in METHOD_TERMS:
-        raise ValueError(f"unknown method {method!r}; valid methods: {', '.join(METHOD_TERMS)}")
-    weight_of = {
-        "global": weights.global_,
-        "local": weights.local,
-        "tsl_image": weights.tsl,
-        "tsl_text": weights.tsl,
-    }
-    keys_of = {"global": ("global",), "local": ("local",), "tsl": ("tsl_image", "tsl_text")}
-    needed = [key for term in METHOD_TERMS[method] for key in keys_of[term]]
+    on = method if isinstance(method, LossTerms) else LossTerms.of(method)
+    needed = on.keys
     missing = [key for key in needed if key not in terms]
     if missing:
-        raise ValueError(f"method {method!r} needs loss terms {needed}; missing {missing}")
+        raise ValueError(f"method {method!r} needs loss terms {list(needed)}; missing {missing}")
     if len(needed) == 1:
         return terms[needed[0]]
-    total = weight_of[needed[0]] * terms[needed[0]]
+    total = weights.weight(needed[0]) * terms[needed[0]]
     for key in needed[1:]:
-        total = total + weight_of[key] * terms[key]
+        total = total + weights.weight(key) * terms[key]
     return total

@@ -16,37 +16,11 @@ from typing import Any
 import torch
 from accelerate import PartialState
 
-from goalclip.evaluation.metrics import _DIRECTIONS
-from goalclip.evaluation.retrieval import (
-    JOINT_K,
-    EvalConfig,
-    joint_items,
-    retrieval_items,
-    score_bundle,
-)
+from goalclip.evaluation.retrieval import EvalConfig, joint_items, retrieval_items, score_bundle
 from goalclip.models.clip import ClipBundle
+from goalclip.training.config import VAL_KS, check_keep_best
 
 logger = logging.getLogger(__name__)
-
-VAL_KS = (1, 5)
-TRACKER_PREFIX = "val/"
-
-
-def metric_names(joint: bool) -> list[str]:
-    """The names a validation reports (as ``goalclip eval`` names its columns)."""
-    names = [f"{direction}@{k}" for direction in _DIRECTIONS for k in VAL_KS]
-    return names + ([f"{direction}_map@{JOINT_K}" for direction in _DIRECTIONS] if joint else [])
-
-
-def check_keep_best(metric: str, joint: bool) -> str:
-    """The metric ``--keep-best`` names, without the trackers' ``val/`` prefix; a clear error if unknown."""
-    name = metric.removeprefix(TRACKER_PREFIX)
-    if name in metric_names(joint):
-        return name
-    if not joint and name in metric_names(joint=True):
-        raise ValueError(f"--keep-best {metric}: {name} needs --val-joint (the joint test)")
-    raise ValueError(f"--keep-best {metric}: not a validation metric; choose one of "
-                     f"{', '.join(metric_names(joint))} (optionally as val/NAME)")
 
 
 class Validator:

@@ -22,10 +22,12 @@ import torch
 from PIL import Image, ImageDraw, ImageOps
 
 from goalclip.core.images import load_rgb
-from goalclip.core.manifest import atomic_write, captions_of, read_manifest
-from goalclip.viz.figures import VizError, _font
+from goalclip.core.manifest import atomic_write, captions_of
+from goalclip.core.records import read_manifest
+from goalclip.evaluation.metrics import top_k_retrieval
+from goalclip.viz.figures import VizError, label_font
 from goalclip.models.clip import load_clip
-from goalclip.models.embed import encode_images, encode_texts
+from goalclip.models.embed import embed_image_files, embed_text_strings
 
 logger = logging.getLogger(__name__)
 
@@ -74,19 +76,21 @@ def find_failures(
         raise VizError(f"{data}: no records")
     bundle = load_clip(model, base=base, device=device)
     bundle.model.eval()
-    images, readable, _ = encode_images(bundle, [r["image"] for r in records], batch_size=batch_size,
-                                        progress=progress)
+    images, readable, _ = embed_image_files(bundle, [r["image"] for r in records], batch_size=batch_size,
+                                            progress=progress)
     if not readable:
         raise VizError(f"{data}: none of the images could be read")
     texts = [c for r in records for c in captions_of(r)]
     owner = torch.tensor([i for i, r in enumerate(records) for _ in captions_of(r)])
-    scores = images @ encode_texts(bundle, texts, batch_size=batch_size, desc="captions", warn_truncated=True).cpu().T
+    texts_embedded = embed_text_strings(bundle, texts, batch_size=batch_size, desc="captions", warn_truncated=True)
+    scores = images @ texts_embedded.cpu().T
+    # the top caption in goalclip eval's order: on a tie with its own caption, another image's caption ranks first
+    first = top_k_retrieval(scores, torch.tensor(readable), owner, 1, "i2t")
     failures = []
-    for row, index in zip(scores, readable):
-        own = owner == index
-        top = int(row.argmax())
-        if own[top]:
+    for row, index, top, hit in zip(scores, readable, first.indices[:, 0].tolist(), first.hits[:, 0].tolist()):
+        if hit:
             continue
+        own = owner == index
         best_own = int(torch.where(own, row, torch.tensor(float("-inf"))).argmax())
         failures.append(Failure(
             id=records[index]["id"], image=records[index]["image"], truth=texts[best_own], retrieved=texts[top],
@@ -116,7 +120,7 @@ def _draw_words(draw: ImageDraw.ImageDraw, words: list[tuple[str, bool]], x0: in
 def draw_failure(failure: Failure, rank: int, side: int = 256, text_width: int = 620) -> Image.Image:
     """One failure as a picture: the image on the left, the two captions with the differing words marked."""
     image = ImageOps.contain(load_rgb(failure.image), (side, side))
-    font, small = _font(14), _font(12)
+    font, small = label_font(14), label_font(12)
     truth, retrieved = word_diff(failure.truth, failure.retrieved)
     line = 19
     # draw the text onto a tall scratch canvas first: its final height is known only afterwards
@@ -149,7 +153,7 @@ def plot_errors(
     if not panels:
         message = Image.new("RGB", (640, 60), (255, 255, 255))
         ImageDraw.Draw(message).text((10, 20), f"no image-to-text failures among {queried} images",
-                                     fill=TEXT_COLOUR, font=_font(14))
+                                     fill=TEXT_COLOUR, font=label_font(14))
         panels = [message]
     sheet = Image.new("RGB", (max(p.width for p in panels), sum(p.height + 6 for p in panels)), (235, 235, 235))
     y = 0

@@ -26,6 +26,7 @@ importing this module changes no global backend and leaks no figures.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -42,10 +43,11 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
 from goalclip.core.images import load_rgb, pixel_values, to_rgb
-from goalclip.core.manifest import IMAGE_SUFFIXES, atomic_write, captions_of, read_manifest
+from goalclip.core.manifest import IMAGE_SUFFIXES, atomic_write, captions_of
+from goalclip.core.records import read_manifest
+from goalclip.evaluation.metrics import top_k_retrieval
 from goalclip.models.clip import ClipBundle, load_clip
-from goalclip.models.embed import encode_images, encode_texts, model_device, model_view_box
-from goalclip.viz.search import topk_inner_product
+from goalclip.models.embed import embed_image_files, embed_text_strings, model_device, model_view_box
 
 logger = logging.getLogger(__name__)
 
@@ -329,29 +331,8 @@ def plot_retrieval(
     if not models:
         raise VizError("plot_retrieval needs at least one model")
     names = _labels(models, labels)
-    records = read_manifest(data_manifest)
-    if not records:
-        raise VizError(f"{data_manifest}: no records")
-    gallery = list(dict.fromkeys(r["image"] for r in records))
-
-    bundles, embedded = [], []
-    readable = set(range(len(gallery)))
-    for source in models:
-        bundle = load_clip(source, base=base, device=device)
-        bundle.model.eval()
-        embeddings, ok, _ = encode_images(bundle, gallery, batch_size=batch_size)
-        readable &= set(ok)
-        bundles.append(bundle)
-        embedded.append(dict(zip(ok, embeddings)))
-    if len(readable) < len(gallery):
-        logger.warning("retrieval figure: %d unreadable images left out", len(gallery) - len(readable))
-    gallery = [g for i, g in enumerate(gallery) if i in readable]
-    image_rows = [torch.stack([e[i] for i in sorted(readable)]) for e in embedded]
-    records = [r for r in records if r["image"] in set(gallery)]
-    if not records:
-        raise VizError(f"{data_manifest}: none of the images could be read")
+    bundles, image_rows, gallery, records = _retrieval_gallery(models, data_manifest, base, device, batch_size)
     position = {path: i for i, path in enumerate(gallery)}
-
     chosen = sorted(random.Random(seed).sample(range(len(records)), min(queries, len(records))))
     query_texts = [captions_of(records[i])[0] for i in chosen]
     query_gt = [position[records[i]["image"]] for i in chosen]
@@ -370,55 +351,90 @@ def plot_retrieval(
         "i2t": {},
     }
     for name, bundle, images in zip(names, bundles, image_rows):
-        text = encode_texts(bundle, query_texts, batch_size=batch_size, desc="captions", warn_truncated=True).cpu()
-        scores, ids = topk_inner_product(images, text, k, backend="torch")
-        sims = text @ images.T
-        gt_sims = sims[torch.arange(len(query_gt)), torch.tensor(query_gt)]
-        result["t2i"][name] = {
-            "topk": ids.tolist(),
-            "scores": scores.tolist(),
-            "hits": [[int(i) == gt for i in row] for row, gt in zip(ids, query_gt)],
-            "gt_rank": (1 + (sims > gt_sims[:, None]).sum(dim=1)).tolist(),
-        }
-        captions = encode_texts(bundle, caption_texts, batch_size=batch_size, desc="captions", warn_truncated=True).cpu()
-        cap_scores, cap_ids = topk_inner_product(captions, images[i2t_images], top_captions, backend="torch")
-        result["i2t"][name] = {
-            "top": cap_ids.tolist(),
-            "scores": cap_scores.tolist(),
-            "hits": [[caption_image[int(c)] == g for c in row] for row, g in zip(cap_ids, i2t_images)],
-        }
+        embed = functools.partial(embed_text_strings, bundle, batch_size=batch_size, desc="captions",
+                                  warn_truncated=True)
+        result["t2i"][name] = _rank_texts_to_images(images, embed(query_texts).cpu(), query_gt, k)
+        result["i2t"][name] = _rank_images_to_texts(images[i2t_images], i2t_images, embed(caption_texts).cpu(),
+                                                    caption_image, top_captions)
 
-    thumbs: dict[int, Image.Image] = {}
-
-    def thumb(index: int) -> Image.Image:
-        if index not in thumbs:
-            image = load_rgb(gallery[index])
-            image.thumbnail((192, 192))
-            thumbs[index] = image
-        return thumbs[index]
-
-    n_models = len(models)
-    cols = 2 + n_models * k
-    fig = Figure(
-        figsize=(max(1.45 * (cols + 1.5), 9.0), 2.0 * len(chosen) + 2.3 * len(i2t_images) + 1.0), layout="constrained"
-    )
+    thumb = functools.lru_cache(maxsize=None)(functools.partial(_thumbnail, gallery))
+    fig = Figure(figsize=(max(1.45 * (2 + len(models) * k + 1.5), 9.0),
+                          2.0 * len(chosen) + 2.3 * len(i2t_images) + 1.0), layout="constrained")
     top_fig, bottom_fig = fig.subfigures(2, 1, height_ratios=[2.0 * len(chosen), 2.3 * max(len(i2t_images), 1)])
-    top_fig.suptitle(f"text → image: top-{k} per model (green = ground truth, red = other)", fontsize=10)
-    axes = top_fig.subplots(len(chosen), cols, squeeze=False, width_ratios=[2.6] + [1.0] * (cols - 1))
+    _draw_text_to_image(top_fig, result, query_texts, query_gt, k, thumb)
+    _draw_image_to_text(bottom_fig, result, i2t_images, caption_texts, top_captions, thumb)
+    saved = _save_figure(fig, out, dpi=100)
+    result["out"] = str(saved)
+    logger.info("retrieval figure: %d queries x %d models -> %s", len(chosen), len(models), saved)
+    return result
+
+
+def _retrieval_gallery(models: Sequence[str], data_manifest: str | os.PathLike, base: str | None, device: str,
+                       batch_size: int) -> tuple[list[ClipBundle], list[torch.Tensor], list[str], list[dict]]:
+    """Each model's bundle and gallery embeddings, the gallery (every distinct image every model could read)
+    and the records whose image is in it."""
+    records = read_manifest(data_manifest)
+    if not records:
+        raise VizError(f"{data_manifest}: no records")
+    gallery = list(dict.fromkeys(r["image"] for r in records))
+    bundles, embedded = [], []
+    readable = set(range(len(gallery)))
+    for source in models:
+        bundle = load_clip(source, base=base, device=device)
+        bundle.model.eval()
+        embeddings, ok, _ = embed_image_files(bundle, gallery, batch_size=batch_size)
+        readable &= set(ok)
+        bundles.append(bundle)
+        embedded.append(dict(zip(ok, embeddings)))
+    if len(readable) < len(gallery):
+        logger.warning("retrieval figure: %d unreadable images left out", len(gallery) - len(readable))
+    gallery = [g for i, g in enumerate(gallery) if i in readable]
+    image_rows = [torch.stack([e[i] for i in sorted(readable)]) for e in embedded]
+    records = [r for r in records if r["image"] in set(gallery)]
+    if not records:
+        raise VizError(f"{data_manifest}: none of the images could be read")
+    return bundles, image_rows, gallery, records
+
+
+def _rank_texts_to_images(images: torch.Tensor, texts: torch.Tensor, gt: list[int], k: int) -> dict[str, Any]:
+    """Each text query's top-k images, their scores and hits, and the ground truth's rank, in goalclip eval's
+    order (pessimistic ties) over the whole gallery: the ground truth's rank is its position in it."""
+    sims = images @ texts.T
+    order = top_k_retrieval(sims, torch.arange(len(images)), torch.tensor(gt), len(images), "t2i")
+    ids = order.indices[:, :k]
+    return {"topk": ids.tolist(), "scores": sims.T.gather(1, ids).tolist(), "hits": order.hits[:, :k].tolist(),
+            "gt_rank": (order.hits.int().argmax(dim=1) + 1).tolist()}
+
+
+def _rank_images_to_texts(images: torch.Tensor, image_ids: list[int], texts: torch.Tensor, text_image: list[int],
+                          k: int) -> dict[str, Any]:
+    """Each image query's top-k captions (goalclip eval's order), their scores and hits."""
+    sims = images @ texts.T
+    top = top_k_retrieval(sims, torch.tensor(image_ids), torch.tensor(text_image), k, "i2t")
+    return {"top": top.indices.tolist(), "scores": sims.gather(1, top.indices).tolist(), "hits": top.hits.tolist()}
+
+
+def _thumbnail(gallery: list[str], index: int) -> Image.Image:
+    image = load_rgb(gallery[index])
+    image.thumbnail((192, 192))
+    return image
+
+
+def _draw_text_to_image(fig: Any, result: dict[str, Any], query_texts: list[str], query_gt: list[int], k: int,
+                        thumb: Any) -> None:
+    """One row per text query: the text, its ground-truth image, each model's top-k framed green or red;
+    each model's drawn verdicts are read back into ``result["t2i"][name]["frames"]``."""
+    names = result["models"]
+    cols = 2 + len(names) * k
+    fig.suptitle(f"text → image: top-{k} per model (green = ground truth, red = other)", fontsize=10)
+    axes = fig.subplots(len(query_texts), cols, squeeze=False, width_ratios=[2.6] + [1.0] * (cols - 1))
     for name in names:
         result["t2i"][name]["frames"] = []
     for q, (text, gt) in enumerate(zip(query_texts, query_gt)):
         text_ax = axes[q, 0]
         text_ax.set_axis_off()
-        text_ax.text(
-            0.0,
-            1.0,
-            textwrap.fill(text, width=58, max_lines=13, placeholder=" …"),
-            va="top",
-            ha="left",
-            fontsize=7,
-            transform=text_ax.transAxes,
-        )
+        text_ax.text(0.0, 1.0, textwrap.fill(text, width=58, max_lines=13, placeholder=" …"), va="top", ha="left",
+                     fontsize=7, transform=text_ax.transAxes)
         axes[q, 1].imshow(thumb(gt))
         _bare(axes[q, 1])
         axes[q, 1].set_xlabel("ground truth", fontsize=7)
@@ -426,8 +442,7 @@ def plot_retrieval(
             row = result["t2i"][name]
             for j in range(k):
                 ax = axes[q, 2 + m * k + j]
-                index = row["topk"][q][j]
-                ax.imshow(thumb(index))
+                ax.imshow(thumb(row["topk"][q][j]))
                 _bare(ax)
                 _frame(ax, row["hits"][q][j])
                 ax.set_xlabel(f"#{j + 1}  {row['scores'][q][j]:.3f}", fontsize=7)
@@ -436,42 +451,37 @@ def plot_retrieval(
             row["frames"].append([_spine_verdict(axes[q, 2 + m * k + j]) for j in range(k)])
             axes[q, 2 + m * k].set_ylabel(f"gt rank {row['gt_rank'][q]}", fontsize=7)
 
-    bottom_fig.suptitle(f"image → text: top-{top_captions} captions per model (✓ right image, ✗ other)", fontsize=10)
-    if i2t_images:
-        baxes = bottom_fig.subplots(len(i2t_images), 1 + n_models, squeeze=False, width_ratios=[1.0] + [3.2] * n_models)
-        for q, image_index in enumerate(i2t_images):
-            baxes[q, 0].imshow(thumb(image_index))
-            _bare(baxes[q, 0])
-            for m, name in enumerate(names):
-                ax = baxes[q, 1 + m]
-                ax.set_axis_off()
-                if q == 0:
-                    ax.set_title(name, fontsize=9, loc="left")
-                row = result["i2t"][name]
-                y = 1.0
-                for c, hit, score in zip(row["top"][q], row["hits"][q], row["scores"][q]):
-                    body = textwrap.fill(caption_texts[c], width=70, max_lines=3, placeholder=" …")
-                    ax.text(
-                        0.0,
-                        y,
-                        f"{'✓' if hit else '✗'} {score:.3f}  {body}",
-                        va="top",
-                        ha="left",
-                        fontsize=6.5,
-                        color=HIT_COLOUR if hit else MISS_COLOUR,
-                        transform=ax.transAxes,
-                    )
-                    y -= 0.34
-    saved = _save_figure(fig, out, dpi=100)
-    result["out"] = str(saved)
-    logger.info("retrieval figure: %d queries x %d models -> %s", len(chosen), n_models, saved)
-    return result
+
+def _draw_image_to_text(fig: Any, result: dict[str, Any], i2t_images: list[int], caption_texts: list[str],
+                        top_captions: int, thumb: Any) -> None:
+    """One row per image query: the image and each model's top captions, marked right or wrong."""
+    names = result["models"]
+    fig.suptitle(f"image → text: top-{top_captions} captions per model (✓ right image, ✗ other)", fontsize=10)
+    if not i2t_images:
+        return
+    axes = fig.subplots(len(i2t_images), 1 + len(names), squeeze=False, width_ratios=[1.0] + [3.2] * len(names))
+    for q, image_index in enumerate(i2t_images):
+        axes[q, 0].imshow(thumb(image_index))
+        _bare(axes[q, 0])
+        for m, name in enumerate(names):
+            ax = axes[q, 1 + m]
+            ax.set_axis_off()
+            if q == 0:
+                ax.set_title(name, fontsize=9, loc="left")
+            row = result["i2t"][name]
+            y = 1.0
+            for c, hit, score in zip(row["top"][q], row["hits"][q], row["scores"][q]):
+                body = textwrap.fill(caption_texts[c], width=70, max_lines=3, placeholder=" …")
+                ax.text(0.0, y, f"{'✓' if hit else '✗'} {score:.3f}  {body}", va="top", ha="left", fontsize=6.5,
+                        color=HIT_COLOUR if hit else MISS_COLOUR, transform=ax.transAxes)
+                y -= 0.34
 
 
 # ----------------------------------------------------------------------------- mined pairs
 
 
-def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+def label_font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    """DejaVu Sans at ``size`` (matplotlib ships it), else PIL's default font: labels drawn on PIL images."""
     from matplotlib import font_manager
 
     try:
@@ -502,7 +512,7 @@ def draw_pair(record: dict[str, Any], *, side: int = PAIR_IMAGE_SIDE) -> tuple[I
         draw.rectangle((x1 - 1, y1 - 1, x2 + 1, y2 + 1), outline=(0, 0, 0), width=1)
         draw.rectangle((x1, y1, x2, y2), outline=BOX_COLOUR, width=3)
 
-    font, small = _font(15), _font(12)
+    font, small = label_font(15), label_font(12)
     width = max(size[0], 420)
     chars = max(20, int(width / (0.55 * 15)))
     header = (

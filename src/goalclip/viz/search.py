@@ -31,7 +31,7 @@ from goalclip.core.fingerprint import digest_of, fingerprint
 from goalclip.core.images import ImageError, load_rgb
 from goalclip.core.manifest import IMAGE_SUFFIXES, atomic_write
 from goalclip.models.clip import ClipBundle
-from goalclip.models.embed import encode_images, encode_texts
+from goalclip.models.embed import embed_image_files, embed_text_strings
 
 logger = logging.getLogger(__name__)
 
@@ -162,8 +162,9 @@ def build_index(
     batch_size: int = 64,
     num_workers: int = 0,
     progress: bool = False,
+    files: Sequence[str | os.PathLike] | None = None,
 ) -> Index:
-    """Embed the folder's images, reusing cached rows whose file size and mtime are unchanged.
+    """Embed the folder's images (or ``files``, all under it), reusing cached rows whose size and mtime are unchanged.
 
     Only new or changed files go through the model; files gone from the folder drop out of
     the index. Unreadable images are skipped (logged, listed in ``Index.failed``) and retried
@@ -173,7 +174,7 @@ def build_index(
     root = Path(folder)
     if not root.is_dir():
         raise SearchError(f"{root}: not a folder")
-    files = list_images(root)
+    files = list_images(root) if files is None else [Path(f) for f in files]
     if not files:
         raise SearchError(f"{root}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
     cache_dir = Path(index_dir) if index_dir is not None else root / INDEX_DIRNAME
@@ -196,7 +197,7 @@ def build_index(
     failed: list[tuple[str, str]] = []
     if todo:
         logger.info("embedding %d new or changed images (%d reused from the index)", len(todo), reused)
-        embeddings, ok, bad = encode_images(
+        embeddings, ok, bad = embed_image_files(
             bundle, [str(files[i]) for i in todo], batch_size=batch_size, num_workers=num_workers, progress=progress
         )
         for row, local in zip(embeddings, ok):
@@ -267,7 +268,7 @@ def search(
         return []
     if k < 1:
         raise SearchError(f"k must be at least 1, got {k}")
-    query_embeddings = encode_texts(bundle, list(queries), desc="queries", warn_truncated=True).cpu()
+    query_embeddings = embed_text_strings(bundle, list(queries), desc="queries", warn_truncated=True).cpu()
     scores, ids = topk_inner_product(index.embeddings, query_embeddings, k, backend=backend)
     return [
         [(index.paths[int(i)], float(s)) for s, i in zip(row_scores, row_ids)]

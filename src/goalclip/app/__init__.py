@@ -1,0 +1,1 @@
+"""``goalclip serve``: the local web page (optional extra ``goalclip[app]``: starlette + uvicorn)."""

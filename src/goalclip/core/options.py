@@ -1,0 +1,103 @@
+"""One declaration per command option: a config dataclass field carries its help, choices and flag.
+
+The library's defaults are the dataclass defaults and the CLI's flags are built from the same
+fields (:func:`add_options`), so the two cannot drift. Torch-free: a command's parser is built
+without loading torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+_KEY = "goalclip.option"
+
+# Help shared by several commands, so each option means the same everywhere.
+SHARDS_HELP = ("or WebDataset shards (goalclip data shard): a .tar, a brace pattern such as "
+               "shards/train-{000000..000009}.tar, or a pipe:/fsspec URL")
+DEVICE_HELP = ("torch device for {what}: auto (CUDA when available, or each process's own device under "
+               "accelerate launch; else CPU), cpu, cuda, cuda:1, ...")
+NO_PROGRESS_HELP = "hide progress bars (goalclip's and the libraries' own, e.g. weight loading)"
+MAX_IMAGE_PIXELS_HELP = ("refuse images with more pixels than this as possible decompression bombs (skipped and "
+                         "counted like unreadable files); 0 = no limit")
+MAX_IMAGE_PIXELS_DEFAULT = "PIL's 89478485"
+
+
+@dataclasses.dataclass(frozen=True)
+class Option:
+    """How a config field appears on the command line."""
+
+    help: str
+    choices: Sequence[str] | None = None
+    flag: str | None = None  # default: --field-name; a True-default bool's flag turns it off (e.g. --no-progress)
+    metavar: str | None = None
+    default_help: str | None = None  # shown as "(default: ...)" instead of the default value; "" shows nothing
+
+
+def option(default: Any = dataclasses.MISSING, *, help: str, choices: Sequence[str] | None = None,
+           flag: str | None = None, metavar: str | None = None, default_help: str | None = None,
+           default_factory: Any = dataclasses.MISSING) -> Any:
+    """A dataclass field declared once for the library (its default) and the CLI (flag, help, choices)."""
+    meta = {_KEY: Option(help, choices, flag, metavar, default_help)}
+    if default_factory is not dataclasses.MISSING:
+        return dataclasses.field(default_factory=default_factory, metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def _base_type(hint: Any) -> tuple[type, bool]:
+    """``(type, optional)`` of a field's annotation, e.g. ``int | None`` -> ``(int, True)``."""
+    args = typing.get_args(hint)
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        kinds = [a for a in args if a is not type(None)]
+        return kinds[0], len(kinds) < len(args)
+    return hint, False
+
+
+def _default_text(field: dataclasses.Field, opt: Option) -> str:
+    if opt.default_help is not None:
+        return f" (default: {opt.default_help})" if opt.default_help else ""
+    if field.default is dataclasses.MISSING or field.default is None:
+        return ""
+    return f" (default: {field.default})"
+
+
+def add_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup, config: type,
+                names: Iterable[str] | None = None, *, dest_prefix: str = "",
+                with_defaults: bool = True) -> None:
+    """Add a flag for each declared field of ``config`` (only ``names`` when given, in their order).
+
+    ``with_defaults=False`` leaves the argparse defaults out (a parser built with
+    ``argument_default=SUPPRESS`` then sees only the flags a user typed). The flag's ``dest`` is
+    ``dest_prefix + field name``; :func:`values_from_args` reads them back.
+    """
+    hints = typing.get_type_hints(config)
+    declared = {f.name: f for f in dataclasses.fields(config) if _KEY in f.metadata}
+    for name in names if names is not None else declared:
+        field = declared[name]
+        opt: Option = field.metadata[_KEY]
+        kind, optional = _base_type(hints[name])
+        flag = opt.flag or "--" + name.rstrip("_").replace("_", "-")
+        kwargs: dict[str, Any] = {"dest": dest_prefix + name, "help": opt.help + _default_text(field, opt)}
+        if with_defaults and field.default is not dataclasses.MISSING:
+            kwargs["default"] = field.default
+        if kind is bool and optional:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif kind is bool:
+            kwargs["action"] = "store_false" if field.default else "store_true"
+        else:
+            metavar = opt.metavar or (None if opt.choices else flag.lstrip("-").replace("-", "_").upper())
+            kwargs.update(type=kind, choices=opt.choices, metavar=metavar)
+            if with_defaults and field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+                kwargs["required"] = True
+        parser.add_argument(flag, **kwargs)
+
+
+def values_from_args(args: argparse.Namespace, config: type, *, dest_prefix: str = "") -> dict[str, Any]:
+    """The values of ``config``'s fields that ``args`` holds (see :func:`add_options`)."""
+    given = vars(args)
+    names = (f.name for f in dataclasses.fields(config))
+    return {name: given[dest_prefix + name] for name in names if dest_prefix + name in given}
