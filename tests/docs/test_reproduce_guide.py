@@ -35,7 +35,7 @@ from goalclip.cli import main
 REPO = Path(__file__).resolve().parents[2]
 GUIDE = REPO / "docs" / "reproduce.md"
 
-# Flags whose value is a file or folder the command must have written.
+# Flags whose value is a file or folder the command must have written (and not left empty).
 OUTPUT_FLAGS = ("--out", "--out-test", "--out-rest", "--scores-out", "--boxes-out")
 # Real sizes -> tiny ones (same code path, less work): (flag, guide value) -> replacement arguments.
 SCALE = {
@@ -295,7 +295,7 @@ def _tiny_open_clip(folder: Path) -> str:
     """Every ``open_clip:`` row of the guide becomes this tiny open_clip model, as a local-dir spec."""
     import open_clip
     from safetensors.torch import save_file
-    from test_open_clip import TINY_CFG
+    from tests.models.test_open_clip import TINY_CFG
 
     folder.mkdir()
     (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY_CFG, "preprocess_cfg": {}}))
@@ -337,6 +337,13 @@ def _models(root: Path, texts: tuple[str, ...]) -> tuple[dict[str, str], dict[st
 
 
 # ----------------------------------------------------------------------------- running the guide
+
+
+def _written(path: Path) -> bool:
+    """A non-empty file, or a folder holding one (an empty output is as missing as an absent one)."""
+    if path.is_dir():
+        return any(p.is_file() and p.stat().st_size > 0 for p in path.rglob("*"))
+    return path.is_file() and path.stat().st_size > 0
 
 
 @dataclass
@@ -424,7 +431,7 @@ def guide_run(tmp_path_factory, tiny_world) -> dict[int, Result]:
             result.output += buffer.getvalue()
             flags = result.argv
             result.missing = [flags[i + 1] for i, flag in enumerate(flags[:-1])
-                              if flag in OUTPUT_FLAGS and not (work / flags[i + 1]).exists()]
+                              if flag in OUTPUT_FLAGS and not _written(work / flags[i + 1])]
             failed = result.code != 0 or bool(result.missing)
     finally:
         os.chdir(cwd)
