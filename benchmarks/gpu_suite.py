@@ -27,6 +27,14 @@ sentences at goalclip's padded lengths. Training = 3 x forward (backward = 2 x f
 reference-style step is charged the same model FLOPs, so its lower MFU is its waste. Peak bf16
 dense TFLOP/s comes from ``--peak-tflops`` or the GPU's name (H100/H200 989, A100 312).
 
+Memory: before each section the suite prints its estimated peak. A training section runs its own step code at
+its configured batch on the meta device in bf16 (shapes only, no memory or compute), counts what autograd saves
+for the backward, adds the weights, gradients, AdamW state and bf16 weight copies (18 bytes per parameter), and
+halves the batch until the estimate fits 75 GiB: ViT-B/16's reference-style step at batch 128 is estimated at
+98 GiB and runs at 64 (50 GiB), ViT-L/14's at batch 64 at 135 GiB and runs at 32 (71 GiB); the ``trainer``
+section's goalclip step fits at 128 (34 GiB). Results are written to ``--out`` after every section, and a
+section that still runs out of memory becomes a "did not fit" row while the others run.
+
 ``--shapes reduced`` runs every section at the test suite's tiny shapes on the CPU in seconds
 (tests/benchmarks/test_benchmarks_smoke.py), so the script cannot rot; its numbers mean nothing.
 
@@ -37,6 +45,7 @@ dense TFLOP/s comes from ``--peak-tflops`` or the GPU's name (H100/H200 989, A10
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import tempfile
@@ -53,13 +62,17 @@ import _common  # noqa: F401  (first: sets thread/offline env variables before t
 import torch
 from _common import interleaved, machine_facts, markdown_table, print_facts, synchronize
 from lism_vs_flism import build_models, make_images, run_method
-from train_step import build_setup, load_setup, variant_loss
+from train_step import build_real_clip, build_setup, load_setup, variant_loss
 
 from goalclip.evaluation.retrieval import EvalConfig, evaluate
+from goalclip.models.clip import load_clip
 from goalclip.training.config import TrainConfig
 from goalclip.training.trainer import train
 
 SECTIONS = ("step-b16", "step-l14", "trainer", "flism", "lism", "eval", "gradcache")
+BUDGET_GIB = 75  # what a step section may be planned to use: an 80 GB card less the CUDA context and fragmentation
+# Per trainable parameter: fp32 weights, fp32 gradients, AdamW's two fp32 moments, and autocast's bf16 copy.
+STATIC_BYTES_PER_PARAM = 4 + 4 + 8 + 2
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
 # Per shape: (train_step setup config, batch) per step section; images mined / evaluated; trainer batch;
 # grad-cache batch and chunk.
@@ -104,6 +117,110 @@ def _images(count: int, shapes: str, work: Path) -> Path:
     return manifest if manifest.is_file() else make_images(folder, count, shapes)
 
 
+# ----------------------------------------------------------------------------------- memory
+
+
+def saved_activation_bytes(run, exclude: set[int]) -> int:
+    """Bytes autograd saves for the backward while ``run()`` builds a step's graph, each storage once, leaving
+    out the storages in ``exclude`` (the weights, counted with their gradients and optimizer state): what a
+    training step holds at its peak beyond its static memory."""
+    sizes: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage._cdata not in exclude:
+            sizes[storage._cdata] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        run()
+    return sum(sizes.values())
+
+
+@contextlib.contextmanager
+def _causal_masks_only():
+    """transformers reads a padding mask's values to skip it when nothing is padded, which a meta tensor has
+    not: the estimate's text towers take the causal mask alone (an attention mask is not what they save)."""
+    from transformers.models.clip import modeling_clip
+
+    real = modeling_clip.create_causal_mask
+    modeling_clip.create_causal_mask = lambda config, inputs_embeds, attention_mask, **kwargs: real(
+        config=config, inputs_embeds=inputs_embeds, attention_mask=None, **kwargs)
+    try:
+        yield
+    finally:
+        modeling_clip.create_causal_mask = real
+
+
+def _meta_bundle(config: str, folder: Path):
+    """The section's model on the meta device in bf16 (shapes without memory or compute): built from the real
+    config, or loaded from the setup's saved model (the reduced shapes' tokenizer is trained on their world)."""
+    if config == "tiny":
+        bundle = load_clip(str(folder / "model"))
+        bundle.model.train().to("meta")  # train() first: transformers refuses to set a meta model's mode
+    else:
+        with torch.device("meta"):
+            bundle = build_real_clip(config, seed=0)  # a new model is in training mode
+    bundle.model.to(torch.bfloat16)
+    return bundle
+
+
+def plan_step(name: str, shapes: str, work: Path, variants: tuple[str, ...] = ("reference", "ours")) -> dict[str, Any]:
+    """The batch a training section runs at: its configured batch, halved until the estimated peak fits BUDGET_GIB.
+
+    The estimate runs the section's own step code at its configured batch on the meta device in bf16 (as the
+    GPU run autocasts), measures what autograd saves (:func:`saved_activation_bytes`; the largest of
+    ``variants``), scales it to the smaller batch, and adds STATIC_BYTES_PER_PARAM per parameter. Temporaries
+    that are not saved (attention workspaces, logits) are not counted: the budget leaves 5 GiB of an 80 GB card.
+    """
+    config, configured = SHAPES[shapes][name][:2]
+    if config == "tiny":
+        folder = _setup(config, configured, work)
+    else:
+        folder = work / f"meta-{config}-{configured}"
+        if not (folder / "train.jsonl").is_file():
+            build_setup(config, configured, folder, with_model=False)
+    loaded = load_setup(folder, configured, "meta", bundle=_meta_bundle(config, folder))
+    for batch in (loaded.ours, loaded.ref):
+        for key, value in batch.items():
+            if torch.is_tensor(value) and value.is_floating_point():
+                batch[key] = value.to(torch.bfloat16)
+    model = loaded.bundle.model
+    vision = model.config.vision_config
+    image_tokens = loaded.ours["pixel_values"].shape[0] * ((vision.image_size // vision.patch_size) ** 2 + 1)
+    text = {"reference": ("org_ids", "seg_ids"), "ours": ("caption_ids", "sentence_ids")}
+    weights = {param.untyped_storage()._cdata for param in model.parameters()}
+    measured = []
+    for variant in variants:
+        with _causal_masks_only():
+            saved = saved_activation_bytes(lambda v=variant: variant_loss(v, loaded, model, False), weights)
+        batch = loaded.ref if variant == "reference" else loaded.ours
+        measured.append((saved, saved / (image_tokens + sum(batch[key].numel() for key in text[variant]))))
+    saved, per_token = max(measured)
+    static = STATIC_BYTES_PER_PARAM * sum(param.numel() for param in model.parameters())
+    batch = configured
+    while batch > 1 and (static + saved * batch / configured) / 2**30 > BUDGET_GIB:
+        batch //= 2
+    return {"config": config, "configured_batch": configured, "batch": batch, "bytes_per_token": per_token,
+            "estimated_gib_configured": (static + saved) / 2**30,
+            "estimated_gib": (static + saved * batch / configured) / 2**30}
+
+
+def _announce(name: str, estimate: str) -> None:
+    print(f"{name}: estimated peak {estimate}", flush=True)
+
+
+def _announce_plan(name: str, plan: dict[str, Any]) -> None:
+    resized = (f"; batch {plan['configured_batch']} would need {plan['estimated_gib_configured']:.1f} GiB"
+               if plan["batch"] != plan["configured_batch"] else "")
+    _announce(name, f"{plan['estimated_gib']:.1f} GiB at batch {plan['batch']} ({plan['config']}, "
+                    f"{plan['bytes_per_token'] / 2**10:.0f} KiB saved per token over all layers{resized})")
+
+
+def _weights_gib(*folders: str | Path) -> float:
+    return sum(f.stat().st_size for folder in folders for f in Path(folder).glob("*.safetensors")) / 2**30
+
+
 # ------------------------------------------------------------------------------------ FLOPs
 
 
@@ -135,7 +252,9 @@ def peak_tflops(device: str, given: float | None) -> float | None:
 
 
 def step_section(name: str, args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
-    config, batch_size = SHAPES[args.shapes][name]
+    plan = plan_step(name, args.shapes, work)
+    _announce_plan(name, plan)
+    config, batch_size = plan["config"], plan["batch"]
     loaded = load_setup(_setup(config, batch_size, work), batch_size, args.device)
     model = loaded.bundle.model.train()
     cuda = args.device.startswith("cuda")
@@ -179,7 +298,9 @@ def _train_config(args: argparse.Namespace, setup: Path, out: Path, batch: int, 
 
 
 def trainer_section(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
-    config, batch = SHAPES[args.shapes]["trainer"]
+    plan = plan_step("trainer", args.shapes, work, variants=("ours",))
+    _announce_plan("trainer", plan)
+    config, batch = plan["config"], plan["batch"]
     setup = _setup(config, batch, work)
     summary = train(_train_config(args, setup, work / "trainer-run", batch))
     record = json.loads((work / "trainer-run" / "train_config.json").read_text())
@@ -190,6 +311,9 @@ def trainer_section(args: argparse.Namespace, work: Path) -> list[dict[str, Any]
 
 def gradcache_section(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
     config, batch, chunk = SHAPES[args.shapes]["gradcache"]
+    plan = plan_step("gradcache", args.shapes, work, variants=("ours",))  # one configured chunk's activations
+    _announce("gradcache", f"{plan['estimated_gib'] * chunk / plan['configured_batch']:.1f} GiB at chunk {chunk} "
+                           f"(the embeddings of batch {batch} held between passes are not counted)")
     setup = _setup(config, batch, work)
     _reset_peak(args.device)
     summary = train(_train_config(args, setup, work / "gradcache-run", batch, max_steps=2, grad_cache_chunk=chunk))
@@ -202,6 +326,9 @@ def mining_section(method: str, args: argparse.Namespace, work: Path) -> list[di
     shapes = SHAPES[args.shapes]
     images = shapes[f"{method}_images"]
     models = build_models(work / "mine-models", shapes["mine"])
+    proposer = models["sam"] if method == "lism" else models["yolos"]
+    _announce(method, f"{_weights_gib(models['clip'], proposer):.1f} GiB of weights plus one batch's activations "
+                      "(inference: nothing is held for a backward)")
     data = _images(images, shapes["mine"], work)
     summary = run_method(method, models, data, work / f"{method}.jsonl", args.device, batch_size=min(images, 32),
                          num_workers=shapes["workers"])  # images decode in loader workers, as `goalclip mine` runs
@@ -214,6 +341,8 @@ def eval_section(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
     shapes = SHAPES[args.shapes]
     config, batch = shapes["trainer"]
     setup = _setup(config, batch, work)
+    _announce("eval", f"{_weights_gib(setup / 'model'):.1f} GiB of weights plus one batch's activations "
+                      "(inference: nothing is held for a backward)")
     n = shapes["eval_images"]
     data = _images(n, shapes["mine"], work)
     precision = "bf16" if _bf16(args.device) else "fp32"
@@ -271,22 +400,32 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     started = time.perf_counter()
     rows: list[dict[str, Any]] = []
+
+    def result() -> dict[str, Any]:
+        return {"shapes": args.shapes, "machine": facts, "rows": rows, "wall_s": time.perf_counter() - started}
+
     with tempfile.TemporaryDirectory(prefix="goalclip-gpu-suite-") as tmp:
         for name in args.sections.split(","):
             tick = time.perf_counter()
-            section_rows = runners[name](Path(tmp))
+            try:
+                section_rows = runners[name](Path(tmp))
+            except torch.OutOfMemoryError as exc:  # the other sections still run
+                section_rows = [_row(name, "", None, "", note=f"did not fit: {str(exc).splitlines()[0]}")]
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
             for row in section_rows:
                 row["section_s"] = round(time.perf_counter() - tick, 1)
             rows.extend(section_rows)
             print(f"{name}: done in {time.perf_counter() - tick:.0f} s", flush=True)
+            if args.out is not None:  # after every section: a crash later loses nothing measured
+                args.out.write_text(json.dumps(result(), indent=2))
     table = report(rows)
     print(f"\n### GPU suite, `--shapes {args.shapes}` ({facts.get('gpu', args.device)}, torch {facts['torch']})\n")
     print(table)
     print(f"\nWall time: {time.perf_counter() - started:.0f} s")
-    result = {"shapes": args.shapes, "machine": facts, "rows": rows, "wall_s": time.perf_counter() - started}
     if args.out is not None:
-        args.out.write_text(json.dumps(result, indent=2))
-    return result
+        args.out.write_text(json.dumps(result(), indent=2))
+    return result()
 
 
 if __name__ == "__main__":

@@ -98,8 +98,9 @@ CONFIGS: dict[str, dict[str, Any]] = {
 # ------------------------------------------------------------------------------------ setup
 
 
-def build_setup(config: str, batch_size: int, folder: Path, seed: int = 0) -> Path:
-    """Synthetic world + a training manifest with one local pair per image + a saved model."""
+def build_setup(config: str, batch_size: int, folder: Path, seed: int = 0, with_model: bool = True) -> Path:
+    """Synthetic world + a training manifest with one local pair per image + a saved model (unless not
+    ``with_model``: a memory estimate builds the model on the meta device instead)."""
     spec = CONFIGS[config]
     world = generate_world(
         folder / "world",
@@ -112,6 +113,8 @@ def build_setup(config: str, batch_size: int, folder: Path, seed: int = 0) -> Pa
         record["local"] = {"sentence": obj["sentence"], "box": obj["box"], "score": 1.0, "source": "external"}
     manifest = folder / "train.jsonl"
     write_manifest(manifest, records)
+    if not with_model:
+        return folder
     texts = [r["caption"] for r in records] + [" ".join(vocabulary())]
     if config == "tiny":
         bundle = build_tiny_clip(texts, width=64, layers=4, projection_dim=64, image_size=64, patch_size=8,
@@ -164,9 +167,10 @@ class Loaded:
     ref: dict[str, Any]
 
 
-def load_setup(folder: Path, batch_size: int, device: str) -> Loaded:
-    """The same examples as our Collate batch and as a reference-style batch (same pixels)."""
-    bundle = load_clip(str(folder / "model"))
+def load_setup(folder: Path, batch_size: int, device: str, bundle: ClipBundle | None = None) -> Loaded:
+    """The same examples as our Collate batch and as a reference-style batch (same pixels), for the saved
+    model or ``bundle``."""
+    bundle = bundle or load_clip(str(folder / "model"))
     examples = load_examples(folder / "train.jsonl", need_local=True)[:batch_size]
     dataset = TrainDataset(examples, bundle, need_local=True)
     ours = Collate(pad_id=bundle.tokenizer.pad_token_id)([dataset[i] for i in range(len(examples))])

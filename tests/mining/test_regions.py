@@ -424,3 +424,25 @@ def test_external_proposer_keeps_each_invalid_box_with_its_reason_until_taken():
         ("a", "outside the image"), ("a", "zero or negative area"), ("a", "not finite"), ("a", "not finite"),
     ]
     assert take_invalid_boxes(proposer) == []  # taken once
+
+
+def test_sam_post_processes_each_image_once_whatever_the_batch_size(sam_dir):
+    """Mask post-processing (host syncs, upscaling) runs once per image, not once per decoder call per image:
+    a bigger batch means smaller point slices per call and, before, more post-processing calls per image."""
+    proposer = SamProposer(str(sam_dir), points_per_side=4, points_per_batch=8, pred_iou_thresh=0.0,
+                           stability_score_thresh=0.0, min_area=0.0, max_area=1.0)
+    calls = []
+    real = proposer.processor.post_process_masks
+
+    def counting(masks, *args, **kwargs):
+        calls.append(len(masks))
+        return real(masks, *args, **kwargs)
+
+    proposer.processor.post_process_masks = counting
+    images = [_image(80, 48), _image(60, 90, seed=1), _image(64, 64, seed=2), _image(50, 70, seed=3)]
+    alone = [proposer.propose([image], [str(i)])[0] for i, image in enumerate(images)]
+    per_image_alone = sum(calls) / len(images)
+    calls.clear()
+    together = proposer.propose(images, [str(i) for i in range(len(images))])
+    assert sum(calls) / len(images) == per_image_alone == 1
+    assert together == alone

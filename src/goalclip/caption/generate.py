@@ -28,7 +28,7 @@ from goalclip.core.images import ImageError, load_rgb
 from goalclip.core.manifest import iter_jsonl, relativize, write_jsonl
 from goalclip.datasets.sample import read_images
 from goalclip.core.resumable import ids_already_written, part_paths
-from goalclip.core.processes import process_device, process_state
+from goalclip.core.processes import ShardCompletion, process_device, process_state
 from goalclip.core.shards import split_records
 
 logger = logging.getLogger(__name__)
@@ -82,6 +82,7 @@ def caption(config: CaptionConfig, engine: CaptionEngine | None = None) -> dict[
                          "GPUs itself); start it without accelerate launch, or use --backend transformers")
     out = Path(config.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    completion = ShardCompletion(state, out)
     prompt = load_prompt(config.prompt_file)
     records = read_images(config.data)
     if config.max_images:
@@ -130,11 +131,13 @@ def caption(config: CaptionConfig, engine: CaptionEngine | None = None) -> dict[
             sink.flush()
             skip_sink.flush()
             bar.update(len(batch))
-    state.wait_for_everyone()
+    completion.wait()  # by files: a process done early must not time out in a collective
     summary: dict[str, Any] = {}
     if state.is_main_process:
         summary = _merge(out, records, time.perf_counter() - started, len(todo) * state.num_processes)
     state.wait_for_everyone()
+    if state.is_main_process:
+        completion.clean()
     return summary
 
 

@@ -84,8 +84,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     add_device(parser, "the models")
     parser.add_argument(
-        "--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
-        help="weights and activations dtype; embeddings are compared in fp32 either way (default: fp32)",
+        "--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
+        help="weights and activations dtype; embeddings are compared in fp32 either way; auto = bf16 on CUDA, "
+        "fp32 elsewhere; fp32 uses TF32 matmuls on CUDA (default: auto)",
     )
     parser.add_argument(
         "--cache-dir", default=None,

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
 
 from goalclip.cli.common import add_device, add_max_image_pixels, add_model, add_no_progress, resolve_device
+from goalclip.core.options import INFERENCE_PRECISION_HELP, INFERENCE_PRECISIONS
+
+logger = logging.getLogger(__name__)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -24,6 +28,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--index-dir", default=None, help="where to keep the index (default: DIR/.goalclip-index)")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     add_device(parser)
+    parser.add_argument("--precision", choices=INFERENCE_PRECISIONS, default="auto",
+                        help=f"{INFERENCE_PRECISION_HELP}; each precision keeps its own index (default: auto)")
     parser.add_argument("--batch-size", type=int, default=64,
                         help="images per forward pass when indexing (default: 64)")
     parser.add_argument("--num-workers", type=int, default=0, help="DataLoader workers decoding images (default: 0)")
@@ -50,22 +56,30 @@ def _read_queries(args: argparse.Namespace) -> list[str]:
 
 def run(args: argparse.Namespace) -> str:
     """Index (incrementally), rank, print the hits; optionally a contact sheet and JSON."""
+    import torch
+
     from goalclip.core.images import set_max_image_pixels
     from goalclip.core.manifest import atomic_write
     from goalclip.models.clip import load_clip
+    from goalclip.models.precision import describe, inference_precision, resolve_precision
     from goalclip.viz.search import build_index, model_key, search, write_sheet
 
     queries = _read_queries(args)
     set_max_image_pixels(args.max_image_pixels)
-    bundle = load_clip(args.model, base=args.base, device=resolve_device(args.device))
+    device = torch.device(resolve_device(args.device))
+    bundle = load_clip(args.model, base=args.base, device=device)
     bundle.model.eval()
-    index = build_index(
-        bundle, args.images, model_key(args.model, args.base), rebuild=args.rebuild, index_dir=args.index_dir,
-        batch_size=args.batch_size, num_workers=args.num_workers, progress=not args.no_progress,
-    )
+    precision = resolve_precision(args.precision, device)
+    logger.info("searching in %s", describe(precision, bundle.model, device))
+    with inference_precision(precision, device):
+        index = build_index(
+            bundle, args.images, f"{model_key(args.model, args.base)}-{precision}", rebuild=args.rebuild,
+            index_dir=args.index_dir, batch_size=args.batch_size, num_workers=args.num_workers,
+            progress=not args.no_progress,
+        )
+        results = search(index, bundle, queries, args.k, backend=args.backend)
     for path, message in index.failed:
         print(f"skipped unreadable image {path}: {message}")
-    results = search(index, bundle, queries, args.k, backend=args.backend)
     for query, hits in zip(queries, results):
         print(f"\nquery: {query}")
         for rank, (path, score) in enumerate(hits, start=1):

@@ -25,6 +25,9 @@ NO_PROGRESS_HELP = "hide progress bars (goalclip's and the libraries' own, e.g. 
 MAX_IMAGE_PIXELS_HELP = ("refuse images with more pixels than this as possible decompression bombs (skipped and "
                          "counted like unreadable files); 0 = no limit")
 MAX_IMAGE_PIXELS_DEFAULT = "PIL's 89478485"
+INFERENCE_PRECISIONS = ("auto", "fp32", "bf16")  # goalclip.models.precision
+INFERENCE_PRECISION_HELP = ("auto = bf16 autocast on CUDA (scores within 0.01 of fp32), fp32 elsewhere; fp32 uses "
+                            "TF32 matmuls on CUDA; weights stay fp32")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -23,6 +23,7 @@ gathered and the main process scores and writes. A plain single process needs no
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -48,6 +49,7 @@ from goalclip.core.processes import process_device, process_state
 from goalclip.models.clip import prepare_text_positions
 from goalclip.models.embed import Bundle, embed_pixels, embed_text_strings_counted, load_encoder
 from goalclip.models.open_clip import is_open_clip, spec_fingerprint
+from goalclip.models.precision import inference_precision, resolve_precision
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +88,7 @@ class EvalConfig:
     batch_size: int = 64
     num_workers: int = 0
     device: str = "cpu"
-    precision: str = "fp32"
+    precision: str = "fp32"  # or auto: bf16 on CUDA, fp32 elsewhere
     cache_dir: str | None = None
     out: str | None = None
     progress: bool = True
@@ -492,8 +494,8 @@ def score_bundle(
 def _check_config(config: EvalConfig) -> None:
     if not config.models:
         raise ValueError("at least one model is needed")
-    if config.precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {config.precision!r}")
+    if config.precision not in (*PRECISIONS, "auto"):
+        raise ValueError(f"precision must be one of auto, {', '.join(PRECISIONS)}, got {config.precision!r}")
     if config.ks is not None and (not config.ks or any(k < 1 for k in config.ks)):
         raise ValueError(f"ks must be positive integers, got {config.ks}")
     if config.batch_size < 1:
@@ -532,6 +534,9 @@ def _embed_model(
         _stretch_to_context(bundle, source, config)  # in fp32, as at training time
         bundle.model.to(PRECISIONS[config.precision]).eval()
         run.timing["load_s"] = time.perf_counter() - start
+        tf32 = config.precision == "fp32" and device.type == "cuda"
+        logger.info("%s: encoding with %s weights on %s%s", source, PRECISIONS[config.precision], device,
+                    " (TF32 matmuls)" if tf32 else "")
         if config.max_text_len is not None and config.max_text_len > bundle.max_text_len:
             logger.warning(
                 "%s: its context is %d tokens, shorter than max_text_len %d; using %d",
@@ -539,7 +544,8 @@ def _embed_model(
             )
         start = time.perf_counter()
         for items in missing:
-            embeddings = _encode_items(bundle, items, config, state, device)
+            with inference_precision("fp32", device) if tf32 else contextlib.nullcontext():
+                embeddings = _encode_items(bundle, items, config, state, device)
             run.embeddings[items.kind] = embeddings
             if paths[items.kind] is not None and state.is_main_process:
                 save_embeddings(paths[items.kind], embeddings)
@@ -579,6 +585,8 @@ def evaluate(config: EvalConfig, *, write_out: bool = True) -> dict[str, Any]:
     set_max_image_pixels(config.max_image_pixels)
     started = time.perf_counter()
     state = process_state(config.device)
+    if config.precision == "auto":  # bf16 weights on CUDA (recalls within tests/models/test_gpu_inference_precision.py)
+        config = replace(config, precision=resolve_precision("auto", process_device(state, config.device)))
     item_sets = [retrieval_items(config.data)]
     if config.joint is not None:
         item_sets.append(joint_items(config.joint, keep_whole=config.joint_keep_whole))

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 from goalclip.core.options import (
     DEVICE_HELP,
+    INFERENCE_PRECISION_HELP,
+    INFERENCE_PRECISIONS,
     MAX_IMAGE_PIXELS_DEFAULT,
     MAX_IMAGE_PIXELS_HELP,
     NO_PROGRESS_HELP,
@@ -59,6 +61,7 @@ class MineConfig:
     crop_batch_size: int = option(256, help="crops/sentences per CLIP forward")
     num_workers: int = option(2, help="image-decoding worker processes")
     device: str = option("auto", help=DEVICE_HELP.format(what="the matcher, detector and SAM"))
+    precision: str = option("auto", choices=INFERENCE_PRECISIONS, help=INFERENCE_PRECISION_HELP)
     resume: bool = option(False, help="continue an interrupted run: ids already written are skipped, never "
                           "duplicated")
     max_images: int | None = option(None, help="mine only the first N images (for a quick look)")

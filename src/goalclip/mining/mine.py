@@ -42,9 +42,10 @@ from goalclip.core.records import read_manifest
 from goalclip.core.paths import refuse_input_as_output
 from goalclip.core.resumable import ids_already_written, part_paths
 from goalclip.core.shards import split_records
-from goalclip.core.processes import process_device, process_state
+from goalclip.core.processes import ShardCompletion, process_device, process_state
 from goalclip.models.clip import ClipBundle, load_clip
 from goalclip.models.embed import embed_pixels, embed_text_strings_counted
+from goalclip.models.precision import describe, inference_precision, resolve_precision
 from goalclip.mining.config import WHOLE_WINS, MineConfig
 from goalclip.mining.regions import InvalidBox, Region, RegionProposer, build_proposer, take_invalid_boxes
 from goalclip.core.text import clean_text, split_sentences
@@ -266,6 +267,7 @@ def _mine(config: MineConfig, state: PartialState) -> dict[str, Any]:
     set_max_image_pixels(config.max_image_pixels)
     out = Path(config.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    completion = ShardCompletion(state, out)
     records = read_manifest(config.data)
     if config.max_images:
         records = records[: config.max_images]
@@ -280,6 +282,8 @@ def _mine(config: MineConfig, state: PartialState) -> dict[str, Any]:
     clock = _StageClock()
     bundle = load_clip(config.model, base=config.base, device=device)
     bundle.model.eval()
+    precision = resolve_precision(config.precision, device)
+    logger.info("mining in %s", describe(precision, bundle.model, device))
     proposer = build_proposer(
         config.regions, detector=config.detector, sam=config.sam, boxes=config.boxes, device=device,
         threshold=config.threshold, max_boxes=config.max_boxes, margin=config.margin,
@@ -304,9 +308,10 @@ def _mine(config: MineConfig, state: PartialState) -> dict[str, Any]:
                     entry = {"id": todo[i]["id"], "kind": "unreadable image", "reason": error}
                     skip_sink.write(json.dumps(entry) + "\n")
             if good:
-                mined_batch = mine_batch(bundle, proposer, [r for r, _ in good], [img for _, img in good],
-                                         top_k=config.top_k, crop_batch_size=config.crop_batch_size, device=device,
-                                         whole_wins=config.whole_wins)
+                with inference_precision(precision, device):
+                    mined_batch = mine_batch(bundle, proposer, [r for r, _ in good], [img for _, img in good],
+                                             top_k=config.top_k, crop_batch_size=config.crop_batch_size, device=device,
+                                             whole_wins=config.whole_wins)
                 truncated += mined_batch.truncated
                 clock.add(mined_batch.seconds)
                 for record, match, reason in mined_batch.results:
@@ -323,7 +328,7 @@ def _mine(config: MineConfig, state: PartialState) -> dict[str, Any]:
             skip_sink.flush()
             bar.update(len(batch))
             clock.restart()  # writing is no stage: the next lap (decode) starts here
-    state.wait_for_everyone()
+    completion.wait()  # by files: a process done early must not time out in a collective
     truncated = sum(gather_object([truncated])) if state.num_processes > 1 else truncated
     # processes run side by side: a stage's wall time is that of the slowest process
     per_process = gather_object([clock.seconds]) if state.num_processes > 1 else [clock.seconds]
@@ -337,6 +342,8 @@ def _mine(config: MineConfig, state: PartialState) -> dict[str, Any]:
             logger.warning("%d sentences were longer than the model's %d-token context and were cut to fit",
                            truncated, bundle.max_text_len)
     state.wait_for_everyone()
+    if state.is_main_process:
+        completion.clean()
     return summary
 
 

@@ -370,8 +370,9 @@ class SamProposer:
     one-image-at-a-time mask-generation pipeline, this batches across images: one processor
     call, one image-encoder forward for the whole batch, and mask-decoder forwards that each
     decode a slice of every image's point grid at once. Masks are filtered like SAM's generator
-    (predicted IoU, stability score), upscaled to the original image, area-filtered, turned into
-    boxes (:func:`mask_boxes`), and de-duplicated by box NMS over the batch in one call.
+    (predicted IoU after each decoder call; then, once per image whatever the batch size, stability
+    score), upscaled to the original image, area-filtered, turned into boxes (:func:`mask_boxes`),
+    and de-duplicated by box NMS over the batch in one call.
 
     ``points_per_batch`` bounds the prompts per decoder forward summed over the batch (each image
     gets ``max(1, points_per_batch // n_images)``), so decoder memory does not grow with the
@@ -444,8 +445,7 @@ class SamProposer:
         embeddings = self.model.get_image_embeddings(pixel_values)
 
         chunk = max(1, self.points_per_batch // len(images))
-        boxes: list[list[torch.Tensor]] = [[] for _ in images]
-        scores: list[list[torch.Tensor]] = [[] for _ in images]
+        masks, owners, ious = [], [], []
         for start in range(0, n_points, chunk):
             out = self.model(
                 image_embeddings=embeddings,
@@ -453,36 +453,39 @@ class SamProposer:
                 input_labels=labels[:, start : start + chunk],
                 multimask_output=True,
             )
-            for b in range(len(images)):
-                kept_boxes, kept_scores = self._chunk_boxes(
-                    out.pred_masks[b], out.iou_scores[b], original_sizes[b], reshaped_sizes[b]
-                )
-                boxes[b].append(kept_boxes)
-                scores[b].append(kept_scores)
-        return self._finish(images, boxes, scores)
+            iou = out.iou_scores.flatten(1).float()  # [B, P * masks_per_point]
+            # as in SAM's generator, a threshold <= 0 disables the filter (predicted IoUs can be < 0)
+            keep = iou > self.pred_iou_thresh if self.pred_iou_thresh > 0 else torch.ones_like(iou, dtype=torch.bool)
+            owner, index = keep.nonzero(as_tuple=True)  # one host sync per decoder call, for the whole batch
+            masks.append(out.pred_masks.flatten(1, 2)[owner, index])
+            owners.append(owner)
+            ious.append(iou[owner, index])
+        # Only masks that passed the IoU filter are kept (at low resolution) until every slice is decoded, so
+        # the per-image post-processing below runs once per image whatever the batch size.
+        owner = torch.cat(owners)
+        counts = torch.bincount(owner, minlength=len(images)).tolist()
+        order = torch.argsort(owner, stable=True)
+        per_image = zip(torch.cat(masks)[order].split(counts), torch.cat(ious)[order].split(counts))
+        found = [self._image_boxes(m, i, original_sizes[b], reshaped_sizes[b]) for b, (m, i) in enumerate(per_image)]
+        return self._finish(images, [boxes for boxes, _ in found], [scores for _, scores in found])
 
-    def _chunk_boxes(
+    def _image_boxes(
         self,
         low_res: torch.Tensor,
-        iou_scores: torch.Tensor,
+        iou: torch.Tensor,
         original_size: list[int],
         reshaped_size: list[int],
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One image's masks from one decoder call -> boxes and predicted-IoU scores that pass.
+        """One image's masks ``[K, h, w]`` that passed the predicted-IoU filter -> boxes and scores that pass.
 
-        The IoU filter runs on the low-resolution logits first, so only promising masks are
-        upscaled to the original image size (the expensive step).
+        The IoU filter ran on the low-resolution logits, so only promising masks are upscaled to the original
+        image size (the expensive step).
         """
-        low_res = low_res.flatten(0, 1).float()  # [P * masks_per_point, h, w]
-        iou = iou_scores.flatten().float()
-        # as in SAM's generator, a threshold <= 0 disables the filter (predicted IoUs can be < 0)
-        keep = iou > self.pred_iou_thresh if self.pred_iou_thresh > 0 else torch.ones_like(iou, dtype=torch.bool)
-        if not bool(keep.any()):
-            return torch.zeros((0, 4), device=low_res.device), iou[:0]
+        if not len(iou):
+            return torch.zeros((0, 4), device=low_res.device), iou
         logits = self.processor.post_process_masks(
-            [low_res[keep].unsqueeze(1)], [original_size], [reshaped_size], binarize=False
+            [low_res.float().unsqueeze(1)], [original_size], [reshaped_size], binarize=False
         )[0][:, 0]
-        iou = iou[keep]
         if self.stability_score_thresh > 0:
             offset = self.stability_score_offset
             inter = (logits > offset).flatten(1).sum(dim=1)
@@ -495,17 +498,15 @@ class SamProposer:
     def _finish(
         self,
         images: Sequence[Image.Image],
-        boxes: list[list[torch.Tensor]],
-        scores: list[list[torch.Tensor]],
+        boxes: list[torch.Tensor],
+        scores: list[torch.Tensor],
     ) -> list[list[Region]]:
         """Box NMS for every image in one call, then regions sorted by predicted IoU."""
         from torchvision.ops import batched_nms
 
-        all_boxes = [torch.cat(b) for b in boxes]
-        all_scores = [torch.cat(s) for s in scores]
-        owner = torch.cat([torch.full((len(s),), i, dtype=torch.long) for i, s in enumerate(all_scores)])
-        flat_boxes = torch.cat(all_boxes).float().cpu()
-        flat_scores = torch.cat(all_scores).float().cpu()
+        owner = torch.cat([torch.full((len(s),), i, dtype=torch.long) for i, s in enumerate(scores)])
+        flat_boxes = torch.cat(boxes).float().cpu()
+        flat_scores = torch.cat(scores).float().cpu()
         keep = batched_nms(flat_boxes, flat_scores, owner, self.nms_thresh)  # sorted by score
         out: list[list[Region]] = [[] for _ in images]
         for i in keep.tolist():

@@ -68,8 +68,14 @@ def load_clip(
     base: str | None = None,
     device: str | torch.device = "cpu",
     attn_implementation: str | None = None,
+    dtype: torch.dtype = torch.float32,
 ) -> ClipBundle:
     """Load a CLIP from a hub id, a local folder, or a bare state-dict file on top of ``base``.
+
+    Weights are loaded as ``dtype`` (fp32 by default) whatever the checkpoint stores: transformers
+    would keep a half-precision folder in half precision, and training would then update fp16
+    weights although mixed precision promises fp32 master weights. The stored and loaded dtypes are
+    logged. Half-precision compute is autocast's job (or a caller's explicit cast, as bf16-weights).
 
     Loading is strict either way, so a broken checkpoint stops here instead of producing
     garbage later: a folder's missing, unexpected or mismatched weights, an unreadable weights
@@ -86,7 +92,7 @@ def load_clip(
     if is_state_dict_file(source):
         if base is None:
             raise ModelLoadError(f"{source} is a bare state dict: pass --base with the architecture it fits")
-        bundle = load_clip(base, attn_implementation=attn_implementation)
+        bundle = load_clip(base, attn_implementation=attn_implementation, dtype=dtype)
         load_state_dict_file(bundle.model, source)
         bundle.model.name_or_path = source
     else:
@@ -95,7 +101,7 @@ def load_clip(
                 f"{source} is a file but not a state dict ({', '.join(STATE_DICT_SUFFIXES)}); "
                 "pass a hub id, a model folder or a state-dict file"
             )
-        model = _load_model(source, attn_implementation)
+        model = _load_model(source, attn_implementation, dtype)
         tokenizer, image_processor = load_processors(source)
         if len(tokenizer) > model.config.text_config.vocab_size:
             raise ModelLoadError(
@@ -107,7 +113,7 @@ def load_clip(
     return bundle
 
 
-def _load_model(source: str, attn_implementation: str | None) -> CLIPModel:
+def _load_model(source: str, attn_implementation: str | None, dtype: torch.dtype) -> CLIPModel:
     """``CLIPModel.from_pretrained`` that refuses what transformers would only report.
 
     transformers initialises missing (and, when told to ignore them, mismatched) weights randomly
@@ -125,7 +131,7 @@ def _load_model(source: str, attn_implementation: str | None) -> CLIPModel:
     kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
     try:
         model, info = CLIPModel.from_pretrained(
-            source, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs
+            source, output_loading_info=True, ignore_mismatched_sizes=True, dtype=dtype, **kwargs
         )
     except SafetensorError as exc:
         files = ", ".join(str(p) for p in _weight_files(source)) or source
@@ -134,6 +140,8 @@ def _load_model(source: str, attn_implementation: str | None) -> CLIPModel:
     problems = _key_problems(info["missing_keys"], info["unexpected_keys"], mismatched)
     if problems:
         raise ModelLoadError(f"{source}: the weights do not fit its config; {problems}")
+    logger.info("%s: weights stored in %s, loaded as %s", source, getattr(config, "dtype", None) or "an unstated dtype",
+                model.dtype)
     return model
 
 
@@ -314,6 +322,21 @@ def save_clip(bundle: ClipBundle, out_dir: str | os.PathLike) -> Path:
 
 
 # ----------------------------------------------------------------------------- tower forwards
+
+
+def compile_towers(model: CLIPModel) -> None:
+    """``torch.compile`` the transformer encoders of both towers in place, with dynamic shapes.
+
+    The encoders are where the compute is, and their inputs vary only in size (rows per chunk, crops and
+    pairs per batch, text lengths): per grad mode (gradient caching encodes once without gradients) one graph
+    serves the vision encoder and two the text encoder (transformers passes it no mask when no row is padded),
+    whatever the batch. Compiling the whole step instead guarded on chunk bounds, on which streams a chunk
+    holds and on pair counts, and recompiled until torch fell back to eager; compiling whole towers breaks
+    the graph in transformers' hidden-state capture. Parameter names, checkpoints and DDP wrapping are
+    unchanged (``Module.compile`` works in place).
+    """
+    for tower in (model.vision_model, model.text_model):
+        tower.encoder.compile(dynamic=True)
 
 
 def image_forward(model: CLIPModel, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

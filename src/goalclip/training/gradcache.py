@@ -72,7 +72,10 @@ def plan_chunks(batch: dict[str, Tensor], size: int | None, *, captions: bool, s
     """
     count = batch["caption_ids"].shape[0]
     pairs = batch["sentence_ids"].shape[0] if "sentence_ids" in batch else 0
-    owner = batch["pair_owner"].tolist() if "pair_owner" in batch else list(range(pairs))
+    if size is None:  # one chunk holds every pair: no owners needed (all zeros place every pair in it)
+        owner = [0] * pairs
+    else:  # a host read of the batch's owners (a device sync), once per gradient-caching step, to cut the chunks
+        owner = batch["pair_owner"].tolist() if "pair_owner" in batch else list(range(pairs))
     rows = {"images": batch["pixel_values"].shape[0], "captions": count if captions else 0,
             "sentences": pairs if sentences else 0}
     size = size or max(rows.values())

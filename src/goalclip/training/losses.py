@@ -49,6 +49,8 @@ def _gather_sizes(x: Tensor, world: int) -> list[int]:
     local = torch.tensor([x.shape[0]], dtype=torch.int64, device=x.device)
     sizes = [torch.empty_like(local) for _ in range(world)]
     dist.all_gather(sizes, local)
+    # A host read (a device sync under NCCL) per gathered tensor: the receive buffers of the gather that
+    # follows are allocated from these sizes, so they must be known on the host first.
     return [int(s.item()) for s in sizes]
 
 

@@ -36,7 +36,7 @@ from transformers import get_cosine_schedule_with_warmup
 
 from goalclip.core.images import ImageError, set_max_image_pixels
 from goalclip.core.manifest import SkipReport, output_lock
-from goalclip.models.clip import ClipBundle, load_clip, prepare_text_positions
+from goalclip.models.clip import ClipBundle, compile_towers, load_clip, prepare_text_positions
 from goalclip.models.embed import count_truncated
 from goalclip.training import record
 from goalclip.training.checkpoints import BEST_DIR, export_model, latest_checkpoint, save_checkpoint
@@ -212,7 +212,7 @@ class Trainer:
         step_module.to(acc.device)  # before the optimizer: fused AdamW needs the parameters on the GPU
         optimizer = build_optimizer(step_module, cfg.lr, cfg.weight_decay, self.settings["decay_all"])
         if cfg.compile:
-            step_module.compile()  # in place: parameter names, checkpoints and unwrap_model stay as they are
+            compile_towers(bundle.model)  # the towers only: the chunk and pair logic around them stays eager
         pin_memory = acc.device.type == "cuda"  # page-locked batches: the .to(non_blocking=True) copies overlap
         # The schedule counts optimizer steps, so it stays out of accelerate.prepare (whose wrapper
         # would step it once per process per step); checkpoints still save and restore it.
@@ -306,15 +306,17 @@ class Trainer:
         else:
             with acc.autocast():
                 loss, logs = model(batch)
+        if not cfg.grad_cache_chunk:
+            acc.backward(loss)
+        if self.settings["grad_clip"]:
+            acc.clip_grad_norm_(model.parameters(), self.settings["grad_clip"])
+        # A host read (a device sync) every step: after the backward is queued, so the GPU works through
+        # it meanwhile, and before the optimizer, so a non-finite loss never reaches the weights.
         if not torch.isfinite(loss):
             raise TrainingError(
                 f"non-finite loss ({loss.item()}) at step {step + 1}; last good checkpoint: "
                 f"{last_ckpt or 'none (use --checkpoint-every)'}"
             )
-        if not cfg.grad_cache_chunk:
-            acc.backward(loss)
-        if self.settings["grad_clip"]:
-            acc.clip_grad_norm_(model.parameters(), self.settings["grad_clip"])
         run.optimizer.step()
         if not run.optimizer.step_was_skipped:  # fp16 overflow: the schedule waits too
             run.scheduler.step()
