@@ -291,6 +291,18 @@ def _confident_sam(folder: str) -> None:
     model.save_pretrained(folder)
 
 
+def _confident_yolos(folder: str) -> None:
+    """A random YOLOS scores every box near chance, under the 0.3 threshold, so detector-only mining
+    (FAST-GOAL Table VII) would find no region. A large bias on the first class makes every
+    detection token sure of it, so its (random) boxes pass, as trained YOLOS's boxes do."""
+    from transformers import YolosForObjectDetection
+
+    model = YolosForObjectDetection.from_pretrained(folder)
+    with torch.no_grad():
+        model.class_labels_classifier.layers[-1].bias[0] = 20.0
+    model.save_pretrained(folder)
+
+
 def _tiny_open_clip(folder: Path) -> str:
     """Every ``open_clip:`` row of the guide becomes this tiny open_clip model, as a local-dir spec."""
     import open_clip
@@ -318,6 +330,7 @@ def _models(root: Path, texts: tuple[str, ...]) -> tuple[dict[str, str], dict[st
     clip = str(save_clip(bundle, root / "clip"))
     detectors = _benchmark("benchmarks/lism_vs_flism.py").build_models(root / "detectors", "tiny")
     _confident_sam(detectors["sam"])
+    _confident_yolos(detectors["yolos"])
     # The GOAL authors release 248-position state dicts of the stretched CLIP.
     stretch_positions(bundle.model, keep=20, target=248)
     torch.save(bundle.model.state_dict(), root / "goal_b16.pth")
