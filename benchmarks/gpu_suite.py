@@ -11,7 +11,7 @@ Sections (``--sections``, all by default):
 - ``trainer``: a few steps of ``goalclip train`` itself (bf16) at ViT-B/16 shapes: samples/s and
   the run record's ``speed_path`` (SDPA, fused AdamW, pinned memory actually on).
 - ``flism``, ``lism``: ``goalclip mine`` with a ViT-L/14-336 matcher and YOLOS-tiny (FLISM) or SAM
-  ViT-B (LISM), random weights at real shapes (``benchmarks/lism_vs_flism.py``'s models and
+  ViT-H (LISM), random weights at real shapes (``benchmarks/lism_vs_flism.py``'s models and
   1536 x 1024 images): images/s over every stage but model loading.
 - ``eval``: ``goalclip eval`` encoding throughput (images + captions per second, bf16) of the
   ViT-B/16-shaped model on the same 1536 x 1024 images.
@@ -392,7 +392,7 @@ def report(rows: list[dict[str, Any]]) -> str:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--shapes", choices=sorted(SHAPES), default="real",
-                        help="real = ViT-B/16, ViT-L/14, ViT-L/14-336 + YOLOS-tiny / SAM ViT-B; "
+                        help="real = ViT-B/16, ViT-L/14, ViT-L/14-336 + YOLOS-tiny / SAM ViT-H; "
                         "reduced = tiny (the CPU test)")
     parser.add_argument("--sections", default=",".join(SECTIONS),
                         help=f"comma-separated subset of {', '.join(SECTIONS)}")

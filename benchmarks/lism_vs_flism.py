@@ -9,7 +9,8 @@ Shapes (random weights: time depends on shapes, not on what the weights learned)
 
 - ``real``: matcher CLIP ViT-L/14-336 (the GOAL authors' matcher; vision 1024 wide x 24 layers,
   patch 14, 336 px; text 768 x 12, 77 positions; OpenAI's BPE when open_clip is installed);
-  LISM = SAM ViT-B (``SamConfig()``'s default vision config; 1024 px, a 32 x 32 point grid)
+  LISM = SAM ViT-H (what the GOAL authors' ``pipeline("mask-generation")`` loads by default,
+  ``facebook/sam-vit-huge``: 1280 wide x 32 layers; 1024 px, a 32 x 32 point grid)
   + the whole image; FLISM = YOLOS-tiny shapes (192 wide x 12 layers, 3 heads, 100 detection
   tokens; images resized to a 512 px short side) + the 4 quadrants and the centre box.
   Images are 1536 x 1024, the size of DOCCI/DCI photos.
@@ -119,8 +120,10 @@ def _build_clip(folder: Path, shapes: str) -> None:
 def _build_sam(folder: Path, shapes: str) -> None:
     from transformers import SamConfig, SamImageProcessor, SamModel, SamProcessor
 
-    if shapes == "real":
-        SamModel(SamConfig()).save_pretrained(folder)  # the default vision config is ViT-B
+    if shapes == "real":  # ViT-H: the vision config of facebook/sam-vit-huge
+        vision = {"hidden_size": 1280, "num_hidden_layers": 32, "num_attention_heads": 16,
+                  "global_attn_indexes": [7, 15, 23, 31]}
+        SamModel(SamConfig(vision_config=vision)).save_pretrained(folder)
         SamProcessor(SamImageProcessor()).save_pretrained(folder)
         return
     config = SamConfig(

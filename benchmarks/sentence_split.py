@@ -9,19 +9,21 @@ sentences, and the failure kinds seen on real captions are injected into them:
     d  spaced numbers, times, URLs          ``1. 5 m``, ``3 p. m.``, ``www. x. com``, ``$2. 99``
     e  stray end marks between sentences    ``A red ball. . The``
     f  glued quotes and end marks           ``"STOP."The``, ``"no".The``, ``room."Stop," she``
+    g  a period glued to an opening quote   ``keyboard."ZETA" is printed``
+    h  a spaced closing quote, end mark     ``it reads "Keep Out? ". The``
+    i  quoted sign text over several lines  ``reads "NO\nPARKING" in red`` (DCI)
 
 Two sets: REALISTIC, with per-sentence rates calibrated so that the old splitter mis-splits
 about the share of captions measured on real data (about 1% overall, 3% of DCI-style ones), and
 STRESS, where every caption holds one case of one kind (per-kind numbers).
 
-Both splitters see the same captions. They are written clean (single spaces, single line
-breaks), so ``clean_text`` returns them unchanged and the old cleaning (line breaks to spaces)
-changes no offset: the true character spans are the same for both. Measured per caption:
+Both splitters see the same captions: composed with single spaces and single line breaks, then
+cleaned by goalclip's ``clean_text`` (which only adds the space kind g leaves out), with the
+true character spans found in the cleaned text; the old cleaning (line breaks to spaces) changes
+no offset, so the truth is the same for both. Measured per caption:
 mis-split (the sentence list differs from the truth); per true sentence: found with its exact
 character span, and its token span (offset mapping of the whole caption, OpenAI's CLIP BPE from
 open_clip's wheel) decodes to exactly that sentence (lowercase, whitespace removed, as BPE sees it).
-
-``room."Stop,"`` cannot be exact for either splitter: ``."`` is one token shared by two sentences.
 
     python benchmarks/sentence_split.py                 # 2000 realistic + 150 stress captions (about 2 minutes)
     python benchmarks/sentence_split.py --captions 3000
@@ -46,7 +48,7 @@ from _common import markdown_table, real_clip_tokenizer  # noqa: E402
 
 from goalclip.core.text import clean_text, split_sentences, token_span  # noqa: E402
 
-KINDS = "abcdef"
+KINDS = "abcdefghi"
 
 
 # ----------------------------------------------------------------------------- the old splitter
@@ -141,9 +143,19 @@ KIND_CASES: dict[str, list[tuple[list[str], list[str]]]] = {
         (["A {c} {t}."], [""]),
         (["He left the room.", '"Stop," she said.'], ["", " "]),
     ],
+    "g": [
+        (["A sticker is on the {t}.", '"ZETA" is printed on it in {c} letters.'], ["", " "]),
+        (["The {t} is closed!", '"EXIT" glows above it.'], ["", " "]),
+    ],
+    "h": [
+        (['A metal sign on the {t} reads "Keep Out? ".'], [" "]),
+        (['The label says "FRAGILE! ", in {c}.'], [" "]),
+    ],
+    "i": [
+        (['A sign {p} reads "NO\nPARKING\nANY TIME" in {c} letters'], ["\n"]),
+        (['The {t} has a sticker that says "SALE\n50%" on it.'], [" "]),
+    ],
 }
-# ``room."Stop,"``: the two sentences share the token ``."``, so neither span can be exact.
-UNAVOIDABLE = {"He left the room.", '"Stop," she said.'}
 
 
 @dataclass
@@ -168,7 +180,7 @@ def compose(style: str, rng: random.Random, rates: dict[str, float], forced: str
     kinds: set[str] = set()
     for slot in range(slots):
         kind = forced if slot == forced_at else next((k for k in KINDS if rng.random() < rates[k]), None)
-        if kind == "c" and style != "dci":
+        if kind in ("c", "i") and style != "dci":
             kind = None
         if kind is None:
             texts, seps = [_fill(rng.choice(PLAIN), rng)], ["\n" if style == "dci" and rng.random() < 0.4 else " "]
@@ -177,12 +189,12 @@ def compose(style: str, rng: random.Random, rates: dict[str, float], forced: str
             texts, kinds = [_fill(t, rng) for t in texts], kinds | {kind}
         sentences += texts
         separators += seps
-    text, truth = "", []
-    for sentence, separator in zip(sentences, separators):
-        truth.append((len(text), len(text) + len(sentence)))
-        text += sentence + separator
-    text = text.rstrip()
-    assert clean_text(text) == text, text
+    text = clean_text("".join(sentence + separator for sentence, separator in zip(sentences, separators)))
+    truth, position = [], 0
+    for sentence in sentences:  # cleaning adds spaces between sentences only
+        start = text.index(sentence, position)
+        truth.append((start, start + len(sentence)))
+        position = start + len(sentence)
     return Caption(style, text, truth, kinds)
 
 
@@ -200,7 +212,6 @@ class Tally:
     sentences: int = 0
     char_exact: int = 0
     token_exact: int = 0
-    unavoidable: int = 0
 
     def row(self, name: str) -> list:
         def pct(x: int, n: int) -> str:
@@ -213,7 +224,7 @@ class Tally:
             self.sentences,
             pct(self.char_exact, self.sentences),
             pct(self.token_exact, self.sentences),
-            f"{self.sentences - self.token_exact} ({self.unavoidable} unavoidable)",
+            self.sentences - self.token_exact,
         ]
 
 
@@ -240,7 +251,6 @@ def measure(captions: list[Caption], split: Callable, span_of: Callable, tokeniz
                 tally.sentences += 1
                 tally.char_exact += found
                 tally.token_exact += exact
-                tally.unavoidable += (not exact) and sentence in UNAVOIDABLE
     return tallies
 
 
@@ -264,12 +274,14 @@ def main() -> None:
         sys.exit("needs open_clip_torch installed (its wheel holds OpenAI's BPE vocabulary)")
     rng = random.Random(args.seed)
     # Per sentence slot, calibrated so that the old splitter mis-splits ~1% of captions (~3% DCI).
-    rates = {"a": 0.0002, "b": 0.0002, "c": 0.003, "d": 0.0002, "e": 0.00015, "f": 0.00015}
+    # g, h, i: the misses left on real captions (mostly g), at a rate near the 0.36% of sentences missed there.
+    rates = {"a": 0.0002, "b": 0.0002, "c": 0.003, "d": 0.0002, "e": 0.00015, "f": 0.00015, "g": 0.002, "h": 0.0003,
+             "i": 0.0003}
     styles = ["docci"] * 4 + ["dci"] * 3 + ["urban1k"] * 3
     realistic = [compose(styles[i % 10], rng, rates) for i in range(args.captions)]
     no_rates = dict.fromkeys(KINDS, 0.0)
     stress = [
-        compose("dci" if kind == "c" else rng.choice(["docci", "urban1k"]), rng, no_rates, forced=kind)
+        compose("dci" if kind in ("c", "i") else rng.choice(["docci", "urban1k"]), rng, no_rates, forced=kind)
         for kind in KINDS
         for _ in range(args.stress_per_kind)
     ]

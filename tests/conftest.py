@@ -178,3 +178,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.slow)
         if "reliability" in item.path.parts:
             item.add_marker(pytest.mark.reliability)
+
+
+@pytest.fixture(scope="session")
+def clip_tokenizer():
+    """OpenAI's real CLIP BPE (its vocabulary ships in open_clip's wheel), for exact-span tests."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from _common import real_clip_tokenizer
+
+    tokenizer = real_clip_tokenizer(max_length=248)
+    assert tokenizer is not None, "open_clip (a test dependency) ships the BPE vocabulary these tests need"
+    return tokenizer

@@ -10,25 +10,11 @@ real ones.
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
-
-import pytest
 
 from goalclip.cli import main
 from goalclip.core.records import read_manifest
 from goalclip.core.text import Sentence, clean_text, split_sentences, token_span
 from goalclip.training.data import TrainDataset, load_examples
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-from _common import real_clip_tokenizer  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def clip_tokenizer():
-    tokenizer = real_clip_tokenizer(max_length=248)
-    assert tokenizer is not None, "open_clip (a test dependency) ships the BPE vocabulary these tests need"
-    return tokenizer
 
 
 def _squash(text: str) -> str:

@@ -44,6 +44,9 @@ SCALE = {
     ("--images", "20"): ["--images", "2"],
     ("--device", "cuda"): ["--device", "cpu"],
     ("--steps", "20"): ["--steps", "2", "--n-train", "8", "--batch-size", "4"],
+    ("--batch-size", "256"): ["--batch-size", "4"],
+    ("--batch-size", "64"): ["--batch-size", "4"],
+    ("--grad-cache-chunk", "64"): ["--grad-cache-chunk", "2"],
 }
 # Added where the guide leaves the default: the authors' batch of 16 needs more pairs than tiny LISM mines.
 SCALE_DEFAULTS = {("goalclip", "train"): ["--batch-size", "4"]}
@@ -51,7 +54,7 @@ HUB_IDS = {
     "openai/clip-vit-base-patch16": "clip",
     "openai/clip-vit-large-patch14": "clip",
     "openai/clip-vit-large-patch14-336": "clip",
-    "facebook/sam-vit-base": "sam",
+    "facebook/sam-vit-huge": "sam",
     "hustvl/yolos-tiny": "yolos",
 }
 
@@ -269,7 +272,7 @@ def _datasets(root: Path, world_root: Path) -> dict[str, str]:
     return {"DOCCI": str(docci), "DCI": str(root / "dci"), "URBAN1K": str(root / "urban"), "SHAREGPT4V": str(share),
             "COCO": str(root / "coco"), "FLICKR30K": str(root / "flickr30k"), "GOAL_REPO": str(goal),
             "GOAL_CROPS": str(crops), "CIFAR": str(cifar), "IMAGENET_VAL": str(imagenet),
-            "IMAGENET_NAMES": str(root / "imagenet_names.txt"), "MIN_WORDS": "5"}
+            "IMAGENET_NAMES": str(root / "imagenet_names.txt")}
 
 
 def _confident_sam(folder: str) -> None:
@@ -285,6 +288,18 @@ def _confident_sam(folder: str) -> None:
         head.bias.fill_(1.0)
         for mlp in model.mask_decoder.output_hypernetworks_mlps:
             mlp.proj_out.weight.mul_(1e7)
+    model.save_pretrained(folder)
+
+
+def _confident_yolos(folder: str) -> None:
+    """A random YOLOS scores every box near chance, under the 0.3 threshold, so detector-only mining
+    (FAST-GOAL Table VII) would find no region. A large bias on the first class makes every
+    detection token sure of it, so its (random) boxes pass, as trained YOLOS's boxes do."""
+    from transformers import YolosForObjectDetection
+
+    model = YolosForObjectDetection.from_pretrained(folder)
+    with torch.no_grad():
+        model.class_labels_classifier.layers[-1].bias[0] = 20.0
     model.save_pretrained(folder)
 
 
@@ -315,6 +330,7 @@ def _models(root: Path, texts: tuple[str, ...]) -> tuple[dict[str, str], dict[st
     clip = str(save_clip(bundle, root / "clip"))
     detectors = _benchmark("benchmarks/lism_vs_flism.py").build_models(root / "detectors", "tiny")
     _confident_sam(detectors["sam"])
+    _confident_yolos(detectors["yolos"])
     # The GOAL authors release 248-position state dicts of the stretched CLIP.
     stretch_positions(bundle.model, keep=20, target=248)
     torch.save(bundle.model.state_dict(), root / "goal_b16.pth")
@@ -329,7 +345,8 @@ def _models(root: Path, texts: tuple[str, ...]) -> tuple[dict[str, str], dict[st
     torch.save(state, root / "longclip_b16.pt")
     models = {"clip": clip, "sam": detectors["sam"], "yolos": detectors["yolos"],
               "open_clip": _tiny_open_clip(root / "open_clip")}
-    return models, {"GOAL_B16": str(root / "goal_b16.pth"), "LONGCLIP_B16": str(root / "longclip_b16.pt")}
+    return models, {"GOAL_B16": str(root / "goal_b16.pth"), "LONGCLIP_B16": str(root / "longclip_b16.pt"),
+                    "LONGCLIP_L14": str(root / "longclip_b16.pt")}
 
 
 # ----------------------------------------------------------------------------- running the guide
@@ -396,7 +413,7 @@ def guide_run(tmp_path_factory, tiny_world) -> dict[int, Result]:
     """Every command of the guide, in order, in one working folder; stops at the first failure."""
     root = tmp_path_factory.mktemp("guide")
     models, files = _models(root / "models", tiny_world.texts)
-    variables = {**_datasets(root / "downloads", tiny_world.root), **files, "GLIT_MINED": str(tiny_world.mined)}
+    variables = {**_datasets(root / "downloads", tiny_world.root), **files, "GLIT_CAPTIONS": str(tiny_world.captions)}
     work = root / "work"
     work.mkdir()
     results: dict[int, Result] = {}
@@ -449,13 +466,14 @@ def test_guide_command_runs_and_writes_its_outputs(guide_run, command):
 
 def test_the_guide_covers_each_paper_experiment_with_a_command():
     argvs = [" ".join(c.argv) for c in COMMANDS]
-    for needle in ("--regions lism", "--regions flism", "--method global", "--method local", "--method wo-tsl",
-                   "--method goal", "--recipe reference", "--context 248", "--joint", "--no-joint-keep-whole",
-                   "--format goal-json", "--task classify", "open_clip:", "--ks-preset fastgoal-coco",
-                   "--local-pairs 3",
-                   "--pair-weighting similarity", "--tsl-heads separate", "--model runs/stage1", "viz errors",
-                   "--kind patch", "--kind cls", "benchmarks/lism_vs_flism.py", "benchmarks/bf16_weights.py",
-                   "data split", "data score", "--split test+qual_test"):
+    for needle in ("--regions lism", "--regions flism", "--regions detector", "--method global", "--method local",
+                   "--method wo-tsl", "--method goal", "--recipe reference", "--context 248", "--joint",
+                   "--no-joint-keep-whole", "--format goal-json", "--task classify", "open_clip:", "--local-pairs 3",
+                   "--pair-weighting similarity", "--tsl-heads separate", "--model runs/glit/fastgoal", "viz errors",
+                   "viz retrieval", "--kind patch", "benchmarks/lism_vs_flism.py", "benchmarks/bf16_weights.py",
+                   "data split", "data score", "--split test+qual_test", "--batch-size 256", "--batch-size 64",
+                   "--grad-cache-chunk", "facebook/sam-vit-huge", "openai/clip-vit-large-patch14 ",
+                   "--model runs/longclip-b16 --data", "--data dci/all.jsonl", "--data docci/test5100.jsonl"):
         assert any(needle in a for a in argvs), f"no guide command uses {needle!r}"
 
 

@@ -54,15 +54,15 @@ def test_match_pairs_single_sentence_and_region() -> None:
     assert match.best == {"sentence": "only", "box": [2.12, 3.99, 7.5, 9.25], "score": 0.25, "source": "external"}
 
 
-def test_match_pairs_lism_discards_when_whole_image_wins() -> None:
+def test_match_pairs_drop_image_discards_when_whole_image_wins() -> None:
     regions = [*REGIONS[:2], Region((0.0, 0.0, 20.0, 10.0), "whole")]
     whole_wins = torch.tensor([[0.1, 0.5, 0.9], [0.7, 0.2, 0.6], [0.2, 0.3, 0.4]])
-    match = match_pairs(whole_wins, SENTENCES, regions, top_k=5)
+    match = match_pairs(whole_wins, SENTENCES, regions, top_k=5, whole_wins="drop-image")
     assert match.discarded and match.best is None
     assert match.candidates[0] == {"sentence": "s0", "box": [0.0, 0.0, 20.0, 10.0], "score": 0.9, "source": "whole"}
     # The whole image winning for a sentence that is not the best pair does not discard it.
     whole_second = torch.tensor([[0.1, 0.5, 0.65], [0.7, 0.2, 0.6], [0.2, 0.3, 0.4]])
-    kept = match_pairs(whole_second, SENTENCES, regions, top_k=5)
+    kept = match_pairs(whole_second, SENTENCES, regions, top_k=5, whole_wins="drop-image")
     assert not kept.discarded and kept.best["sentence"] == "s1" and kept.best["source"] == "grid"
     assert [c["source"] for c in kept.candidates] == ["grid", "whole", "whole"]  # s1, s0, s2
 

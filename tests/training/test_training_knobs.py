@@ -23,7 +23,7 @@ from goalclip.cli import build_parser, main
 from goalclip.models.clip import load_clip
 from goalclip.training.data import Collate, TrainDataset, load_examples
 from goalclip.training.heads import TslHeads
-from goalclip.training.config import LossWeights
+from goalclip.training.config import LossOptions, LossWeights
 from goalclip.training.step import training_step
 
 BACKGROUND = "The picture has a plain white background."
@@ -144,7 +144,8 @@ def test_topk_loss_equals_weighted_plain_torch_recomputation(bundle, manifests) 
     owner, weight = batch["pair_owner"], batch["pair_weight"]
     b = batch["caption_ids"].shape[0]
     with torch.no_grad():
-        loss, logs = training_step(model, batch, "goal", LossWeights())
+        loss, logs = training_step(model, batch, "goal", LossWeights(), options=LossOptions(local_pair_loss="all"))
+        best_loss, best_logs = training_step(model, batch, "goal", LossWeights())  # the default reading
         vision = model.vision_model(pixel_values=batch["pixel_values"], output_hidden_states=True)
         tokens = vision.hidden_states[-1]
         images = F.normalize(model.visual_projection(vision.pooler_output), dim=-1)
@@ -156,10 +157,15 @@ def test_topk_loss_equals_weighted_plain_torch_recomputation(bundle, manifests) 
         crops = images[b:]
         local = 0.0
         for p in range(len(owner)):  # row by row: -log softmax of the matching pair, both directions
-            i2t = -torch.log_softmax(scale * crops[p] @ sentences.T, dim=0)[p]
-            t2i = -torch.log_softmax(scale * sentences[p] @ crops.T, dim=0)[p]
+            keep = (owner != owner[p]) | (torch.arange(len(owner)) == p)  # other pairs of its image are no negatives
+            i2t = -torch.log_softmax(scale * crops[p] @ sentences[keep].T, dim=0)[keep[:p].sum()]
+            t2i = -torch.log_softmax(scale * sentences[p] @ crops[keep].T, dim=0)[keep[:p].sum()]
             local += weight[p] * (i2t + t2i) / 2
         local /= weight.sum()
+        first = [p for p in range(len(owner)) if p == 0 or owner[p] != owner[p - 1]]  # each image's best pair
+        logits = scale * crops[first] @ sentences[first].T
+        labels = torch.arange(len(first))
+        best_local = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
 
         def tsl(states, masks, valid, norm, proj, targets):
             num = den = 0.0
@@ -180,6 +186,9 @@ def test_topk_loss_equals_weighted_plain_torch_recomputation(bundle, manifests) 
     assert float(logs["loss_tsl_text"]) == pytest.approx(float(tsl_text), rel=1e-5)
     expected = float(logs["loss_global"]) + 0.5 * float(local) + float(tsl_image) + float(tsl_text)
     assert float(loss) == pytest.approx(expected, rel=1e-5)
+    # default: L_local on each image's best pair, TSL on the K weighted pairs as above
+    assert float(best_logs["loss_local"]) == pytest.approx(float(best_local), rel=1e-5)
+    assert float(best_logs["loss_tsl_image"]) == pytest.approx(float(tsl_image), rel=1e-5)
 
 
 def test_similarity_weighting_needs_scores(tiny_world, manifests, bundle, tmp_path) -> None:
@@ -390,14 +399,19 @@ def weighted_setup():
     towers = torch.nn.ModuleDict({"image": torch.nn.Linear(6, 4), "text": torch.nn.Linear(5, 4)})
     data = {"image": torch.randn(8, 6), "text": torch.randn(8, 5), "pooled": torch.randn(8, 6),
             "valid": torch.tensor([1, 1, 0, 1, 1, 1, 0, 1], dtype=torch.bool),
-            "weight": torch.tensor([0.5, 0.3, 0.2, 1.0, 0.6, 0.4, 1.0, 1.0])}
+            "weight": torch.tensor([0.5, 0.3, 0.2, 1.0, 0.6, 0.4, 1.0, 1.0]),
+            "owner": torch.tensor([0, 0, 0, 1, 2, 3, 3, 4])}  # each pair's image (no image spans the ranks)
     return towers, data
 
 def weighted_loss(towers, data):
     image, text = towers["image"](data["image"]), towers["text"](data["text"])
     local = contrastive_loss(image, text, torch.tensor(10.0), weights=data["weight"])
-    tsl, _ = tsl_loss(towers["image"](data["pooled"]), text, data["valid"], weights=data["weight"])
-    return local + tsl
+    same_image = contrastive_loss(image, text, torch.tensor(10.0), weights=data["weight"], groups=data["owner"])
+    pooled = towers["image"](data["pooled"])
+    tsl, _ = tsl_loss(pooled, text, data["valid"], weights=data["weight"])
+    identity, _ = tsl_loss(pooled, text, data["valid"], weights=data["weight"], tsl_target="identity",
+                           groups=data["owner"])
+    return local + tsl + same_image + identity
 '''
 _WEIGHTED_RANK = r'''
 import sys

@@ -74,7 +74,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     ks.add_argument(
         "--ks-preset", choices=("goal", "fastgoal-coco"), default=None,
         help="the K values a paper reports: goal = 1 5 25 50 (GOAL and FAST-GOAL on long captions), "
-        "fastgoal-coco = 1 5 10 15 (FAST-GOAL Table IV, COCO and Flickr30k)",
+        "fastgoal-coco = 1 5 10 15 (the K set FAST-GOAL's text names for COCO and Flickr30k; no table of the "
+        "paper reports it)",
     )
     parser.add_argument("--batch-size", type=int, default=64, help="images or texts per forward pass (default: 64)")
     parser.add_argument(

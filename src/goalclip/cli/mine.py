@@ -24,7 +24,10 @@ def run(args: argparse.Namespace) -> str:
     if not summary:  # non-main process under accelerate launch
         return ""
     rate = summary["images_per_s"]
-    return (f"mined {summary['pairs']} pairs from {summary['images']} images ({summary['skipped']} skipped"
+    without = summary["without_local_pair"]
+    return (f"mined {summary['pairs']} pairs from {summary['images']} images"
+            f"{f' ({without} kept without a local pair: every sentence chose the whole image)' if without else ''}"
+            f" ({summary['skipped']} skipped"
             f"{': ' + json.dumps(summary['skipped_reasons']) if summary['skipped'] else ''}); sources "
             f"{json.dumps(summary['sources'])}; mean score {summary['mean_score'] or 0:.3f}; "
             f"{rate or 0:.1f} img/s; stages: {_stages(summary['stage_seconds'])} -> {summary['out']}")

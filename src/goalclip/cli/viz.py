@@ -35,7 +35,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     attention.add_argument("--limit", type=int, default=8, help="at most this many images (default: 8)")
     attention.add_argument(
         "--kind", choices=("cls", "patch"), default="cls",
-        help="cls: the CLS token's attention to each patch (FAST-GOAL's attention figure); patch: the mean "
+        help="cls: the CLS token's attention to each patch; patch: the mean "
         "attention each patch receives from all patches (the maps the GOAL authors' code draws) (default: cls)")
     attention.add_argument("--out", required=True, help="output PNG")
     attention.set_defaults(func=run_attention)

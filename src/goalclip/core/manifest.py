@@ -3,7 +3,8 @@
 Every command reads and writes the same record shapes (see docs/design.md, "Data formats"):
 
 - captioned image: ``{"id", "image", "caption"}`` or ``{"id", "image", "captions": [...]}``
-- mined pair: the above plus ``"local": {"sentence", "box", "score", "source"}`` and ``"candidates"``
+- mined pair: the above plus ``"local": {"sentence", "box", "score", "source"}`` (or null: no local
+  pair) and ``"candidates"``; a joint test's local pair may name a crop file ``"image"`` instead of a box
 - external boxes: ``{"id", "boxes": [[x1, y1, x2, y2], ...]}``
 
 Image paths in a file are relative to the file's folder (or absolute); in memory they are
@@ -397,17 +398,29 @@ def validate_record(record: dict[str, Any], where: str) -> None:
         sentence = local.get("sentence")
         if not isinstance(sentence, str) or not sentence.strip():
             raise ManifestError(f"{where}: field 'local.sentence' must be a non-empty string")
+        if "image" in local:  # a crop file (the GOAL authors' joint tests); a box is then optional
+            if not isinstance(local["image"], str) or not local["image"]:
+                raise ManifestError(f"{where}: field 'local.image' must be a path string (a crop file)")
+            if local.get("box") is None:
+                return
         local["box"] = check_box(local.get("box"), f"{where}: field 'local.box'")
 
 
 def relativize(record: dict[str, Any], folder: str | os.PathLike) -> dict[str, Any]:
-    """Copy of ``record`` whose image path is relative to ``folder`` (where the manifest lives)."""
-    out = dict(record)
-    try:
-        out["image"] = os.path.relpath(record["image"], Path(folder).resolve())
-    except ValueError:  # different drive on Windows: keep absolute
-        out["image"] = str(record["image"])
+    """Copy of ``record`` whose image path (and crop file ``local.image``) is relative to ``folder``
+    (where the manifest lives)."""
+    out = {**record, "image": _relative_path(record["image"], folder)}
+    local = record.get("local")
+    if isinstance(local, dict) and isinstance(local.get("image"), str):
+        out["local"] = {**local, "image": _relative_path(local["image"], folder)}
     return out
+
+
+def _relative_path(path: str, folder: str | os.PathLike) -> str:
+    try:
+        return os.path.relpath(path, Path(folder).resolve())
+    except ValueError:  # different drive on Windows: keep absolute
+        return str(path)
 
 
 def write_manifest(path: str | os.PathLike, records: Iterable[dict[str, Any]]) -> int:

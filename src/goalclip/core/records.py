@@ -51,8 +51,9 @@ def iter_records(
     for where, record, base in iter_objects(path, skipped=skipped if skip_invalid else None):
         try:
             validate_record(record, where)
-            image = Path(record["image"])
-            record["image"] = str(image if image.is_absolute() else base / image)
+            record["image"] = str(base / record["image"])  # an absolute path stays as it is
+            if isinstance(record.get("local"), dict) and "image" in record["local"]:  # a crop file
+                record["local"]["image"] = str(base / record["local"]["image"])
             if check_images and not image_exists(record["image"]):
                 raise ManifestError(f"{where}: field 'image': file not found: {record['image']}")
         except ManifestError as exc:

@@ -58,7 +58,23 @@ def clean_text(text: str) -> str:
     """
     text = ftfy.fix_text(text)
     text = html.unescape(html.unescape(text))
-    return _SPACES.sub(" ", _LINE_BREAKS.sub("\n", text.strip()))
+    text = _SPACES.sub(" ", _LINE_BREAKS.sub("\n", text.strip()))
+    return "\n".join(_space_glued_opening_quote(line) for line in text.split("\n"))
+
+
+def _space_glued_opening_quote(line: str) -> str:
+    """``keyboard."ZETA" is``  ->  ``keyboard. "ZETA" is``: a space between a sentence end and a glued
+    opening quote.
+
+    CLIP's BPE merges ``."`` into one token, which two sentences would then share, so neither
+    could get an exact token span; the space (what the writer left out) makes them two tokens.
+    Only an opening quote (it pairs with a later one, see :func:`_quote_roles`) after a word's end
+    mark is spaced: ``"STOP."The`` ends a quote and stays as it is.
+    """
+    opening = [at for at in _quote_roles(line)[2] if at >= 2 and line[at - 1] in ".!?" and line[at - 2].isalnum()]
+    for at in reversed(opening):
+        line = line[:at] + " " + line[at:]
+    return line
 
 
 @dataclass(frozen=True)
@@ -94,17 +110,39 @@ def _pysbd_starts(text: str) -> list[int]:
 def split_sentences(caption: str) -> list[Sentence]:
     """Split a CLEANED caption into sentences with exact character spans.
 
-    Every line is split on its own (a line break is always a boundary) by pysbd, which handles
+    Every line is split on its own (a line break is a boundary, except inside a quote that a
+    later line closes: sign text written over several lines) by pysbd, which handles
     abbreviations, decimals and quotes; then ``_line_spans`` repairs what pysbd gets wrong on
     real captions. A caption without any boundary is one sentence. Surrounding whitespace is
     trimmed from each span; pieces without a letter or digit (stray ``.``) are dropped.
     """
     sentences = []
-    for line in _LINE.finditer(caption):
-        for a, b in _line_spans(line.group()):
-            start, end = line.start() + a, line.start() + b
+    for first, last in _quoted_line_runs(list(_LINE.finditer(caption))):
+        for a, b in _line_spans(caption[first:last]):
+            start, end = first + a, first + b
             sentences.append(Sentence(caption[start:end], start, end))
     return sentences
+
+
+def _quoted_line_runs(lines: list[re.Match[str]], reach: int = 3) -> list[tuple[int, int]]:
+    """Character ranges of lines, a line whose quote is still open at its end joined with the next
+    ``reach`` lines or fewer up to the one whose first quote closes it (``reads "NO`` / ``PARKING`` /
+    ``ANY TIME" in red``). Without such a line the lines stay apart."""
+    runs, index = [], 0
+    while index < len(lines):
+        stop = index
+        if _quote_roles(lines[index].group())[3] is not None:
+            for later in range(index + 1, min(index + 1 + reach, len(lines))):
+                text = lines[later].group()
+                at = text.find('"')
+                if at > 0 and not text[at - 1].isspace():
+                    stop = later
+                    break
+                if at >= 0:
+                    break
+        runs.append((lines[index].start(), lines[stop].end()))
+        index = stop + 1
+    return runs
 
 
 def _line_spans(line: str) -> list[tuple[int, int]]:
@@ -116,8 +154,8 @@ def _line_spans(line: str) -> list[tuple[int, int]]:
     the next sentence and a closing quote after an end mark; splits inside spaced numbers,
     URLs and abbreviations are joined again.
     """
-    unpaired, closing = _quote_roles(line)
-    shadow = "".join(" " if i in unpaired else c for i, c in enumerate(line))
+    unpaired, closing, _, _ = _quote_roles(line)
+    shadow = "".join(" " if i in unpaired or c == "\n" else c for i, c in enumerate(line))
     cuts = {0, len(line)}
     cuts.update(_pysbd_starts(shadow))
     cuts.update(m.start() for m in _GLUED_BOUNDARY.finditer(shadow))
@@ -140,16 +178,19 @@ def _line_spans(line: str) -> list[tuple[int, int]]:
     return [(a, b) for a, b in spans if any(c.isalnum() for c in line[a:b])]
 
 
-def _quote_roles(line: str) -> tuple[set[int], set[int]]:
-    """Positions of the unpaired and of the closing double quotes of a line.
+def _quote_roles(line: str) -> tuple[set[int], set[int], list[int], int | None]:
+    """Positions of the unpaired, the closing and the (paired) opening double quotes of a line,
+    and of a quote still open at its end (or None).
 
     Quotes pair left to right. With none open, a quote opens when no word precedes it and
     something follows (``"OPEN``, ``."Stop``); otherwise it is unpaired (``6'2" tall``). An open
-    quote is closed by the next quote, unless that one clearly opens (space before, text after):
-    then the open quote was never closed. A quote still open at the line's end is unpaired.
+    quote is closed by the next quote, unless that one clearly opens (space before, a word or an
+    opening mark after): then the open quote was never closed. ``Out? ".`` closes (an end mark
+    after a spaced quote). A quote still open at the line's end is unpaired within the line.
     """
     unpaired: set[int] = set()
     closing: set[int] = set()
+    opening: list[int] = []
     open_at = None
     for match in re.finditer('"', line):
         at = match.start()
@@ -160,15 +201,16 @@ def _quote_roles(line: str) -> tuple[set[int], set[int]]:
                 unpaired.add(at)
             else:
                 open_at = at
-        elif before.isspace() and not after.isspace():
+        elif before.isspace() and not after.isspace() and after not in ".,;:!?":
             unpaired.add(open_at)
             open_at = at
         else:
             closing.add(at)
+            opening.append(open_at)
             open_at = None
     if open_at is not None:
         unpaired.add(open_at)
-    return unpaired, closing
+    return unpaired, closing, opening, open_at
 
 
 def _continues(before: str, after: str) -> bool:

@@ -40,7 +40,6 @@ from goalclip.core.manifest import (
     SkipReport,
     iter_jsonl,
     validate_record,
-    relativize,
     write_jsonl,
     write_manifest,
 )
@@ -814,7 +813,7 @@ def convert(
     tally = SkipReport()
     records = adapter(root, split, tally=tally, **options)
     _check_enough_kept(format, split, len(records), tally, allow_skips)
-    written = write_manifest(out_path, [_relative_crop(r, Path(out_path).resolve().parent) for r in records])
+    written = write_manifest(out_path, records)
     boxes_written = 0
     if boxes_out is not None:
         kept = {r["id"] for r in records}
@@ -843,14 +842,6 @@ def convert(
         f", {boxes_written} box lists to {summary.boxes_out}" if boxes_out is not None else "",
     )
     return summary
-
-
-def _relative_crop(record: Record, folder: Path) -> Record:
-    """``record`` with a crop-file local pair's path made relative to ``folder``, like the image's."""
-    local = record.get("local")
-    if not (isinstance(local, dict) and "image" in local):
-        return record
-    return {**record, "local": {**local, "image": relativize({"image": local["image"]}, folder)["image"]}}
 
 
 # argparse dests that are adapter keywords of only some formats; left out of the call when not given.

@@ -42,8 +42,8 @@ from goalclip.core.fingerprint import digest_of, files_fingerprint, fingerprint
 from goalclip.evaluation import metrics
 from goalclip.evaluation.names import JOINT_K
 from goalclip.core.images import PixelBatches, set_max_image_pixels
-from goalclip.core.manifest import ManifestError, atomic_write, captions_of, validate_record
-from goalclip.core.records import iter_objects
+from goalclip.core.manifest import ManifestError, atomic_write, captions_of
+from goalclip.core.records import iter_records
 from goalclip.core.paths import check_writable_dir, check_writable_file, refuse_input_as_output
 from goalclip.core.processes import process_device, process_state
 from goalclip.models.clip import prepare_text_positions
@@ -118,6 +118,7 @@ class EvalItems:
     multi_caption: bool = False
     whole_pairs: int = 0  # joint test: records whose local pair is the whole image
     whole_dropped: list[str] = field(default_factory=list)  # ids of those left out (keep_whole=False)
+    without_pair: list[str] = field(default_factory=list)  # joint test: ids mined with "local": null, left out
 
     @cached_property
     def data_key(self) -> str:
@@ -180,9 +181,10 @@ def joint_items(path: str, *, keep_whole: bool = True) -> EvalItems:
 
     A whole-image pair (source ``whole``, or a box covering the whole image) is kept by default,
     as the authors' published test keeps them; ``keep_whole=False`` drops those records from the
-    test entirely (listed in ``whole_dropped``). Every record needs a ``local`` pair: a record
-    without one would enter the test with a single image item and change what mAP@10 measures,
-    so it is an error naming the records.
+    test entirely (listed in ``whole_dropped``). A record mined without a pair (``"local": null``:
+    every sentence matched the whole image) is left out and listed in ``without_pair``, as
+    ``data joint`` leaves it out. A record with no ``local`` field would enter the test with a
+    single image item and change what mAP@10 measures, so it is an error naming the records.
     """
     located = read_eval_records(path)
     records = [record for _, record in located]
@@ -195,6 +197,9 @@ def joint_items(path: str, *, keep_whole: bool = True) -> EvalItems:
     items = EvalItems("joint", str(path), [], [], [], [], [], [])
     for record in records:
         local = record["local"]
+        if local is None:
+            items.without_pair.append(record["id"])
+            continue
         if _is_whole_pair(record):
             items.whole_pairs += 1
             if not keep_whole:
@@ -209,8 +214,12 @@ def joint_items(path: str, *, keep_whole: bool = True) -> EvalItems:
         texts = [*captions_of(record), local["sentence"]]
         items.texts.extend(texts)
         items.text_groups.extend([group] * len(texts))
+    if items.without_pair:
+        logger.warning("%s: %d records have no local pair (mined with 'local': null) and are left out of the joint "
+                       "test (first: %s)", path, len(items.without_pair), ", ".join(items.without_pair[:5]))
     if not items.group_ids:
-        raise ManifestError(f"{path}: no record is left once whole-image pairs are dropped")
+        raise ManifestError(f"{path}: no record with a local pair is left (whole-image pairs dropped: "
+                            f"{len(items.whole_dropped)}, without a pair: {len(items.without_pair)})")
     return items
 
 
@@ -232,32 +241,9 @@ def _is_whole_pair(record: dict[str, Any]) -> bool:
 
 
 def read_eval_records(path: str) -> list[tuple[str, dict[str, Any]]]:
-    """``(file:line, record)`` of an evaluation manifest, validated like any manifest, except that
-    a local pair may name a crop file (``local.image``, relative to the manifest) instead of a box.
-
-    Crop-file pairs exist only in joint tests (training needs boxes), so they are accepted here
-    and not by the general manifest reader. Duplicate ids raise (they would shift ground truth).
-    """
-    out: list[tuple[str, dict[str, Any]]] = []
-    seen: dict[str, str] = {}
-    for where, record, base in iter_objects(path):
-        local = record.get("local")
-        crop = local.get("image") if isinstance(local, dict) else None
-        if crop is None:
-            validate_record(record, where)
-        else:
-            validate_record({k: v for k, v in record.items() if k != "local"}, where)
-            if not isinstance(crop, str) or not crop:
-                raise ManifestError(f"{where}: field 'local.image' must be a path string (a crop file)")
-            sentence = local.get("sentence")
-            if not isinstance(sentence, str) or not sentence.strip():
-                raise ManifestError(f"{where}: field 'local.sentence' must be a non-empty string")
-            local["image"] = str(base / crop)  # an absolute path stays as it is
-        record["image"] = str(base / record["image"])
-        if record["id"] in seen:
-            raise ManifestError(f"{where}: duplicate id {record['id']!r} (first at {seen[record['id']]})")
-        seen[record["id"]] = where
-        out.append((where, record))
+    """``(file:line, record)`` of an evaluation manifest, validated as every manifest is (a joint
+    test's local pair may be a crop file ``local.image``, see :func:`~goalclip.core.manifest.validate_record`)."""
+    out = list(iter_records(path))
     if not out:
         raise ManifestError(f"{path}: the manifest holds no records")
     return out
@@ -631,6 +617,7 @@ def evaluate(config: EvalConfig, *, write_out: bool = True) -> dict[str, Any]:
         if items.kind == "joint":
             results["sets"]["joint"]["whole_pairs"] = items.whole_pairs
             results["sets"]["joint"]["whole_pairs_dropped"] = items.whole_dropped
+            results["sets"]["joint"]["without_local_pair"] = items.without_pair
     for run in runs:
         start = time.perf_counter()
         scores: dict[str, float] = {}

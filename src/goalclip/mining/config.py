@@ -19,6 +19,16 @@ from goalclip.core.options import (
 )
 
 
+WHOLE_WINS = ("drop-sentence", "drop-image")
+"""What a sentence whose best region is the whole image does to the image's pair (``--whole-wins``).
+
+``drop-sentence`` (default, as the GOAL authors' pipeline: their ``*_del_org.json`` files drop such
+sentences and training takes the best remaining pair): the best pair whose region is not the whole
+image is kept; an image where every sentence chose the whole image keeps no pair (``local`` null)
+but stays in the manifest for the global loss. ``drop-image`` (the rule of GOAL's text and of
+goalclip before): the image is skipped whenever its single best pair is the whole image."""
+
+
 @dataclass
 class MineConfig:
     """Options of ``goalclip mine`` (each field's help is its flag's)."""
@@ -28,18 +38,25 @@ class MineConfig:
     out: str = option(help="mined-pairs manifest to write (JSONL); a .skipped.jsonl and .summary.json are written "
                       "next to it")
     regions: str = option("flism", help="region proposer: flism (detector + 4 quadrants + centre), lism (SAM masks "
-                          "+ whole image; a pair whose best region is the whole image is dropped), grid, external, "
-                          "or a comma list such as external,grid")
+                          "+ whole image, see --whole-wins), detector, sam, grid, whole, external, or a comma list "
+                          "such as external,grid")
     base: str | None = option(None, help="base model id/folder when --model is a bare state-dict file")
     boxes: str | None = option(None, help="external boxes JSONL {id, boxes}; with flism it can stand in for the "
                                "detector")
     detector: str | None = option(None, help="transformers object-detection checkpoint for flism (e.g. "
                                   "hustvl/yolos-tiny)")
-    sam: str | None = option(None, help="transformers SAM checkpoint for lism (e.g. facebook/sam-vit-base)")
+    sam: str | None = option(None, help="transformers SAM checkpoint for lism (e.g. facebook/sam-vit-huge, what the "
+                             "GOAL authors' pipeline loads)")
     threshold: float = option(0.3, help="detector score threshold")
     max_boxes: int = option(10, help="detector boxes kept per image")
     margin: float = option(0.0, help="SAM boxes grow by this fraction of their size for context")
     top_k: int = option(5, help="candidate pairs kept per image for analysis")
+    whole_wins: str = option("drop-sentence", choices=WHOLE_WINS,
+                             help="a sentence whose best region is the whole image: drop-sentence (as the GOAL "
+                             "authors' pipeline) keeps the image's best pair among the other sentences, and an image "
+                             "where every sentence chose the whole image stays with 'local': null for the global "
+                             "loss (counted as without_local_pair); drop-image skips the image when its best pair "
+                             "is the whole image")
     batch_size: int = option(32, help="images per mining batch")
     crop_batch_size: int = option(256, help="crops/sentences per CLIP forward")
     num_workers: int = option(2, help="worker processes of each kind: decoding + proposer preprocessing, and crop "

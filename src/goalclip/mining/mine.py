@@ -46,7 +46,7 @@ from goalclip.models.clip import ClipBundle, load_clip
 from goalclip.models.embed import embed_pixels, embed_text_strings_counted
 from goalclip.models.pixels import ClipPixels
 from goalclip.models.precision import describe, inference_precision, resolve_precision
-from goalclip.mining.config import MineConfig
+from goalclip.mining.config import WHOLE_WINS, MineConfig
 from goalclip.mining.feed import CropCutter, MiningFeed, caption_sentences, cut_crops
 from goalclip.mining.regions import (
     InvalidBox, Region, RegionProposer, build_proposer, propose_regions, take_invalid_boxes,
@@ -65,7 +65,10 @@ class MiningInterrupted(RuntimeError):
 
 @dataclass
 class Match:
-    """The outcome of matching one image's sentences against its regions."""
+    """The outcome of matching one image's sentences against its regions.
+
+    ``best`` is None when no sentence's best region is a local one; ``discarded`` is True when
+    ``drop-image`` skips the image for that reason."""
 
     best: dict[str, Any] | None
     candidates: list[dict[str, Any]]
@@ -83,28 +86,31 @@ class MinedBatch:
 
 
 def match_pairs(
-    similarity: torch.Tensor, sentences: list[str], regions: list[Region], top_k: int
+    similarity: torch.Tensor, sentences: list[str], regions: list[Region], top_k: int,
+    whole_wins: str = "drop-sentence",
 ) -> Match:
-    """Each sentence takes its best region; keep the highest-scoring pair and the top-k.
+    """Each sentence takes its best region; keep the highest-scoring local pair and the top-k.
 
     ``similarity`` is [sentences, regions] cosine similarity. Candidates are the sentences'
-    best pairs sorted by score. When the best pair's region is the whole image (LISM adds it
-    as a candidate), the pair is discarded: the sentence is not about a local region.
+    best pairs sorted by score, whole-image ones included. The kept pair follows ``whole_wins``
+    (see :data:`~goalclip.mining.config.WHOLE_WINS`): a sentence whose best region is the whole image (LISM adds it as a
+    region) is not about a local region.
     """
     scores, best_region = similarity.max(dim=1)
     order = torch.argsort(scores, descending=True, stable=True).tolist()
-    candidates = [
+    pairs = [
         {
             "sentence": sentences[s],
             "box": [round(v, 2) for v in regions[int(best_region[s])].box],
             "score": round(float(scores[s]), 6),
             "source": regions[int(best_region[s])].source,
         }
-        for s in order[:top_k]
+        for s in order
     ]
-    best = candidates[0]
-    if best["source"] == "whole":
+    candidates = pairs[:top_k]
+    if whole_wins == "drop-image" and pairs[0]["source"] == "whole":
         return Match(None, candidates, True)
+    best = next((pair for pair in pairs if pair["source"] != "whole"), None)
     return Match(best, candidates, False)
 
 
@@ -138,6 +144,7 @@ def mine_batch(
     top_k: int,
     crop_batch_size: int,
     device: torch.device,
+    whole_wins: str = "drop-sentence",
 ) -> MinedBatch:
     """Mine one batch of decoded images in this process (``goalclip mine`` spreads the CPU work
     over worker processes, see :mod:`goalclip.mining.feed`, and calls :func:`match_batch`)."""
@@ -150,7 +157,7 @@ def mine_batch(
     crops = torch.cat([c for c in crops if len(c)]) if any(len(c) for c in crops) else torch.empty(0)
     clock.lap("crop")
     mined = match_batch(bundle, records, regions, sentences, crops, top_k=top_k, crop_batch_size=crop_batch_size,
-                        device=device)
+                        device=device, whole_wins=whole_wins)
     clock.add(mined.seconds)
     mined.seconds = clock.seconds
     return mined
@@ -166,6 +173,7 @@ def match_batch(
     top_k: int,
     crop_batch_size: int,
     device: torch.device,
+    whole_wins: str = "drop-sentence",
 ) -> MinedBatch:
     """Embed a batch's preprocessed crops (all images', in region order) and its cleaned sentences,
     all images together, and match each image's sentences against its regions.
@@ -195,7 +203,7 @@ def match_batch(
         if not regs or not sents:
             results.append((record, None, "no regions" if not regs else "no sentences"))
             continue
-        results.append((record, match_pairs(image_texts @ image_crops.T, sents, regs, top_k), None))
+        results.append((record, match_pairs(image_texts @ image_crops.T, sents, regs, top_k, whole_wins), None))
     clock.lap("match")
     return MinedBatch(results, truncated, clock.seconds)
 
@@ -238,6 +246,8 @@ def mine(config: MineConfig) -> dict[str, Any]:
     instead of both losing records.
     """
     refuse_input_as_output(Path(config.out), "--out", data=config.data, boxes=config.boxes)
+    if config.whole_wins not in WHOLE_WINS:
+        raise ValueError(f"--whole-wins must be one of {', '.join(WHOLE_WINS)}, got {config.whole_wins!r}")
     state = process_state(config.device)
     with output_lock(config.out) if state.is_main_process else contextlib.nullcontext():
         return _mine(config, state)
@@ -310,7 +320,8 @@ def _mine(config: MineConfig, state: PartialState) -> dict[str, Any]:
                 clock.lap("crop")
                 with inference_precision(precision, device):
                     mined_batch = match_batch(bundle, batch_records, regions, sentences, crops, top_k=config.top_k,
-                                              crop_batch_size=config.crop_batch_size, device=device)
+                                              crop_batch_size=config.crop_batch_size, device=device,
+                                              whole_wins=config.whole_wins)
                 truncated += mined_batch.truncated
                 clock.add(mined_batch.seconds)
                 for record, match, reason in mined_batch.results:
@@ -318,6 +329,7 @@ def _mine(config: MineConfig, state: PartialState) -> dict[str, Any]:
                         reason = reason or "whole image won (LISM discard)"
                         skip_sink.write(json.dumps({"id": record["id"], "kind": reason, "reason": reason}) + "\n")
                         continue
+                    # match.best None: every sentence chose the whole image; the image stays for the global loss
                     mined = {**relativize(record, folder), "local": match.best, "candidates": match.candidates}
                     sink.write(json.dumps(mined, ensure_ascii=False) + "\n")
                 for entry in invalid:
@@ -389,7 +401,8 @@ def _merge(
     write_jsonl(skipped_path, [*skipped.values(), *invalid.values()])
     for path in part_files + skip_files:
         os.unlink(path)
-    sources = Counter(rec["local"]["source"] for rec in ordered)
+    paired = [rec for rec in ordered if rec["local"] is not None]
+    sources = Counter(rec["local"]["source"] for rec in paired)
     reasons = Counter(entry["kind"] for entry in skipped.values())
     box_reasons = Counter(box["reason"] for entry in invalid.values() for box in entry["boxes"])
     if box_reasons:
@@ -399,14 +412,15 @@ def _merge(
     summary = {
         "out": str(out),
         "images": len(records),
-        "pairs": len(ordered),
+        "pairs": len(paired),
+        "without_local_pair": len(ordered) - len(paired),  # every sentence chose the whole image; kept
         "skipped": len(skipped),
         "skipped_reasons": dict(reasons),
         "invalid_boxes": dict(box_reasons),
         "truncated_sentences": truncated,
         "skipped_file": str(skipped_path),
         "sources": dict(sources),
-        "mean_score": (sum(r["local"]["score"] for r in ordered) / len(ordered)) if ordered else None,
+        "mean_score": (sum(r["local"]["score"] for r in paired) / len(paired)) if paired else None,
         "processes": processes,
         "images_per_s": processed / seconds if seconds > 0 else None,
         **timing,

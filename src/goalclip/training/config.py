@@ -27,6 +27,8 @@ METHODS = tuple(METHOD_TERMS)
 PRECISIONS = ("no", "fp16", "bf16", "bf16-weights")
 TSL_HEADS = ("shared", "separate")
 PAIR_WEIGHTINGS = ("uniform", "similarity")
+LOCAL_PAIR_LOSSES = ("best", "all")
+TSL_TARGETS = ("diagonal", "identity")
 VAL_KS = (1, 5)
 TRACKER_PREFIX = "val/"
 
@@ -69,6 +71,21 @@ class LossTerms:
     def keys(self) -> tuple[str, ...]:
         """The named loss values the objective sums (TSL is two: image and text)."""
         return (("global",) * self.global_ + ("local",) * self.local + ("tsl_image", "tsl_text") * self.tsl)
+
+
+@dataclass(frozen=True)
+class LossOptions:
+    """Readings of the papers that change the loss (``--local-pair-loss``, ``--tsl-target``).
+
+    ``local_pair_loss`` with several local pairs per image (``--local-pairs``): ``best`` (FAST-GOAL's
+    text: the K pairs and their weights enter TSL only) has L_local use each image's best pair;
+    ``all`` puts every pair, weighted, into L_local too. Either way a crop or sentence is never a
+    negative of another pair of its own image. ``tsl_target``: see
+    :func:`goalclip.training.losses.tsl_loss`.
+    """
+
+    local_pair_loss: str = "best"
+    tsl_target: str = "diagonal"
 
 
 @dataclass
@@ -154,6 +171,14 @@ class TrainConfig:
     pair_weighting: str = option("uniform", choices=PAIR_WEIGHTINGS, help="with --local-pairs > 1, each image's "
                                  "pairs share weight 1 equally (uniform) or in proportion to their mining score "
                                  "(similarity; negative scores count 0)")
+    local_pair_loss: str = option("best", choices=LOCAL_PAIR_LOSSES, help="with --local-pairs > 1: best = L_local "
+                                  "on each image's best pair, the K pairs and their weights enter TSL only "
+                                  "(FAST-GOAL's text); all = every pair, weighted, in L_local too. Another pair of "
+                                  "a pair's own image is never its negative")
+    tsl_target: str = option("diagonal", choices=TSL_TARGETS, help="TSL target: diagonal = each pooled feature's "
+                             "cosine with its own local embedding against 1 (the GOAL authors' code); identity = the "
+                             "batch's pooled x local cosine matrix against the identity, pushing the other pairs' "
+                             "cosines to 0 (GOAL's Eq. 14)")
     tsl_heads: str = option("shared", choices=TSL_HEADS, help="TSL projections: shared = CLIP's own post-norm + "
                             "projection (the reference code); separate = learned heads initialised from them "
                             "(FAST-GOAL psi_v, psi_t), saved beside the model as tsl_heads.safetensors and reloaded "
@@ -217,6 +242,11 @@ class TrainConfig:
         if self.pair_weighting not in PAIR_WEIGHTINGS:
             raise ValueError(f"--pair-weighting must be one of {', '.join(PAIR_WEIGHTINGS)}, "
                              f"got {self.pair_weighting!r}")
+        if self.local_pair_loss not in LOCAL_PAIR_LOSSES:
+            raise ValueError(f"--local-pair-loss must be one of {', '.join(LOCAL_PAIR_LOSSES)}, "
+                             f"got {self.local_pair_loss!r}")
+        if self.tsl_target not in TSL_TARGETS:
+            raise ValueError(f"--tsl-target must be one of {', '.join(TSL_TARGETS)}, got {self.tsl_target!r}")
         if self.tsl_heads not in TSL_HEADS:
             raise ValueError(f"--tsl-heads must be one of {', '.join(TSL_HEADS)}, got {self.tsl_heads!r}")
         if self.tsl_heads == "separate" and not LossTerms.of(self.method).tsl:

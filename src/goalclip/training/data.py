@@ -72,7 +72,9 @@ class Example:
     """One validated training example (the caption already cleaned).
 
     ``pairs`` holds the local pairs it trains on: the mined ``local`` pair first, then (with
-    ``local_pairs`` > 1) the next valid mining candidates; empty for a global-only example.
+    ``local_pairs`` > 1) the next valid mining candidates; empty for a global-only example, such as
+    an image whose sentences all matched the whole image when mining (``"local": null``): it trains
+    the global loss and is skipped by the local and TSL terms.
     """
 
     id: str
@@ -128,6 +130,10 @@ def load_examples(
     local pair, whole-image candidates (mining's own test for "not a local pair") and invalid
     ones are passed over, counted in one log line; a record with fewer valid candidates trains
     on what it has. ``pair_weighting="similarity"`` needs each pair's ``score``.
+
+    A record with ``"local": null`` (mining found no local pair: every sentence matched the whole
+    image) is a global-only example even when the method needs local pairs; it is counted in one
+    log line. A record with no ``local`` field at all was never mined and is an error then.
     """
     skipped = skipped if skipped is not None else SkipReport()
     examples = []
@@ -146,6 +152,13 @@ def load_examples(
         logger.info("%s: %d invalid mining candidates passed over (the rest train as local pairs)", path, dropped)
     if not examples:
         raise ManifestError(f"{path}: no usable training examples ({len(skipped)} skipped)")
+    without = sum(not ex.pairs for ex in examples)
+    if need_local and without == len(examples):
+        raise ManifestError(f"{path}: no record has a local pair ('local' is null in all {without}): "
+                            "this method needs mined pairs")
+    if need_local and without:
+        logger.info("%s: %d of %d images have no local pair (every sentence matched the whole image when mining): "
+                    "they train the global loss only", path, without, len(examples))
     return examples
 
 
@@ -153,6 +166,9 @@ def _validate_pair(
     entry: Any, caption: str, width: int, height: int, where: str, name: str, need_score: bool
 ) -> LocalPair:
     """A mined (sentence, box) entry checked against its caption and image."""
+    if isinstance(entry, dict) and entry.get("box") is None and "image" in entry:
+        raise ManifestError(f"{where}: field '{name}' is a crop file ('image') without a 'box': crop-file pairs "
+                            "serve the joint test (eval --joint); training needs the box in the image")
     if not isinstance(entry, dict) or "sentence" not in entry or "box" not in entry:
         raise ManifestError(f"{where}: field '{name}' must be an object with 'sentence' and 'box'")
     sentence = clean_text(entry["sentence"])
@@ -183,9 +199,9 @@ def _validate_example(
         raise ManifestError(f"{where}: field 'image': {exc}") from None
     caption = clean_text(captions_of(record)[0])
     example = Example(record["id"], record["image"], caption)
-    local = record.get("local")
+    local = record.get("local") if need_local else None  # a global-only method reads no pair
     if local is None:
-        if need_local:
+        if need_local and "local" not in record:
             raise ManifestError(f"{where}: field 'local' is missing (this method needs mined pairs: run goalclip mine)")
         return example, 0
     need_score = local_pairs > 1 and pair_weighting == "similarity"
@@ -252,8 +268,10 @@ class TrainDataset(Dataset):
         if len(ids) > self.max_len:
             ids = ids[: self.max_len - 1] + [self.tokenizer.eos_token_id]
         item: dict[str, Any] = {"caption_ids": ids}
-        if not self.need_local:
+        if not self.need_local or not ex.pairs:  # global only: a method without local terms, or no pair
             item["pixels"] = self.pixels([image])[0]
+            if self.need_local:
+                item["pairs"] = []
             return item
         crops = [crop_to_box(image, pair.box, ex.image) for pair in ex.pairs]
         pixels = self.pixels([image, *crops])
@@ -277,7 +295,7 @@ class TrainDataset(Dataset):
 
 
 def _pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    longest = max(len(s) for s in sequences)
+    longest = max((len(s) for s in sequences), default=0)
     ids = torch.full((len(sequences), longest), pad_id, dtype=torch.long)
     mask = torch.zeros((len(sequences), longest), dtype=torch.long)
     for row, seq in enumerate(sequences):
@@ -299,8 +317,9 @@ class Collate:
     ``span_mask`` (over its own image's caption), ``patch_mask`` and the two TSL validity vectors
     is pair p. Packing rather than padding each image to K pairs spends no forward on empty
     slots. With ``weighted`` (top-k training) the batch also carries ``pair_owner`` [P] (the image
-    of each pair) and ``pair_weight`` [P]; without it there is one pair per image, in image order,
-    and the batch is exactly the single-pair batch of before.
+    of each pair) and ``pair_weight`` [P]; without it there is at most one pair per image, in image
+    order: ``pair_owner`` is then present only when some image has no pair (it trains the global
+    loss only), and P may be 0.
     """
 
     pad_id: int
@@ -328,12 +347,15 @@ class Collate:
                     span_mask[row, pair["span"][0] : pair["span"][1]] = True
             batch["span_mask"] = span_mask
             batch["text_tsl_valid"] = torch.tensor([pair["span"] is not None for pair in pairs])
-            batch["patch_mask"] = torch.stack([pair["patch_mask"] for pair in pairs])
+            # no pair in the batch: zero rows (nothing is pooled then)
+            batch["patch_mask"] = torch.stack([pair["patch_mask"] for pair in pairs]) if pairs else torch.zeros(
+                (0, 0), dtype=torch.bool)
             batch["image_tsl_valid"] = torch.tensor([pair["box_valid"] for pair in pairs])
-            if self.weighted:
+            if self.weighted or owners != list(range(len(items))):
                 batch["pair_owner"] = torch.tensor(owners, dtype=torch.long)
+            if self.weighted:
                 batch["pair_weight"] = torch.tensor([pair["weight"] for pair in pairs], dtype=torch.float32)
-            elif owners != list(range(len(items))):
+            elif len(set(owners)) != len(owners):
                 raise ValueError("examples with several local pairs need Collate(weighted=True)")
         batch["pixel_values"] = torch.stack(pixels)
         return batch

@@ -24,13 +24,14 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
-from goalclip.training.config import METHOD_TERMS, LossTerms, LossWeights
+from goalclip.training.config import LOCAL_PAIR_LOSSES, METHOD_TERMS, TSL_TARGETS, LossTerms, LossWeights
 
 __all__ = [
     "METHOD_TERMS",
     "LossWeights",
     "combine_losses",
     "contrastive_loss",
+    "local_pair_loss",
     "masked_mean",
     "tsl_loss",
 ]
@@ -96,8 +97,21 @@ def _global_sum(x: Tensor, gather: bool, world: int) -> Tensor:
     return total
 
 
+def _global_groups(groups: Tensor, rank: int, world: int) -> Tensor:
+    """Image ids unique over processes (process-local ids interleaved by rank)."""
+    return groups.to(torch.long) * world + rank
+
+
+def _same_group_off_diagonal(row_groups: Tensor, column_groups: Tensor, labels: Tensor) -> Tensor:
+    """[b, N] True where column j is another pair of row i's own image (never i's own column)."""
+    same = row_groups.unsqueeze(1) == column_groups.unsqueeze(0)
+    same[torch.arange(len(labels), device=labels.device), labels] = False
+    return same
+
+
 def contrastive_loss(
-    image_emb: Tensor, text_emb: Tensor, logit_scale: Tensor, gather: bool = True, weights: Tensor | None = None
+    image_emb: Tensor, text_emb: Tensor, logit_scale: Tensor, gather: bool = True, weights: Tensor | None = None,
+    groups: Tensor | None = None,
 ) -> Tensor:
     """Symmetric CLIP InfoNCE between paired rows of ``image_emb`` [b, D] and ``text_emb`` [b, D].
 
@@ -118,6 +132,9 @@ def contrastive_loss(
     ``weights`` [b] (top-k local pairs) weight each pair's two row losses: the loss is
     ``sum_p w_p (CE_i2t[p] + CE_t2i[p]) / (2 * sum_p w_p)``, sums over the global batch, with every
     pair's row still scored against all columns. ``None`` is every weight 1 (today's mean).
+
+    ``groups`` [b] (several local pairs per image: each pair's image) leaves the other pairs of a
+    row's own image out of its negatives: crops and sentences of one image are never pushed apart.
     """
     if image_emb.shape != text_emb.shape or image_emb.dim() != 2:
         raise ValueError(
@@ -138,6 +155,12 @@ def contrastive_loss(
     labels = torch.arange(image_emb.shape[0], device=image_emb.device) + offset
     logits_per_image = logit_scale * image_emb @ all_texts.T
     logits_per_text = logit_scale * text_emb @ all_images.T
+    if groups is not None:
+        row_groups = _global_groups(groups.to(image_emb.device), rank, world)
+        column_groups = _gather(row_groups, sizes, rank) if world > 1 else row_groups
+        same = _same_group_off_diagonal(row_groups, column_groups, labels)
+        logits_per_image = logits_per_image.masked_fill(same, float("-inf"))
+        logits_per_text = logits_per_text.masked_fill(same, float("-inf"))
     if weights is not None:
         rows = F.cross_entropy(logits_per_image, labels, reduction="none") + F.cross_entropy(
             logits_per_text, labels, reduction="none"
@@ -151,8 +174,31 @@ def contrastive_loss(
     return summed * world / (2 * max(total, 1))
 
 
+def local_pair_loss(
+    crops: Tensor, sentences: Tensor, logit_scale: Tensor, owner: Tensor | None, weights: Tensor | None,
+    reading: str = "best", gather: bool = True,
+) -> Tensor:
+    """L_local over a batch's packed local pairs (``owner`` [P]: each pair's image, pairs of an
+    image adjacent and best first; None: one pair per image).
+
+    ``best`` (FAST-GOAL's text: top-k pairs and their weights enter TSL only): the InfoNCE of each
+    image's best pair, every image weight 1, as a one-pair run. ``all``: every pair, weighted by
+    ``weights``, with the other pairs of a pair's own image left out of its negatives.
+    """
+    if owner is None:
+        return contrastive_loss(crops, sentences, logit_scale, gather, weights)
+    if reading == "best":
+        first = torch.ones_like(owner, dtype=torch.bool)
+        first[1:] = owner[1:] != owner[:-1]
+        return contrastive_loss(crops[first], sentences[first], logit_scale, gather)
+    if reading != "all":
+        raise ValueError(f"local pair loss must be one of {', '.join(LOCAL_PAIR_LOSSES)}, got {reading!r}")
+    return contrastive_loss(crops, sentences, logit_scale, gather, weights, groups=owner)
+
+
 def tsl_loss(
-    pooled: Tensor, target: Tensor, valid: Tensor, gather: bool = True, weights: Tensor | None = None
+    pooled: Tensor, target: Tensor, valid: Tensor, gather: bool = True, weights: Tensor | None = None,
+    tsl_target: str = "diagonal", groups: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Token-similarity term: pull pooled global-token features onto their local embedding.
 
@@ -173,6 +219,12 @@ def tsl_loss(
     ``weights`` [b] (top-k local pairs) make it a weighted mean over the valid rows:
     ``sum_valid w (c - 1)**2 / sum_valid w``. ``None`` is every weight 1.
 
+    ``tsl_target="identity"`` is GOAL's Eq. 14 as written: row i's term is the mean, over the valid
+    columns j (of the gathered batch), of ``(cos(pooled_i, target_j) - [i == j])**2``, so pooled
+    features are also pushed away from the other rows' local embeddings; ``groups`` [b] (each
+    pair's image) leaves a row's other same-image pairs out. The default ``"diagonal"`` is the
+    authors' code: only ``i == j``.
+
     Returns ``(loss, cosines)``: cosines [b] are detached, for logging, with NaN in invalid rows so
     a careless ``mean()`` shows up instead of silently mixing in masked rows; log
     ``cosines[valid].mean()`` or ``cosines.nanmean()``.
@@ -189,7 +241,13 @@ def tsl_loss(
     pooled = torch.where(keep, pooled, torch.zeros_like(pooled))
     target = torch.where(keep, target, torch.zeros_like(target))
     cosines = (F.normalize(pooled, dim=-1) * F.normalize(target, dim=-1)).sum(-1)
-    squared = torch.where(valid, (cosines - 1.0) ** 2, torch.zeros_like(cosines))
+    if tsl_target == "identity":
+        errors = _identity_errors(F.normalize(pooled, dim=-1), F.normalize(target, dim=-1), valid, gather, groups)
+    elif tsl_target == "diagonal":
+        errors = (cosines - 1.0) ** 2
+    else:
+        raise ValueError(f"tsl_target must be one of {', '.join(TSL_TARGETS)}, got {tsl_target!r}")
+    squared = torch.where(valid, errors, torch.zeros_like(cosines))
     logged = torch.where(valid, cosines, torch.full_like(cosines, float("nan"))).detach()
     if weights is not None:
         weights = torch.where(valid, weights.to(device=pooled.device, dtype=torch.float32), 0.0)
@@ -205,6 +263,30 @@ def tsl_loss(
         world = 1
     loss = squared.sum() * world / count.clamp(min=1).to(squared.dtype)
     return loss, logged
+
+
+def _identity_errors(pooled: Tensor, target: Tensor, valid: Tensor, gather: bool, groups: Tensor | None) -> Tensor:
+    """Per row i: mean over usable columns j of ``(pooled_i . target_j - [i == j])**2`` (unit-norm inputs).
+
+    Columns are the targets of the gathered batch (with their gradients); invalid columns and,
+    with ``groups``, the row's other same-image pairs are not used."""
+    rank, world = _dist_rank_world()
+    rows = torch.arange(pooled.shape[0], device=pooled.device)
+    groups = rows if groups is None else groups.to(pooled.device)
+    row_groups = _global_groups(groups, rank, world if gather else 1)
+    usable = valid.to(torch.long)
+    if gather and world > 1:
+        sizes = _gather_sizes(target, world)
+        columns, usable = _gather(target, sizes, rank), _gather(usable, sizes, rank)
+        column_groups, offset = _gather(row_groups, sizes, rank), sum(sizes[:rank])
+    else:
+        columns, column_groups, offset = target, row_groups, 0
+    labels = rows + offset
+    use = usable.bool().unsqueeze(0) & ~_same_group_off_diagonal(row_groups, column_groups, labels)
+    identity = torch.zeros_like(use, dtype=pooled.dtype)
+    identity[rows, labels] = 1.0
+    errors = torch.where(use, (pooled @ columns.T - identity) ** 2, 0.0)
+    return errors.sum(1) / use.sum(1).clamp(min=1).to(errors.dtype)
 
 
 def masked_mean(states: Tensor, mask: Tensor) -> Tensor:

@@ -13,8 +13,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from goalclip.training.config import LossTerms, LossWeights
-from goalclip.training.losses import combine_losses, contrastive_loss, tsl_loss
+from goalclip.training.config import LossOptions, LossTerms, LossWeights
+from goalclip.training.losses import combine_losses, contrastive_loss, local_pair_loss, tsl_loss
 
 Projection = Callable[[Tensor], Tensor]
 
@@ -29,12 +29,14 @@ class GoalLoss(torch.nn.Module):
     """
 
     def __init__(self, terms: LossTerms, weights: LossWeights, project_patches: Projection,
-                 project_text: Projection):
+                 project_text: Projection, hidden: tuple[int, int], options: LossOptions = LossOptions()):
         super().__init__()
         self.terms = terms
         self.weights = weights
         self.project_patches = project_patches
         self.project_text = project_text
+        self.options = options
+        self.hidden = hidden  # (vision, text) token widths: a batch without pairs pools zero rows of them
 
     def forward(self, reps: dict[str, Tensor], batch: dict[str, Tensor],
                 logit_scale: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
@@ -43,18 +45,24 @@ class GoalLoss(torch.nn.Module):
         top-k pairs, the mean pairs per image."""
         on, b = self.terms, batch["caption_ids"].shape[0]
         image_emb = reps["image"]
+        if on.needs_local and "sentence" not in reps:  # no image of the batch has a local pair: zero rows
+            reps = {**reps, **self._no_pairs(image_emb)}
         terms: dict[str, Tensor] = {}
         logs: dict[str, Tensor] = {"logit_scale": logit_scale.detach()}
         if on.global_:
             terms["global"] = contrastive_loss(image_emb[:b], reps["caption"], logit_scale)
-        pair_weight = batch.get("pair_weight")
+        pair_weight, owner = batch.get("pair_weight"), batch.get("pair_owner")
         if on.local:
-            terms["local"] = contrastive_loss(image_emb[b:], reps["sentence"], logit_scale, weights=pair_weight)
+            terms["local"] = local_pair_loss(image_emb[b:], reps["sentence"], logit_scale, owner, pair_weight,
+                                             self.options.local_pair_loss)
         if on.tsl:
+            target = self.options.tsl_target
             terms["tsl_image"], cos_image = tsl_loss(self.project_patches(reps["patches"]), image_emb[b:],
-                                                     batch["image_tsl_valid"], weights=pair_weight)
+                                                     batch["image_tsl_valid"], weights=pair_weight,
+                                                     tsl_target=target, groups=owner)
             terms["tsl_text"], cos_text = tsl_loss(self.project_text(reps["span"]), reps["sentence"],
-                                                   batch["text_tsl_valid"], weights=pair_weight)
+                                                   batch["text_tsl_valid"], weights=pair_weight,
+                                                   tsl_target=target, groups=owner)
             logs["tsl_cos_image"] = cos_image.nanmean()
             logs["tsl_cos_text"] = cos_text.nanmean()
         if pair_weight is not None:
@@ -63,3 +71,10 @@ class GoalLoss(torch.nn.Module):
         logs.update({f"loss_{k}": v.detach() for k, v in terms.items()})
         logs["loss"] = loss.detach()
         return loss, logs
+
+    def _no_pairs(self, image_emb: Tensor) -> dict[str, Tensor]:
+        """Zero-row local representations, so the local and TSL terms of a batch without pairs are 0
+        and every process still makes the same collective calls."""
+        vision, text = self.hidden
+        return {"sentence": image_emb.new_zeros((0, image_emb.shape[1])),
+                "patches": image_emb.new_zeros((0, vision)), "span": image_emb.new_zeros((0, text))}

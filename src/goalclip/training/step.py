@@ -17,7 +17,7 @@ import torch
 from transformers import CLIPModel
 
 from goalclip.models.clip import image_forward, project_patch_tokens, project_text_tokens, text_forward
-from goalclip.training.config import LossTerms, LossWeights
+from goalclip.training.config import LossOptions, LossTerms, LossWeights
 from goalclip.training.gradcache import Chunk, plan_chunks
 from goalclip.training.heads import TslHeads
 from goalclip.training.losses import masked_mean
@@ -86,7 +86,8 @@ class _StepParts(torch.nn.Module):
     submodules of a DDP-wrapped model directly would skip its forward bookkeeping).
     """
 
-    def __init__(self, clip: CLIPModel, method: str, weights: LossWeights, heads: TslHeads | None = None):
+    def __init__(self, clip: CLIPModel, method: str, weights: LossWeights, heads: TslHeads | None = None,
+                 options: LossOptions = LossOptions()):
         super().__init__()
         self.clip = clip
         self.heads = heads
@@ -97,7 +98,8 @@ class _StepParts(torch.nn.Module):
         else:
             project_patches = functools.partial(project_patch_tokens, clip)
             project_text = functools.partial(project_text_tokens, clip)
-        self.objective = GoalLoss(self.terms, weights, project_patches, project_text)
+        hidden = (clip.config.vision_config.hidden_size, clip.config.text_config.hidden_size)
+        self.objective = GoalLoss(self.terms, weights, project_patches, project_text, hidden, options)
 
     def encode(self, batch: dict[str, torch.Tensor], chunk: Chunk) -> dict[str, torch.Tensor]:
         return encode(self.clip, batch, self.terms, chunk)
@@ -111,11 +113,12 @@ class StepModule(_StepParts):
     """A plain step: ``forward(batch)`` encodes the whole batch and returns its :class:`StepOutput`.
 
     With top-k local pairs (``pair_owner`` / ``pair_weight`` in the batch, see ``Collate``) the
-    crops and sentences are every valid pair of the batch: the local InfoNCE scores all crops
-    against all sentences of the (gathered) batch, each pair's two row losses weighted by its
-    pair weight, divided by the weights' sum; each TSL term is the weighted mean over its valid
-    pairs, a pair pooling its own image's patch tokens / caption tokens. Without those keys every
-    weight is 1 and each image has one pair (the plain means). ``heads`` (``--tsl-heads
+    crops and sentences are every valid pair of the batch. Each TSL term is the weighted mean over
+    its valid pairs, a pair pooling its own image's patch tokens / caption tokens. The local
+    InfoNCE (``options.local_pair_loss``, see :func:`~goalclip.training.losses.local_pair_loss`)
+    takes each image's best pair (``best``) or every pair weighted (``all``); a pair never has
+    another pair of its own image as a negative. Without those keys every weight is 1 and each
+    image has at most one pair (the plain means). ``heads`` (``--tsl-heads
     separate``) project the TSL pooled features instead of CLIP's own norm + projection.
     """
 
@@ -135,9 +138,9 @@ class ChunkedStepModule(_StepParts):
 
 
 def training_step(model: CLIPModel, batch: dict[str, torch.Tensor], method: str, weights: LossWeights,
-                  heads: TslHeads | None = None) -> StepOutput:
+                  heads: TslHeads | None = None, options: LossOptions = LossOptions()) -> StepOutput:
     """Loss of one batch (the :class:`StepModule` forward), for callers holding a bare CLIP."""
-    return StepModule(model, method, weights, heads)(batch)
+    return StepModule(model, method, weights, heads, options)(batch)
 
 
 def clamp_logit_scale(clip: CLIPModel) -> None:

@@ -40,7 +40,7 @@ from goalclip.models.clip import ClipBundle, compile_towers, load_clip, prepare_
 from goalclip.models.embed import count_truncated
 from goalclip.training import record
 from goalclip.training.checkpoints import BEST_DIR, export_model, latest_checkpoint, save_checkpoint
-from goalclip.training.config import TRACKER_PREFIX, LossTerms, TrainConfig
+from goalclip.training.config import TRACKER_PREFIX, LossOptions, LossTerms, TrainConfig
 from goalclip.training.data import Collate, TrainDataset, epoch_batches, load_examples
 from goalclip.training.gradcache import grad_cache_step
 from goalclip.training.heads import TslHeads, build_heads
@@ -196,7 +196,8 @@ class Trainer:
         collate = Collate(pad_id=bundle.tokenizer.pad_token_id, weighted=cfg.local_pairs > 1)
         heads, heads_from = build_heads(bundle.model, cfg.model) if cfg.tsl_heads == "separate" else (None, None)
         step_class = ChunkedStepModule if cfg.grad_cache_chunk else StepModule
-        step_module = step_class(bundle.model, cfg.method, cfg.weights, heads)
+        step_module = step_class(bundle.model, cfg.method, cfg.weights, heads,
+                                 LossOptions(cfg.local_pair_loss, cfg.tsl_target))
         bf16_weights = self.settings["precision"] == "bf16-weights"
         if bf16_weights:
             step_module.to(torch.bfloat16)
@@ -223,6 +224,7 @@ class Trainer:
             self.validator = Validator(cfg.val_data, cfg.val_joint, cfg.keep_best, batch_size=cfg.val_batch_size,
                                        num_workers=cfg.num_workers, state=acc.state, device=acc.device)
         derived = {"context_length": context, "num_processes": acc.num_processes, "examples": len(dataset),
+                   "examples_without_local_pair": sum(not ex.pairs for ex in examples) if local else None,
                    "skipped": len(self.skipped), "truncated_captions": truncated, "steps_per_epoch": steps_per_epoch,
                    "total_steps": total_steps,
                    "speed_path": record.speed_path(clip, optimizer, pin_memory, cfg.compile)}
