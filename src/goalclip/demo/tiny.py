@@ -14,7 +14,8 @@ import transformers
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
 
 from goalclip.core.text import clean_text
-from goalclip.models.clip import ClipBundle, align_sub_configs
+from goalclip.models.backbone import align_sub_configs
+from goalclip.models.clip import ClipBundle
 
 
 def train_tokenizer(texts: Sequence[str], vocab_size: int = 1000) -> CLIPTokenizer:

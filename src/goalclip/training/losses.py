@@ -1,4 +1,4 @@
-"""Training losses for GOAL: CLIP InfoNCE with cross-process negatives, and token-similarity (TSL).
+"""Training losses for GOAL: CLIP InfoNCE and SigLIP's sigmoid loss with cross-process negatives, and TSL.
 
 Every loss here takes embeddings, never batches or models, so the trainer owns the forward pass
 (one per tower over ``[global ; local]``) and these functions own only the maths and the
@@ -24,6 +24,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
+from goalclip.models.backbone import masked_mean
 from goalclip.training.config import METHOD_TERMS, LossTerms, LossWeights
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "combine_losses",
     "contrastive_loss",
     "masked_mean",
+    "sigmoid_loss",
     "tsl_loss",
 ]
 
@@ -149,6 +151,53 @@ def contrastive_loss(
     return summed * world / (2 * max(total, 1))
 
 
+def sigmoid_loss(
+    image_emb: Tensor, text_emb: Tensor, logit_scale: Tensor, logit_bias: Tensor, gather: bool = True,
+    weights: Tensor | None = None,
+) -> Tensor:
+    """SigLIP's pairwise sigmoid loss between paired rows of ``image_emb`` [b, D] and ``text_emb`` [b, D].
+
+    Logits are ``logit_scale * img @ txt.T + logit_bias`` (``logit_scale`` already exponentiated, both
+    tensors so their gradients flow); every image-text cell of the global batch is a binary
+    classification, positive on the diagonal: the loss is ``-sum_ij log sigmoid(z_ij * logit_ij)`` over
+    all cells (``z`` = +1 for a pair, -1 otherwise) divided by the number of images, as SigLIP trains.
+
+    With ``gather`` and several processes, this process's images are scored against the texts of the
+    whole global batch (gathered with their gradient), so every cell, positive or negative, is counted
+    exactly once over all processes; the sum is divided by the global batch size and multiplied by the
+    world size, so the mean of the per-process losses is the global-batch loss and DDP's gradient
+    averaging yields the global-batch gradient (as :func:`contrastive_loss`). Big_vision's chunked
+    ring exchange computes the same sum with less memory; one all-gather is simpler at GOAL's batch sizes.
+
+    ``weights`` [b] (top-k local pairs) weight each image's row of cells:
+    ``sum_i w_i sum_j loss_ij / sum_i w_i``. ``None`` is every weight 1.
+    """
+    if image_emb.shape != text_emb.shape or image_emb.dim() != 2:
+        raise ValueError(
+            f"image_emb and text_emb must both be [b, D]; got {tuple(image_emb.shape)} "
+            f"and {tuple(text_emb.shape)}"
+        )
+    image_emb = F.normalize(image_emb, dim=-1)
+    text_emb = F.normalize(text_emb, dim=-1)
+    rank, world = _dist_rank_world()
+    if gather and world > 1:
+        sizes = _gather_sizes(image_emb, world)
+        all_texts = _gather(text_emb, sizes, rank)
+        offset = sum(sizes[:rank])
+    else:
+        all_texts, offset, world = text_emb, 0, 1
+    logits = logit_scale * image_emb @ all_texts.T + logit_bias
+    signs = -torch.ones_like(logits)
+    rows = torch.arange(image_emb.shape[0], device=logits.device)
+    signs[rows, rows + offset] = 1.0
+    row_losses = -F.logsigmoid(signs * logits).sum(dim=1)
+    if weights is None:
+        weights = torch.ones_like(row_losses)
+    weights = weights.to(device=row_losses.device, dtype=torch.float32)
+    denominator = _global_sum(weights, gather, world).clamp(min=torch.finfo(torch.float32).tiny)
+    return (weights * row_losses).sum() * world / denominator
+
+
 def tsl_loss(
     pooled: Tensor, target: Tensor, valid: Tensor, gather: bool = True, weights: Tensor | None = None
 ) -> tuple[Tensor, Tensor]:
@@ -203,26 +252,6 @@ def tsl_loss(
         world = 1
     loss = squared.sum() * world / count.clamp(min=1).to(squared.dtype)
     return loss, logged
-
-
-def masked_mean(states: Tensor, mask: Tensor) -> Tensor:
-    """Mean of ``states`` [B, L, D] over the positions where ``mask`` [B, L] is True -> [B, D].
-
-    One batched matmul replaces the reference's per-sample Python loops (token spans for text TSL,
-    patch cells touching a box for image TSL). A row whose mask is empty has nothing to average and
-    gives zeros; the caller must mark that row invalid (e.g. ``valid = mask.any(1)``) so
-    :func:`tsl_loss` masks it. The count is kept in float32 so means over more than 256 positions
-    stay exact under bf16.
-    """
-    if states.dim() != 3 or mask.shape != states.shape[:2]:
-        raise ValueError(
-            f"states must be [B, L, D] and mask [B, L]; got {tuple(states.shape)} "
-            f"and {tuple(mask.shape)}"
-        )
-    mask = mask.to(device=states.device, dtype=torch.bool)
-    summed = torch.bmm(mask.to(states.dtype).unsqueeze(1), states).squeeze(1)
-    counts = mask.sum(dim=1, keepdim=True).clamp(min=1).to(torch.float32)
-    return (summed / counts).to(states.dtype)
 
 
 def combine_losses(terms: dict[str, Tensor], method: str | LossTerms, weights: LossWeights) -> Tensor:

@@ -8,13 +8,14 @@ returns them by name. The losses gather over the default process group (every pr
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
 from goalclip.training.config import LossTerms, LossWeights
-from goalclip.training.losses import combine_losses, contrastive_loss, tsl_loss
+from goalclip.training.losses import combine_losses, contrastive_loss, sigmoid_loss, tsl_loss
 
 Projection = Callable[[Tensor], Tensor]
 
@@ -36,20 +37,28 @@ class GoalLoss(torch.nn.Module):
         self.project_patches = project_patches
         self.project_text = project_text
 
-    def forward(self, reps: dict[str, Tensor], batch: dict[str, Tensor],
-                logit_scale: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    def forward(self, reps: dict[str, Tensor], batch: dict[str, Tensor], logit_scale: Tensor,
+                logit_bias: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         """The loss and detached scalars for logging (kept as tensors: converting them every step
-        would force a device sync): ``loss``, ``loss_<term>``, ``logit_scale``, TSL cosines and, with
-        top-k pairs, the mean pairs per image."""
+        would force a device sync): ``loss``, ``loss_<term>``, ``logit_scale`` (and ``logit_bias``), TSL
+        cosines and, with top-k pairs, the mean pairs per image.
+
+        The global and local terms are CLIP's softmax InfoNCE, or SigLIP's sigmoid loss when the model
+        has a ``logit_bias`` (:mod:`goalclip.models.backbone`)."""
         on, b = self.terms, batch["caption_ids"].shape[0]
         image_emb = reps["image"]
         terms: dict[str, Tensor] = {}
         logs: dict[str, Tensor] = {"logit_scale": logit_scale.detach()}
+        if logit_bias is None:
+            contrast = contrastive_loss
+        else:
+            logs["logit_bias"] = logit_bias.detach().squeeze()
+            contrast = functools.partial(sigmoid_loss, logit_bias=logit_bias)
         if on.global_:
-            terms["global"] = contrastive_loss(image_emb[:b], reps["caption"], logit_scale)
+            terms["global"] = contrast(image_emb[:b], reps["caption"], logit_scale)
         pair_weight = batch.get("pair_weight")
         if on.local:
-            terms["local"] = contrastive_loss(image_emb[b:], reps["sentence"], logit_scale, weights=pair_weight)
+            terms["local"] = contrast(image_emb[b:], reps["sentence"], logit_scale, weights=pair_weight)
         if on.tsl:
             terms["tsl_image"], cos_image = tsl_loss(self.project_patches(reps["patches"]), image_emb[b:],
                                                      batch["image_tsl_valid"], weights=pair_weight)
