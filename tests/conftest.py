@@ -178,3 +178,24 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.slow)
         if "reliability" in item.path.parts:
             item.add_marker(pytest.mark.reliability)
+
+
+@pytest.fixture(scope="session")
+def tiny_siglip(tiny_world: TinyWorld) -> Path:
+    """A saved tiny SigLIP folder (context 16, the tiny CLIP's sizes) with a tokenizer of the world's texts."""
+    from goalclip.demo.tiny import build_tiny_siglip
+    from goalclip.models.clip import save_clip
+
+    kwargs = {k: TINY_MODEL_KWARGS[k] for k in ("image_size", "patch_size", "width", "layers", "heads",
+                                                "context_length")}
+    return save_clip(build_tiny_siglip(tiny_world.texts, **kwargs), tiny_world.root / "siglip")
+
+
+@pytest.fixture
+def tiny_siglip_bundle(tiny_siglip: Path):
+    """The tiny SigLIP loaded afresh (tests may change it)."""
+    from goalclip.models.clip import load_clip
+
+    bundle = load_clip(str(tiny_siglip))
+    bundle.model.eval()
+    return bundle
