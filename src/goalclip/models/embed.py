@@ -87,7 +87,8 @@ def tokenize_counted(
         return bundle.tokenize(texts, max_len), sum(n > (max_len or bundle.max_text_len) for n in lengths)
     max_len = max_len or bundle.max_text_len
     tokenizer = bundle.tokenizer
-    tokens = tokenizer([clean_text(t) for t in texts], padding="longest", verbose=False, return_tensors="pt")
+    tokens = tokenizer([clean_text(t) for t in texts], padding="longest", verbose=False, return_tensors="pt",
+                       return_attention_mask=True)
     ids, mask = tokens["input_ids"], tokens["attention_mask"]
     cut = mask.sum(dim=1) > max_len
     if ids.shape[1] > max_len:
