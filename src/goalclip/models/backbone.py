@@ -71,6 +71,7 @@ class ClipBackbone:
     kind = "clip"
     max_logit_scale: float | None = 100.0  # open_clip's clamp
     pads_to_context = False  # causal attention: right padding never changes the real tokens
+    first_patch = 1  # vision tokens: CLS, then the patches
 
     def __init__(self, model: CLIPModel):
         self.model = model
@@ -112,6 +113,11 @@ class ClipBackbone:
         """The bias of the contrastive logits: none (CLIP's loss is a softmax)."""
         return None
 
+    def pooling_attention(self, weights: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        """``[N, H, P]``: how the pooled image token attends to each patch, from the last layer's attention
+        ``weights`` [N, H, T, T] (CLIP: the CLS row) or the last hidden state [N, T, D] (SigLIP's head)."""
+        return weights[:, :, 0, 1:]
+
     def align_config(self) -> None:
         """Copy the top-level ``projection_dim`` into the text and vision sub-configs (in place).
 
@@ -130,6 +136,7 @@ class SiglipBackbone(ClipBackbone):
     kind = "siglip"
     max_logit_scale = None  # SigLIP trains its temperature unclamped
     pads_to_context = True
+    first_patch = 0  # no CLS token
 
     @property
     def embed_dim(self) -> int:
@@ -172,6 +179,13 @@ class SiglipBackbone(ClipBackbone):
 
     def logit_bias(self) -> torch.Tensor | None:
         return self.model.logit_bias
+
+    def pooling_attention(self, weights: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        head = self.model.vision_model.head
+        hidden = hidden.to(head.probe.dtype)
+        probe = head.probe.expand(hidden.shape[0], -1, -1)
+        _, per_head = head.attention(probe, hidden, hidden, need_weights=True, average_attn_weights=False)
+        return per_head[:, :, 0].float()
 
     def align_config(self) -> None:
         """Nothing to align: SigLIP's sub-configs hold their own sizes."""
