@@ -3,9 +3,6 @@ included) as one full-batch step, with top-2 weighted pairs and TSL through SigL
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pytest
 import torch
 from accelerate import Accelerator
@@ -16,34 +13,19 @@ from goalclip.training.config import LossWeights
 from goalclip.training.data import Collate, TrainDataset, load_examples
 from goalclip.training.gradcache import grad_cache_step
 from goalclip.training.step import ChunkedStepModule, StepModule
+from tests.training.test_gradcache import topk_manifest  # noqa: F401 (a fixture: the top-2 manifest)
 
 BATCH, CHUNK = 6, 2
-
-
-@pytest.fixture
-def two_pairs(tiny_world, tmp_path: Path) -> Path:
-    """The tiny world's mined pairs plus a background pair on every other image (uneven pair counts)."""
-    records = [json.loads(line) for line in tiny_world.mined.read_text().splitlines()]
-    for i, record in enumerate(records):
-        record["image"] = str(tiny_world.root / record["image"])
-        record["local"]["score"] = 0.9
-        record["candidates"] = [record["local"]]
-        if i % 2 == 0:
-            record["candidates"].append({"sentence": "The picture has a plain white background.",
-                                         "box": [0, 0, 24, 24], "score": 0.3, "source": "grid"})
-    path = tmp_path / "topk.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in records))
-    return path
 
 
 def _grads(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
 
 
-def test_grad_cache_step_equals_the_plain_step_for_siglip(tiny_siglip, two_pairs) -> None:
+def test_grad_cache_step_equals_the_plain_step_for_siglip(tiny_siglip, topk_manifest) -> None:  # noqa: F811
     bundle = load_clip(str(tiny_siglip))
     context = prepare_text_positions(bundle, 52, 4)
-    examples = load_examples(two_pairs, need_local=True, local_pairs=2, pair_weighting="similarity")
+    examples = load_examples(topk_manifest, need_local=True, local_pairs=2, pair_weighting="similarity")
     dataset = TrainDataset(examples[:BATCH], bundle, need_local=True, pair_weighting="similarity")
     batch = Collate(pad_id=bundle.tokenizer.pad_token_id, weighted=True, pad_to=context)(
         [dataset[i] for i in range(BATCH)])

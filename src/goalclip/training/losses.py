@@ -96,6 +96,16 @@ def _global_sum(x: Tensor, gather: bool, world: int) -> Tensor:
     return total
 
 
+def _normalized_pairs(image_emb: Tensor, text_emb: Tensor) -> tuple[Tensor, Tensor]:
+    """Both [b, D] embeddings L2-normalised (idempotent), or a ValueError naming the shapes."""
+    if image_emb.shape != text_emb.shape or image_emb.dim() != 2:
+        raise ValueError(
+            f"image_emb and text_emb must both be [b, D]; got {tuple(image_emb.shape)} "
+            f"and {tuple(text_emb.shape)}"
+        )
+    return F.normalize(image_emb, dim=-1), F.normalize(text_emb, dim=-1)
+
+
 def contrastive_loss(
     image_emb: Tensor, text_emb: Tensor, logit_scale: Tensor, gather: bool = True, weights: Tensor | None = None
 ) -> Tensor:
@@ -119,13 +129,7 @@ def contrastive_loss(
     ``sum_p w_p (CE_i2t[p] + CE_t2i[p]) / (2 * sum_p w_p)``, sums over the global batch, with every
     pair's row still scored against all columns. ``None`` is every weight 1 (today's mean).
     """
-    if image_emb.shape != text_emb.shape or image_emb.dim() != 2:
-        raise ValueError(
-            f"image_emb and text_emb must both be [b, D]; got {tuple(image_emb.shape)} "
-            f"and {tuple(text_emb.shape)}"
-        )
-    image_emb = F.normalize(image_emb, dim=-1)
-    text_emb = F.normalize(text_emb, dim=-1)
+    image_emb, text_emb = _normalized_pairs(image_emb, text_emb)
     rank, world = _dist_rank_world()
     if gather and world > 1:
         sizes = _gather_sizes(image_emb, world)
@@ -172,13 +176,7 @@ def sigmoid_loss(
     ``weights`` [b] (top-k local pairs) weight each image's row of cells:
     ``sum_i w_i sum_j loss_ij / sum_i w_i``. ``None`` is every weight 1.
     """
-    if image_emb.shape != text_emb.shape or image_emb.dim() != 2:
-        raise ValueError(
-            f"image_emb and text_emb must both be [b, D]; got {tuple(image_emb.shape)} "
-            f"and {tuple(text_emb.shape)}"
-        )
-    image_emb = F.normalize(image_emb, dim=-1)
-    text_emb = F.normalize(text_emb, dim=-1)
+    image_emb, text_emb = _normalized_pairs(image_emb, text_emb)
     rank, world = _dist_rank_world()
     if gather and world > 1:
         sizes = _gather_sizes(image_emb, world)
