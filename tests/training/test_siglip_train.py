@@ -102,3 +102,12 @@ def test_resume_is_exact_for_siglip(trained, tiny_world, tiny_siglip, tmp_path, 
     whole = SiglipModel.from_pretrained(trained).state_dict()
     for key, value in SiglipModel.from_pretrained(out).state_dict().items():
         torch.testing.assert_close(value, whole[key], atol=1e-6, rtol=0, msg=key)
+
+
+def test_separate_tsl_heads_are_refused_for_siglip_with_one_line(tiny_world, tiny_siglip, tmp_path, capsys) -> None:
+    code = main(["train", "--model", str(tiny_siglip), "--data", str(tiny_world.mined), "--method", "goal",
+                 "--out", str(tmp_path / "heads"), "--tsl-heads", "separate", "--max-steps", "1", "--batch-size", "4",
+                 "--max-text-len", "40", "--keep-positions", "4", "--num-workers", "0", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code != 0 and "Traceback" not in err
+    assert "a siglip model pools regions with its own attention head: use --tsl-heads shared" in err
