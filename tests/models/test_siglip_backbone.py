@@ -100,3 +100,14 @@ def test_stretch_keeps_the_first_k_positions_exactly_and_the_folder_keeps_the_co
     reloaded = load_clip(str(save_clip(bundle, tmp_path / "stretched")))
     assert reloaded.max_text_len == reloaded.tokenizer.model_max_length == 40
     assert torch.equal(reloaded.model.text_model.embeddings.position_embedding.weight, after)
+
+
+def test_a_text_cut_shorter_than_the_context_still_pads_to_the_context(tiny_siglip_bundle) -> None:
+    """``--max-text-len`` below the context cuts the text (keeping ``</s>`` last) but SigLIP still reads a full
+    context, as it was trained: the embedding is that of the cut text padded to the context."""
+    bundle = tiny_siglip_bundle
+    tokens = tokenize(bundle, TEXTS, max_len=8)["input_ids"]
+    full = bundle.tokenizer(TEXTS[1])["input_ids"]
+    eos = bundle.tokenizer.eos_token_id
+    assert tokens.shape == (2, bundle.max_text_len)
+    assert tokens[1].tolist() == full[:7] + [eos] * (bundle.max_text_len - 7)

@@ -65,8 +65,8 @@ def tokenize(bundle: Bundle, texts: Sequence[str], max_len: int | None = None) -
 
     CLIP's text attention is causal, so right padding never changes the real tokens' states:
     padding to the batch's longest (not to 248) is exact and much cheaper for short sentences.
-    SigLIP's is not and it pools the last position, so its texts pad to the full context, as it
-    was trained.
+    SigLIP's is not and it pools the last position, so its texts pad to the model's full context, as
+    it was trained (also when ``max_len`` cuts them shorter).
     An open_clip model gets its own tokenizer's ids at its full context (``OpenClipBundle.tokenize``).
     """
     return tokenize_counted(bundle, texts, max_len)[0]
@@ -97,9 +97,10 @@ def tokenize_counted(
                              "CLIP tokenizers work on the right")
         ids, mask = ids[:, :max_len].clone(), mask[:, :max_len].contiguous()
         ids[cut, -1] = tokenizer.eos_token_id
-    if bundle.backbone.pads_to_context and ids.shape[1] < max_len:
-        ids = F.pad(ids, (0, max_len - ids.shape[1]), value=tokenizer.pad_token_id)
-        mask = F.pad(mask, (0, max_len - mask.shape[1]), value=0)
+    context = bundle.max_text_len
+    if bundle.backbone.pads_to_context and ids.shape[1] < context:  # also a text cut shorter (--max-text-len)
+        ids = F.pad(ids, (0, context - ids.shape[1]), value=tokenizer.pad_token_id)
+        mask = F.pad(mask, (0, context - mask.shape[1]), value=0)
     return BatchEncoding({"input_ids": ids, "attention_mask": mask}), int(cut.sum())
 
 
