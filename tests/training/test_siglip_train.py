@@ -111,3 +111,34 @@ def test_separate_tsl_heads_are_refused_for_siglip_with_one_line(tiny_world, tin
     err = capsys.readouterr().err
     assert code != 0 and "Traceback" not in err
     assert "a siglip model pools regions with its own attention head: use --tsl-heads shared" in err
+
+
+@pytest.mark.multiprocess
+def test_two_processes_at_batch_b_train_siglip_like_one_process_at_2b(tiny_world, tiny_siglip, tmp_path,
+                                                                     launch_ranks) -> None:
+    """The whole run, sigmoid loss gathered across processes: the same losses and final weights."""
+    common = ["--model", str(tiny_siglip), "--data", str(tiny_world.mined), "--method", "goal", "--max-steps", "2",
+              "--lr", "1e-3", "--warmup-steps", "1", "--no-epoch-checkpoints", "--max-text-len", "40",
+              "--keep-positions", "4", "--num-workers", "0", "--no-progress", "--log-every", "1"]
+    single, double = tmp_path / "one", tmp_path / "two"
+    assert main(["train", *common, "--out", str(single), "--batch-size", "4"]) == 0
+    done = launch_ranks(["-m", "goalclip.cli", "train", *common, "--out", str(double), "--batch-size", "2"],
+                        CUDA_VISIBLE_DEVICES="", ACCELERATE_USE_CPU="1")
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    losses = [[json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+              for out in (single, double)]
+    assert losses[1] == pytest.approx(losses[0], rel=1e-4)
+    one, two = (SiglipModel.from_pretrained(out).state_dict() for out in (single, double))
+    start = SiglipModel.from_pretrained(tiny_siglip).state_dict()
+    assert max((one[k] - start[k]).abs().max().item() for k in start if "position" not in k) > 1e-3
+    for key, value in one.items():
+        # key biases get a zero gradient in exact arithmetic (softmax ignores a shift shared by all keys):
+        # Adam scales their rounding noise to full steps, so they carry no signal
+        if key.endswith("k_proj.bias"):
+            continue
+        if key.endswith("in_proj_bias"):  # the pooling head's packed q, k, v biases: drop k
+            third = value.shape[0] // 3
+            value, other = (torch.cat([v[:third], v[2 * third:]]) for v in (value, two[key]))
+        else:
+            other = two[key]
+        torch.testing.assert_close(other, value, atol=1e-6, rtol=0, msg=key)
