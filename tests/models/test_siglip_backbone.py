@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -11,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from transformers import SiglipModel
 
-from goalclip.models.backbone import masked_mean
+from goalclip.models.backbone import clamp_temperature, masked_mean
 from goalclip.models.clip import ModelLoadError, load_clip, prepare_text_positions, save_clip
 from goalclip.models.embed import embed_pixels, embed_text_strings, tokenize
 
@@ -111,3 +113,11 @@ def test_a_text_cut_shorter_than_the_context_still_pads_to_the_context(tiny_sigl
     eos = bundle.tokenizer.eos_token_id
     assert tokens.shape == (2, bundle.max_text_len)
     assert tokens[1].tolist() == full[:7] + [eos] * (bundle.max_text_len - 7)
+
+
+def test_clips_temperature_is_clamped_at_100_and_siglips_is_free(tiny_siglip_bundle, tiny_bundle) -> None:
+    for bundle, want in ((tiny_siglip_bundle, math.log(200.0)), (copy.deepcopy(tiny_bundle), math.log(100.0))):
+        with torch.no_grad():
+            bundle.model.logit_scale.fill_(math.log(200.0))
+        clamp_temperature(bundle.model)
+        assert bundle.model.logit_scale.item() == pytest.approx(want), bundle.kind
