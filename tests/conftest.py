@@ -191,3 +191,24 @@ def clip_tokenizer():
     tokenizer = real_clip_tokenizer(max_length=248)
     assert tokenizer is not None, "open_clip (a test dependency) ships the BPE vocabulary these tests need"
     return tokenizer
+
+
+@pytest.fixture(scope="session")
+def tiny_siglip(tiny_world: TinyWorld) -> Path:
+    """A saved tiny SigLIP folder (context 16, the tiny CLIP's sizes) with a tokenizer of the world's texts."""
+    from goalclip.demo.tiny import build_tiny_siglip
+    from goalclip.models.clip import save_clip
+
+    kwargs = {k: TINY_MODEL_KWARGS[k] for k in ("image_size", "patch_size", "width", "layers", "heads",
+                                                "context_length")}
+    return save_clip(build_tiny_siglip(tiny_world.texts, **kwargs), tiny_world.root / "siglip")
+
+
+@pytest.fixture
+def tiny_siglip_bundle(tiny_siglip: Path):
+    """The tiny SigLIP loaded afresh (tests may change it)."""
+    from goalclip.models.clip import load_clip
+
+    bundle = load_clip(str(tiny_siglip))
+    bundle.model.eval()
+    return bundle

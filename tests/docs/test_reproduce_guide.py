@@ -56,6 +56,7 @@ HUB_IDS = {
     "openai/clip-vit-large-patch14-336": "clip",
     "facebook/sam-vit-huge": "sam",
     "hustvl/yolos-tiny": "yolos",
+    "google/siglip-base-patch16-224": "siglip",
 }
 
 
@@ -317,10 +318,11 @@ def _tiny_open_clip(folder: Path) -> str:
 
 
 def _models(root: Path, texts: tuple[str, ...]) -> tuple[dict[str, str], dict[str, str]]:
-    """Tiny CLIP (77 positions), SAM and YOLOS folders; the authors' GOAL weights and a Long-CLIP checkpoint."""
+    """Tiny CLIP (77 positions), SigLIP (64), SAM and YOLOS folders; the authors' GOAL weights and a Long-CLIP
+    checkpoint."""
     import open_clip
 
-    from goalclip.demo.tiny import build_tiny_clip
+    from goalclip.demo.tiny import build_tiny_clip, build_tiny_siglip
     from goalclip.models.clip import save_clip, stretch_positions
 
     torch.manual_seed(0)
@@ -343,8 +345,9 @@ def _models(root: Path, texts: tuple[str, ...]) -> tuple[dict[str, str], dict[st
     state = longclip.state_dict()
     state["positional_embedding_res"] = state["positional_embedding"].flip(0).clone()
     torch.save(state, root / "longclip_b16.pt")
+    siglip = build_tiny_siglip(corpus, image_size=32, patch_size=8, width=32, layers=2, heads=2, context_length=64)
     models = {"clip": clip, "sam": detectors["sam"], "yolos": detectors["yolos"],
-              "open_clip": _tiny_open_clip(root / "open_clip")}
+              "open_clip": _tiny_open_clip(root / "open_clip"), "siglip": str(save_clip(siglip, root / "siglip"))}
     return models, {"GOAL_B16": str(root / "goal_b16.pth"), "LONGCLIP_B16": str(root / "longclip_b16.pt"),
                     "LONGCLIP_L14": str(root / "longclip_b16.pt")}
 

@@ -6,8 +6,9 @@ one-object captions (standing in for a downloaded checkpoint); mine FLISM pairs 
 object boxes stand in for the detector, plus quadrants and centre) with crops from the full-size
 images; fine-tune every method of the ablation (``global``, ``local``, ``wo-tsl``, ``goal``, and with
 ``extra_rows`` ``goal`` on detector-only pairs and on the top-3 pairs) from the same checkpoint with
-the same recipe, once per fine-tune seed; evaluate every run with one protocol and print the
-ablation table (mean ± std over seeds); draw the ablation bars and the attention and retrieval
+the same recipe, once per fine-tune seed (``extra_rows`` also builds and pretrains a small SigLIP the
+same way and fine-tunes it with ``global`` and ``goal`` on the same pairs); evaluate every run with one
+protocol and print the ablation table (mean ± std over seeds); draw the ablation bars and the attention and retrieval
 figures. Every step calls the function its subcommand calls.
 """
 
@@ -29,7 +30,7 @@ from goalclip.demo.ablation import (
     summarise,
 )
 from goalclip.demo.probe import PROBE_METRICS, marking_probe
-from goalclip.demo.tiny import build_tiny_clip
+from goalclip.demo.tiny import build_tiny_clip, build_tiny_siglip
 from goalclip.demo.world import MARKINGS, WorldConfig, generate_world
 from goalclip.evaluation.retrieval import EvalConfig, evaluate, write_results
 from goalclip.mining.config import MineConfig
@@ -93,6 +94,7 @@ class Row:
     pairs: str = "flism"  # "flism" (true boxes + quadrants + centre) or "boxes" (true boxes alone)
     local_pairs: int = 1
     pair_weighting: str = "uniform"
+    backbone: str = "clip"  # "siglip": fine-tuned from the pretrained small SigLIP
 
 
 LOSS_ROWS: tuple[Row, ...] = tuple(Row(m, m) for m in FINETUNE_METHODS)
@@ -102,6 +104,9 @@ EXTRA_ROWS: tuple[Row, ...] = (
     Row("goal boxes-only", "goal", pairs="boxes"),
     Row("goal top-3 uniform", "goal", local_pairs=3),
     Row("goal top-3 weighted", "goal", local_pairs=3, pair_weighting="similarity"),
+    # GOAL on SigLIP: the sigmoid loss, the same pairs and recipe
+    Row("siglip global", "global", backbone="siglip"),
+    Row("siglip goal", "goal", backbone="siglip"),
 )
 
 
@@ -143,6 +148,29 @@ def mining_accuracy(world_manifest: str | Path, mined_manifest: str | Path) -> d
     return {"pairs": total, "box_matches_sentence": hits, "rate": hits / total if total else 0.0,
             "region_contains_object": contains, "contains_rate": contains / total if total else 0.0,
             "scene_sentence_chosen": scene}
+
+
+def _pretrain(init: Path, name: str, step: str, data: Path, plan: DemoPlan, seed: int, common: dict[str, Any],
+              timed: Any) -> str:
+    """Pretrain ``init`` with ``global`` on the short captions into ``models/<name>`` (the step ``step``),
+    or reuse that folder when it holds this very pretraining; returns the folder."""
+    models = init.parent
+    pretrain = TrainConfig(
+        model=str(init), data=str(data), out=str(models / name), method="global",
+        max_steps=plan.pretrain_steps, batch_size=plan.pretrain_batch, lr=plan.pretrain_lr,
+        warmup_steps=plan.pretrain_steps // 10, weight_decay=0.1, max_text_len=plan.context, **common)
+    pretrain_key = models / f"{name}_plan.json"
+    # everything that shapes the world, the tokenizer and pretraining; the fine-tune recipe does not
+    key = {"plan": {k: v for k, v in asdict(plan).items() if not k.startswith("finetune_")}, "seed": seed,
+           "config": pretrain.to_dict()}
+    if _finished_with(pretrain_key, key, Path(pretrain.out)):
+        logger.info("demo: reusing the pretrained checkpoint %s (same world, model and pretraining; delete it to "
+                    "retrain)", pretrain.out)
+    else:
+        pretrain_key.unlink(missing_ok=True)
+        timed(step, train, pretrain)
+        pretrain_key.write_text(json.dumps(key, indent=2))
+    return pretrain.out
 
 
 def _finished_with(key_path: Path, key: dict[str, Any], model: Path) -> bool:
@@ -188,31 +216,22 @@ def run_demo(
         n_pretrain=plan.n_pretrain, n_train=plan.n_train, n_test=plan.n_test,
         image_size=plan.image_size * plan.render_scale, pretrain_size=plan.image_size, seed=seed))
     texts = [r["caption"] for path in (world.pretrain, world.train) for r in read_manifest(path)]
-    init = timed("build", lambda: save_clip(build_tiny_clip(
-        texts, image_size=plan.image_size, patch_size=plan.patch_size, width=plan.width, layers=plan.layers,
-        projection_dim=plan.width,
-        context_length=plan.context, seed=seed), out / "models" / "init"))
+    sizes = {"image_size": plan.image_size, "patch_size": plan.patch_size, "width": plan.width, "layers": plan.layers,
+             "context_length": plan.context, "seed": seed}
+    init = timed("build", lambda: save_clip(build_tiny_clip(texts, projection_dim=plan.width, **sizes),
+                                            out / "models" / "init"))
     # the demo owns its output folder: a re-run replaces the models of the previous one
     common = {"num_workers": num_workers, "seed": seed, "progress": progress, "checkpoint_epochs": False,
               "overwrite": True}
-    pretrain = TrainConfig(
-        model=str(init), data=str(world.pretrain), out=str(out / "models" / "pretrained"), method="global",
-        max_steps=plan.pretrain_steps, batch_size=plan.pretrain_batch, lr=plan.pretrain_lr,
-        warmup_steps=plan.pretrain_steps // 10, weight_decay=0.1, max_text_len=plan.context, **common)
-    pretrain_key = out / "models" / "pretrained_plan.json"
-    # everything that shapes the world, the tokenizer and pretraining; the fine-tune recipe does not
-    key = {"plan": {k: v for k, v in asdict(plan).items() if not k.startswith("finetune_")}, "seed": seed,
-           "config": pretrain.to_dict()}
-    if _finished_with(pretrain_key, key, Path(pretrain.out)):
-        logger.info("demo: reusing the pretrained checkpoint %s (same world, model and pretraining; delete it to "
-                    "retrain)", pretrain.out)
-    else:
-        pretrain_key.unlink(missing_ok=True)
-        timed("pretrain", train, pretrain)
-        pretrain_key.write_text(json.dumps(key, indent=2))
-    pretrained = pretrain.out
-
     rows = ablation_rows(plan)
+    pretrained = _pretrain(init, "pretrained", "pretrain", world.pretrain, plan, seed, common, timed)
+    starts = {"clip": pretrained}
+    if any(row.backbone == "siglip" for row in rows):
+        siglip_init = timed("build_siglip", lambda: save_clip(build_tiny_siglip(texts, **sizes),
+                                                              out / "models" / "siglip_init"))
+        starts["siglip"] = _pretrain(siglip_init, "siglip_pretrained", "pretrain_siglip", world.pretrain, plan,
+                                     seed, common, timed)
+
     mined: dict[str, Path] = {}
     jobs = [("train", world.train, world.train_boxes, "flism"), ("test", world.test, world.test_boxes, "flism")]
     if any(row.pairs == "boxes" for row in rows):
@@ -235,7 +254,7 @@ def run_demo(
             name = row.label.replace(" ", "_")
             target = out / "models" / name / f"seed{run_seed}"
             run = timed(f"train_{name}_seed{run_seed}", train, TrainConfig(
-                model=pretrained, data=str(mined["train" if row.pairs == "flism" else "train_boxes"]),
+                model=starts[row.backbone], data=str(mined["train" if row.pairs == "flism" else "train_boxes"]),
                 out=str(target), method=row.method, local_pairs=row.local_pairs, pair_weighting=row.pair_weighting,
                 epochs=plan.finetune_epochs, batch_size=plan.finetune_batch, lr=plan.finetune_lr,
                 warmup_steps=plan.finetune_warmup_steps,
@@ -309,7 +328,9 @@ models/pretrained      init pretrained with `global` on the short captions (stan
 models/ROW/seedN       pretrained fine-tuned on the long captions with fine-tune seed N: --method ROW (global,
                        local, wo-tsl = global + local, goal = global + local + TSL); with --extra-rows:
                        goal_boxes-only (pairs mined from the true boxes alone), goal_top-3_uniform and
-                       goal_top-3_weighted (--local-pairs 3, --pair-weighting uniform / similarity)
+                       goal_top-3_weighted (--local-pairs 3, --pair-weighting uniform / similarity),
+                       siglip_global and siglip_goal (the small SigLIP below, fine-tuned on the same pairs)
+models/siglip_init, models/siglip_pretrained  (--extra-rows) a small SigLIP built and pretrained like the CLIP
 mined/train.jsonl      FLISM pairs (true boxes as the detector + quadrants + centre), with candidates
 mined/train_boxes.jsonl  (--extra-rows) pairs mined from the true boxes alone (--regions external)
 mined/test_joint.jsonl the global-local joint test set used for mAP@10

@@ -1,1 +1,1 @@
-"""Loading, saving and stretching CLIP models, and converting other checkpoint layouts."""
+"""Loading, saving and stretching CLIP and SigLIP models (one backbone interface); converting checkpoints."""

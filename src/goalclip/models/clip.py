@@ -1,8 +1,9 @@
-"""Load, stretch and save CLIP models; the tower forwards that training and embedding share.
+"""Load, stretch and save CLIP and SigLIP models; the tower forwards that training and embedding share.
 
-A model is a ``ClipBundle``: a ``transformers.CLIPModel`` with its fast tokenizer and image
-processor, so that ``save_clip`` writes a folder that ``CLIPModel.from_pretrained`` and
-``AutoProcessor.from_pretrained`` load directly.
+A model is a ``ClipBundle``: a ``transformers.CLIPModel`` or ``SiglipModel`` (the kind read from its
+config, see :mod:`goalclip.models.backbone`) with its fast tokenizer and image processor, so that
+``save_clip`` writes a folder that ``AutoModel.from_pretrained`` and ``AutoProcessor.from_pretrained``
+load directly.
 """
 
 from __future__ import annotations
@@ -19,13 +20,14 @@ from transformers import (
     AutoConfig,
     AutoImageProcessor,
     AutoTokenizer,
-    CLIPConfig,
     CLIPImageProcessor,
     CLIPModel,
     CLIPTokenizer,
+    SiglipModel,
 )
 
 from goalclip.core.manifest import atomic_folder
+from goalclip.models.backbone import ClipBackbone, backbone_for, model_class
 from goalclip.models.open_clip import is_open_clip
 
 logger = logging.getLogger(__name__)
@@ -39,11 +41,20 @@ class ModelLoadError(ValueError):
 
 @dataclass
 class ClipBundle:
-    """A CLIP model with the tokenizer and image processor that belong to it."""
+    """A CLIP or SigLIP model with the tokenizer and image processor that belong to it."""
 
-    model: CLIPModel
+    model: CLIPModel | SiglipModel
     tokenizer: CLIPTokenizer
     image_processor: CLIPImageProcessor
+
+    @property
+    def backbone(self) -> ClipBackbone:
+        return backbone_for(self.model)
+
+    @property
+    def kind(self) -> str:
+        """``clip`` or ``siglip``: what the run record and model card say."""
+        return self.backbone.kind
 
     @property
     def max_text_len(self) -> int:
@@ -51,7 +62,7 @@ class ClipBundle:
 
     @property
     def embed_dim(self) -> int:
-        return int(self.model.config.projection_dim)
+        return self.backbone.embed_dim
 
     @property
     def patch_grid(self) -> int:
@@ -114,8 +125,8 @@ def load_clip(
     return bundle
 
 
-def _load_model(source: str, attn_implementation: str | None, dtype: torch.dtype) -> CLIPModel:
-    """``CLIPModel.from_pretrained`` that refuses what transformers would only report.
+def _load_model(source: str, attn_implementation: str | None, dtype: torch.dtype) -> CLIPModel | SiglipModel:
+    """``CLIPModel``/``SiglipModel.from_pretrained`` (by the config's kind), refusing what transformers only reports.
 
     transformers initialises missing (and, when told to ignore them, mismatched) weights randomly
     and drops unexpected ones with a printed load report; a model folder that does not hold
@@ -129,9 +140,13 @@ def _load_model(source: str, attn_implementation: str | None, dtype: torch.dtype
             f"{source}: a '{config.model_type}' checkpoint has no {' and no '.join(absent)} tower; "
             "goalclip needs a full CLIP with both towers"
         )
+    try:
+        cls = model_class(config, source)
+    except ValueError as exc:
+        raise ModelLoadError(str(exc)) from None
     kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
     try:
-        model, info = CLIPModel.from_pretrained(
+        model, info = cls.from_pretrained(
             source, output_loading_info=True, ignore_mismatched_sizes=True, dtype=dtype, **kwargs
         )
     except SafetensorError as exc:
@@ -297,23 +312,10 @@ def prepare_text_positions(bundle: ClipBundle, max_text_len: int, keep: int) -> 
     return new_len
 
 
-def align_sub_configs(config: CLIPConfig) -> CLIPConfig:
-    """Copy the top-level ``projection_dim`` into the text and vision sub-configs (in place).
-
-    ``CLIPConfig(projection_dim=...)`` leaves the sub-configs at their default 512, and
-    ``CLIPTextModelWithProjection`` / ``CLIPVisionModelWithProjection`` (what diffusers and
-    most downstream users load) build their projection from the sub-config: a folder must
-    agree everywhere or those classes fail with a size mismatch.
-    """
-    config.text_config.projection_dim = config.projection_dim
-    config.vision_config.projection_dim = config.projection_dim
-    return config
-
-
 def save_clip(bundle: ClipBundle, out_dir: str | os.PathLike) -> Path:
     """Save model (safetensors), tokenizer and image processor into one folder every CLIP class loads."""
     out = Path(out_dir)
-    align_sub_configs(bundle.model.config)
+    bundle.backbone.align_config()
     bundle.tokenizer.model_max_length = bundle.max_text_len
     with atomic_folder(out) as tmp:
         bundle.model.save_pretrained(tmp, safe_serialization=True)
@@ -325,7 +327,7 @@ def save_clip(bundle: ClipBundle, out_dir: str | os.PathLike) -> Path:
 # ----------------------------------------------------------------------------- tower forwards
 
 
-def compile_towers(model: CLIPModel) -> None:
+def compile_towers(model: CLIPModel | SiglipModel) -> None:
     """``torch.compile`` the transformer encoders of both towers in place, with dynamic shapes.
 
     The encoders are where the compute is, and their inputs vary only in size (rows per chunk, crops and
@@ -340,28 +342,14 @@ def compile_towers(model: CLIPModel) -> None:
         tower.encoder.compile(dynamic=True)
 
 
-def image_forward(model: CLIPModel, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Projected (unnormalised) image embeddings and last-layer patch tokens (before post-LN)."""
-    out = model.vision_model(pixel_values=pixel_values)
-    embeds = model.visual_projection(out.pooler_output)
-    return embeds, out.last_hidden_state[:, 1:]
-
-
-def project_patch_tokens(model: CLIPModel, pooled: torch.Tensor) -> torch.Tensor:
-    """Send pooled patch tokens through the vision post-layernorm and projection (as CLS is)."""
-    return model.visual_projection(model.vision_model.post_layernorm(pooled))
+def image_forward(model: CLIPModel | SiglipModel, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unnormalised image embeddings and the patch tokens TSL pools (``Backbone.image``)."""
+    return backbone_for(model).image(pixel_values)
 
 
 def text_forward(
-    model: CLIPModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, token_states: bool = False
+    model: CLIPModel | SiglipModel, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, *,
+    token_states: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Projected (unnormalised) text embeddings and, optionally, last-layer token states before
-    the final layernorm (what text TSL pools over)."""
-    out = model.text_model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=token_states)
-    embeds = model.text_projection(out.pooler_output)
-    return embeds, (out.hidden_states[-1] if token_states else None)
-
-
-def project_text_tokens(model: CLIPModel, pooled: torch.Tensor) -> torch.Tensor:
-    """Send pooled text token states through the final layernorm and text projection."""
-    return model.text_projection(model.text_model.final_layer_norm(pooled))
+    """Unnormalised text embeddings and, optionally, the token states TSL pools (``Backbone.text``)."""
+    return backbone_for(model).text(input_ids, attention_mask, token_states=token_states)

@@ -29,10 +29,10 @@ import torch
 from torch import Tensor
 from transformers import CLIPConfig, CLIPModel, PreTrainedTokenizerBase
 
+from goalclip.models.backbone import align_sub_configs
 from goalclip.models.clip import (
     ClipBundle,
     ModelLoadError,
-    align_sub_configs,
     load_processors,
 )
 from goalclip.models.embed import crop_geometry

@@ -26,11 +26,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from transformers import BatchEncoding, CLIPModel
+from transformers import BatchEncoding
 
 from goalclip.core.images import PixelBatches
 from goalclip.core.text import clean_text
-from goalclip.models.clip import ClipBundle, image_forward, load_clip, text_forward
+from goalclip.models.backbone import KINDS, backbone_for
+from goalclip.models.clip import ClipBundle, load_clip
 from goalclip.models.open_clip import OpenClipBundle, is_open_clip, load_open_clip
 
 logger = logging.getLogger(__name__)
@@ -64,6 +65,8 @@ def tokenize(bundle: Bundle, texts: Sequence[str], max_len: int | None = None) -
 
     CLIP's text attention is causal, so right padding never changes the real tokens' states:
     padding to the batch's longest (not to 248) is exact and much cheaper for short sentences.
+    SigLIP's is not and it pools the last position, so its texts pad to the model's full context, as
+    it was trained (also when ``max_len`` cuts them shorter).
     An open_clip model gets its own tokenizer's ids at its full context (``OpenClipBundle.tokenize``).
     """
     return tokenize_counted(bundle, texts, max_len)[0]
@@ -86,7 +89,7 @@ def tokenize_counted(
     max_len = max_len or bundle.max_text_len
     tokenizer = bundle.tokenizer
     texts = list(texts) if cleaned else [clean_text(t) for t in texts]
-    tokens = tokenizer(texts, padding="longest", verbose=False, return_tensors="pt")
+    tokens = tokenizer(texts, padding="longest", verbose=False, return_tensors="pt", return_attention_mask=True)
     ids, mask = tokens["input_ids"], tokens["attention_mask"]
     cut = mask.sum(dim=1) > max_len
     if ids.shape[1] > max_len:
@@ -95,6 +98,10 @@ def tokenize_counted(
                              "CLIP tokenizers work on the right")
         ids, mask = ids[:, :max_len].clone(), mask[:, :max_len].contiguous()
         ids[cut, -1] = tokenizer.eos_token_id
+    context = bundle.max_text_len
+    if bundle.backbone.pads_to_context and ids.shape[1] < context:  # also a text cut shorter (--max-text-len)
+        ids = F.pad(ids, (0, context - ids.shape[1]), value=tokenizer.pad_token_id)
+        mask = F.pad(mask, (0, context - mask.shape[1]), value=0)
     return BatchEncoding({"input_ids": ids, "attention_mask": mask}), int(cut.sum())
 
 
@@ -120,9 +127,9 @@ def _finite(model: torch.nn.Module, embeds: torch.Tensor, what: str) -> torch.Te
 def embed_token_ids(
     model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """L2-normalised text embeddings for one tokenised batch (a CLIPModel or an open_clip model)."""
-    if isinstance(model, CLIPModel):
-        embeds, _ = text_forward(model, input_ids, attention_mask)
+    """L2-normalised text embeddings for one tokenised batch (a CLIP/SigLIP or an open_clip model)."""
+    if isinstance(model, tuple(KINDS.values())):
+        embeds, _ = backbone_for(model).text(input_ids, attention_mask)
     else:  # open_clip: its ids carry their own padding, which its pooling knows; no mask
         embeds = model.encode_text(input_ids)
     return _finite(model, F.normalize(embeds.float(), dim=-1), "text")
@@ -130,9 +137,9 @@ def embed_token_ids(
 
 @torch.no_grad()
 def embed_pixels(model: torch.nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
-    """L2-normalised image embeddings for one pixel batch (a CLIPModel or an open_clip model)."""
-    if isinstance(model, CLIPModel):
-        embeds, _ = image_forward(model, pixel_values)
+    """L2-normalised image embeddings for one pixel batch (a CLIP/SigLIP or an open_clip model)."""
+    if isinstance(model, tuple(KINDS.values())):
+        embeds, _ = backbone_for(model).image(pixel_values)
     else:
         embeds = model.encode_image(pixel_values)
     return _finite(model, F.normalize(embeds.float(), dim=-1), "image")

@@ -294,8 +294,8 @@ class TrainDataset(Dataset):
         return item
 
 
-def _pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    longest = max((len(s) for s in sequences), default=0)
+def _pad(sequences: list[list[int]], pad_id: int, pad_to: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    longest = max([len(s) for s in sequences] + [pad_to or 0])
     ids = torch.full((len(sequences), longest), pad_id, dtype=torch.long)
     mask = torch.zeros((len(sequences), longest), dtype=torch.long)
     for row, seq in enumerate(sequences):
@@ -310,6 +310,8 @@ class Collate:
 
     Captions pad to the batch's longest caption and sentences to the batch's longest sentence
     (never to the 248-token context): CLIP's causal text attention makes right padding exact.
+    With ``pad_to`` (SigLIP, whose text tower attends to its pads and pools the last position) both
+    pad to that length, the context, as SigLIP was trained.
     Items that failed to decode are dropped from the batch; their reasons travel in
     ``batch["failed"]`` (present only when some failed, and then possibly the only key).
 
@@ -324,6 +326,7 @@ class Collate:
 
     pad_id: int
     weighted: bool = False
+    pad_to: int | None = None
 
     def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
         failed = [it["failed"] for it in items if "failed" in it]
@@ -333,14 +336,15 @@ class Collate:
         return self._stack(items)
 
     def _stack(self, items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        caption_ids, caption_mask = _pad([it["caption_ids"] for it in items], self.pad_id)
+        caption_ids, caption_mask = _pad([it["caption_ids"] for it in items], self.pad_id, self.pad_to)
         batch = {"caption_ids": caption_ids, "caption_mask": caption_mask}
         pixels = [it["pixels"] for it in items]
         if "pairs" in items[0]:
             owners = [row for row, it in enumerate(items) for _ in it["pairs"]]
             pairs = [pair for it in items for pair in it["pairs"]]
             pixels += [pair["crop_pixels"] for pair in pairs]
-            batch["sentence_ids"], batch["sentence_mask"] = _pad([pair["sentence_ids"] for pair in pairs], self.pad_id)
+            sentences = [pair["sentence_ids"] for pair in pairs]
+            batch["sentence_ids"], batch["sentence_mask"] = _pad(sentences, self.pad_id, self.pad_to)
             span_mask = torch.zeros((len(pairs), caption_ids.shape[1]), dtype=torch.bool)
             for row, pair in enumerate(pairs):
                 if pair["span"] is not None:

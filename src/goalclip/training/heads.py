@@ -62,6 +62,10 @@ def build_heads(clip: CLIPModel, model_source: str) -> tuple[TslHeads, str]:
 
     Returns the heads and where they came from (the folder, or ``"clip"``), for the run record.
     """
+    if not isinstance(clip, CLIPModel):
+        raise ValueError(f"{model_source}: --tsl-heads separate learns copies of CLIP's post-layernorm and "
+                         f"projection; a {clip.config.model_type} model pools regions with its own attention "
+                         "head: use --tsl-heads shared")
     heads = TslHeads(clip)
     saved = Path(model_source) / HEADS_FILE
     if not saved.is_file():

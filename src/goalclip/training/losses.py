@@ -1,4 +1,4 @@
-"""Training losses for GOAL: CLIP InfoNCE with cross-process negatives, and token-similarity (TSL).
+"""Training losses for GOAL: CLIP InfoNCE and SigLIP's sigmoid loss with cross-process negatives, and TSL.
 
 Every loss here takes embeddings, never batches or models, so the trainer owns the forward pass
 (one per tower over ``[global ; local]``) and these functions own only the maths and the
@@ -17,6 +17,7 @@ and one process's returned value is its share, not the global loss: average it o
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -24,6 +25,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
+from goalclip.models.backbone import masked_mean
 from goalclip.training.config import LOCAL_PAIR_LOSSES, METHOD_TERMS, TSL_TARGETS, LossTerms, LossWeights
 
 __all__ = [
@@ -33,6 +35,7 @@ __all__ = [
     "contrastive_loss",
     "local_pair_loss",
     "masked_mean",
+    "sigmoid_loss",
     "tsl_loss",
 ]
 
@@ -109,6 +112,16 @@ def _same_group_off_diagonal(row_groups: Tensor, column_groups: Tensor, labels: 
     return same
 
 
+def _normalized_pairs(image_emb: Tensor, text_emb: Tensor) -> tuple[Tensor, Tensor]:
+    """Both [b, D] embeddings L2-normalised (idempotent), or a ValueError naming the shapes."""
+    if image_emb.shape != text_emb.shape or image_emb.dim() != 2:
+        raise ValueError(
+            f"image_emb and text_emb must both be [b, D]; got {tuple(image_emb.shape)} "
+            f"and {tuple(text_emb.shape)}"
+        )
+    return F.normalize(image_emb, dim=-1), F.normalize(text_emb, dim=-1)
+
+
 def contrastive_loss(
     image_emb: Tensor, text_emb: Tensor, logit_scale: Tensor, gather: bool = True, weights: Tensor | None = None,
     groups: Tensor | None = None,
@@ -136,13 +149,7 @@ def contrastive_loss(
     ``groups`` [b] (several local pairs per image: each pair's image) leaves the other pairs of a
     row's own image out of its negatives: crops and sentences of one image are never pushed apart.
     """
-    if image_emb.shape != text_emb.shape or image_emb.dim() != 2:
-        raise ValueError(
-            f"image_emb and text_emb must both be [b, D]; got {tuple(image_emb.shape)} "
-            f"and {tuple(text_emb.shape)}"
-        )
-    image_emb = F.normalize(image_emb, dim=-1)
-    text_emb = F.normalize(text_emb, dim=-1)
+    image_emb, text_emb = _normalized_pairs(image_emb, text_emb)
     rank, world = _dist_rank_world()
     if gather and world > 1:
         sizes = _gather_sizes(image_emb, world)
@@ -176,24 +183,74 @@ def contrastive_loss(
 
 def local_pair_loss(
     crops: Tensor, sentences: Tensor, logit_scale: Tensor, owner: Tensor | None, weights: Tensor | None,
-    reading: str = "best", gather: bool = True,
+    reading: str = "best", gather: bool = True, contrast: Callable[..., Tensor] = contrastive_loss,
 ) -> Tensor:
     """L_local over a batch's packed local pairs (``owner`` [P]: each pair's image, pairs of an
     image adjacent and best first; None: one pair per image).
 
     ``best`` (FAST-GOAL's text: top-k pairs and their weights enter TSL only): the InfoNCE of each
     image's best pair, every image weight 1, as a one-pair run. ``all``: every pair, weighted by
-    ``weights``, with the other pairs of a pair's own image left out of its negatives.
+    ``weights``, with the other pairs of a pair's own image left out of its negatives. ``contrast`` is
+    the pair loss: CLIP's :func:`contrastive_loss` or SigLIP's :func:`sigmoid_loss` (bias bound).
     """
     if owner is None:
-        return contrastive_loss(crops, sentences, logit_scale, gather, weights)
+        return contrast(crops, sentences, logit_scale, gather=gather, weights=weights)
     if reading == "best":
         first = torch.ones_like(owner, dtype=torch.bool)
         first[1:] = owner[1:] != owner[:-1]
-        return contrastive_loss(crops[first], sentences[first], logit_scale, gather)
+        return contrast(crops[first], sentences[first], logit_scale, gather=gather)
     if reading != "all":
         raise ValueError(f"local pair loss must be one of {', '.join(LOCAL_PAIR_LOSSES)}, got {reading!r}")
-    return contrastive_loss(crops, sentences, logit_scale, gather, weights, groups=owner)
+    return contrast(crops, sentences, logit_scale, gather=gather, weights=weights, groups=owner)
+
+
+def sigmoid_loss(
+    image_emb: Tensor, text_emb: Tensor, logit_scale: Tensor, logit_bias: Tensor, gather: bool = True,
+    weights: Tensor | None = None, groups: Tensor | None = None,
+) -> Tensor:
+    """SigLIP's pairwise sigmoid loss between paired rows of ``image_emb`` [b, D] and ``text_emb`` [b, D].
+
+    Logits are ``logit_scale * img @ txt.T + logit_bias`` (``logit_scale`` already exponentiated, both
+    tensors so their gradients flow); every image-text cell of the global batch is a binary
+    classification, positive on the diagonal: the loss is ``-sum_ij log sigmoid(z_ij * logit_ij)`` over
+    all cells (``z`` = +1 for a pair, -1 otherwise) divided by the number of images, as SigLIP trains.
+
+    With ``gather`` and several processes, this process's images are scored against the texts of the
+    whole global batch (gathered with their gradient), so every cell, positive or negative, is counted
+    exactly once over all processes; the sum is divided by the global batch size and multiplied by the
+    world size, so the mean of the per-process losses is the global-batch loss and DDP's gradient
+    averaging yields the global-batch gradient (as :func:`contrastive_loss`). Big_vision's chunked
+    ring exchange computes the same sum with less memory; one all-gather is simpler at GOAL's batch sizes.
+
+    ``weights`` [b] (top-k local pairs) weight each image's row of cells:
+    ``sum_i w_i sum_j loss_ij / sum_i w_i``. ``None`` is every weight 1.
+
+    ``groups`` [b] (several local pairs per image: each pair's image) leaves the cells of a row's other
+    same-image pairs out of the sum: they are neither positives nor negatives.
+    """
+    image_emb, text_emb = _normalized_pairs(image_emb, text_emb)
+    rank, world = _dist_rank_world()
+    if gather and world > 1:
+        sizes = _gather_sizes(image_emb, world)
+        all_texts = _gather(text_emb, sizes, rank)
+        offset = sum(sizes[:rank])
+    else:
+        all_texts, offset, world = text_emb, 0, 1
+    logits = logit_scale * image_emb @ all_texts.T + logit_bias
+    signs = -torch.ones_like(logits)
+    rows = torch.arange(image_emb.shape[0], device=logits.device)
+    signs[rows, rows + offset] = 1.0
+    cell_losses = -F.logsigmoid(signs * logits)
+    if groups is not None:
+        row_groups = _global_groups(groups.to(logits.device), rank, world)
+        column_groups = _gather(row_groups, sizes, rank) if world > 1 else row_groups
+        cell_losses = cell_losses.masked_fill(_same_group_off_diagonal(row_groups, column_groups, rows + offset), 0.0)
+    row_losses = cell_losses.sum(dim=1)
+    if weights is None:
+        weights = torch.ones_like(row_losses)
+    weights = weights.to(device=row_losses.device, dtype=torch.float32)
+    denominator = _global_sum(weights, gather, world).clamp(min=torch.finfo(torch.float32).tiny)
+    return (weights * row_losses).sum() * world / denominator
 
 
 def tsl_loss(
@@ -287,26 +344,6 @@ def _identity_errors(pooled: Tensor, target: Tensor, valid: Tensor, gather: bool
     identity[rows, labels] = 1.0
     errors = torch.where(use, (pooled @ columns.T - identity) ** 2, 0.0)
     return errors.sum(1) / use.sum(1).clamp(min=1).to(errors.dtype)
-
-
-def masked_mean(states: Tensor, mask: Tensor) -> Tensor:
-    """Mean of ``states`` [B, L, D] over the positions where ``mask`` [B, L] is True -> [B, D].
-
-    One batched matmul replaces the reference's per-sample Python loops (token spans for text TSL,
-    patch cells touching a box for image TSL). A row whose mask is empty has nothing to average and
-    gives zeros; the caller must mark that row invalid (e.g. ``valid = mask.any(1)``) so
-    :func:`tsl_loss` masks it. The count is kept in float32 so means over more than 256 positions
-    stay exact under bf16.
-    """
-    if states.dim() != 3 or mask.shape != states.shape[:2]:
-        raise ValueError(
-            f"states must be [B, L, D] and mask [B, L]; got {tuple(states.shape)} "
-            f"and {tuple(mask.shape)}"
-        )
-    mask = mask.to(device=states.device, dtype=torch.bool)
-    summed = torch.bmm(mask.to(states.dtype).unsqueeze(1), states).squeeze(1)
-    counts = mask.sum(dim=1, keepdim=True).clamp(min=1).to(torch.float32)
-    return (summed / counts).to(states.dtype)
 
 
 def combine_losses(terms: dict[str, Tensor], method: str | LossTerms, weights: LossWeights) -> Tensor:

@@ -8,13 +8,14 @@ returns them by name. The losses gather over the default process group (every pr
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
 from goalclip.training.config import LossOptions, LossTerms, LossWeights
-from goalclip.training.losses import combine_losses, contrastive_loss, local_pair_loss, tsl_loss
+from goalclip.training.losses import combine_losses, contrastive_loss, local_pair_loss, sigmoid_loss, tsl_loss
 
 Projection = Callable[[Tensor], Tensor]
 
@@ -38,23 +39,31 @@ class GoalLoss(torch.nn.Module):
         self.options = options
         self.hidden = hidden  # (vision, text) token widths: a batch without pairs pools zero rows of them
 
-    def forward(self, reps: dict[str, Tensor], batch: dict[str, Tensor],
-                logit_scale: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    def forward(self, reps: dict[str, Tensor], batch: dict[str, Tensor], logit_scale: Tensor,
+                logit_bias: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         """The loss and detached scalars for logging (kept as tensors: converting them every step
-        would force a device sync): ``loss``, ``loss_<term>``, ``logit_scale``, TSL cosines and, with
-        top-k pairs, the mean pairs per image."""
+        would force a device sync): ``loss``, ``loss_<term>``, ``logit_scale`` (and ``logit_bias``), TSL
+        cosines and, with top-k pairs, the mean pairs per image.
+
+        The global and local terms are CLIP's softmax InfoNCE, or SigLIP's sigmoid loss when the model
+        has a ``logit_bias`` (:mod:`goalclip.models.backbone`)."""
         on, b = self.terms, batch["caption_ids"].shape[0]
         image_emb = reps["image"]
         if on.needs_local and "sentence" not in reps:  # no image of the batch has a local pair: zero rows
             reps = {**reps, **self._no_pairs(image_emb)}
         terms: dict[str, Tensor] = {}
         logs: dict[str, Tensor] = {"logit_scale": logit_scale.detach()}
+        if logit_bias is None:
+            contrast = contrastive_loss
+        else:
+            logs["logit_bias"] = logit_bias.detach().squeeze()
+            contrast = functools.partial(sigmoid_loss, logit_bias=logit_bias)
         if on.global_:
-            terms["global"] = contrastive_loss(image_emb[:b], reps["caption"], logit_scale)
+            terms["global"] = contrast(image_emb[:b], reps["caption"], logit_scale)
         pair_weight, owner = batch.get("pair_weight"), batch.get("pair_owner")
         if on.local:
             terms["local"] = local_pair_loss(image_emb[b:], reps["sentence"], logit_scale, owner, pair_weight,
-                                             self.options.local_pair_loss)
+                                             self.options.local_pair_loss, contrast=contrast)
         if on.tsl:
             target = self.options.tsl_target
             terms["tsl_image"], cos_image = tsl_loss(self.project_patches(reps["patches"]), image_emb[b:],

@@ -14,6 +14,11 @@ code's choices at once, to reproduce the papers' tables. Each differs in:
   authors' baseline scripts do. With bf16 weights an update smaller than half a bf16 ulp of a
   weight is lost, so at lr 5e-6 most elements do not move in a step.
 
+Both recipes apply to SigLIP unchanged, since they are about optimisation, not the model: ``goalclip``
+also exempts SigLIP's logit bias and its attention-pooling probe from weight decay (a bias and a learned
+query token, like CLIP's class embedding); SigLIP's temperature is never clamped (it trains it freely),
+whatever the recipe.
+
 Not training settings, so not part of a recipe: the authors split captions into sentences on
 ``'.'`` and feed text uncleaned; in goalclip sentences are split (and cleaned) when mining
 (``goalclip mine``), and training locates the mined sentence in the caption, so those choices

@@ -9,21 +9,17 @@ so N processes with batch b train exactly like one process with batch N*b.
 
 from __future__ import annotations
 
-import functools
-import math
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
-from transformers import CLIPModel
+from transformers import CLIPModel, SiglipModel
 
-from goalclip.models.clip import image_forward, project_patch_tokens, project_text_tokens, text_forward
+from goalclip.models.backbone import backbone_for, clamp_temperature
 from goalclip.training.config import LossOptions, LossTerms, LossWeights
 from goalclip.training.gradcache import Chunk, plan_chunks
 from goalclip.training.heads import TslHeads
-from goalclip.training.losses import masked_mean
 from goalclip.training.objective import GoalLoss
-
-MAX_LOGIT_SCALE = 100.0
 
 
 class StepOutput(NamedTuple):
@@ -44,39 +40,42 @@ def whole_batch(batch: dict[str, torch.Tensor], terms: LossTerms) -> Chunk:
                  sentences=every_pair if terms.needs_local else None)
 
 
-def encode(model: CLIPModel, batch: dict[str, torch.Tensor], terms: LossTerms,
+def encode(model: CLIPModel | SiglipModel, batch: dict[str, torch.Tensor], terms: LossTerms,
            chunk: Chunk) -> dict[str, torch.Tensor]:
     """The per-example tensors the loss consumes, for the rows of ``chunk`` (a plain step: the whole batch).
 
     ``image``: projected embeddings of the ``[global ; crops]`` rows (one vision forward), ``caption`` and
     ``sentence`` those of the texts (each encoded once); for TSL, ``patches`` / ``span``: each local pair's
-    mean of its own image's patch tokens / caption token states, before the projection the loss applies.
+    pooling of its own image's patch tokens / caption token states (the backbone's ``pool_patches`` /
+    ``pool_text``), before the projection the loss applies.
     """
+    backbone = backbone_for(model)
     reps: dict[str, torch.Tensor] = {}
     if chunk.images is not None:
-        reps["image"], patch_tokens = image_forward(model, batch["pixel_values"][chunk.images])
+        reps["image"], patch_tokens = backbone.image(batch["pixel_values"][chunk.images])
         if terms.tsl and chunk.image_pairs is not None:
-            reps["patches"] = _pool_pairs(patch_tokens, chunk.images, chunk.image_pairs, batch, "patch_mask")
+            reps["patches"] = _pool_pairs(backbone.pool_patches, patch_tokens, chunk.images, chunk.image_pairs,
+                                          batch, "patch_mask")
     if chunk.captions is not None:
         rows = chunk.captions
-        reps["caption"], states = text_forward(model, batch["caption_ids"][rows], batch["caption_mask"][rows],
-                                               token_states=terms.tsl)
+        reps["caption"], states = backbone.text(batch["caption_ids"][rows], batch["caption_mask"][rows],
+                                                token_states=terms.tsl)
         if terms.tsl and chunk.caption_pairs is not None:
-            reps["span"] = _pool_pairs(states, rows, chunk.caption_pairs, batch, "span_mask")
+            reps["span"] = _pool_pairs(backbone.pool_text, states, rows, chunk.caption_pairs, batch, "span_mask")
     if chunk.sentences is not None:
         rows = chunk.sentences
-        reps["sentence"], _ = text_forward(model, batch["sentence_ids"][rows], batch["sentence_mask"][rows])
+        reps["sentence"], _ = backbone.text(batch["sentence_ids"][rows], batch["sentence_mask"][rows])
     return reps
 
 
-def _pool_pairs(states: torch.Tensor, rows: slice, pairs: slice, batch: dict[str, torch.Tensor],
-                mask: str) -> torch.Tensor:
-    """Each pair's masked mean over its own item's token states; ``states`` holds the items of ``rows``."""
+def _pool_pairs(pool: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], states: torch.Tensor, rows: slice,
+                pairs: slice, batch: dict[str, torch.Tensor], mask: str) -> torch.Tensor:
+    """Each pair's pooling of its own item's token states; ``states`` holds the items of ``rows``."""
     if "pair_owner" in batch:  # several pairs per image
         tokens = states[batch["pair_owner"][pairs] - rows.start]
     else:  # pair p belongs to item p
         tokens = states[pairs.start - rows.start : pairs.stop - rows.start]
-    return masked_mean(tokens, batch[mask][pairs])
+    return pool(tokens, batch[mask][pairs])
 
 
 class _StepParts(torch.nn.Module):
@@ -86,18 +85,15 @@ class _StepParts(torch.nn.Module):
     submodules of a DDP-wrapped model directly would skip its forward bookkeeping).
     """
 
-    def __init__(self, clip: CLIPModel, method: str, weights: LossWeights, heads: TslHeads | None = None,
-                 options: LossOptions = LossOptions()):
+    def __init__(self, clip: CLIPModel | SiglipModel, method: str, weights: LossWeights,
+                 heads: TslHeads | None = None, options: LossOptions = LossOptions()):
         super().__init__()
         self.clip = clip
         self.heads = heads
         self.method, self.weights = method, weights
         self.terms = LossTerms.of(method)
-        if heads is not None:
-            project_patches, project_text = heads.project_patches, heads.project_text
-        else:
-            project_patches = functools.partial(project_patch_tokens, clip)
-            project_text = functools.partial(project_text_tokens, clip)
+        projections = heads if heads is not None else backbone_for(clip)
+        project_patches, project_text = projections.project_patches, projections.project_text
         hidden = (clip.config.vision_config.hidden_size, clip.config.text_config.hidden_size)
         self.objective = GoalLoss(self.terms, weights, project_patches, project_text, hidden, options)
 
@@ -105,8 +101,9 @@ class _StepParts(torch.nn.Module):
         return encode(self.clip, batch, self.terms, chunk)
 
     def loss(self, reps: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> StepOutput:
-        # the scale is bounded by clamping the parameter after each step (clamp_logit_scale), not here
-        return StepOutput(*self.objective(reps, batch, self.clip.logit_scale.exp()))
+        # CLIP's scale is bounded by clamping the parameter after each step (clamp_logit_scale), not here
+        bias = backbone_for(self.clip).logit_bias()
+        return StepOutput(*self.objective(reps, batch, self.clip.logit_scale.exp(), bias))
 
 
 class StepModule(_StepParts):
@@ -137,17 +134,10 @@ class ChunkedStepModule(_StepParts):
         return plan_chunks(batch, size, captions=self.terms.needs_captions, sentences=self.terms.needs_local)
 
 
-def training_step(model: CLIPModel, batch: dict[str, torch.Tensor], method: str, weights: LossWeights,
+def training_step(model: CLIPModel | SiglipModel, batch: dict[str, torch.Tensor], method: str, weights: LossWeights,
                   heads: TslHeads | None = None, options: LossOptions = LossOptions()) -> StepOutput:
-    """Loss of one batch (the :class:`StepModule` forward), for callers holding a bare CLIP."""
+    """Loss of one batch (the :class:`StepModule` forward), for callers holding a bare model."""
     return StepModule(model, method, weights, heads, options)(batch)
 
 
-def clamp_logit_scale(clip: CLIPModel) -> None:
-    """Keep the temperature in [1, MAX_LOGIT_SCALE] by clamping the parameter (as open_clip does).
-
-    Clamping ``exp(logit_scale)`` inside the forward instead would zero its gradient for OpenAI
-    weights, which store exactly ln(100), and freeze the temperature for the whole run.
-    """
-    with torch.no_grad():
-        clip.logit_scale.clamp_(0.0, math.log(MAX_LOGIT_SCALE))
+clamp_logit_scale = clamp_temperature  # the trainer's name for it: after every optimizer step

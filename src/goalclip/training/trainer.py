@@ -193,7 +193,8 @@ class Trainer:
         if truncated:
             logger.warning("%d of %d captions are longer than the %d-token context: their tails are cut and "
                            "sentences past it get no text-TSL term", truncated, len(examples), context)
-        collate = Collate(pad_id=bundle.tokenizer.pad_token_id, weighted=cfg.local_pairs > 1)
+        collate = Collate(pad_id=bundle.tokenizer.pad_token_id, weighted=cfg.local_pairs > 1,
+                          pad_to=context if bundle.backbone.pads_to_context else None)
         heads, heads_from = build_heads(bundle.model, cfg.model) if cfg.tsl_heads == "separate" else (None, None)
         step_class = ChunkedStepModule if cfg.grad_cache_chunk else StepModule
         step_module = step_class(bundle.model, cfg.method, cfg.weights, heads,
@@ -223,7 +224,8 @@ class Trainer:
         if cfg.val_data:
             self.validator = Validator(cfg.val_data, cfg.val_joint, cfg.keep_best, batch_size=cfg.val_batch_size,
                                        num_workers=cfg.num_workers, state=acc.state, device=acc.device)
-        derived = {"context_length": context, "num_processes": acc.num_processes, "examples": len(dataset),
+        derived = {"backbone": bundle.kind, "context_length": context, "num_processes": acc.num_processes,
+                   "examples": len(dataset),
                    "examples_without_local_pair": sum(not ex.pairs for ex in examples) if local else None,
                    "skipped": len(self.skipped), "truncated_captions": truncated, "steps_per_epoch": steps_per_epoch,
                    "total_steps": total_steps,

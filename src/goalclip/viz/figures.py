@@ -71,7 +71,8 @@ def _as_images(images: Sequence[ImageLike]) -> list[Image.Image]:
 
 
 def _last_layer_attention_and_tokens(bundle: ClipBundle, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Last-layer attention weights ``[N, H, T, T]`` and patch tokens ``[N, P, D]`` (before post-LN).
+    """Last-layer attention weights ``[N, H, T, T]`` and the last hidden state ``[N, T, D]`` (CLIP's before
+    post-LN, with CLS first; SigLIP's after it, patches only).
 
     A forward hook on the last attention module keeps one layer's weights instead of the
     ``output_attentions`` tuple of all layers (about 0.5 GB per image for ViT-L/14-336).
@@ -97,11 +98,12 @@ def _last_layer_attention_and_tokens(bundle: ClipBundle, pixels: torch.Tensor) -
             model.set_attn_implementation(previous)
     if not captured or captured[0] is None:
         raise VizError("the vision tower returned no attention weights (eager attention is required)")
-    return captured[0].float(), out.last_hidden_state[:, 1:].float()
+    return captured[0].float(), out.last_hidden_state.float()
 
 
 ATTENTION_KINDS = {
     # kind: (what is averaged, figure title)
+    # SigLIP has no CLS token: its map is the attention-pooling head's (what its image embedding looks at)
     "cls": ("the CLS token's attention to each patch", "CLS attention"),
     "patch": ("the attention every patch pays to each patch", "patch attention"),
 }
@@ -113,20 +115,26 @@ def raw_maps(
     """Last-layer attention ``[N, g, g]`` (mean over heads, unnormalised) and patch tokens ``[N, g*g, D]``.
 
     ``kind="cls"``: the CLS token's attention to each patch (the attention panels of FAST-GOAL's
-    figure); ``kind="patch"``: for each patch, the attention it receives averaged over all patch
-    queries (the mean patch-to-patch map the GOAL authors' code draws).
+    figure; for SigLIP, its attention-pooling head's); ``kind="patch"``: for each patch, the attention it
+    receives averaged over all patch queries (the mean patch-to-patch map the GOAL authors' code draws).
     """
     if kind not in ATTENTION_KINDS:
         raise VizError(f"attention kind must be one of {', '.join(ATTENTION_KINDS)}, got {kind!r}")
     device, dtype = model_device(bundle)
     pil = _as_images(images)
+    backbone = bundle.backbone
+    first = backbone.first_patch
     attention, tokens = [], []
     for start in range(0, len(pil), batch_size):
         pixels = pixel_values(bundle.image_processor, pil[start : start + batch_size])
-        weights, patch_tokens = _last_layer_attention_and_tokens(bundle, pixels.to(device, dtype))
-        received = weights[:, :, 0, 1:] if kind == "cls" else weights[:, :, 1:, 1:].mean(dim=2)
+        weights, hidden = _last_layer_attention_and_tokens(bundle, pixels.to(device, dtype))
+        if kind == "cls":
+            with torch.no_grad():
+                received = backbone.pooling_attention(weights, hidden)
+        else:
+            received = weights[:, :, first:, first:].mean(dim=2)
         attention.append(received.mean(dim=1).cpu())
-        tokens.append(patch_tokens.cpu())
+        tokens.append(hidden[:, first:].cpu())
     cls_to_patch = torch.cat(attention)
     patches = cls_to_patch.shape[1]
     grid = math.isqrt(patches)

@@ -178,7 +178,7 @@ def build_index(
     if not files:
         raise SearchError(f"{root}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
     cache_dir = Path(index_dir) if index_dir is not None else root / INDEX_DIRNAME
-    dim = int(bundle.model.config.projection_dim)
+    dim = bundle.embed_dim
     cached = {} if rebuild else _load_cache(cache_dir, model_key, dim)
 
     rel_paths = [p.relative_to(root).as_posix() for p in files]
