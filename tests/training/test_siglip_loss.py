@@ -3,6 +3,7 @@ with 2 processes at batch B as with 1 process at batch 2B (gradients included)."
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from goalclip.training.losses import sigmoid_loss
+from goalclip.training.losses import local_pair_loss, sigmoid_loss
 
 WORKER = Path(__file__).with_name("siglip_dist_worker.py")
 
@@ -65,3 +66,27 @@ def test_two_processes_equal_one_process_at_twice_the_batch(tmp_path: Path, laun
             assert torch.allclose(got["loss"], loss, atol=1e-6), (split, weighted)
             for name, grad in grads.items():
                 assert torch.allclose(got[name], grad, atol=1e-6), (split, weighted, name)
+
+
+def test_sigmoid_loss_leaves_same_image_pairs_out_of_each_others_cells() -> None:
+    """Top-k pairs under ``--local-pair-loss all``: the cells of a row's other same-image pairs are neither
+    positives nor negatives (as contrastive_loss's groups), and L_local's readings reach the sigmoid loss."""
+    torch.manual_seed(1)
+    images, texts, weights = torch.randn(5, 4), torch.randn(5, 4), torch.rand(5) + 0.1
+    groups = torch.tensor([0, 0, 1, 2, 2])
+    scale, bias = torch.tensor(5.0), torch.tensor(-2.0)
+    img, txt = F.normalize(images, dim=-1), F.normalize(texts, dim=-1)
+    rows = []
+    for i in range(5):
+        cells = [-F.logsigmoid((1.0 if i == j else -1.0) * (scale * img[i] @ txt[j] + bias))
+                 for j in range(5) if i == j or groups[i] != groups[j]]
+        rows.append(torch.stack(cells).sum())
+    rows = torch.stack(rows)
+    grouped = sigmoid_loss(images, texts, scale, bias, weights=weights, groups=groups)
+    assert torch.allclose(grouped, (weights * rows).sum() / weights.sum(), atol=1e-6)
+    contrast = functools.partial(sigmoid_loss, logit_bias=bias)
+    every = local_pair_loss(images, texts, scale, groups, weights, "all", contrast=contrast)
+    assert torch.allclose(every, grouped, atol=1e-6)
+    best = local_pair_loss(images, texts, scale, groups, weights, "best", contrast=contrast)
+    first = torch.tensor([True, False, True, True, False])
+    assert torch.allclose(best, sigmoid_loss(images[first], texts[first], scale, bias), atol=1e-6)
