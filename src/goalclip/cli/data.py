@@ -146,17 +146,6 @@ def _size(text: str) -> int:
     return int(match.group(1)) * 1024 ** " KMGT".index(match.group(2).upper() or " ")
 
 
-def _positive(text: str) -> int:
-    """An argparse type: a whole number of at least 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
-    return value
-
-
 def add_shard_parser(data_sub: argparse._SubParsersAction) -> None:
     shard_help = "write a manifest as WebDataset tar shards, which every command reads as --data"
     p = data_sub.add_parser(
@@ -176,7 +165,7 @@ def add_shard_parser(data_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-size", type=_size, default=None, metavar="SIZE",
                    help="bytes per shard file at most, e.g. 500000, 300M or 1G (headers and padding counted; a "
                    "record larger than this gets a shard of its own) (default: no limit)")
-    p.add_argument("--max-side", type=_positive, default=None, metavar="N",
+    p.add_argument("--max-side", type=positive_int, default=None, metavar="N",
                    help="store an image whose longer side exceeds N pixels resized to N (Lanczos; JPEG stays JPEG, "
                    "others become PNG), with its record's local/candidates/objects boxes scaled to match: a "
                    "working resolution for large datasets (default: images as they are)")
