@@ -12,6 +12,8 @@ from PIL import Image
 from goalclip.caption.engines import Generation
 from goalclip.caption.generate import CaptionConfig, caption
 from goalclip.cli import main
+from goalclip.core.manifest import read_boxes
+from goalclip.datasets.convert import convert
 
 W, H = 100, 80  # 8000 pixels: 1% is 80, 80% is 6400
 
@@ -46,6 +48,13 @@ def sa1b(tmp_path: Path) -> Path:
 
 def _read(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_convert_writes_the_mask_boxes_of_the_written_images(sa1b: Path, tmp_path: Path) -> None:
+    summary = convert("sa1b", sa1b, "all", tmp_path / "sa1b.jsonl", boxes_out=tmp_path / "boxes.jsonl")
+    assert summary.written == 3 and summary.boxes_written == 2  # sa_3's photo is missing; sa_10 has no box in range
+    assert read_boxes(tmp_path / "boxes.jsonl") == {"sa_1": [[10.0, 10.0, 50.0, 30.0], [50.0, 30.0, 90.0, 70.0]],
+                                                    "sa_2": [[20.0, 20.0, 50.0, 50.0]]}
 
 
 def test_convert_sa1b_writes_images_and_area_filtered_xyxy_boxes(sa1b: Path, tmp_path: Path, capsys) -> None:

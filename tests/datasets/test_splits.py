@@ -94,7 +94,7 @@ def test_data_split_cli(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
 def test_docci_test_plus_qual_test(tmp_path: Path) -> None:
     from PIL import Image
 
-    from goalclip.datasets.adapters import convert_docci
+    from goalclip.datasets.long_captions import convert_docci
 
     lines = []
     for split, n in (("train", 2), ("test", 3), ("qual_test", 2), ("qual_dev", 1)):

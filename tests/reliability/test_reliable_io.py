@@ -248,7 +248,7 @@ def test_training_accepts_a_box_drawn_on_the_displayed_image(tmp_path: Path) -> 
 
 
 def test_goal_json_whole_image_pair_uses_the_displayed_size(tmp_path: Path) -> None:
-    from goalclip.datasets.adapters import convert_goal_json
+    from goalclip.datasets.goal_json import convert_goal_json
 
     (tmp_path / "photos").mkdir()
     _rotated_jpeg(tmp_path / "photos" / "sa_1.jpg")

@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import argparse
 import re
+from pathlib import Path
+from typing import Any
 
 from goalclip.cli.common import SHARDS_HELP, add_device, add_no_progress, cosine, positive_int, resolve_device
+from goalclip.datasets.convert import ADAPTERS, BOX_SOURCES, adapter_options, convert
+from goalclip.datasets.long_captions import DCI_CAPTIONS
+from goalclip.datasets.sharegpt4v import SHAREGPT4V_FILE
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from goalclip.datasets.adapters import add_convert_arguments
-
     p = sub.add_parser("data", help="dataset conversion and joint-test building")
     data_sub = p.add_subparsers(dest="data_command", required=True)
-    convert = data_sub.add_parser("convert", help="convert a public dataset's layout into a goalclip manifest")
-    add_convert_arguments(convert)
-    convert.set_defaults(func=run_convert)
+    converter = data_sub.add_parser("convert", help="convert a public dataset's layout into a goalclip manifest")
+    add_convert_arguments(converter)
+    converter.set_defaults(func=run_convert)
     joint = data_sub.add_parser("joint", help="build the global-local joint test set from a test manifest "
                                 "and its mined pairs")
     joint.add_argument("--data", required=True, help="test manifest")
@@ -56,17 +59,152 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_shard_parser(data_sub)
 
 
-def run_convert(args: argparse.Namespace) -> str:
-    if args.format == "sa1b":  # its boxes come from its own masks, written by the sa1b module
-        from goalclip.datasets.adapters import run_convert_sa1b as convert
-    else:
-        from goalclip.datasets.adapters import run_convert as convert
+# argparse dests that are adapter keywords of only some formats; left out of the call when not given.
+CONVERT_FORMAT_OPTIONS = (
+    "caption", "annotation", "image_root", "crop_root", "max_captions", "restval_into_train", "test_size",
+)
 
-    summary = convert(args)
-    line = (f"converted {summary.get('written')} records ({summary.get('total_skipped', 0)} skipped) -> "
-            f"{summary.get('out')}")
-    if summary.get("boxes_out"):
-        line += f"; {summary['boxes_written']} box lists -> {summary['boxes_out']}"
+
+def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``goalclip data convert``: what every format takes, then the format-specific ones."""
+    _add_convert_common(parser)
+    _add_convert_format_options(parser)
+
+
+def _add_convert_common(parser: argparse.ArgumentParser) -> None:
+    """The source, the outputs and the skip policy, which every format takes."""
+    parser.add_argument(
+        "--format",
+        required=True,
+        choices=list(ADAPTERS),
+        help="the dataset's own layout: docci (docci_descriptions.jsonlines + images/), dci "
+        "(densely_captioned_images/ with annotations/, photos/, splits.json), urban1k (image/ + "
+        "caption/), coco / flickr30k (Karpathy's dataset_coco.json / dataset_flickr30k.json), "
+        "sharegpt4v (the ShareGPT4V caption JSON), goal-json (a JSON file from the GOAL repo)",
+    )
+    parser.add_argument(
+        "--root",
+        required=True,
+        type=Path,
+        help="the dataset's folder as downloaded (the folder holding the files named under --format)",
+    )
+    parser.add_argument(
+        "--split",
+        required=True,
+        help="which part to convert: docci train|test|qual_dev|qual_test, or several joined by + "
+        "(test+qual_test: the 5,100-image test); dci train|valid|test|all; "
+        "urban1k test; coco train|val|test|restval; flickr30k train|val|test; sharegpt4v "
+        "test1k|train; goal-json the file's name (e.g. DCI_test, found in --root or --root/datasets)",
+    )
+    parser.add_argument(
+        "--out",
+        required=True,
+        type=Path,
+        help="manifest to write (JSON Lines; image paths are stored relative to its folder)",
+    )
+    parser.add_argument(
+        "--boxes-out",
+        type=Path,
+        default=None,
+        help=f"{', '.join(BOX_SOURCES)} only: also write the masks' boxes of the written images as external boxes "
+        '({"id", "boxes"} per line) for `goalclip mine --regions external` (dci: the annotators\' masks; sa1b: '
+        "SAM's masks within the kept area range)",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing --out (and --boxes-out); without it an existing file is an error",
+    )
+    parser.add_argument(
+        "--no-check-images",
+        dest="check_images",
+        action="store_false",
+        help="keep records whose image file is missing (by default they are skipped and counted), "
+        "e.g. to convert captions before the photos are downloaded",
+    )
+    parser.add_argument(
+        "--allow-skips",
+        action="store_true",
+        help="write the manifest even when more than half of the records miss their image (by default "
+        "that fails, as it usually means a wrong --root or --image-root)",
+    )
+
+
+def _add_convert_format_options(parser: argparse.ArgumentParser) -> None:
+    """Options of some formats only; they default to "not given" so each adapter's own default applies."""
+    parser.add_argument(
+        "--caption",
+        choices=DCI_CAPTIONS,
+        default=None,
+        help="dci only: which text is the long caption: extra (default; extra_caption, as GOAL uses), "
+        "short+extra (both, newline-joined), short (short_caption), summary (LLM summary from complete/)",
+    )
+    parser.add_argument(
+        "--annotation",
+        type=Path,
+        default=None,
+        help="coco, flickr30k, sharegpt4v: the caption JSON file when it is not in --root under its "
+        f"usual name (dataset_coco.json, dataset_flickr30k.json, {SHAREGPT4V_FILE})",
+    )
+    parser.add_argument(
+        "--image-root",
+        type=Path,
+        default=None,
+        help="coco, flickr30k, sharegpt4v, goal-json: the folder the images are in when it is not "
+        "--root (coco: holds train2014/ and val2014/; flickr30k: holds the .jpg files; goal-json: "
+        "images are looked up here by file name, ignoring the authors' paths)",
+    )
+    parser.add_argument(
+        "--crop-root",
+        type=Path,
+        default=None,
+        help="goal-json only: the folder holding the authors' crop folders (<image>_results/<crop>.png) "
+        "when they are not where the file's relative paths point; crops without a box become crop-file "
+        "local items of the joint test",
+    )
+    parser.add_argument(
+        "--max-captions",
+        type=int,
+        default=None,
+        help="coco, flickr30k: captions kept per image, first ones first (default 5, the standard "
+        "protocol; 0 keeps all)",
+    )
+    parser.add_argument(
+        "--no-restval",
+        dest="restval_into_train",
+        action="store_false",
+        default=None,
+        help="coco only: keep Karpathy's restval images out of --split train (by default train "
+        "includes them, the usual 113k-image training set)",
+    )
+    parser.add_argument(
+        "--test-size",
+        type=int,
+        default=None,
+        help="sharegpt4v only: how many leading records form test1k (default 1000, the "
+        "ShareGPT4V-1k protocol); train is the rest",
+    )
+
+
+def run_convert(args: argparse.Namespace) -> str:
+    """Run ``goalclip data convert``: a flag the format does not take is an error naming the flag."""
+    options: dict[str, Any] = {
+        name: getattr(args, name) for name in CONVERT_FORMAT_OPTIONS if getattr(args, name, None) is not None
+    }
+    options["check_images"] = args.check_images
+    not_taken = sorted(set(options) - set(adapter_options(args.format)))
+    if not_taken:
+        flags = ", ".join(
+            "--no-restval" if n == "restval_into_train" else "--" + n.replace("_", "-") for n in not_taken
+        )
+        raise ValueError(f"{flags} do(es) not apply to --format {args.format}")
+    summary = convert(
+        args.format, args.root, args.split, args.out, boxes_out=args.boxes_out, allow_skips=args.allow_skips,
+        **options,
+    )
+    line = f"converted {summary.written} records ({summary.total_skipped} skipped) -> {summary.out}"
+    if summary.boxes_out:
+        line += f"; {summary.boxes_written} box lists -> {summary.boxes_out}"
     return line
 
 

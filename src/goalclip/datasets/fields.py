@@ -1,6 +1,6 @@
 """Reading dataset annotation files with errors that name the file, the entry and the field.
 
-Shared by the dataset converters (:mod:`goalclip.datasets.adapters`, :mod:`goalclip.datasets.sa1b`).
+Shared by the dataset converters (the adapters of this package).
 """
 
 from __future__ import annotations
