@@ -39,7 +39,8 @@ from safetensors.torch import load_file
 from goalclip.core.records import read_manifest
 from goalclip.demo.pipeline import DemoPlan
 from goalclip.demo.tiny import build_tiny_clip
-from goalclip.demo.world import WorldConfig, generate_world
+from goalclip.demo.scene import WorldConfig
+from goalclip.demo.world import generate_world
 from goalclip.models.clip import save_clip
 from goalclip.training.config import TrainConfig
 from goalclip.training.trainer import train

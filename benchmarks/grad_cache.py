@@ -52,7 +52,8 @@ from goalclip.core.manifest import write_manifest
 
 from goalclip.core.records import read_manifest
 from goalclip.demo.tiny import build_tiny_clip
-from goalclip.demo.world import WorldConfig, generate_world, vocabulary
+from goalclip.demo.scene import WorldConfig
+from goalclip.demo.world import generate_world, vocabulary
 from goalclip.models.clip import ClipBundle, load_clip, save_clip, stretch_positions
 from goalclip.training.data import Collate, TrainDataset, load_examples
 from goalclip.training.gradcache import grad_cache_step

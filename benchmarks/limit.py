@@ -49,7 +49,8 @@ from goalclip.core.images import load_rgb, pixel_values
 from goalclip.core.records import read_manifest
 from goalclip.core.text import clean_text, split_sentences
 from goalclip.demo.tiny import build_tiny_clip
-from goalclip.demo.world import WorldConfig, generate_world, vocabulary
+from goalclip.demo.scene import WorldConfig
+from goalclip.demo.world import generate_world, vocabulary
 from goalclip.mining.mine import mine_batch
 from goalclip.mining.regions import build_proposer
 from goalclip.models.clip import ClipBundle, image_forward, text_forward

@@ -77,7 +77,8 @@ from goalclip.models.clip import (
     stretch_positions,
 )
 from goalclip.models.embed import crop_geometry
-from goalclip.demo.world import WorldConfig, generate_world, vocabulary
+from goalclip.demo.scene import WorldConfig
+from goalclip.demo.world import generate_world, vocabulary
 from goalclip.training.step import training_step
 
 WEIGHTS = LossWeights()

@@ -15,16 +15,8 @@ from PIL import Image
 from goalclip.core.manifest import read_boxes
 
 from goalclip.core.records import read_manifest
-from goalclip.demo.world import (
-    COLOURS,
-    INK,
-    MARKINGS,
-    OBJECT_TEMPLATES,
-    PRETRAIN_TEMPLATE,
-    WorldConfig,
-    generate_world,
-    vocabulary,
-)
+from goalclip.demo.scene import COLOURS, INK, MARKINGS, WorldConfig
+from goalclip.demo.world import OBJECT_TEMPLATES, PRETRAIN_TEMPLATE, generate_world, vocabulary
 
 SMALL = WorldConfig(n_pretrain=24, n_train=20, n_test=30, seed=3)
 

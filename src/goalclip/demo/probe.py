@@ -25,7 +25,7 @@ import torch
 
 from goalclip.core.images import crop_to_box, load_rgb, pixel_values
 from goalclip.core.records import read_manifest
-from goalclip.demo.world import MARKINGS
+from goalclip.demo.scene import MARKINGS
 from goalclip.models.clip import load_clip, prepare_text_positions
 from goalclip.models.embed import embed_pixels, embed_text_strings
 
