@@ -18,6 +18,7 @@ import dataclasses
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ from goalclip.demo.ablation import (
 from goalclip.demo.probe import PROBE_METRICS, marking_probe
 from goalclip.demo.tiny import build_tiny_clip, build_tiny_siglip
 from goalclip.demo.scene import MARKINGS, WorldConfig
-from goalclip.demo.world import generate_world
+from goalclip.demo.world import World, generate_world
 from goalclip.evaluation.retrieval import EvalConfig, evaluate, write_results
 from goalclip.mining.config import MineConfig
 from goalclip.mining.mine import build_joint_test, mine
@@ -188,6 +189,20 @@ def _finished_with(key_path: Path, key: dict[str, Any], model: Path) -> bool:
     return recorded == json.loads(json.dumps(key)) and "result" in run
 
 
+class _Timer:
+    """Runs the demo's steps, logging each and keeping its wall time (seconds, one decimal) by name."""
+
+    def __init__(self) -> None:
+        self.times: dict[str, float] = {}
+
+    def __call__(self, name: str, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        tick = time.perf_counter()
+        logger.info("demo step: %s", name)
+        result = func(*args, **kwargs)
+        self.times[name] = round(time.perf_counter() - tick, 1)
+        return result
+
+
 def run_demo(
     out: str | Path, *, quick: bool = False, seed: int = 0, num_workers: int = 0, progress: bool = True,
     extra_rows: bool = False, plan: DemoPlan | None = None,
@@ -204,35 +219,61 @@ def run_demo(
         plan = dataclasses.replace(plan, finetune_extra_rows=True)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    times: dict[str, float] = {}
-
-    def timed(name: str, func, *args, **kwargs):
-        tick = time.perf_counter()
-        logger.info("demo step: %s", name)
-        result = func(*args, **kwargs)
-        times[name] = round(time.perf_counter() - tick, 1)
-        return result
-
+    timed = _Timer()
     world = timed("world", generate_world, out / "world", WorldConfig(
         n_pretrain=plan.n_pretrain, n_train=plan.n_train, n_test=plan.n_test,
         image_size=plan.image_size * plan.render_scale, pretrain_size=plan.image_size, seed=seed))
+    # the demo owns its output folder: a re-run replaces the models of the previous one
+    common = {"num_workers": num_workers, "seed": seed, "progress": progress, "checkpoint_epochs": False,
+              "overwrite": True}
+    rows = ablation_rows(plan)
+    starts = _pretrained_models(out, world, plan, rows, seed, common, timed)
+    mined, joint = _mine_pairs(out, world, starts["clip"], rows, num_workers, progress, timed)
+    accuracy = mining_accuracy(world.train, mined["train"])
+    models, labels, step_ms = _finetune(out, rows, starts, mined, plan, seed, common, timed)
+    ablation, metrics, table = _evaluate(out, world, joint, models, labels, plan, timed)
+    figures = _draw_figures(out, world, ablation, metrics, plan, seed, timed)
+    wall = time.perf_counter() - started
+    summary = {
+        "plan": asdict(plan),
+        "quick": quick,
+        "times_s": timed.times,
+        "median_step_ms": step_ms,
+        "wall_s": round(wall, 1),
+        "mining": accuracy,
+        "table": table,
+        "summary": (f"demo done in {wall:.0f} s: mined region holds its sentence's object "
+                    f"{accuracy['contains_rate']:.0%} (tight box {accuracy['rate']:.0%}); table in "
+                    f"{out / 'metrics.json'}; figures in {figures}"),
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    (out / "README.txt").write_text(_readme(out, table, accuracy, wall))
+    print(table)
+    print(f"\nmined pairs: region contains the sentence's object {accuracy['contains_rate']:.0%}, "
+          f"box is that object (IoU >= 0.5) {accuracy['rate']:.0%} of {accuracy['pairs']}")
+    return summary
+
+
+def _pretrained_models(out: Path, world: World, plan: DemoPlan, rows: tuple[Row, ...], seed: int,
+                       common: dict[str, Any], timed: _Timer) -> dict[str, str]:
+    """Build the small CLIP (and the small SigLIP when a row needs it) and pretrain each: ``{backbone: folder}``."""
     texts = [r["caption"] for path in (world.pretrain, world.train) for r in read_manifest(path)]
     sizes = {"image_size": plan.image_size, "patch_size": plan.patch_size, "width": plan.width, "layers": plan.layers,
              "context_length": plan.context, "seed": seed}
     init = timed("build", lambda: save_clip(build_tiny_clip(texts, projection_dim=plan.width, **sizes),
                                             out / "models" / "init"))
-    # the demo owns its output folder: a re-run replaces the models of the previous one
-    common = {"num_workers": num_workers, "seed": seed, "progress": progress, "checkpoint_epochs": False,
-              "overwrite": True}
-    rows = ablation_rows(plan)
-    pretrained = _pretrain(init, "pretrained", "pretrain", world.pretrain, plan, seed, common, timed)
-    starts = {"clip": pretrained}
+    starts = {"clip": _pretrain(init, "pretrained", "pretrain", world.pretrain, plan, seed, common, timed)}
     if any(row.backbone == "siglip" for row in rows):
         siglip_init = timed("build_siglip", lambda: save_clip(build_tiny_siglip(texts, **sizes),
                                                               out / "models" / "siglip_init"))
         starts["siglip"] = _pretrain(siglip_init, "siglip_pretrained", "pretrain_siglip", world.pretrain, plan,
                                      seed, common, timed)
+    return starts
 
+
+def _mine_pairs(out: Path, world: World, pretrained: str, rows: tuple[Row, ...], num_workers: int, progress: bool,
+                timed: _Timer) -> tuple[dict[str, Path], Path]:
+    """Mine the train and test pairs (and the boxes-only pairs a row needs) and build the joint test from them."""
     mined: dict[str, Path] = {}
     jobs = [("train", world.train, world.train_boxes, "flism"), ("test", world.test, world.test_boxes, "flism")]
     if any(row.pairs == "boxes" for row in rows):
@@ -244,11 +285,15 @@ def run_demo(
         timed(f"mine_{name}", mine, MineConfig(
             model=pretrained, data=str(manifest), out=str(mined[name]), regions=regions, boxes=str(boxes),
             num_workers=num_workers, batch_size=64, device="cpu", progress=progress))
-    accuracy = mining_accuracy(world.train, mined["train"])
     joint = out / "mined" / "test_joint.jsonl"
     build_joint_test(str(world.test), str(mined["test"]), str(joint))
+    return mined, joint
 
-    models, labels = [pretrained], ["pretrained"]
+
+def _finetune(out: Path, rows: tuple[Row, ...], starts: dict[str, str], mined: dict[str, Path], plan: DemoPlan,
+              seed: int, common: dict[str, Any], timed: _Timer) -> tuple[list[str], list[str], dict[str, float]]:
+    """Fine-tune every row once per fine-tune seed: the models (pretrained first), their labels, step times."""
+    models, labels = [starts["clip"]], ["pretrained"]
     step_ms: dict[str, float] = {}
     for run_seed in range(seed, seed + plan.finetune_seeds):
         for row in rows:
@@ -264,7 +309,12 @@ def run_demo(
             models.append(str(target))
             labels.append(row.label)
             step_ms.setdefault(row.label, round(run["median_step_s"] * 1000, 1))
+    return models, labels, step_ms
 
+
+def _evaluate(out: Path, world: World, joint: Path, models: list[str], labels: list[str], plan: DemoPlan,
+              timed: _Timer) -> tuple[dict[str, Any], list[str], str]:
+    """Evaluate and probe every model with one protocol; write metrics.json; the ablation, its metrics, the table."""
     # every row reads the same tokens: the pretrained model is stretched to the fine-tuned context, as
     # the papers evaluate stock CLIP
     results = timed("eval", evaluate, EvalConfig(
@@ -285,36 +335,24 @@ def run_demo(
              f"\n\nresolution-gap probe: % of test objects whose true marking beats the other {len(MARKINGS) - 1} "
              f"(chance {100 / len(MARKINGS):.0f}%), in the full-size crop and in the whole image"
              f"\n\n{ablation_table(ablation, list(PROBE_METRICS))}")
+    return ablation, retrieval_metrics + joint_metrics + list(PROBE_METRICS), table
+
+
+def _draw_figures(out: Path, world: World, ablation: dict[str, Any], metrics: list[str], plan: DemoPlan, seed: int,
+                  timed: _Timer) -> Path:
+    """The ablation bars, and attention maps and retrieval grids of global vs goal (first seed); returns the folder."""
     figures = out / "figures"
     figures.mkdir(exist_ok=True)
     test_records = read_manifest(world.test)
     first = {method: str(out / "models" / method / f"seed{seed}") for method in ("global", "goal")}
     timed("viz", lambda: (
-        plot_ablation(ablation, retrieval_metrics + joint_metrics + list(PROBE_METRICS), figures / "ablation.png",
+        plot_ablation(ablation, metrics, figures / "ablation.png",
                       title=f"demo ablation: mean ± std over {plan.finetune_seeds} fine-tune seed(s)"),
         plot_attention(list(first.values()), [r["image"] for r in test_records[:4]],
                        str(figures / "attention.png"), labels=list(first)),
         plot_retrieval(list(first.values()), str(world.test), str(figures / "retrieval.png"), queries=4, k=5),
     ))
-    wall = time.perf_counter() - started
-    summary = {
-        "plan": asdict(plan),
-        "quick": quick,
-        "times_s": times,
-        "median_step_ms": step_ms,
-        "wall_s": round(wall, 1),
-        "mining": accuracy,
-        "table": table,
-        "summary": (f"demo done in {wall:.0f} s: mined region holds its sentence's object "
-                    f"{accuracy['contains_rate']:.0%} (tight box {accuracy['rate']:.0%}); table in "
-                    f"{out / 'metrics.json'}; figures in {figures}"),
-    }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    (out / "README.txt").write_text(_readme(out, table, accuracy, wall))
-    print(table)
-    print(f"\nmined pairs: region contains the sentence's object {accuracy['contains_rate']:.0%}, "
-          f"box is that object (IoU >= 0.5) {accuracy['rate']:.0%} of {accuracy['pairs']}")
-    return summary
+    return figures
 
 
 def _readme(out: Path, table: str, accuracy: dict[str, Any], wall: float) -> str:
