@@ -130,8 +130,8 @@ def test_cli_converts_an_fp16_checkpoint_file(tiny, tmp_path, capsys):
     processor_dir = save_clip(tiny["bundle"], tmp_path / "processor")
 
     assert main(
-        ["convert", "longclip", "--checkpoint", str(tmp_path / "longclip.pt"), "--processor", str(processor_dir),
-         "--out", str(tmp_path / "converted"), "--heads", "2"]
+        ["import-checkpoint", "longclip", "--checkpoint", str(tmp_path / "longclip.pt"), "--processor",
+         str(processor_dir), "--out", str(tmp_path / "converted"), "--heads", "2"]
     ) == 0
     assert "text context 248" in capsys.readouterr().out
 

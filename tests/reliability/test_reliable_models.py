@@ -125,7 +125,7 @@ def test_convert_longclip_output_loads_as_every_hf_clip_class(exported, tmp_path
     state["positional_embedding_res"] = state["positional_embedding"].flip(0)
     torch.save(state, tmp_path / "longclip.pt")
     out = tmp_path / "converted"
-    assert main(["convert", "longclip", "--checkpoint", str(tmp_path / "longclip.pt"), "--processor",
+    assert main(["import-checkpoint", "longclip", "--checkpoint", str(tmp_path / "longclip.pt"), "--processor",
                  str(exported), "--out", str(out), "--heads", "2"]) == 0
     config = json.loads((out / "config.json").read_text())
     assert config["text_config"]["projection_dim"] == config["vision_config"]["projection_dim"] == 48

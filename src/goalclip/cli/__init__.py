@@ -1,4 +1,4 @@
-"""The ``goalclip`` command: caption | mine | train | eval | viz | search | serve | data | convert | demo.
+"""The ``goalclip`` command: caption | mine | train | eval | viz | search | serve | data | import-checkpoint | demo.
 
 Parsers are built from the small modules of this package, which import nothing heavy (no torch,
 no transformers), so ``--help`` is instant; each command imports the library code it runs only
@@ -15,12 +15,12 @@ import sys
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 
-from goalclip.cli import caption, convert, data, demo, evaluate, mine, search, serve, train, viz
+from goalclip.cli import caption, data, demo, evaluate, import_checkpoint, mine, search, serve, train, viz
 from goalclip.cli.outputs import check_command_outputs, declare_outputs
 
 logger = logging.getLogger("goalclip")
 
-COMMANDS = (caption, mine, train, evaluate, viz, search, serve, data, convert, demo)
+COMMANDS = (caption, mine, train, evaluate, viz, search, serve, data, import_checkpoint, demo)
 
 
 def _version() -> str:

@@ -34,7 +34,8 @@ OUTPUTS: dict[tuple[str, ...], dict[str, str]] = {
     ("data", "score"): {"out": "file", "scores_out": "file"},
     ("data", "split"): {"out_test": "file", "out_rest": "file"},
     ("data", "shard"): {"out": "prefix"},
-    ("convert", "longclip"): {"out": "folder"},
+    ("import-checkpoint", "longclip"): {"out": "folder"},
+    ("convert", "longclip"): {"out": "folder"},  # the deprecated name of import-checkpoint
     ("demo",): {"out": "folder"},
 }
 

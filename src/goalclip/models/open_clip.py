@@ -1,7 +1,7 @@
 """open_clip models as evaluation rows (``goalclip eval --model open_clip:...``).
 
 The papers compare against EVA-CLIP and other checkpoints that only open_clip loads (EVA's towers
-have no transformers ``CLIPModel`` layout, so ``goalclip convert`` cannot help). Such a model is an
+have no transformers ``CLIPModel`` layout, so ``goalclip import-checkpoint`` cannot help). Such a model is an
 ``OpenClipBundle``, which the shared encode path (``models/embed.py``) drives like a ``ClipBundle``:
 images go through open_clip's own eval transform, texts through open_clip's own tokenizer at the
 model's own context, embeddings come from its ``encode_image`` / ``encode_text``. Only encoding is
