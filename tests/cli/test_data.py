@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from goalclip.cli import main
+from goalclip.caption.config import ScoreConfig
+from goalclip.cli import build_parser, main
+from goalclip.core.options import values_from_args
 from goalclip.core.records import read_manifest
 from tests.datasets.conftest import coco_layout
 
@@ -36,3 +38,21 @@ def test_data_convert_flags_of_other_formats_are_errors(tmp_path: Path, capsys) 
     assert "--caption do(es) not apply to --format coco" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["data", "convert", "--format", "laion", "--root", "r", "--split", "s", "--out", "o"])
+
+
+def test_data_score_flags_default_to_the_library_defaults() -> None:
+    args = build_parser().parse_args(["data", "score", "--model", "m", "--data", "d"])
+    assert ScoreConfig(**values_from_args(args, ScoreConfig)) == ScoreConfig(model="m", data="d")
+    assert ScoreConfig(model="m", data="d").device == "auto"  # the CLI's default, also the library's
+
+
+def test_every_data_score_flag_reaches_its_config_field() -> None:
+    args = build_parser().parse_args([
+        "data", "score", "--model", "m", "--base", "b", "--data", "d", "--sample", "0", "--seed", "3",
+        "--scores-out", "s.jsonl", "--min-score", "0.2", "--out", "o.jsonl", "--max-text-len", "248",
+        "--keep-positions", "8", "--batch-size", "4", "--num-workers", "1", "--device", "cpu", "--no-progress"])
+    assert ScoreConfig(**values_from_args(args, ScoreConfig)) == ScoreConfig(
+        model="m", base="b", data="d", sample=0, seed=3, scores_out="s.jsonl", min_score=0.2, out="o.jsonl",
+        max_text_len=248, keep_positions=8, batch_size=4, num_workers=1, device="cpu", progress=False)
+    with pytest.raises(SystemExit):  # a cosine is in [-1, 1]: anything else is a usage error
+        build_parser().parse_args(["data", "score", "--model", "m", "--data", "d", "--min-score", "2"])

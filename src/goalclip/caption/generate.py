@@ -14,7 +14,6 @@ import logging
 import os
 import time
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +21,9 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from goalclip.caption.clean import clean_caption
+from goalclip.caption.config import CaptionConfig
 from goalclip.caption.engines import CaptionEngine, load_engine, resolve_dtype
-from goalclip.caption.prompt import DEFAULT_MODEL, load_prompt
+from goalclip.caption.prompt import load_prompt
 from goalclip.core.images import ImageError, load_rgb
 from goalclip.core.manifest import iter_jsonl, relativize, write_jsonl
 from goalclip.datasets.sample import read_images
@@ -32,25 +32,6 @@ from goalclip.core.processes import ShardCompletion, process_device, process_sta
 from goalclip.core.shards import split_records
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class CaptionConfig:
-    """Options of ``goalclip caption`` (see the CLI help for each)."""
-
-    data: str
-    out: str
-    model: str = DEFAULT_MODEL
-    prompt_file: str | None = None
-    backend: str = "transformers"
-    max_new_tokens: int = 512
-    batch_size: int = 8
-    num_workers: int = 2
-    device: str = "auto"
-    precision: str = "auto"
-    resume: bool = False
-    max_images: int | None = None
-    progress: bool = True
 
 
 class _Images(Dataset):

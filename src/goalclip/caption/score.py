@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from goalclip.caption.config import ScoreConfig
 from goalclip.core.images import PixelBatches
 from goalclip.core.manifest import captions_of, write_jsonl, write_manifest
 from goalclip.core.records import read_manifest
@@ -22,26 +22,6 @@ from goalclip.models.clip import load_clip, prepare_text_positions
 from goalclip.models.embed import count_truncated, embed_pixels, embed_text_strings
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class ScoreConfig:
-    """Options of ``goalclip data score`` (see the CLI help for each)."""
-
-    model: str
-    data: str
-    base: str | None = None
-    sample: int | None = None  # None: 1000, or all with min_score
-    seed: int = 0
-    scores_out: str | None = None
-    min_score: float | None = None
-    out: str | None = None
-    max_text_len: int | None = None
-    keep_positions: int = 20
-    batch_size: int = 64
-    num_workers: int = 0
-    device: str = "cpu"
-    progress: bool = True
 
 
 def score_manifest(config: ScoreConfig) -> dict[str, Any]:
@@ -57,7 +37,8 @@ def score_manifest(config: ScoreConfig) -> dict[str, Any]:
         raise ValueError(f"--sample must be 0 (all) or a positive count, got {sample}")
     records = read_manifest(config.data)
     picked = sample_records(records, sample, config.seed)
-    device = torch.device(config.device)
+    auto = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(auto if config.device == "auto" else config.device)
     bundle = load_clip(config.model, base=config.base, device=device)
     bundle.model.eval()
     context = (prepare_text_positions(bundle, config.max_text_len, config.keep_positions)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from goalclip.caption.prompt import DEFAULT_MODEL
-from goalclip.cli.common import SHARDS_HELP, add_device, add_no_progress
+from goalclip.caption.config import CaptionConfig
+from goalclip.core.options import add_options, values_from_args
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -15,40 +15,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        "(LLaVA-NeXT by default; Qwen2-VL and others work unchanged) using a prompt for long, "
                        "visually grounded descriptions. Writes a goalclip manifest {id, image, caption, "
                        "caption_meta}. Resumable; under accelerate launch each process captions a shard.")
-    p.add_argument("--data", required=True, help="a folder of images (searched recursively) or a manifest whose "
-                   f"records have id and image (captions not needed), {SHARDS_HELP}")
-    p.add_argument("--out", required=True, help="captioned manifest to write (JSONL); a .skipped.jsonl and "
-                   ".summary.json are written next to it")
-    p.add_argument("--model", default=DEFAULT_MODEL, help=f"image-text-to-text checkpoint: hub id or folder "
-                   f"(default: {DEFAULT_MODEL})")
-    p.add_argument("--prompt-file", help="text file holding the prompt to use instead of the built-in one "
-                   "(its sha256 is recorded with every caption)")
-    p.add_argument("--backend", choices=("transformers", "vllm"), default="transformers",
-                   help="generation engine: transformers, or vllm for 100k-image runs where it is installed "
-                   "(one process, not under accelerate launch) (default: transformers)")
-    p.add_argument("--max-new-tokens", type=int, default=512, help="generation limit per caption; a last sentence "
-                   "cut off by it is dropped and counted (default: 512)")
-    p.add_argument("--batch-size", type=int, default=8, help="images per generate call (default: 8)")
-    p.add_argument("--num-workers", type=int, default=2, help="image-decoding worker processes (default: 2)")
-    add_device(p, "the captioning model")
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
-                   help="model dtype: auto is bf16 on CUDA, fp32 on CPU (default: auto)")
-    p.add_argument("--max-images", type=int, help="caption only the first N images (for a quick look)")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run: ids already written are "
-                   "skipped, never duplicated")
-    add_no_progress(p)
+    add_options(p, CaptionConfig)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> str:
-    from goalclip.caption.generate import CaptionConfig, caption
+    from goalclip.caption.generate import caption
 
-    summary = caption(CaptionConfig(
-        data=args.data, out=args.out, model=args.model, prompt_file=args.prompt_file, backend=args.backend,
-        max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, num_workers=args.num_workers,
-        device=args.device, precision=args.precision, resume=args.resume, max_images=args.max_images,
-        progress=not args.no_progress,
-    ))
+    summary = caption(CaptionConfig(**values_from_args(args, CaptionConfig)))
     if not summary:  # non-main process under accelerate launch
         return ""
     skipped = summary["skipped"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import math
 import os
 
 from goalclip.core.options import (  # noqa: F401 (SHARDS_HELP: the commands' --data help)
@@ -23,17 +22,6 @@ def positive_int(text: str) -> int:
         value = 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
-    return value
-
-
-def cosine(text: str) -> float:
-    """argparse type: a cosine similarity, a finite number in [-1, 1] (anything else is a usage error)."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not -1.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a cosine between -1 and 1, got {text!r}")
     return value
 
 

@@ -7,7 +7,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-from goalclip.cli.common import SHARDS_HELP, add_device, add_no_progress, cosine, positive_int, resolve_device
+from goalclip.caption.config import ScoreConfig
+from goalclip.cli.common import add_no_progress, positive_int
+from goalclip.core.options import add_options, values_from_args
 from goalclip.datasets.convert import ADAPTERS, BOX_SOURCES, adapter_options, convert
 from goalclip.datasets.long_captions import DCI_CAPTIONS
 from goalclip.datasets.sharegpt4v import SHAREGPT4V_FILE
@@ -35,25 +37,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                 "drop records scoring below a threshold",
                                 description="Score how well captions match their images: the cosine of each "
                                 "image and its (first) caption under a CLIP, averaged over a seeded sample.")
-    score.add_argument("--model", required=True, help="CLIP: hub id, model folder or state-dict file (a long-text "
-                       "CLIP is read at its own context)")
-    score.add_argument("--base", default=None, help="base model id/folder when --model is a bare state-dict file")
-    score.add_argument("--data", required=True, help=f"captioned manifest {SHARDS_HELP}")
-    score.add_argument("--sample", type=int, default=None, help="records scored, drawn with --seed; 0 scores all "
-                       "(default: 1000, or all with --min-score)")
-    score.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
-    score.add_argument("--scores-out", help="write per-record scores {id, score} here (JSONL)")
-    score.add_argument("--min-score", type=cosine, help="score every record and write those scoring at least "
-                       "this to --out (a filter for captions that do not match their image)")
-    score.add_argument("--out", help="filtered manifest to write with --min-score")
-    score.add_argument("--max-text-len", type=int, help="stretch a shorter text context (Long-CLIP style) to this "
-                       "many tokens first, e.g. 248 for a stock 77-token CLIP (default: the model's own context)")
-    score.add_argument("--keep-positions", type=int, default=20, help="leading positions copied unchanged by the "
-                       "stretch (default: 20)")
-    score.add_argument("--batch-size", type=int, default=64, help="images or texts per forward pass (default: 64)")
-    score.add_argument("--num-workers", type=int, default=0, help="image-decoding worker processes (default: 0)")
-    add_device(score, "the CLIP")
-    add_no_progress(score)
+    add_options(score, ScoreConfig)
     score.set_defaults(func=run_score)
     add_split_parser(data_sub)
     add_shard_parser(data_sub)
@@ -223,14 +207,9 @@ def run_sample(args: argparse.Namespace) -> str:
 
 
 def run_score(args: argparse.Namespace) -> str:
-    from goalclip.caption.score import ScoreConfig, score_manifest
+    from goalclip.caption.score import score_manifest
 
-    s = score_manifest(ScoreConfig(
-        model=args.model, base=args.base, data=args.data, sample=args.sample, seed=args.seed,
-        scores_out=args.scores_out, min_score=args.min_score, out=args.out, max_text_len=args.max_text_len,
-        keep_positions=args.keep_positions, batch_size=args.batch_size, num_workers=args.num_workers,
-        device=resolve_device(args.device), progress=not args.no_progress,
-    ))
+    s = score_manifest(ScoreConfig(**values_from_args(args, ScoreConfig)))
     line = (f"mean image-caption cosine {s['mean_score']:.4f} over {s['scored']} of {s['records']} records "
             f"({s['unreadable']} unreadable, {s['truncated']} captions truncated at {s['context']} tokens)")
     if s["scores_out"]:

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import types
 import typing
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 _KEY = "goalclip.option"
@@ -30,6 +31,17 @@ INFERENCE_PRECISION_HELP = ("auto = bf16 autocast on CUDA (scores within 0.01 of
                             "TF32 matmuls on CUDA; weights stay fp32")
 
 
+
+def cosine(text: str) -> float:
+    """argparse type: a cosine similarity, a finite number in [-1, 1] (anything else is a usage error)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not -1.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a cosine between -1 and 1, got {text!r}")
+    return value
+
 @dataclasses.dataclass(frozen=True)
 class Option:
     """How a config field appears on the command line."""
@@ -39,13 +51,14 @@ class Option:
     flag: str | None = None  # default: --field-name; a True-default bool's flag turns it off (e.g. --no-progress)
     metavar: str | None = None
     default_help: str | None = None  # shown as "(default: ...)" instead of the default value; "" shows nothing
+    type: Callable[[str], Any] | None = None  # parses the flag's text instead of the field's type (checks a range)
 
 
 def option(default: Any = dataclasses.MISSING, *, help: str, choices: Sequence[str] | None = None,
            flag: str | None = None, metavar: str | None = None, default_help: str | None = None,
-           default_factory: Any = dataclasses.MISSING) -> Any:
+           default_factory: Any = dataclasses.MISSING, type: Callable[[str], Any] | None = None) -> Any:
     """A dataclass field declared once for the library (its default) and the CLI (flag, help, choices)."""
-    meta = {_KEY: Option(help, choices, flag, metavar, default_help)}
+    meta = {_KEY: Option(help, choices, flag, metavar, default_help, type)}
     if default_factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -93,7 +106,7 @@ def add_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup, confi
             kwargs["action"] = "store_false" if field.default else "store_true"
         else:
             metavar = opt.metavar or (None if opt.choices else flag.lstrip("-").replace("-", "_").upper())
-            kwargs.update(type=kind, choices=opt.choices, metavar=metavar)
+            kwargs.update(type=opt.type or kind, choices=opt.choices, metavar=metavar)
             if with_defaults and field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
                 kwargs["required"] = True
         parser.add_argument(flag, **kwargs)
