@@ -14,7 +14,7 @@ import inspect
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +49,7 @@ BOX_SOURCES: dict[str, Callable[..., list[Record]]] = {"dci": dci_boxes, "sa1b":
 
 @dataclass
 class ConvertSummary:
-    """What :func:`convert` did: counts for the one-line summary and the run's JSON record."""
+    """What :func:`convert` did: the counts behind its log line and the command's summary line."""
 
     format: str
     split: str
@@ -65,9 +65,6 @@ class ConvertSummary:
     @property
     def total_skipped(self) -> int:
         return sum(self.skipped.values())
-
-    def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "total_skipped": self.total_skipped}
 
 
 def adapter_options(format: str) -> list[str]:
