@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 from goalclip.cli import main
+from goalclip.evaluation import gallery
 from goalclip.evaluation import retrieval as ev
 from goalclip.core.manifest import ManifestError, write_jsonl
 from goalclip.demo.tiny import build_tiny_clip
@@ -255,8 +256,8 @@ def test_cache_hit_does_not_encode(world, tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise AssertionError("encoded although the cache holds the embeddings")
 
-    for name in ("embed_pixels", "embed_text_strings_counted", "load_encoder"):
-        monkeypatch.setattr(ev, name, boom)
+    for module, name in ((gallery, "embed_pixels"), (gallery, "embed_text_strings_counted"), (ev, "load_encoder")):
+        monkeypatch.setattr(module, name, boom)
     second = ev.evaluate(config)
     assert second["models"][0]["metrics"] == first["models"][0]["metrics"]
     assert second["models"][0]["from_cache"] and not first["models"][0]["from_cache"]
