@@ -280,7 +280,7 @@ def test_two_models_one_table_and_cli(world, tmp_path, capsys):
     assert table[0] == "| model | i2t@1 | i2t@5 | t2i@1 | t2i@5 | i2t_map@10 | t2i_map@10 |"
     # rows are named by folder when the folder names tell the models apart
     assert [line.split(" | ")[0] for line in table[2:]] == [f"| {Path(m).name}" for m in world["models"]]
-    assert ev._row_names(["/a/m", "/b/m"]) == ["/a/m", "/b/m"]
+    assert ev.row_names(["/a/m", "/b/m"]) == ["/a/m", "/b/m"]
     assert json.loads(out.read_text())["models"][1]["model"] == world["models"][1]
     # Different random models give different numbers: each row was encoded with its own model.
     assert results["models"][0]["metrics"] != results["models"][1]["metrics"]

@@ -225,7 +225,7 @@ def test_hub_spec_goes_to_open_clip_as_arch_and_tag(tiny_world, oc, tmp_path, mo
         (f"open_clip:{TINY_ARCH}/laion2b_s34b_b88k", [], f"no pretrained tag 'laion2b_s34b_b88k' for {TINY_ARCH}"),
         ("open_clip:ViT-B-16/no_such_tag", [], "known tags: "),
         (f"open_clip:{TINY_ARCH}:/no/such/checkpoint.pt", [], "no checkpoint file /no/such/checkpoint.pt"),
-        ("SPEC", ["--context", "40"], "cannot stretch the text positions of an open_clip model"),
+        ("SPEC", ["--context", "40"], "cannot stretch the text positions of an open_clip or BLIP-2 model"),
     ],
 )
 def test_clear_errors(tiny_world, oc, capsys, spec, extra, message):

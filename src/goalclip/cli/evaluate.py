@@ -133,7 +133,7 @@ def run(args: argparse.Namespace) -> str:
     _check_cards(args)
     if args.task == "classify":
         return run_classify(args)
-    from goalclip.evaluation.retrieval import evaluate, markdown_table, write_results
+    from goalclip.evaluation.retrieval import evaluate, markdown_table, row_names, write_results
 
     ks = KS_PRESETS[args.ks_preset] if args.ks_preset else args.ks
     config = EvalConfig(**{**values_from_args(args, EvalConfig), "ks": ks, "device": resolve_device(args.device)})
@@ -149,6 +149,9 @@ def run(args: argparse.Namespace) -> str:
         + (f" ({len(s['excluded_ids'])} records excluded)" if s["excluded_ids"] else "")
         for kind, s in results["sets"].items()
     ]
+    contexts = [f"{name} {row['text_len']}" + (f" ({cut} cut)" if (cut := sum(row["truncated_texts"].values())) else "")
+                for name, row in zip(row_names([row["model"] for row in results["models"]]), results["models"])]
+    parts.append(f"text context: {', '.join(contexts)} tokens")
     where = f"; metrics -> {config.out}" if config.out else ""
     return f"evaluated {len(results['models'])} model(s); {'; '.join(parts)}; {results['elapsed_s']:.1f}s{where}"
 

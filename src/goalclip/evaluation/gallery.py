@@ -17,9 +17,8 @@ from torch import Tensor
 from goalclip.core.images import PixelBatches
 from goalclip.evaluation.config import EvalConfig
 from goalclip.evaluation.items import EvalItems
-from goalclip.models.clip import prepare_text_positions
+from goalclip.models.clip import ClipBundle, prepare_text_positions
 from goalclip.models.embed import Bundle, embed_pixels, embed_text_strings_counted
-from goalclip.models.open_clip import is_open_clip
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -69,7 +68,7 @@ def encode_items(
 ) -> Embeddings:
     """Encode this process's slice of ``items`` and gather the full embedding tables."""
     model, dtype = bundle.model, PRECISIONS[config.precision]
-    dim = bundle.embed_dim
+    width = bundle.embed_dim * bundle.image_tokens  # an image row: one embedding per query token (BLIP-2)
     max_len = text_len(bundle, config)
     progress = config.progress and state.is_main_process
 
@@ -85,7 +84,7 @@ def encode_items(
     boxes = [items.image_boxes[i] for i in image_part]
     batches = PixelBatches(**loader_args, boxes=boxes)
     part_index = torch.tensor(image_part, dtype=torch.long)
-    indices, rows = [torch.empty(0, dtype=torch.long)], [torch.empty(0, dim)]
+    indices, rows = [torch.empty(0, dtype=torch.long)], [torch.empty(0, width)]
     for local, pixels in batches:
         indices.append(part_index[local])
         rows.append(embed_pixels(model, pixels.to(device=device, dtype=dtype)).cpu())
@@ -110,13 +109,15 @@ def text_len(bundle: Bundle, config: EvalConfig) -> int:
 def stretch_to_context(bundle: Bundle, source: str, config: EvalConfig) -> None:
     """Stretch a model shorter than ``config.context`` with the training-time stretch (in place).
 
-    Only transformers CLIPs are stretched; an open_clip row shorter than ``--context`` is an error.
+    Only transformers CLIPs and SigLIPs are stretched; an open_clip or BLIP-2 row shorter than ``--context`` is
+    an error.
     """
     if config.context is None or bundle.max_text_len >= config.context:
         return
-    if is_open_clip(source):
+    if not isinstance(bundle, ClipBundle):
         raise ValueError(
-            f"{source}: --context {config.context} cannot stretch the text positions of an open_clip model "
+            f"{source}: --context {config.context} cannot stretch the text positions of an open_clip or BLIP-2 "
+            f"model "
             f"(its context is {bundle.max_text_len}); leave --context out or use at most {bundle.max_text_len}"
         )
     try:

@@ -98,7 +98,7 @@ def _surviving(items: EvalItems, failed: set[int]) -> tuple[list[int], list[int]
 
 def _score(items: EvalItems, embeddings: Embeddings, failed: set[int], ks: Sequence[int]) -> dict[str, float]:
     keep_images, keep_texts, image_groups, text_groups = _surviving(items, failed)
-    sim = embeddings.images[keep_images] @ embeddings.texts[keep_texts].T
+    sim = metrics.similarity(embeddings.images[keep_images], embeddings.texts[keep_texts])
     if items.kind == "retrieval":
         # One image per group, in group order: a text's renumbered group is its image's row.
         return metrics.recall_at_k(sim, text_groups, ks)
@@ -269,7 +269,7 @@ def write_results(results: dict[str, Any], path: str) -> None:
     logger.info("wrote metrics to %s", path)
 
 
-def _row_names(models: list[str]) -> list[str]:
+def row_names(models: list[str]) -> list[str]:
     """Folder names when they tell the models apart (runs/goal, runs/global), else the full sources;
     open_clip specs stay whole (their last path part is a tag or a checkpoint file name)."""
     names = [m if is_open_clip(m) else Path(m.rstrip("/\\")).name or m for m in models]
@@ -285,7 +285,7 @@ def markdown_table(results: dict[str, Any]) -> str:
         "| " + " | ".join(["model", *columns]) + " |",
         "|" + "|".join(["---", *("---:" for _ in columns)]) + "|",
     ]
-    names = _row_names([row["model"] for row in results["models"]])
+    names = row_names([row["model"] for row in results["models"]])
     for name, row in zip(names, results["models"]):
         cells = [f"{row['metrics'][c]:.2f}" if c in row["metrics"] else "" for c in columns]
         lines.append("| " + " | ".join([name, *cells]) + " |")
