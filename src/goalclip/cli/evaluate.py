@@ -149,11 +149,18 @@ def run(args: argparse.Namespace) -> str:
         + (f" ({len(s['excluded_ids'])} records excluded)" if s["excluded_ids"] else "")
         for kind, s in results["sets"].items()
     ]
-    contexts = [f"{name} {row['text_len']}" + (f" ({cut} cut)" if (cut := sum(row["truncated_texts"].values())) else "")
-                for name, row in zip(row_names([row["model"] for row in results["models"]]), results["models"])]
-    parts.append(f"text context: {', '.join(contexts)} tokens")
+    parts.append(_contexts(results, row_names([row["model"] for row in results["models"]])))
     where = f"; metrics -> {config.out}" if config.out else ""
     return f"evaluated {len(results['models'])} model(s); {'; '.join(parts)}; {results['elapsed_s']:.1f}s{where}"
+
+
+def _contexts(results: dict[str, Any], names: list[str]) -> str:
+    """``text context: a 248, blip2 248 (12 cut) tokens``: what each row read of the texts, and how many it cut."""
+    contexts = []
+    for name, row in zip(names, results["models"]):
+        cut = sum(row["truncated_texts"].values())
+        contexts.append(f"{name} {row['text_len']}" + (f" ({cut} cut)" if cut else ""))
+    return f"text context: {', '.join(contexts)} tokens"
 
 
 def run_classify(args: argparse.Namespace) -> str:
