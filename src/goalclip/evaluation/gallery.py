@@ -25,7 +25,10 @@ PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float
 
 @dataclass
 class Embeddings:
-    """One model's embeddings of one ``EvalItems``; rows of unreadable images are zero."""
+    """One model's embeddings of one ``EvalItems``; rows of unreadable images are zero.
+
+    A BLIP-2 image row holds its query embeddings side by side (``metrics.similarity`` scores the best).
+    """
 
     images: Tensor
     image_ok: Tensor
@@ -69,7 +72,7 @@ def encode_items(
     """Encode this process's slice of ``items`` and gather the full embedding tables."""
     model, dtype = bundle.model, PRECISIONS[config.precision]
     width = bundle.embed_dim * bundle.image_tokens  # an image row: one embedding per query token (BLIP-2)
-    max_len = text_len(bundle, config)
+    max_len = _text_len(bundle, config)
     progress = config.progress and state.is_main_process
 
     image_part = _shard(state, len(items.image_paths))
@@ -100,7 +103,7 @@ def encode_items(
     return Embeddings(images, image_ok, texts, failures, truncated, max_len)
 
 
-def text_len(bundle: Bundle, config: EvalConfig) -> int:
+def _text_len(bundle: Bundle, config: EvalConfig) -> int:
     """The text length used for a model: its (stretched) context, capped by ``context`` and ``max_text_len``."""
     caps = [c for c in (config.context, config.max_text_len) if c is not None]
     return min([bundle.max_text_len, *caps])
