@@ -68,7 +68,8 @@ from feed import main as feed_main
 from lism_vs_flism import build_models, make_images, run_method
 from train_step import build_real_clip, build_setup, load_setup, variant_loss
 
-from goalclip.evaluation.retrieval import EvalConfig, evaluate
+from goalclip.evaluation.config import EvalConfig
+from goalclip.evaluation.retrieval import evaluate
 from goalclip.models.clip import load_clip
 from goalclip.training.config import TrainConfig
 from goalclip.training.trainer import train

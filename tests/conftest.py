@@ -212,3 +212,30 @@ def tiny_siglip_bundle(tiny_siglip: Path):
     bundle = load_clip(str(tiny_siglip))
     bundle.model.eval()
     return bundle
+
+
+def build_tiny_blip2(texts: tuple[str, ...] | list[str], folder: Path, *, context: int = 16) -> Path:
+    """Save a tiny random BLIP-2 retrieval model (``Blip2ForImageTextRetrieval``: 32-pixel images, 4 query tokens,
+    a ``context``-position Q-Former) with a WordPiece tokenizer of ``texts``' words and BLIP's image processor."""
+    from tokenizers.pre_tokenizers import BertPreTokenizer
+    from transformers import Blip2Config, Blip2ForImageTextRetrieval, BertTokenizerFast, BlipImageProcessor
+
+    words = sorted({w for text in texts for w, _ in BertPreTokenizer().pre_tokenize_str(text.lower())})
+    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words])}
+    small = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
+    config = Blip2Config(
+        vision_config=dict(small, image_size=32, patch_size=8),
+        qformer_config=dict(small, vocab_size=len(vocab), max_position_embeddings=context, encoder_hidden_size=32,
+                            use_qformer_text_input=True),
+        num_query_tokens=4, image_text_hidden_size=16)
+    torch.manual_seed(0)
+    Blip2ForImageTextRetrieval(config).save_pretrained(folder)
+    BertTokenizerFast(vocab=vocab, model_max_length=context).save_pretrained(folder)
+    BlipImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_blip2(tiny_world: TinyWorld) -> Path:
+    """A saved tiny BLIP-2 retrieval model with a 16-token context (``build_tiny_blip2``)."""
+    return build_tiny_blip2(tiny_world.texts, tiny_world.root / "blip2")

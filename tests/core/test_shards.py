@@ -25,7 +25,8 @@ from goalclip.core.shards import (
     split_records,
 )
 from goalclip.datasets.shards import write_shards
-from goalclip.evaluation.retrieval import EvalConfig, evaluate
+from goalclip.evaluation.config import EvalConfig
+from goalclip.evaluation.retrieval import evaluate
 from goalclip.mining.config import MineConfig
 from goalclip.mining.mine import mine
 from goalclip.training.config import TrainConfig
@@ -77,7 +78,7 @@ def test_round_trip_keeps_records_order_and_image_bytes(tiny_world, sharded) -> 
 
 
 def test_a_joint_tests_crop_files_travel_in_the_shard(tiny_world, tmp_path) -> None:
-    from goalclip.evaluation.retrieval import read_eval_records
+    from goalclip.evaluation.items import read_eval_records
 
     folder = tmp_path / "joint"
     folder.mkdir()

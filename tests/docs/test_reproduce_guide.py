@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tests.conftest import TINY_OBJECTS, tiny_caption
+from tests.conftest import TINY_OBJECTS, build_tiny_blip2, tiny_caption
 from PIL import Image
 
 from goalclip.cli import main
@@ -57,6 +57,7 @@ HUB_IDS = {
     "facebook/sam-vit-huge": "sam",
     "hustvl/yolos-tiny": "yolos",
     "google/siglip-base-patch16-224": "siglip",
+    "Salesforce/blip2-itm-vit-g": "blip2",
 }
 
 
@@ -318,8 +319,8 @@ def _tiny_open_clip(folder: Path) -> str:
 
 
 def _models(root: Path, texts: tuple[str, ...]) -> tuple[dict[str, str], dict[str, str]]:
-    """Tiny CLIP (77 positions), SigLIP (64), SAM and YOLOS folders; the authors' GOAL weights and a Long-CLIP
-    checkpoint."""
+    """Tiny CLIP (77 positions), SigLIP (64), BLIP-2 (512), SAM and YOLOS folders; the authors' GOAL weights and a
+    Long-CLIP checkpoint."""
     import open_clip
 
     from goalclip.demo.tiny import build_tiny_clip, build_tiny_siglip
@@ -347,7 +348,8 @@ def _models(root: Path, texts: tuple[str, ...]) -> tuple[dict[str, str], dict[st
     torch.save(state, root / "longclip_b16.pt")
     siglip = build_tiny_siglip(corpus, image_size=32, patch_size=8, width=32, layers=2, heads=2, context_length=64)
     models = {"clip": clip, "sam": detectors["sam"], "yolos": detectors["yolos"],
-              "open_clip": _tiny_open_clip(root / "open_clip"), "siglip": str(save_clip(siglip, root / "siglip"))}
+              "open_clip": _tiny_open_clip(root / "open_clip"), "siglip": str(save_clip(siglip, root / "siglip")),
+              "blip2": str(build_tiny_blip2(corpus, root / "blip2", context=512))}
     return models, {"GOAL_B16": str(root / "goal_b16.pth"), "LONGCLIP_B16": str(root / "longclip_b16.pt"),
                     "LONGCLIP_L14": str(root / "longclip_b16.pt")}
 
@@ -476,7 +478,8 @@ def test_the_guide_covers_each_paper_experiment_with_a_command():
                    "viz retrieval", "--kind patch", "benchmarks/lism_vs_flism.py", "benchmarks/bf16_weights.py",
                    "data split", "data score", "--split test+qual_test", "--batch-size 256", "--batch-size 64",
                    "--grad-cache-chunk", "facebook/sam-vit-huge", "openai/clip-vit-large-patch14 ",
-                   "--model runs/longclip-b16 --data", "--data dci/all.jsonl", "--data docci/test5100.jsonl"):
+                   "--model runs/longclip-b16 --data", "--data dci/all.jsonl", "--data docci/test5100.jsonl",
+                   "Salesforce/blip2-itm-vit-g"):
         assert any(needle in a for a in argvs), f"no guide command uses {needle!r}"
 
 

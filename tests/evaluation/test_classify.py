@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from transformers import AutoTokenizer, CLIPImageProcessor, CLIPModel
+from transformers import AutoImageProcessor, AutoTokenizer, Blip2ForImageTextRetrieval, CLIPImageProcessor, CLIPModel
 
 from goalclip.cli import main
 from goalclip.core.text import clean_text
@@ -157,3 +157,20 @@ def test_bad_templates_and_folders_are_clear_errors(tmp_path, tiny_world):
     (tmp_path / "only").mkdir()
     code = main(["eval", "--task", "classify", "--data", str(tmp_path / "only"), "--model", str(tiny_world.model)])
     assert code == 1
+
+
+def test_a_blip2_row_scores_each_class_by_its_best_query_token(tiny_blip2, colour_folder):
+    """With one template a class vector is that prompt's embedding, so the scores are transformers' own
+    ``Blip2ForImageTextRetrieval`` contrastive logits between each image and the class prompts."""
+    root, images, labels = colour_folder
+    (root.parent / "one.txt").write_text("a {} square is drawn here.\n")
+    result = classify(ClassifyConfig(models=[str(tiny_blip2)], data=str(root), ks=(1, 2),
+                                     templates=str(root.parent / "one.txt"), progress=False))
+    model = Blip2ForImageTextRetrieval.from_pretrained(tiny_blip2).eval()
+    prompts = AutoTokenizer.from_pretrained(tiny_blip2)([f"a {c} square is drawn here." for c in sorted(COLOURS)],
+                                                        padding=True, return_tensors="pt")
+    pixels = AutoImageProcessor.from_pretrained(tiny_blip2)(images, return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        logits = model(pixel_values=pixels, **prompts, use_image_text_matching_head=False).logits_per_image
+    want = top_k_accuracy(logits, torch.tensor(labels), (1, 2))
+    assert result["models"][0]["metrics"] == pytest.approx(want, abs=1e-6)

@@ -17,6 +17,7 @@ from goalclip.evaluation.metrics import (
     joint_average_precisions,
     joint_map_at_k,
     recall_at_k,
+    similarity,
     top_k_retrieval,
 )
 
@@ -335,3 +336,15 @@ def test_joint_map_errors() -> None:
     with_nan[0, 3] = float("nan")
     with pytest.raises(ValueError, match="sim contains NaN"):
         joint_map_at_k(with_nan, torch.tensor([0, 1, 1]), torch.tensor([0, 1, 1, 0]))
+
+
+def test_similarity_of_several_embeddings_per_image_is_their_best_cosine_in_any_chunking():
+    torch.manual_seed(0)
+    images, texts = torch.randn(7, 3 * 5), torch.randn(4, 5)  # 7 images of 3 query embeddings, 4 texts
+    want = [[max(float(images[i, q * 5 : (q + 1) * 5] @ texts[t]) for q in range(3)) for t in range(4)]
+            for i in range(7)]
+    for chunk in (1, 13, 1 << 26):
+        torch.testing.assert_close(similarity(images, texts, chunk_elements=chunk), torch.tensor(want))
+    assert torch.equal(similarity(images[:, :5], texts), images[:, :5] @ texts.T)  # one embedding: the product
+    with pytest.raises(ValueError, match="width 15 are not whole embeddings of the text width 4"):
+        similarity(images, texts[:, :4])

@@ -12,6 +12,7 @@ from PIL import Image
 from goalclip.cli import main
 from goalclip.core.manifest import write_jsonl
 from goalclip.evaluation import retrieval as ev
+from goalclip.evaluation.items import joint_items
 from goalclip.models.clip import load_clip, save_clip
 from goalclip.models.clip import prepare_text_positions
 
@@ -125,7 +126,7 @@ def test_joint_test_scores_crop_files_like_the_same_box_crops(tiny_world, tmp_pa
     assert got["sets"]["joint"]["image_items"] == 16 and got["sets"]["joint"]["text_items"] == 16
     for key in ("i2t_map@10", "t2i_map@10"):
         assert got["models"][0]["metrics"][key] == pytest.approx(want["models"][0]["metrics"][key], abs=1e-9)
-    items = ev.joint_items(cropped)
+    items = joint_items(cropped)
     assert items.image_paths[1] == str(tmp_path / "crops" / "img0.png") and items.image_boxes[1] is None
 
 
@@ -146,7 +147,7 @@ def test_joint_whole_image_pairs_are_kept_by_default_and_dropped_on_request(tiny
     records = [json.loads(line) for line in Path(cropped).read_text().splitlines()]
     records[1]["local"]["source"] = "external"
     write_jsonl(tmp_path / "covering.jsonl", records)
-    assert ev.joint_items(str(tmp_path / "covering.jsonl"), keep_whole=False).group_ids == [
+    assert joint_items(str(tmp_path / "covering.jsonl"), keep_whole=False).group_ids == [
         r["id"] for r in records if r["id"] not in ("img1", "img4")]
     assert main(["eval", "--model", str(tiny_world.model), "--data", data, "--joint", cropped,
                  "--no-joint-keep-whole", "--no-progress", "--device", "cpu"]) == 0
@@ -161,8 +162,8 @@ def test_joint_crop_file_errors_name_the_line(tiny_world, tmp_path):
     from goalclip.core.manifest import ManifestError
 
     with pytest.raises(ManifestError, match=r"bad\.jsonl:3: field 'local.image' must be a path string"):
-        ev.joint_items(str(tmp_path / "bad.jsonl"))
+        joint_items(str(tmp_path / "bad.jsonl"))
     records[2]["local"] = {"sentence": "x"}
     write_jsonl(tmp_path / "bad.jsonl", records)
     with pytest.raises(ManifestError, match=r"bad\.jsonl:3: field 'local.box'"):
-        ev.joint_items(str(tmp_path / "bad.jsonl"))
+        joint_items(str(tmp_path / "bad.jsonl"))

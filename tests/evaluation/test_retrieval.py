@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 from goalclip.cli import main
+from goalclip.evaluation import gallery
 from goalclip.evaluation import retrieval as ev
 from goalclip.core.manifest import ManifestError, write_jsonl
 from goalclip.demo.tiny import build_tiny_clip
@@ -255,8 +256,8 @@ def test_cache_hit_does_not_encode(world, tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise AssertionError("encoded although the cache holds the embeddings")
 
-    for name in ("embed_pixels", "embed_text_strings_counted", "load_encoder"):
-        monkeypatch.setattr(ev, name, boom)
+    for module, name in ((gallery, "embed_pixels"), (gallery, "embed_text_strings_counted"), (ev, "load_encoder")):
+        monkeypatch.setattr(module, name, boom)
     second = ev.evaluate(config)
     assert second["models"][0]["metrics"] == first["models"][0]["metrics"]
     assert second["models"][0]["from_cache"] and not first["models"][0]["from_cache"]
@@ -279,7 +280,7 @@ def test_two_models_one_table_and_cli(world, tmp_path, capsys):
     assert table[0] == "| model | i2t@1 | i2t@5 | t2i@1 | t2i@5 | i2t_map@10 | t2i_map@10 |"
     # rows are named by folder when the folder names tell the models apart
     assert [line.split(" | ")[0] for line in table[2:]] == [f"| {Path(m).name}" for m in world["models"]]
-    assert ev._row_names(["/a/m", "/b/m"]) == ["/a/m", "/b/m"]
+    assert ev.row_names(["/a/m", "/b/m"]) == ["/a/m", "/b/m"]
     assert json.loads(out.read_text())["models"][1]["model"] == world["models"][1]
     # Different random models give different numbers: each row was encoded with its own model.
     assert results["models"][0]["metrics"] != results["models"][1]["metrics"]

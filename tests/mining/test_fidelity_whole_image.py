@@ -87,7 +87,7 @@ def test_mine_keeps_every_image_and_global_and_goal_train_on_the_same_images(tin
     assert seen["global"] == seen["goal"] == 8
 
     # the joint test on these pairs leaves the images without a pair out and names them, as data joint does
-    from goalclip.evaluation.retrieval import joint_items
+    from goalclip.evaluation.items import joint_items
 
     items = joint_items(str(out))
     assert items.without_pair == without and len(items.group_ids) == 8 - len(without)

@@ -22,6 +22,8 @@ from PIL import Image
 from goalclip.cli import main
 from goalclip.evaluation import metrics
 from goalclip.evaluation import retrieval as ev
+from goalclip.evaluation.cache import cache_path
+from goalclip.evaluation.items import retrieval_items
 
 open_clip = pytest.importorskip("open_clip")
 
@@ -157,10 +159,10 @@ def test_checkpoint_and_local_dir_forms_agree_and_the_cache_keys_on_the_file(tin
     checkpoint.write_bytes(oc["checkpoint"].read_bytes())
     spec = f"open_clip:{TINY_ARCH}:{checkpoint}"
     config = ev.EvalConfig(models=[spec], data=str(tiny_world.captions), cache_dir=str(tmp_path / "cache"))
-    items = ev.retrieval_items(config.data)
-    before = ev.cache_path(config, spec, items)
+    items = retrieval_items(config.data)
+    before = cache_path(config, spec, items)
     checkpoint.write_bytes(oc["checkpoint"].read_bytes() + b"\0")  # a rewritten checkpoint
-    assert ev.cache_path(config, spec, items) != before
+    assert cache_path(config, spec, items) != before
 
 
 # ----------------------------------------------------------------------------- classify
@@ -223,7 +225,7 @@ def test_hub_spec_goes_to_open_clip_as_arch_and_tag(tiny_world, oc, tmp_path, mo
         (f"open_clip:{TINY_ARCH}/laion2b_s34b_b88k", [], f"no pretrained tag 'laion2b_s34b_b88k' for {TINY_ARCH}"),
         ("open_clip:ViT-B-16/no_such_tag", [], "known tags: "),
         (f"open_clip:{TINY_ARCH}:/no/such/checkpoint.pt", [], "no checkpoint file /no/such/checkpoint.pt"),
-        ("SPEC", ["--context", "40"], "cannot stretch the text positions of an open_clip model"),
+        ("SPEC", ["--context", "40"], "cannot stretch the text positions of an open_clip or BLIP-2 model"),
     ],
 )
 def test_clear_errors(tiny_world, oc, capsys, spec, extra, message):

@@ -17,7 +17,8 @@ from tests.conftest import TINY_TRAIN
 from safetensors.torch import load_file, save_file
 
 from goalclip.cli import main
-from goalclip.evaluation.retrieval import EvalConfig, evaluate
+from goalclip.evaluation.config import EvalConfig
+from goalclip.evaluation.retrieval import evaluate
 from goalclip.models.clip import load_clip
 from goalclip.training import validation
 from goalclip.training.config import TrainConfig, metric_names

@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from goalclip.core.images import PixelBatches, pixel_values
 from goalclip.core.manifest import atomic_write
 from goalclip.core.manifest import IMAGE_SUFFIXES
+from goalclip.evaluation.metrics import similarity
 from goalclip.models.embed import Bundle, embed_pixels, embed_text_strings, load_encoder
 
 logger = logging.getLogger(__name__)
@@ -255,7 +256,7 @@ def classify(config: ClassifyConfig) -> dict[str, Any]:
         weights = class_embeddings(bundle, data.classes, templates, config.batch_size)
         images, kept = image_embeddings(bundle, data, config)
         labels = torch.tensor([data.labels[i] for i in kept])
-        metrics = top_k_accuracy(images @ weights.cpu().T, labels, ks)
+        metrics = top_k_accuracy(similarity(images, weights.cpu()), labels, ks)
         rows.append({"model": source, "metrics": metrics, "images": len(kept)})
         del bundle
     results = {

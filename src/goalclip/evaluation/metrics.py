@@ -1,11 +1,12 @@
 """Retrieval metrics on a similarity matrix: Recall@K both ways and the global-local joint mAP@K.
 
 Every function takes ``sim`` shaped ``[n_images, n_texts]`` (higher = more similar), as produced
-by ``image_embeddings @ text_embeddings.T``. Work is chunked over queries so a COCO-sized matrix
-(5k images x 25k captions) needs only a few tens of megabytes of temporaries, and everything
-stays on ``sim``'s device. Half-precision inputs are converted to float32 chunk by chunk (exactly:
-every float16/bfloat16 value is a float32 value); float64 inputs are rounded to float32, whose
-resolution (about 1e-7 relative) is far below any score difference worth ranking by.
+by :func:`similarity` (``image_embeddings @ text_embeddings.T``, or BLIP-2's best query token). Work
+is chunked over queries so a COCO-sized matrix (5k images x 25k captions) needs only a few tens of
+megabytes of temporaries, and everything stays on ``sim``'s device. Half-precision inputs are
+converted to float32 chunk by chunk (exactly: every float16/bfloat16 value is a float32 value);
+float64 inputs are rounded to float32, whose resolution (about 1e-7 relative) is far below any
+score difference worth ranking by.
 
 Ties are ranked pessimistically: among items with equal scores, irrelevant items rank first.
 Ties are common in practice: bfloat16 keeps 8 significant bits, so a bf16 model's cosines take
@@ -45,6 +46,29 @@ class TopK:
 
     indices: Tensor
     hits: Tensor
+
+
+def similarity(images: Tensor, texts: Tensor, *, chunk_elements: int = 1 << 26) -> Tensor:
+    """``[n_images, n_texts]`` scores of normalised embeddings: ``images @ texts.T``.
+
+    An image row may hold several embeddings of the text width side by side (BLIP-2's query tokens); its score
+    for a text is then the highest of their cosines, BLIP-2's image-text contrastive score. Those products are
+    taken a block of images at a time (``chunk_elements`` products per block), since all of them at once would
+    be 32 times the matrix.
+    """
+    width = texts.shape[1]
+    if images.shape[1] % width:
+        raise ValueError(f"image rows of width {images.shape[1]} are not whole embeddings of the text width {width}")
+    tokens = images.shape[1] // width
+    if tokens == 1:
+        return images @ texts.T
+    out = torch.empty(images.shape[0], texts.shape[0], dtype=torch.promote_types(images.dtype, texts.dtype),
+                      device=images.device)
+    rows = _rows_per_chunk(max(1, tokens * texts.shape[0]), chunk_elements)
+    for start in range(0, images.shape[0], rows):
+        block = images[start : start + rows].reshape(-1, width) @ texts.T
+        out[start : start + rows] = block.view(-1, tokens, texts.shape[0]).amax(dim=1)
+    return out
 
 
 def ground_truth_ranks(

@@ -41,7 +41,8 @@ def model_class(config: PretrainedConfig, source: str) -> type[CLIPModel] | type
     except KeyError:
         raise ValueError(
             f"{source}: a '{config.model_type}' model; goalclip trains and encodes {' and '.join(KINDS)} models "
-            "(CLIPModel, SiglipModel: SigLIP and SigLIP 2's fixed-resolution checkpoints)"
+            "(CLIPModel, SiglipModel: SigLIP and SigLIP 2's fixed-resolution checkpoints); 'goalclip eval' also "
+            "scores BLIP-2 retrieval and open_clip models"
         ) from None
 
 

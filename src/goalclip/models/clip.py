@@ -13,6 +13,7 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from safetensors import SafetensorError
@@ -46,6 +47,7 @@ class ClipBundle:
     model: CLIPModel | SiglipModel
     tokenizer: CLIPTokenizer
     image_processor: CLIPImageProcessor
+    image_tokens: ClassVar[int] = 1  # embeddings per image (a BLIP-2 image has one per query token)
 
     @property
     def backbone(self) -> ClipBackbone:
@@ -153,7 +155,7 @@ def _load_model(source: str, attn_implementation: str | None, dtype: torch.dtype
         files = ", ".join(str(p) for p in _weight_files(source)) or source
         raise ModelLoadError(f"{files}: cannot be read as model weights ({exc})") from None
     mismatched = [f"{key}: file {tuple(file)} vs config {tuple(own)}" for key, file, own in info["mismatched_keys"]]
-    problems = _key_problems(info["missing_keys"], info["unexpected_keys"], mismatched)
+    problems = key_problems(info["missing_keys"], info["unexpected_keys"], mismatched)
     if problems:
         raise ModelLoadError(f"{source}: the weights do not fit its config; {problems}")
     logger.info("%s: weights stored in %s, loaded as %s", source, getattr(config, "dtype", None) or "an unstated dtype",
@@ -235,13 +237,13 @@ def load_state_dict_file(model: CLIPModel, path: str) -> None:
         for k in set(own) & set(state)
         if own[k].shape != state[k].shape
     )
-    problems = _key_problems(missing, unexpected, mismatched)
+    problems = key_problems(missing, unexpected, mismatched)
     if problems:
         raise ModelLoadError(f"{path} does not fit the base model; {problems}")
     model.load_state_dict(state, strict=True)
 
 
-def _key_problems(missing: Iterable[str], unexpected: Iterable[str], mismatched: Iterable[str]) -> str:
+def key_problems(missing: Iterable[str], unexpected: Iterable[str], mismatched: Iterable[str]) -> str:
     """``missing (n): a, b ...; unexpected (n): ...`` listing at most ten keys of each kind; empty if none."""
     parts = []
     for label, keys in (("missing", missing), ("unexpected", unexpected), ("mismatched", mismatched)):

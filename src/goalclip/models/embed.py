@@ -1,8 +1,9 @@
 """CLIP embeddings of texts and images: the one place mining, evaluation, search and viz get them.
 
-Evaluation also encodes open_clip models (``models/open_clip.py``) through the same functions:
-a bundle is a ``ClipBundle`` or an ``OpenClipBundle`` (``load_encoder`` picks), and only the
-tokenizer call and the two tower calls differ between them.
+Evaluation also encodes open_clip models (``models/open_clip.py``) and BLIP-2 retrieval checkpoints
+(``models/blip2.py``) through the same functions: a bundle is a ``ClipBundle``, an ``OpenClipBundle`` or a
+``Blip2Bundle`` (``load_encoder`` picks), and only the tokenizer call and the two tower calls differ between
+them: the last two tokenize themselves and their models answer ``encode_text`` / ``encode_image``.
 
 The names say what each function takes: ``embed_token_ids`` (one tokenised batch) and
 ``embed_pixels`` (one pixel batch) run one forward of a model; ``embed_text_strings`` (and
@@ -31,6 +32,7 @@ from transformers import BatchEncoding
 from goalclip.core.images import PixelBatches
 from goalclip.core.text import clean_text
 from goalclip.models.backbone import KINDS, backbone_for
+from goalclip.models.blip2 import Blip2Bundle, is_blip2, load_blip2
 from goalclip.models.clip import ClipBundle, load_clip
 from goalclip.models.open_clip import OpenClipBundle, is_open_clip, load_open_clip
 
@@ -41,13 +43,16 @@ class NonFiniteEmbeddingError(ValueError):
     """A model produced NaN or infinite embeddings; the message names the model."""
 
 
-Bundle = ClipBundle | OpenClipBundle
+Bundle = ClipBundle | OpenClipBundle | Blip2Bundle
 
 
 def load_encoder(source: str, *, base: str | None = None, device: str | torch.device = "cpu") -> Bundle:
-    """What evaluation encodes with: an open_clip model for an ``open_clip:`` spec, else ``load_clip``."""
+    """What evaluation encodes with: an open_clip model for an ``open_clip:`` spec, a BLIP-2 retrieval model
+    for a checkpoint of that type, else ``load_clip``."""
     if is_open_clip(source):
         return load_open_clip(source, device=device)
+    if is_blip2(source):
+        return load_blip2(source, device=device)
     return load_clip(source, base=base, device=device)
 
 
@@ -67,7 +72,7 @@ def tokenize(bundle: Bundle, texts: Sequence[str], max_len: int | None = None) -
     padding to the batch's longest (not to 248) is exact and much cheaper for short sentences.
     SigLIP's is not and it pools the last position, so its texts pad to the model's full context, as
     it was trained (also when ``max_len`` cuts them shorter).
-    An open_clip model gets its own tokenizer's ids at its full context (``OpenClipBundle.tokenize``).
+    An open_clip or BLIP-2 model gets its own tokenizer's ids (``OpenClipBundle.tokenize``, ``Blip2Bundle.tokenize``).
     """
     return tokenize_counted(bundle, texts, max_len)[0]
 
@@ -82,7 +87,7 @@ def tokenize_counted(
     Texts are tokenised in full, then a row past ``max_len`` keeps its first ``max_len - 1`` tokens
     and ends in EOS: exactly the tokenizer's own right truncation of CLIP's BOS + text + EOS.
     """
-    if isinstance(bundle, OpenClipBundle):
+    if not isinstance(bundle, ClipBundle):  # open_clip, BLIP-2: their own tokenizer call
         texts = list(texts)
         lengths = bundle.token_lengths(texts)
         return bundle.tokenize(texts, max_len), sum(n > (max_len or bundle.max_text_len) for n in lengths)
@@ -108,7 +113,7 @@ def tokenize_counted(
 def count_truncated(bundle: Bundle, texts: Sequence[str], max_len: int | None = None) -> int:
     """How many texts are longer than the context (they would be cut)."""
     max_len = max_len or bundle.max_text_len
-    if isinstance(bundle, OpenClipBundle):
+    if not isinstance(bundle, ClipBundle):
         return sum(length > max_len for length in bundle.token_lengths(list(texts)))
     lengths = bundle.tokenizer([clean_text(t) for t in texts], truncation=False, verbose=False)["input_ids"]
     return sum(len(ids) > max_len for ids in lengths)
@@ -127,22 +132,26 @@ def _finite(model: torch.nn.Module, embeds: torch.Tensor, what: str) -> torch.Te
 def embed_token_ids(
     model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """L2-normalised text embeddings for one tokenised batch (a CLIP/SigLIP or an open_clip model)."""
+    """L2-normalised text embeddings for one tokenised batch (a CLIP/SigLIP, open_clip or BLIP-2 model)."""
     if isinstance(model, tuple(KINDS.values())):
         embeds, _ = backbone_for(model).text(input_ids, attention_mask)
-    else:  # open_clip: its ids carry their own padding, which its pooling knows; no mask
+    else:  # open_clip, BLIP-2: their ids carry their own padding, which their encoders know; no mask
         embeds = model.encode_text(input_ids)
     return _finite(model, F.normalize(embeds.float(), dim=-1), "text")
 
 
 @torch.no_grad()
 def embed_pixels(model: torch.nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
-    """L2-normalised image embeddings for one pixel batch (a CLIP/SigLIP or an open_clip model)."""
+    """L2-normalised image embeddings for one pixel batch (a CLIP/SigLIP, open_clip or BLIP-2 model).
+
+    A BLIP-2 image is one embedding per query token: each is normalised and a row holds them side by side
+    (``[N, queries * D]``), which ``evaluation.metrics.similarity`` scores by the best of them.
+    """
     if isinstance(model, tuple(KINDS.values())):
         embeds, _ = backbone_for(model).image(pixel_values)
     else:
         embeds = model.encode_image(pixel_values)
-    return _finite(model, F.normalize(embeds.float(), dim=-1), "image")
+    return _finite(model, F.normalize(embeds.float(), dim=-1).flatten(1), "image")
 
 
 def embed_text_strings(

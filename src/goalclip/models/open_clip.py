@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -125,6 +125,7 @@ class OpenClipBundle:
     tokenizer: Any
     image_processor: OpenClipImageProcessor
     embed_dim: int
+    image_tokens: ClassVar[int] = 1  # embeddings per image, as ``ClipBundle``
 
     @property
     def max_text_len(self) -> int:
