@@ -299,8 +299,11 @@ def stretch_positions(model: CLIPModel, *, keep: int = 20, target: int | None = 
     stretched = stretched_positions(weight, keep)
     if target is not None:
         if target > stretched.shape[0]:
+            most_kept = (4 * weight.shape[0] - target) // 3
             raise ValueError(
-                f"max_text_len={target} exceeds the stretch limit 4*{weight.shape[0]}-3*{keep}={stretched.shape[0]}"
+                f"max_text_len={target} exceeds the stretch limit 4*{weight.shape[0]}-3*{keep}={stretched.shape[0]} "
+                f"of a {weight.shape[0]}-position text tower: ask for at most {stretched.shape[0]}"
+                + (f", or keep at most {most_kept} positions (--keep-positions)" if most_kept >= 0 else "")
             )
         stretched = stretched[:target]
     set_text_positions(model, stretched)
