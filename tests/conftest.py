@@ -238,6 +238,27 @@ def siglip_corpus(texts: tuple[str, ...]) -> list[str]:
     return [*texts, *generated]
 
 
+def save_tiny_siglip_weights(folder: Path, texts: tuple[str, ...], *, vocab_size: int, pad_id: int,
+                             eos_id: int) -> None:
+    """A tiny SigLIP's weights, config and image processor (64 text positions, as SigLIP's) for a tokenizer of
+    ``vocab_size`` tokens saved beside them by the caller."""
+    from transformers import SiglipModel
+
+    from goalclip.demo.tiny import build_tiny_siglip
+
+    kwargs = {k: TINY_MODEL_KWARGS[k] for k in ("image_size", "patch_size", "width", "layers", "heads")}
+    tiny = build_tiny_siglip(texts, context_length=64, **kwargs)
+    config = tiny.model.config
+    config.text_config.vocab_size, config.text_config.pad_token_id = vocab_size, pad_id
+    config.text_config.eos_token_id = eos_id
+    torch.manual_seed(0)
+    model = SiglipModel(config)
+    model.load_state_dict({k: v for k, v in tiny.model.state_dict().items() if "token_embedding" not in k},
+                          strict=False)
+    model.save_pretrained(folder)
+    tiny.image_processor.save_pretrained(folder)
+
+
 @pytest.fixture(scope="session")
 def hub_siglip(tiny_world: TinyWorld) -> Path:
     """A tiny SigLIP v1 folder laid out as google/siglip-base-patch16-224 is: config.json, model.safetensors,
@@ -247,9 +268,6 @@ def hub_siglip(tiny_world: TinyWorld) -> Path:
     import io
 
     import sentencepiece
-    from transformers import SiglipModel
-
-    from goalclip.demo.tiny import build_tiny_siglip
 
     folder = tiny_world.root / "hub_siglip"
     folder.mkdir()
@@ -260,16 +278,7 @@ def hub_siglip(tiny_world: TinyWorld) -> Path:
         eos_piece="</s>", unk_piece="<unk>", character_coverage=1.0, num_threads=1, minloglevel=2)
     (folder / "spiece.model").write_bytes(spiece.getvalue())
     vocab = sentencepiece.SentencePieceProcessor(model_proto=spiece.getvalue()).get_piece_size()
-    kwargs = {k: TINY_MODEL_KWARGS[k] for k in ("image_size", "patch_size", "width", "layers", "heads")}
-    tiny = build_tiny_siglip(tiny_world.texts, context_length=64, **kwargs)
-    config = tiny.model.config
-    config.text_config.vocab_size, config.text_config.pad_token_id, config.text_config.eos_token_id = vocab, 1, 1
-    torch.manual_seed(0)
-    model = SiglipModel(config)
-    model.load_state_dict({k: v for k, v in tiny.model.state_dict().items() if "token_embedding" not in k},
-                          strict=False)
-    model.save_pretrained(folder)
-    tiny.image_processor.save_pretrained(folder)
+    save_tiny_siglip_weights(folder, tiny_world.texts, vocab_size=vocab, pad_id=1, eos_id=1)
     (folder / "tokenizer_config.json").write_text(json.dumps(HUB_SIGLIP_TOKENIZER_CONFIG, indent=2))
     (folder / "special_tokens_map.json").write_text(json.dumps(HUB_SIGLIP_SPECIAL_TOKENS, indent=2))
     return folder

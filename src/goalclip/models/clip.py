@@ -121,6 +121,7 @@ def load_clip(
                 f"{source}: the tokenizer has {len(tokenizer)} tokens but the model's text embedding only "
                 f"{model.config.text_config.vocab_size}; the tokenizer belongs to another model"
             )
+        tokenizer = backbone_for(model).text_tokenizer(tokenizer)
         bundle = ClipBundle(model, tokenizer, image_processor)
     bundle.model.to(device)
     return bundle

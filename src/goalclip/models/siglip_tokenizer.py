@@ -1,4 +1,4 @@
-"""SigLIP's SentencePiece tokenizer as a fast tokenizer that gives the same ids, with character offsets.
+"""SigLIP's tokenizers as goalclip needs them: fast (SentencePiece-only ones converted), lowercasing, right-padding.
 
 SigLIP (v1) checkpoints ship only ``spiece.model``: transformers loads them as the slow ``SiglipTokenizer``,
 which has no offset mapping. goalclip needs offsets (training locates each mined sentence's tokens in its
@@ -11,6 +11,10 @@ where each character came from, so the offsets point into the text as given. The
 
 Known difference: a special token written inside a text (a literal ``</s>``) is followed by a word-start
 piece here and not in the slow tokenizer, which drops it there; captions do not contain them.
+
+SigLIP and SigLIP 2 were trained on lowercased text (big_vision lowercases before tokenising), but the
+tokenizer SigLIP 2's fixed-resolution folders name (``GemmaTokenizer``) keeps case and pads on the left:
+:func:`siglip_tokenizer` lowercases (as transformers' own ``Siglip2Tokenizer`` does) and pads on the right.
 """
 
 from __future__ import annotations
@@ -65,8 +69,24 @@ def fast_tokenizer(slow: PreTrainedTokenizerBase) -> PreTrainedTokenizerFast | N
     if converter is None:
         return None
     backend: Tokenizer = converter(slow).converted()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, **slow.special_tokens_map,
+                                   model_max_length=slow.model_max_length,
+                                   model_input_names=list(slow.model_input_names))
+
+
+def siglip_tokenizer(tokenizer: PreTrainedTokenizerFast) -> PreTrainedTokenizerFast:
+    """A SigLIP tokenizer that lowercases and pads on the right, as SigLIP and SigLIP 2 were trained.
+
+    Lowercasing becomes the first normalizer step (unless it lowercases already), which keeps the offsets
+    pointing into the text as written. The result is a plain fast tokenizer: a model-specific class such as
+    ``GemmaTokenizer`` rebuilds its pipeline from its vocabulary when loaded, dropping the added step, and
+    pads on the left by default; a plain one loads the saved ``tokenizer.json`` and padding side as they are.
+    """
+    backend = tokenizer.backend_tokenizer
+    if backend.normalizer is None or backend.normalizer.normalize_str("A") != "a":
+        steps = [normalizers.Lowercase()] + ([backend.normalizer] if backend.normalizer is not None else [])
+        backend.normalizer = normalizers.Sequence(steps)
     return PreTrainedTokenizerFast(
-        tokenizer_object=backend, eos_token=slow.eos_token, pad_token=slow.pad_token, unk_token=slow.unk_token,
-        model_max_length=slow.model_max_length, model_input_names=list(slow.model_input_names),
-        padding_side=slow.padding_side, truncation_side=slow.truncation_side,
+        tokenizer_object=backend, **tokenizer.special_tokens_map, model_max_length=tokenizer.model_max_length,
+        model_input_names=list(tokenizer.model_input_names), padding_side="right", truncation_side="right",
     )
