@@ -6,6 +6,7 @@ import random
 import string
 from pathlib import Path
 
+import pytest
 from transformers import AutoTokenizer, SiglipTokenizer
 
 from goalclip.core.text import token_span
@@ -66,3 +67,19 @@ def test_the_saved_folder_loads_fast_anywhere_with_the_same_ids(hub_siglip: Path
     again = AutoTokenizer.from_pretrained(saved)
     slow = SiglipTokenizer.from_pretrained(hub_siglip)
     assert again.is_fast and again(TRICKY)["input_ids"] == slow(TRICKY)["input_ids"]
+
+
+def test_without_sentencepiece_the_error_names_the_extra_to_install(hub_siglip: Path, monkeypatch) -> None:
+    """transformers' own words when sentencepiece is missing (its last fallback for a SentencePiece-only folder)."""
+    from goalclip.models import clip
+
+    def missing(*args, **kwargs):
+        raise ValueError("Couldn't instantiate the backend tokenizer from one of: \n(1) a `tokenizers` library "
+                         "serialization file, \n(2) a slow tokenizer instance to convert or \n(3) an equivalent slow "
+                         "tokenizer class to instantiate and convert. \nYou need to have sentencepiece or tiktoken "
+                         "installed to convert a slow tokenizer to a fast one.")
+
+    monkeypatch.setattr(clip.AutoTokenizer, "from_pretrained", missing)
+    wanted = r"hub_siglip: no usable tokenizer .* pip install 'goalclip\[siglip\]'"
+    with pytest.raises(clip.ModelLoadError, match=wanted):
+        clip.load_processors(str(hub_siglip))
