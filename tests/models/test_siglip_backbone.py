@@ -72,6 +72,24 @@ def test_region_feature_is_the_attention_head_on_the_regions_patches_only(tiny_s
     assert torch.isfinite(pooled[2]).all()
 
 
+def test_viz_attention_is_the_pooling_heads_attention_recomputed_from_its_weights(tiny_siglip_bundle) -> None:
+    """What `viz attention --kind cls` draws for SigLIP: per head, softmax(q k^T / sqrt(d)) of the probe's query
+    against the last hidden state's keys, from the head's packed projection weights."""
+    backbone, head = tiny_siglip_bundle.backbone, tiny_siglip_bundle.model.vision_model.head
+    pixels = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        _, hidden = backbone.image(pixels)
+        drawn = backbone.pooling_attention(None, hidden)
+        heads, width = head.attention.num_heads, hidden.shape[-1]
+        w_q, w_k, _ = head.attention.in_proj_weight.chunk(3)
+        b_q, b_k, _ = head.attention.in_proj_bias.chunk(3)
+        q = (head.probe[0] @ w_q.T + b_q).view(1, heads, width // heads).transpose(0, 1)  # [H, 1, d]
+        k = (hidden @ w_k.T + b_k).view(2, -1, heads, width // heads).permute(0, 2, 1, 3)  # [N, H, P, d]
+        want = torch.softmax(q.unsqueeze(0) @ k.transpose(-1, -2) / math.sqrt(width // heads), dim=-1)[:, :, 0]
+    assert drawn.shape == (2, heads, 16)
+    torch.testing.assert_close(drawn, want, atol=1e-5, rtol=0)
+
+
 def test_sentence_feature_is_the_span_mean_through_the_final_norm_and_head(tiny_siglip_bundle) -> None:
     backbone, text_model = tiny_siglip_bundle.backbone, tiny_siglip_bundle.model.text_model
     ids = tokenize(tiny_siglip_bundle, TEXTS)["input_ids"]
