@@ -239,3 +239,73 @@ def build_tiny_blip2(texts: tuple[str, ...] | list[str], folder: Path, *, contex
 def tiny_blip2(tiny_world: TinyWorld) -> Path:
     """A saved tiny BLIP-2 retrieval model with a 16-token context (``build_tiny_blip2``)."""
     return build_tiny_blip2(tiny_world.texts, tiny_world.root / "blip2")
+
+
+# SigLIP v1 as the hub ships it (google/siglip-base-patch16-224): a SentencePiece model and the slow
+# SiglipTokenizer's settings, no tokenizer.json.
+HUB_SIGLIP_TOKENIZER_CONFIG = {
+    "tokenizer_class": "SiglipTokenizer", "processor_class": "SiglipProcessor", "do_lower_case": True,
+    "eos_token": "</s>", "pad_token": "</s>", "unk_token": "<unk>", "additional_special_tokens": [],
+    "model_input_names": ["input_ids"], "model_max_length": 64, "sp_model_kwargs": {},
+    "clean_up_tokenization_spaces": True,
+}
+HUB_SIGLIP_SPECIAL_TOKENS = {
+    name: {"content": token, "lstrip": True, "normalized": False, "rstrip": True, "single_word": False}
+    for name, token in (("eos_token", "</s>"), ("pad_token", "</s>"), ("unk_token", "<unk>"))
+}
+
+
+def siglip_corpus(texts: tuple[str, ...]) -> list[str]:
+    """A few hundred generated sentences (and ``texts``) to train a small SentencePiece vocabulary on."""
+    colours = ["red", "blue", "green", "yellow", "white", "black"]
+    things = ["square", "circle", "triangle", "dog", "cat", "car"]
+    places = ["on the left", "in the corner", "near the top", "beside a tree", "under the table"]
+    generated = [template.format(c, t, p) for c in colours for t in things for p in places
+                 for template in ("A {0} {1} is {2}.", "The {1}, painted {0}, sits {2}!")]
+    return [*texts, *generated]
+
+
+def save_tiny_siglip_weights(folder: Path, texts: tuple[str, ...], *, vocab_size: int, pad_id: int,
+                             eos_id: int) -> None:
+    """A tiny SigLIP's weights, config and image processor (64 text positions, as SigLIP's) for a tokenizer of
+    ``vocab_size`` tokens saved beside them by the caller."""
+    from transformers import SiglipModel
+
+    from goalclip.demo.tiny import build_tiny_siglip
+
+    kwargs = {k: TINY_MODEL_KWARGS[k] for k in ("image_size", "patch_size", "width", "layers", "heads")}
+    tiny = build_tiny_siglip(texts, context_length=64, **kwargs)
+    config = tiny.model.config
+    config.text_config.vocab_size, config.text_config.pad_token_id = vocab_size, pad_id
+    config.text_config.eos_token_id = eos_id
+    torch.manual_seed(0)
+    model = SiglipModel(config)
+    model.load_state_dict({k: v for k, v in tiny.model.state_dict().items() if "token_embedding" not in k},
+                          strict=False)
+    model.save_pretrained(folder)
+    tiny.image_processor.save_pretrained(folder)
+
+
+@pytest.fixture(scope="session")
+def hub_siglip(tiny_world: TinyWorld) -> Path:
+    """A tiny SigLIP v1 folder laid out as google/siglip-base-patch16-224 is: config.json, model.safetensors,
+    preprocessor_config.json, and only a SentencePiece tokenizer (spiece.model trained here, T5-style ids
+    pad 0, eos 1, unk 2; tokenizer_config.json naming SiglipTokenizer; special_tokens_map.json); SigLIP's
+    64 text positions."""
+    import io
+
+    import sentencepiece
+
+    folder = tiny_world.root / "hub_siglip"
+    folder.mkdir()
+    spiece = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(siglip_corpus(tiny_world.texts)), model_writer=spiece, model_type="unigram",
+        vocab_size=300, hard_vocab_limit=False, pad_id=0, eos_id=1, unk_id=2, bos_id=-1, pad_piece="<pad>",
+        eos_piece="</s>", unk_piece="<unk>", character_coverage=1.0, num_threads=1, minloglevel=2)
+    (folder / "spiece.model").write_bytes(spiece.getvalue())
+    vocab = sentencepiece.SentencePieceProcessor(model_proto=spiece.getvalue()).get_piece_size()
+    save_tiny_siglip_weights(folder, tiny_world.texts, vocab_size=vocab, pad_id=1, eos_id=1)
+    (folder / "tokenizer_config.json").write_text(json.dumps(HUB_SIGLIP_TOKENIZER_CONFIG, indent=2))
+    (folder / "special_tokens_map.json").write_text(json.dumps(HUB_SIGLIP_SPECIAL_TOKENS, indent=2))
+    return folder

@@ -30,7 +30,7 @@ def test_goal_joint_json_keeps_boxed_whole_and_crop_file_pairs(tmp_path: Path) -
     crop = write_image(crops / "sa_1.jpg_results" / "sa_1_max_4.png")
     summary = convert("goal-json", root, "DCI_test_joint_sim_max_11", tmp_path / "out" / "joint.jsonl",
                       image_root=photos)
-    from goalclip.evaluation.retrieval import joint_items, read_eval_records
+    from goalclip.evaluation.items import joint_items, read_eval_records
 
     records = {r["id"]: r for _, r in read_eval_records(str(tmp_path / "out" / "joint.jsonl"))}
     lines = [json.loads(line) for line in (tmp_path / "out" / "joint.jsonl").read_text().splitlines()]

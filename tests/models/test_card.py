@@ -87,3 +87,18 @@ def test_base_model_is_the_hub_id_the_run_started_from_even_through_an_export(tm
     second = run("second", str(first))  # trained further from the exported folder
     assert ModelCard.load(second / "README.md").data.base_model == "openai/clip-vit-base-patch16"
     assert "- steps: 3 " in (second / "README.md").read_text()  # no metrics.jsonl: the planned steps
+
+
+def test_a_siglip_runs_card_loads_it_as_siglip_with_texts_padded_to_its_context(tmp_path):
+    """CLIPModel cannot load a SigLIP folder, and SigLIP's texts pad to the context (``padding=True`` would not)."""
+    from goalclip.models.card import build_card
+
+    record = {"config": {"model": "google/siglip-base-patch16-224", "method": "goal", "data": "pairs.jsonl",
+                         "max_text_len": None, "keep_positions": 20},
+              "derived": {"backbone": "siglip", "context_length": 196}}
+    (tmp_path / "train_config.json").write_text(json.dumps(record))
+    card = build_card(tmp_path, tmp_path)
+    assert "CLIPModel" not in card and "padding=True" not in card
+    assert "model = AutoModel.from_pretrained(" in card and "processor = AutoProcessor.from_pretrained(" in card
+    assert 'padding="max_length", max_length=196, truncation=True' in card
+    assert "A SigLIP model fine-tuned" in card

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import SiglipModel
+from transformers import AutoTokenizer, SiglipModel
 
 from goalclip.models.backbone import clamp_temperature, masked_mean
 from goalclip.models.clip import ModelLoadError, load_clip, prepare_text_positions, save_clip
@@ -72,6 +72,24 @@ def test_region_feature_is_the_attention_head_on_the_regions_patches_only(tiny_s
     assert torch.isfinite(pooled[2]).all()
 
 
+def test_viz_attention_is_the_pooling_heads_attention_recomputed_from_its_weights(tiny_siglip_bundle) -> None:
+    """What `viz attention --kind cls` draws for SigLIP: per head, softmax(q k^T / sqrt(d)) of the probe's query
+    against the last hidden state's keys, from the head's packed projection weights."""
+    backbone, head = tiny_siglip_bundle.backbone, tiny_siglip_bundle.model.vision_model.head
+    pixels = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        _, hidden = backbone.image(pixels)
+        drawn = backbone.pooling_attention(None, hidden)
+        heads, width = head.attention.num_heads, hidden.shape[-1]
+        w_q, w_k, _ = head.attention.in_proj_weight.chunk(3)
+        b_q, b_k, _ = head.attention.in_proj_bias.chunk(3)
+        q = (head.probe[0] @ w_q.T + b_q).view(1, heads, width // heads).transpose(0, 1)  # [H, 1, d]
+        k = (hidden @ w_k.T + b_k).view(2, -1, heads, width // heads).permute(0, 2, 1, 3)  # [N, H, P, d]
+        want = torch.softmax(q.unsqueeze(0) @ k.transpose(-1, -2) / math.sqrt(width // heads), dim=-1)[:, :, 0]
+    assert drawn.shape == (2, heads, 16)
+    torch.testing.assert_close(drawn, want, atol=1e-5, rtol=0)
+
+
 def test_sentence_feature_is_the_span_mean_through_the_final_norm_and_head(tiny_siglip_bundle) -> None:
     backbone, text_model = tiny_siglip_bundle.backbone, tiny_siglip_bundle.model.text_model
     ids = tokenize(tiny_siglip_bundle, TEXTS)["input_ids"]
@@ -121,3 +139,45 @@ def test_clips_temperature_is_clamped_at_100_and_siglips_is_free(tiny_siglip_bun
             bundle.model.logit_scale.fill_(math.log(200.0))
         clamp_temperature(bundle.model)
         assert bundle.model.logit_scale.item() == pytest.approx(want), bundle.kind
+
+
+@pytest.fixture(scope="module")
+def siglip2_like(tiny_world, tmp_path_factory) -> Path:
+    """A tiny SigLIP with SigLIP 2's tokenizer setup: transformers' GemmaTokenizer (the class SigLIP 2's
+    fixed-resolution folders name: it pads on the left unless told otherwise and does not lowercase),
+    ``<pad>`` 0, ``<eos>`` 1 appended, no ``<bos>``; character pieces only."""
+    from transformers import GemmaTokenizer
+
+    from tests.conftest import save_tiny_siglip_weights
+
+    folder = tmp_path_factory.mktemp("siglip2_like")
+    pieces = sorted({c for text in tiny_world.texts for c in text.replace(" ", "▁")})
+    vocab = {piece: index for index, piece in enumerate(["<pad>", "<eos>", "<bos>", "<unk>", "<mask>", *pieces])}
+    tokenizer = GemmaTokenizer(vocab=vocab, merges=[], add_bos_token=False, add_eos_token=True, model_max_length=64)
+    assert tokenizer.padding_side == "left" and tokenizer("A")["input_ids"] == [vocab["A"], 1]
+    tokenizer.save_pretrained(folder)
+    save_tiny_siglip_weights(folder, tiny_world.texts, vocab_size=len(vocab), pad_id=0, eos_id=1)
+    return folder
+
+
+def siglip2_reference(tokenizer, texts: list[str], length: int = 64) -> torch.Tensor:
+    """How SigLIP 2 was trained and evaluated (big_vision: ``lower|tok(length=64, model="gemma", bos="no",
+    eos="sticky")``): lowercase, ids + ``<eos>``, a longer text cut to its first 63 ids and ``<eos>``, then
+    ``<pad>`` on the right up to 64."""
+    rows = []
+    for ids in tokenizer([text.lower() for text in texts])["input_ids"]:
+        ids = ids[: length - 1] + ids[-1:] if len(ids) > length else ids
+        rows.append(ids + [tokenizer.pad_token_id] * (length - len(ids)))
+    return torch.tensor(rows)
+
+
+def test_siglip2_texts_are_lowercased_and_padded_on_the_right_to_64_as_trained(siglip2_like, tiny_world) -> None:
+    bundle = load_clip(str(siglip2_like))
+    texts = [TEXTS[0], " ".join(tiny_world.texts[:4])]  # the second is longer than 64 pieces
+    plain = AutoTokenizer.from_pretrained(siglip2_like)
+    want = siglip2_reference(plain, texts)
+    assert len(plain(texts[1].lower())["input_ids"]) > 64
+    assert torch.equal(tokenize(bundle, texts)["input_ids"], want)
+    saved = AutoTokenizer.from_pretrained(save_clip(bundle, siglip2_like.parent / "saved"))
+    assert torch.equal(saved(texts[:1], padding="max_length", max_length=64, return_tensors="pt")["input_ids"],
+                       want[:1])

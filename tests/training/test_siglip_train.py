@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 import transformers
 from PIL import Image
-from transformers import AutoModel, AutoProcessor, SiglipModel
+from transformers import AutoModel, AutoProcessor, SiglipModel, SiglipTokenizer
 
 from goalclip.cli import main
 from goalclip.models.clip import load_clip
@@ -142,3 +142,32 @@ def test_two_processes_at_batch_b_train_siglip_like_one_process_at_2b(tiny_world
         else:
             other = two[key]
         torch.testing.assert_close(other, value, atol=1e-6, rtol=0, msg=key)
+
+
+def test_a_hub_siglip_v1_folder_trains_at_its_default_context_and_evaluates(hub_siglip, tiny_world, tmp_path,
+                                                                             capsys) -> None:
+    """No text flags: a 64-position SigLIP stretches to 196 keeping 20 (CLIP's 248 is past its stretch limit);
+    the SentencePiece-only folder trains and evaluates, and the trained folder keeps the slow tokenizer's ids."""
+    out = tmp_path / "hub"
+    assert main(["train", "--model", str(hub_siglip), "--data", str(tiny_world.mined), "--method", "goal",
+                 "--out", str(out), "--max-steps", "1", "--batch-size", "4", "--num-workers", "0",
+                 "--no-progress"]) == 0, capsys.readouterr().err[-2000:]
+    record = json.loads((out / "train_config.json").read_text())
+    assert record["derived"]["context_length"] == 196 and record["config"]["keep_positions"] == 20
+    for model in (hub_siglip, out):
+        assert main(["eval", "--model", str(model), "--data", str(tiny_world.captions), "--ks", "1", "--out",
+                     str(tmp_path / f"{model.name}.json"), "--no-progress"]) == 0, capsys.readouterr().err[-2000:]
+    texts = list(tiny_world.texts)
+    assert load_clip(str(out)).tokenizer(texts)["input_ids"] == SiglipTokenizer.from_pretrained(hub_siglip)(texts)[
+        "input_ids"]
+
+
+def test_a_given_context_past_the_stretch_limit_is_refused_with_what_fits(hub_siglip, tiny_world, tmp_path,
+                                                                          capsys) -> None:
+    code = main(["train", "--model", str(hub_siglip), "--data", str(tiny_world.mined), "--method", "goal",
+                 "--out", str(tmp_path / "long"), "--max-text-len", "248", "--max-steps", "1", "--batch-size", "4",
+                 "--num-workers", "0", "--no-progress"])
+    err = " ".join(capsys.readouterr().err.split())
+    assert code != 0 and "Traceback" not in err
+    assert "max_text_len=248 exceeds the stretch limit 4*64-3*20=196" in err
+    assert "ask for at most 196, or keep at most 2 positions (--keep-positions)" in err

@@ -20,6 +20,8 @@ Where the two differ:
   mask (SigLIP attends to its pad tokens in training, so masking them would change the embedding).
 * a sentence's TSL feature (``pool_text``): both average the span's last-layer token states and send
   the mean through the tower's own final layernorm and text projection (CLIP) / head (SigLIP).
+* tokenizer (``text_tokenizer``): CLIP's is used as it is; SigLIP's lowercases and pads on the right, as SigLIP
+  and SigLIP 2 were trained, also where the folder's tokenizer does not (SigLIP 2's Gemma tokenizer).
 * contrastive loss: CLIP's softmax InfoNCE with a temperature clamped to at most 100; SigLIP's
   sigmoid loss with a learnable temperature and bias, not clamped (as SigLIP trains).
 """
@@ -29,7 +31,9 @@ from __future__ import annotations
 import math
 
 import torch
-from transformers import CLIPConfig, CLIPModel, PretrainedConfig, SiglipModel
+from transformers import CLIPConfig, CLIPModel, PretrainedConfig, PreTrainedTokenizerFast, SiglipModel
+
+from goalclip.models.siglip_tokenizer import siglip_tokenizer
 
 KINDS = {"clip": CLIPModel, "siglip": SiglipModel}
 
@@ -110,6 +114,10 @@ class ClipBackbone:
         """Pooled text token states through the final layernorm and text projection."""
         return self.model.text_projection(self.model.text_model.final_layer_norm(pooled))
 
+    def text_tokenizer(self, tokenizer: PreTrainedTokenizerFast) -> PreTrainedTokenizerFast:
+        """The model's own tokenizer as goalclip uses it: CLIP's as it is (it lowercases by itself)."""
+        return tokenizer
+
     def logit_bias(self) -> torch.Tensor | None:
         """The bias of the contrastive logits: none (CLIP's loss is a softmax)."""
         return None
@@ -177,6 +185,11 @@ class SiglipBackbone(ClipBackbone):
     def project_text(self, pooled: torch.Tensor) -> torch.Tensor:
         """Pooled text token states through the final layernorm and the text head (as the last position is)."""
         return self.model.text_model.head(self.model.text_model.final_layer_norm(pooled))
+
+    def text_tokenizer(self, tokenizer: PreTrainedTokenizerFast) -> PreTrainedTokenizerFast:
+        """Lowercasing and padding on the right, as SigLIP and SigLIP 2 were trained (SigLIP 2's Gemma tokenizer
+        keeps case and pads on the left)."""
+        return siglip_tokenizer(tokenizer)
 
     def logit_bias(self) -> torch.Tensor | None:
         return self.model.logit_bias

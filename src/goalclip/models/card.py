@@ -143,11 +143,12 @@ def build_card(model_dir: str | os.PathLike, run_dir: str | os.PathLike) -> str:
          f"(positions stretched Long-CLIP style, first {config.get('keep_positions')} kept)"),
         f"- goalclip commit: `{record.get('git_commit')}`" if record.get("git_commit") else "",
     ]
+    kind = "SigLIP" if derived.get("backbone") == "siglip" else "CLIP"
     lines = [
         f"# {name}",
         "",
-        "A CLIP model fine-tuned for long, detailed captions with goalclip (GOAL / FAST-GOAL). "
-        "It is a plain `transformers` CLIP folder: model, tokenizer and image processor.",
+        f"A {kind} model fine-tuned for long, detailed captions with goalclip (GOAL / FAST-GOAL). "
+        f"It is a plain `transformers` {kind} folder: model, tokenizer and image processor.",
         "",
         "## Training",
         "",
@@ -159,20 +160,25 @@ def build_card(model_dir: str | os.PathLike, run_dir: str | os.PathLike) -> str:
         lines += [f"Final validation (step {step}) on `{Path(str(config.get('val_data'))).name}`, in %:", "",
                   "| " + " | ".join(scores) + " |", "|" + "|".join("---:" for _ in scores) + "|",
                   "| " + " | ".join(f"{v:.2f}" for v in scores.values()) + " |", ""]
-    lines += [
-        "## Use",
-        "",
-        "```python",
-        "from transformers import CLIPModel, CLIPProcessor",
-        "",
-        f'model = CLIPModel.from_pretrained("{name}")  # this folder, or its Hub repo id',
-        f'processor = CLIPProcessor.from_pretrained("{name}")',
-        (f"# texts up to {derived.get('context_length', config.get('max_text_len'))} tokens: "
-         f'processor(text=[caption], images=[image], padding=True, truncation=True, return_tensors="pt")'),
-        "```",
-        "",
-    ]
+    lines += ["## Use", "", "```python", *_usage(kind, name, derived.get("context_length", config.get("max_text_len"))),
+              "```", ""]
     return f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines)
+
+
+def _usage(kind: str, name: str, context: Any) -> list[str]:
+    """How to load the folder and encode texts: SigLIP's pad to the context, as it was trained (and without an
+    attention mask); CLIP's to the longest in the batch, which its causal text attention makes exact."""
+    model_class, processor_class, padding = (
+        ("AutoModel", "AutoProcessor", f'padding="max_length", max_length={context}') if kind == "SigLIP"
+        else ("CLIPModel", "CLIPProcessor", "padding=True"))
+    return [
+        f"from transformers import {model_class}, {processor_class}",
+        "",
+        f'model = {model_class}.from_pretrained("{name}")  # this folder, or its Hub repo id',
+        f'processor = {processor_class}.from_pretrained("{name}")',
+        f"# texts up to {context} tokens:",
+        f'processor(text=[caption], images=[image], {padding}, truncation=True, return_tensors="pt")',
+    ]
 
 
 def write_model_card(model_dir: str | os.PathLike, run_dir: str | os.PathLike) -> Path:

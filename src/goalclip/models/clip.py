@@ -30,6 +30,7 @@ from transformers import (
 from goalclip.core.manifest import atomic_folder
 from goalclip.models.backbone import ClipBackbone, backbone_for, model_class
 from goalclip.models.open_clip import is_open_clip
+from goalclip.models.siglip_tokenizer import CONVERTERS, fast_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -122,6 +123,7 @@ def load_clip(
                 f"{source}: the tokenizer has {len(tokenizer)} tokens but the model's text embedding only "
                 f"{model.config.text_config.vocab_size}; the tokenizer belongs to another model"
             )
+        tokenizer = backbone_for(model).text_tokenizer(tokenizer)
         bundle = ClipBundle(model, tokenizer, image_processor)
     bundle.model.to(device)
     return bundle
@@ -171,6 +173,8 @@ def _weight_files(source: str) -> list[Path]:
 def load_processors(source: str) -> tuple[CLIPTokenizer, CLIPImageProcessor]:
     """The fast tokenizer and image processor of a hub id or folder, found by transformers.
 
+    A slow tokenizer (SigLIP v1's SentencePiece-only ``SiglipTokenizer``) is converted to a fast one with
+    the same ids (:mod:`goalclip.models.siglip_tokenizer`): training needs its offsets for exact spans.
     Both layouts a folder may have work: ``preprocessor_config.json`` (what ``save_clip``
     writes) and transformers 5's ``processor_config.json`` with the image processor nested.
     The image processor is the PIL backend where transformers has one: images are processed
@@ -180,8 +184,11 @@ def load_processors(source: str) -> tuple[CLIPTokenizer, CLIPImageProcessor]:
     """
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
-    except (OSError, TypeError, ValueError) as exc:  # no tokenizer files; older transformers raise here
-        raise ModelLoadError(f"{source}: no usable tokenizer ({str(exc).splitlines()[0]})") from None
+    except (OSError, TypeError, ValueError, ImportError) as exc:  # no tokenizer files, or sentencepiece missing
+        reason = str(exc).splitlines()[0]
+        hint = ("; SigLIP's SentencePiece tokenizer needs the siglip extra: pip install 'goalclip[siglip]'"
+                if "sentencepiece" in str(exc).lower() or "protobuf" in str(exc).lower() else "")
+        raise ModelLoadError(f"{source}: no usable tokenizer ({reason}){hint}") from None
     # Without tokenizer files transformers builds an empty CLIP tokenizer (only its special
     # tokens), which would turn every word into the unknown token.
     if len(tokenizer) <= len(set(tokenizer.all_special_ids)):
@@ -190,7 +197,11 @@ def load_processors(source: str) -> tuple[CLIPTokenizer, CLIPImageProcessor]:
             "copy them from the model this one was trained from"
         )
     if not tokenizer.is_fast:
-        raise ModelLoadError(f"{source}: a fast tokenizer is needed (offset mappings give exact spans)")
+        converted = fast_tokenizer(tokenizer)
+        if converted is None:
+            raise ModelLoadError(f"{source}: a fast tokenizer is needed (offset mappings give exact spans); "
+                                 f"goalclip converts {', '.join(CONVERTERS)} only, not {type(tokenizer).__name__}")
+        tokenizer = converted
     try:
         try:
             image_processor = AutoImageProcessor.from_pretrained(source, backend="pil")
@@ -291,8 +302,11 @@ def stretch_positions(model: CLIPModel, *, keep: int = 20, target: int | None = 
     stretched = stretched_positions(weight, keep)
     if target is not None:
         if target > stretched.shape[0]:
+            most_kept = (4 * weight.shape[0] - target) // 3
             raise ValueError(
-                f"max_text_len={target} exceeds the stretch limit 4*{weight.shape[0]}-3*{keep}={stretched.shape[0]}"
+                f"max_text_len={target} exceeds the stretch limit 4*{weight.shape[0]}-3*{keep}={stretched.shape[0]} "
+                f"of a {weight.shape[0]}-position text tower: ask for at most {stretched.shape[0]}"
+                + (f", or keep at most {most_kept} positions (--keep-positions)" if most_kept >= 0 else "")
             )
         stretched = stretched[:target]
     set_text_positions(model, stretched)

@@ -32,6 +32,12 @@ TSL_TARGETS = ("diagonal", "identity")
 VAL_KS = (1, 5)
 TRACKER_PREFIX = "val/"
 
+TEXT_CONTEXTS = {"clip": 248, "siglip": 196}
+"""``--max-text-len`` when not given, by backbone kind: the longest context the Long-CLIP stretch reaches
+(``4L - 3*keep``) from the stock text tower's L positions (CLIP 77, SigLIP 64) keeping ``--keep-positions``'
+default 20, the positions short training captions taught well. For CLIP that is GOAL's 248. SigLIP's 64
+positions reach 196 at most with 20 kept; 248 would keep at most 2 and interpolate through the rest."""
+
 # Flags that say how this invocation runs, not what the run is: never part of the record.
 INVOCATION_FIELDS = ("resume", "overwrite")
 # Settings a resumed run may change: they do not change what is computed.
@@ -152,12 +158,17 @@ class TrainConfig:
     recipe: str = option("goalclip", choices=RECIPES, help="optimisation choices at once: goalclip = no decay on "
                          "biases/norms/embeddings/logit scale, grad clip 1.0, fp32; reference = the GOAL authors' "
                          "code: decay on all parameters, no clipping, bf16 mixed precision (bf16 weights for --method "
-                         "global/local). Sentence splitting and text cleaning happen when mining. Explicit flags "
-                         "override the recipe")
+                         "global/local). A SigLIP model gets the same choices (they are about optimisation; the "
+                         "GOAL authors trained only CLIP): goalclip also exempts its logit bias and pooling probe from "
+                         "decay. Sentence splitting and text cleaning happen when mining. Explicit flags override the "
+                         "recipe")
     decay_all: bool | None = option(None, help="weight decay on every parameter (--no-decay-all: not on biases, "
                                     "norms, embeddings, logit scale)", default_help="from --recipe")
     warmup_steps: int = option(0, help="linear warmup before the cosine decay")
-    max_text_len: int = option(248, help="text context after stretching")
+    max_text_len: int | None = option(None, help="text context after stretching (Long-CLIP style; a model with at "
+                                      "least this many positions is not stretched)",
+                                      default_help="248 for a CLIP, 196 for a SigLIP: the longest context 4L - 3*keep "
+                                      "the stretch reaches from their 77 and 64 positions keeping 20")
     keep_positions: int = option(20, help="leading positions copied unchanged by the stretch")
     weights: LossWeights = field(default_factory=LossWeights)
     seed: int = option(0, help="random seed for init, data order and crops")
@@ -223,6 +234,10 @@ class TrainConfig:
                            "compilation, minutes for a large model, and new batch shapes recompile; pays off on a GPU "
                            "over long runs). SDPA attention, fused AdamW on CUDA and pinned memory need no flag: the "
                            "run logs and records which are on (train_config.json 'speed_path')")
+
+    def text_context(self, kind: str) -> int:
+        """``max_text_len``, or the default of the model's backbone ``kind`` (:data:`TEXT_CONTEXTS`)."""
+        return self.max_text_len if self.max_text_len is not None else TEXT_CONTEXTS[kind]
 
     def validate(self) -> None:
         if self.method not in METHODS:

@@ -17,7 +17,8 @@ code's choices at once, to reproduce the papers' tables. Each differs in:
 Both recipes apply to SigLIP unchanged, since they are about optimisation, not the model: ``goalclip``
 also exempts SigLIP's logit bias and its attention-pooling probe from weight decay (a bias and a learned
 query token, like CLIP's class embedding); SigLIP's temperature is never clamped (it trains it freely),
-whatever the recipe.
+whatever the recipe. ``reference`` on SigLIP is the GOAL authors' CLIP choices applied to it: they
+trained only CLIP, so there is no SigLIP reference to follow.
 
 Not training settings, so not part of a recipe: the authors split captions into sentences on
 ``'.'`` and feed text uncleaned; in goalclip sentences are split (and cleaned) when mining

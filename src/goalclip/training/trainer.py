@@ -184,7 +184,7 @@ class Trainer:
                                  local_pairs=cfg.local_pairs, pair_weighting=cfg.pair_weighting)
         # SDPA: the same numbers as eager attention (tests/training/test_speed_path.py), fused kernels on a GPU
         bundle = load_clip(cfg.model, base=cfg.base, attn_implementation="sdpa")
-        context = prepare_text_positions(bundle, cfg.max_text_len, cfg.keep_positions)
+        context = prepare_text_positions(bundle, cfg.text_context(bundle.kind), cfg.keep_positions)
         clamp_logit_scale(bundle.model)
         if cfg.gradient_checkpointing:
             bundle.model.gradient_checkpointing_enable()
