@@ -186,7 +186,7 @@ def sentence_heatmaps(bundle: Any, heads: Any, path: str | Path, query: str) -> 
     """One overlay per sentence; colours share one scale across the sentences, so they compare."""
     from matplotlib import colormaps
 
-    from goalclip.viz.figures import model_view, upsample
+    from goalclip.viz.drawing import model_view, upsample
 
     sentences = query_sentences(query)
     image = load_rgb(str(path))
@@ -242,7 +242,7 @@ class Pairs:
 
     def picture(self, n: int) -> bytes:
         """The pair drawn as ``goalclip viz pairs`` draws it (box on the image, sentence, score)."""
-        from goalclip.viz.figures import draw_pair
+        from goalclip.viz.pairs import draw_pair
 
         if not 0 <= n < len(self.records):
             raise AppError(f"no pair {n}: there are {len(self.records)}")

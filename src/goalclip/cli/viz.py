@@ -79,7 +79,8 @@ def _limit_image_pixels(args: argparse.Namespace) -> None:
 
 def run_attention(args: argparse.Namespace) -> str:
     _limit_image_pixels(args)
-    from goalclip.viz.figures import expand_images, plot_attention
+    from goalclip.viz.drawing import expand_images
+    from goalclip.viz.figures import plot_attention
 
     images = expand_images(args.images, args.limit)
     result = plot_attention(args.model, images, args.out, args.label, base=args.base,
@@ -107,7 +108,7 @@ def run_retrieval(args: argparse.Namespace) -> str:
 
 def run_pairs(args: argparse.Namespace) -> str:
     _limit_image_pixels(args)
-    from goalclip.viz.figures import plot_pairs
+    from goalclip.viz.pairs import plot_pairs
 
     files = plot_pairs(args.data, args.out, limit=args.limit)
     return f"viz pairs: {len(files)} pairs -> {args.out}"
