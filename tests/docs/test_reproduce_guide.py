@@ -473,7 +473,8 @@ def test_the_guide_covers_each_paper_experiment_with_a_command():
                    "--method wo-tsl", "--method goal", "--recipe reference", "--context 248", "--joint",
                    "--no-joint-keep-whole", "--format goal-json", "--task classify", "open_clip:", "--local-pairs 3",
                    "--pair-weighting similarity", "--tsl-heads separate", "--model runs/glit/fastgoal", "viz errors",
-                   "viz retrieval", "--kind patch", "benchmarks/lism_vs_flism.py", "benchmarks/bf16_weights.py",
+                   "viz retrieval", "--kind patch", "--kind pca", "benchmarks/lism_vs_flism.py",
+                   "benchmarks/bf16_weights.py",
                    "data split", "data score", "--split test+qual_test", "--batch-size 256", "--batch-size 64",
                    "--grad-cache-chunk", "facebook/sam-vit-huge", "openai/clip-vit-large-patch14 ",
                    "--model runs/longclip-b16 --data", "--data dci/all.jsonl", "--data docci/test5100.jsonl"):

@@ -124,3 +124,23 @@ def test_viz_command_line_options_have_help_and_run(tmp_path, capsys):
     assert main(["viz", "pairs", "--data", str(tmp_path / "m.jsonl"), "--out", str(tmp_path / "out")]) == 0
     assert len(list((tmp_path / "out").glob("*.png"))) == 1
     assert capsys.readouterr().out.strip().splitlines()[-1].startswith("viz pairs: 1 pairs")
+
+
+def test_viz_attention_pca_draws_each_models_attention_components(model_dirs, tmp_path, capsys):
+    paths = []
+    for i, cell in enumerate([(0, 0), (2, 1)]):
+        paths.append(str(tmp_path / f"scene{i}.png"))
+        scene(cell).save(paths[-1])
+    out = tmp_path / "fig5.png"
+    result = viz.plot_attention([str(model_dirs["random"]), str(model_dirs["other"])], paths, out,
+                                labels=["pretrained", "fast-goal"], kind="pca", layer=0)
+    assert result["layer"] == 0 and result["pca_clip"] > 0
+    with Image.open(out) as png:
+        assert png.format == "PNG"
+    assert main(["viz", "attention", "--model", str(model_dirs["random"]), "--model", str(model_dirs["other"]),
+                 "--images", *paths, "--kind", "pca", "--layer", "-1", "--out", str(tmp_path / "cli.png")]) == 0
+    assert (tmp_path / "cli.png").is_file()
+    assert "2 images x 2 models" in capsys.readouterr().out
+    assert main(["viz", "attention", "--model", str(model_dirs["random"]), "--images", *paths, "--kind", "pca",
+                 "--layer", "5", "--out", str(tmp_path / "bad.png")]) == 1
+    assert "layer 5: the vision tower has 2 layers" in capsys.readouterr().err

@@ -126,3 +126,40 @@ def test_attention_follows_the_bright_object_of_a_spotlight_model(model_dirs):
     assert divmod(int(wide_attention[0].argmax()), 4) == (1, 0)
     view = np.asarray(model_view(wide, bundle.image_processor, 32))
     assert view[12, 4].tolist() == list(BRIGHT) and view[12, 20].tolist() == list(DARK)
+
+
+def _pca_by_hand(rows: np.ndarray) -> np.ndarray:
+    """Top-3 principal components of the rows ``[M, F]`` from the covariance's eigenvectors, as z-scores, each
+    signed so its largest |z| is positive."""
+    x = rows - rows.mean(axis=0)
+    _, vectors = np.linalg.eigh(x.T @ x)
+    scores = x @ vectors[:, ::-1][:, :3]
+    scores = scores / scores.std(axis=0, ddof=1)
+    return scores * np.sign(scores[np.abs(scores).argmax(axis=0), np.arange(3)])
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("layer", [-1, 0])
+def test_attention_pca_is_the_principal_components_of_the_patch_attention_rows(model_dirs, layer):
+    bundle = load_clip(str(model_dirs["random"]), attn_implementation="eager")
+    images = [scene((0, 0)), scene((1, 3)), scene((3, 2), colour=(40, 90, 225))]
+    z = viz.attention_pca(bundle, images, layer=layer)
+    pixels = pixel_values(bundle.image_processor, images)
+    weights = bundle.model.vision_model(pixel_values=pixels, output_attentions=True).attentions[layer].numpy()
+    rows = weights.astype(np.float64).mean(axis=1)[:, 1:, 1:]  # heads averaged; CLS row and column dropped
+    assert z.shape == (3, 16, 3)
+    np.testing.assert_allclose(z.reshape(-1, 3).numpy(), _pca_by_hand(rows.reshape(-1, 16)), atol=1e-4)
+    with pytest.raises(VizError, match="layer 2: the vision tower has 2 layers"):
+        viz.attention_pca(bundle, images, layer=2)
+
+
+@torch.no_grad()
+def test_attention_pca_of_siglip_keeps_every_patch(tiny_siglip):
+    bundle = load_clip(str(tiny_siglip), attn_implementation="eager")
+    images = [scene((0, 0)), scene((2, 1))]
+    z = viz.attention_pca(bundle, images)
+    pixels = pixel_values(bundle.image_processor, images)
+    weights = bundle.model.vision_model(pixel_values=pixels, output_attentions=True).attentions[-1].numpy()
+    rows = weights.astype(np.float64).mean(axis=1)  # no CLS token to drop
+    assert rows.shape == (2, 16, 16)
+    np.testing.assert_allclose(z.reshape(-1, 3).numpy(), _pca_by_hand(rows.reshape(-1, 16)), atol=1e-4)

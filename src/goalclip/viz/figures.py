@@ -2,8 +2,9 @@
 
 - ``attention``: per image, each model's attention (``cls``: the last layer's CLS-to-patch attention,
   mean over heads, over the image; ``patch``: the mean attention each patch receives) with the top-3
-  principal components of its last-layer patch tokens as RGB. How maps and colours are computed and
-  scaled: :mod:`goalclip.viz.maps`.
+  principal components of its last-layer patch tokens as RGB; or (``pca``) the top-3 principal
+  components of one layer's self-attention as RGB (FAST-GOAL's Fig. 5). How maps and colours are
+  computed and scaled: :mod:`goalclip.viz.maps`.
 - ``retrieval``: long-caption queries with each model's top-k images, hits framed green and
   misses red, plus an image-to-text panel with each model's top captions.
 """
@@ -30,12 +31,40 @@ from goalclip.evaluation.metrics import top_k_retrieval
 from goalclip.models.clip import ClipBundle, load_clip
 from goalclip.models.embed import embed_image_files, embed_text_strings
 from goalclip.viz.drawing import VizError, as_images, bare_axes, model_labels, model_view, save_figure, upsample
-from goalclip.viz.maps import ATTENTION_KINDS, attention_maps, pca_rgb, shared_pca_clip
+from goalclip.viz.maps import ATTENTION_KINDS, attention_maps, attention_pca, pca_rgb, shared_pca_clip, vision_layer
 
 logger = logging.getLogger(__name__)
 
 HIT_COLOUR = "#1a9850"
 MISS_COLOUR = "#d73027"
+
+
+ATTENTION_FIGURES = (*ATTENTION_KINDS, "pca")
+
+
+def _model_maps(source: str, originals: list[Image.Image], kind: str, layer: int, base: str | None, device: str,
+                display_size: int) -> tuple[torch.Tensor | None, torch.Tensor, list[Image.Image], int]:
+    """One model's panels: the attention overlay (none for ``pca``), PCA z-scores, the model's views of the
+    images, and the layer drawn (counted from 0)."""
+    bundle = load_clip(source, base=base, device=device, attn_implementation="eager")
+    bundle.model.eval()
+    vision_layer(bundle.model, layer)  # a layer the tower lacks is refused before any forward
+    index = layer % len(bundle.model.vision_model.encoder.layers)
+    if kind == "pca":
+        attention, z = None, attention_pca(bundle, originals, layer=layer)
+    else:
+        attention, z = attention_maps(bundle, originals, kind=kind)
+    return attention, z, [model_view(im, bundle.image_processor, display_size) for im in originals], index
+
+
+def _attention_caption(kind: str, layers: list[int], clip: float) -> str:
+    where = f"layer {', '.join(map(str, sorted(set(layers))))} (from 0)"
+    shared = f"z-scored, |z| clipped at {clip:.2f} (99th percentile shared by all models)"
+    if kind == "pca":
+        return (f"attention PCA: {where}, each patch's attention over the patches (mean over heads, CLS left out), "
+                f"top-3 components of each model's rows as RGB, {shared}")
+    return (f"attention: last layer, {ATTENTION_KINDS[kind][0]}, mean over heads, min-max per image, on the model's "
+            f"crop\nPCA: top-3 components of each model's last-layer patch tokens, {shared}")
 
 
 def plot_attention(
@@ -48,55 +77,53 @@ def plot_attention(
     device: str = "cpu",
     display_size: int = 224,
     kind: str = "cls",
+    layer: int = -1,
 ) -> dict[str, Any]:
-    """One row per image: the image, then per model its attention overlay (``kind``, see :func:`raw_maps`)
-    and PCA colour map."""
+    """One row per image: the image, then per model its attention overlay (``kind`` cls or patch, see
+    :func:`~goalclip.viz.maps.raw_maps`) and patch-token PCA colours, or (``kind="pca"``) the PCA colours of
+    ``layer``'s self-attention (FAST-GOAL's Fig. 5)."""
     from matplotlib.figure import Figure
 
     if not models or not images:
         raise VizError("plot_attention needs at least one model and one image")
+    if kind not in ATTENTION_FIGURES:
+        raise VizError(f"attention kind must be one of {', '.join(ATTENTION_FIGURES)}, got {kind!r}")
+    if kind != "pca" and layer != -1:
+        raise VizError(f"layer {layer}: only the pca kind draws a chosen layer ({kind} draws the last)")
     names = model_labels(models, labels)
     originals = as_images(images)
-    per_model: list[tuple[torch.Tensor, torch.Tensor, list[Image.Image]]] = []
-    for source in models:
-        bundle = load_clip(source, base=base, device=device, attn_implementation="eager")
-        bundle.model.eval()
-        attention, z = attention_maps(bundle, originals, kind=kind)
-        views = [model_view(im, bundle.image_processor, display_size) for im in originals]
-        per_model.append((attention, z, views))
-        del bundle
-    clip = shared_pca_clip([z for _, z, _ in per_model])
+    per_model = [_model_maps(source, originals, kind, layer, base, device, display_size) for source in models]
+    clip = shared_pca_clip([z for _, z, _, _ in per_model])
 
-    rows, cols = len(originals), 1 + 2 * len(models)
+    panels = 1 if kind == "pca" else 2
+    rows, cols = len(originals), 1 + panels * len(models)
     fig = Figure(figsize=(2.1 * cols, 2.2 * rows + 0.7), layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False)
     for r, (path, original) in enumerate(zip(images, originals)):
         axes[r, 0].imshow(original)
         axes[r, 0].set_ylabel(textwrap.shorten(Path(str(path)).name, 22), fontsize=8)
-        for m, (name, (attention, z, views)) in enumerate(zip(names, per_model)):
-            overlay_ax, pca_ax = axes[r, 1 + 2 * m], axes[r, 2 + 2 * m]
-            overlay_ax.imshow(views[r])
-            overlay_ax.imshow(
-                upsample(attention[r : r + 1], display_size)[0].numpy(), cmap="inferno", alpha=0.6, vmin=0.0, vmax=1.0
-            )
+        for m, (name, (attention, z, views, _)) in enumerate(zip(names, per_model)):
+            pca_ax = axes[r, panels * (m + 1)]
+            if attention is not None:
+                overlay_ax = axes[r, 1 + panels * m]
+                overlay_ax.imshow(views[r])
+                overlay_ax.imshow(upsample(attention[r : r + 1], display_size)[0].numpy(), cmap="inferno", alpha=0.6,
+                                  vmin=0.0, vmax=1.0)
+                if r == 0:
+                    overlay_ax.set_title(f"{name}\n{ATTENTION_KINDS[kind][1]}", fontsize=9)
             pca_ax.imshow(pca_rgb(z[r : r + 1], clip)[0].numpy(), interpolation="nearest")
             if r == 0:
-                overlay_ax.set_title(f"{name}\n{ATTENTION_KINDS[kind][1]}", fontsize=9)
-                pca_ax.set_title(f"{name}\npatch PCA (RGB)", fontsize=9)
+                pca_ax.set_title(f"{name}\n{'attention' if kind == 'pca' else 'patch'} PCA (RGB)", fontsize=9)
         if r == 0:
             axes[r, 0].set_title("image", fontsize=9)
     for ax in axes.flat:
         bare_axes(ax)
-    fig.supxlabel(
-        f"attention: last layer, {ATTENTION_KINDS[kind][0]}, mean over heads, min-max per image, on the model's crop\n"
-        f"PCA: top-3 components of each model's last-layer patch tokens, z-scored, |z| clipped at {clip:.2f} "
-        "(99th percentile shared by all models)",
-        fontsize=7,
-    )
+    layers = [index for _, _, _, index in per_model]
+    fig.supxlabel(_attention_caption(kind, layers, clip), fontsize=7)
     saved = save_figure(fig, out)
-    logger.info("attention figure: %d images x %d models -> %s", rows, len(models), saved)
-    return {"out": str(saved), "models": names, "images": [str(p) for p in images], "pca_clip": clip}
-
+    logger.info("attention figure (%s): %d images x %d models -> %s", kind, rows, len(models), saved)
+    return {"out": str(saved), "models": names, "images": [str(p) for p in images], "pca_clip": clip,
+            "kind": kind, "layer": layers[0] if len(set(layers)) == 1 else layers}
 
 
 def _spine_verdict(ax: Any) -> str:

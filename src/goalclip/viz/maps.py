@@ -2,6 +2,8 @@
 
 - ``raw_maps`` / ``attention_maps``: per image, the last layer's CLS-to-patch attention (SigLIP: its
   attention-pooling head's) or the mean attention each patch receives, and the last-layer patch tokens.
+- ``attention_pca``: the top-3 principal components of one layer's self-attention itself (each patch's
+  attention row over the patches), FAST-GOAL's Fig. 5.
 
 Colour scaling, chosen so that several models can be compared in one figure:
 
@@ -174,3 +176,30 @@ def attention_maps(
     return normalise_per_image(attention), pca_zscores(tokens)
 
 
+
+
+def patch_attention_rows(
+    bundle: ClipBundle, images: Sequence[ImageLike], *, layer: int = -1, batch_size: int = 8
+) -> torch.Tensor:
+    """``[N, P, P]``: at ``layer``, each patch's attention over the patches, mean over heads; CLIP's CLS row
+    and column are dropped (SigLIP has none), so a row is what one patch looks at among the patches."""
+    device, dtype = model_device(bundle)
+    pil = as_images(images)
+    first = bundle.backbone.first_patch
+    rows = []
+    for start in range(0, len(pil), batch_size):
+        pixels = pixel_values(bundle.image_processor, pil[start : start + batch_size])
+        weights, _ = attention_and_tokens(bundle, pixels.to(device, dtype), layer)
+        rows.append(weights[:, :, first:, first:].mean(dim=1).cpu())
+    return torch.cat(rows)
+
+
+def attention_pca(
+    bundle: ClipBundle, images: Sequence[ImageLike], *, layer: int = -1, batch_size: int = 8
+) -> torch.Tensor:
+    """FAST-GOAL's Fig. 5: the top-3 principal components of the self-attention at ``layer`` as z-scores
+    ``[N, P, 3]`` (patches whose attention rows are alike get alike colours); ``pca_rgb`` colours them."""
+    rows = patch_attention_rows(bundle, images, layer=layer, batch_size=batch_size)
+    if math.isqrt(rows.shape[1]) ** 2 != rows.shape[1]:
+        raise VizError(f"{rows.shape[1]} patch tokens do not form a square grid")
+    return pca_zscores(rows)
