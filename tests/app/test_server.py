@@ -26,7 +26,9 @@ import pytest
 from tests.conftest import TINY_TRAIN
 from PIL import Image
 
+from goalclip.app.backend import query_sentences
 from goalclip.cli import main
+from goalclip.demo.pipeline import DemoPlan, run_demo
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install 'goalclip[test]')")
 By = pytest.importorskip("selenium.webdriver.common.by").By
@@ -40,6 +42,9 @@ if not (CHROMIUM and CHROMEDRIVER):
 
 pytestmark = pytest.mark.slow  # a browser, two servers and a training run: about a minute
 
+# the smallest whole demo: every step and every folder it writes, on 8 test images
+TINY_DEMO = DemoPlan(n_pretrain=24, n_train=16, n_test=8, image_size=32, width=32, layers=1, pretrain_steps=2,
+                     pretrain_batch=8, finetune_epochs=1, finetune_batch=8, finetune_seeds=1)
 QUERY = "The picture has a plain white background. A red square is drawn here. Nothing else is in it."
 SOURCES = ("detector", "quadrant", "sam")
 WAIT_S = 180  # model loading on a busy 2-core CI machine
@@ -272,3 +277,57 @@ def test_only_loopback_host_names_are_answered(server):
     with pytest.raises(HTTPError) as refused:  # what a DNS-rebinding page would send
         urlopen(Request(server + "api/status", headers={"Host": "attacker.example"}), timeout=30)
     assert refused.value.code == 400
+
+
+@pytest.fixture(scope="module")
+def demo_server(tmp_path_factory) -> tuple[Path, str]:
+    """``goalclip serve --demo OUT``, as README says to serve a demo, on the output of a tiny demo run."""
+    out = tmp_path_factory.mktemp("demo") / "out"
+    run_demo(out, plan=TINY_DEMO, progress=False)
+    log = out.parent / "serve.log"
+    process = _launch(["--demo", str(out)], log)
+    try:
+        yield out, _url(process, log)
+    finally:
+        _stop(process)
+
+
+def test_serve_demo_shows_the_four_views_of_a_demo_output(demo_server, browser, tmp_path):
+    out, url = demo_server
+    _open(browser, url)
+    status = browser.find_element(By.ID, "models-status").text
+    assert status == "pretrained: ready (8 images) | goal/seed0: ready (8 images)"
+    tests = [json.loads(line) for line in (out / "world" / "test.jsonl").read_text().splitlines()]
+    query = tests[0]["caption"]
+    _search(browser, query)
+    assert _state(browser, "results", "done", "error") == "done", browser.find_element(By.ID, "message").text
+    assert [h.text for h in browser.find_elements(By.CSS_SELECTOR, "#results h3")] == ["pretrained", "goal/seed0"]
+    gallery = tmp_path / "test-images"
+    gallery.mkdir()
+    for record in tests:
+        shutil.copy(out / "world" / record["image"], gallery)
+    found = tmp_path / "search.json"
+    assert main(["search", "--model", str(out / "models" / "goal" / "seed0"), "--images", str(gallery), "--query",
+                 query, "--k", "8", "--no-progress", "--out", str(found)]) == 0
+    expected = [Path(h["path"]).name for h in json.loads(found.read_text())["results"][0]["hits"]]
+    goal_hits = browser.find_elements(By.CSS_SELECTOR, "#results-1 .result")
+    assert [c.get_attribute("data-id") for c in goal_hits] == expected
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#results-0 .result")) == 8
+
+    browser.find_element(By.CSS_SELECTOR, "#results-1 .result").click()
+    assert _state(browser, "heatmaps", "done", "error") == "done", browser.find_element(By.ID, "message").text
+    maps = browser.find_elements(By.CSS_SELECTOR, "#heatmaps img.heatmap")
+    assert [m.get_attribute("alt") for m in maps] == query_sentences(query)
+
+    browser.find_element(By.ID, "tab-pairs").click()
+    mined = [json.loads(line) for line in (out / "mined" / "train.jsonl").read_text().splitlines()]
+    assert _pair_ids(browser) == [r["id"] for r in mined if r.get("local")][:12]
+    assert f"of {sum(1 for r in mined if r.get('local'))} pairs" in browser.find_element(By.ID, "pairs-page").text
+
+    browser.find_element(By.ID, "tab-runs").click()
+    assert _state(browser, "runs-table", "done", "error") == "done", browser.find_element(By.ID, "message").text
+    rows = browser.find_elements(By.CSS_SELECTOR, "#runs-table tr")[1:]
+    runs = [r.find_element(By.TAG_NAME, "td").text for r in rows]
+    assert runs == ["pretrained", "global/seed0", "goal/seed0", "local/seed0", "wo-tsl/seed0"]
+    plot = browser.find_element(By.ID, "runs-plot")
+    _wait(browser, lambda d: plot.get_property("complete") and plot.get_property("naturalWidth") > 0, "the curves")
