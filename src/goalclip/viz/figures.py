@@ -119,7 +119,9 @@ def plot_attention(
     for ax in axes.flat:
         bare_axes(ax)
     layers = [index for _, _, _, index in per_model]
-    fig.supxlabel(_attention_caption(kind, layers, clip), fontsize=7)
+    width = max(60, int(2.1 * cols * 15))  # characters of 7-point text across the figure
+    caption = "\n".join(textwrap.fill(line, width) for line in _attention_caption(kind, layers, clip).splitlines())
+    fig.supxlabel(caption, fontsize=7)
     saved = save_figure(fig, out)
     logger.info("attention figure (%s): %d images x %d models -> %s", kind, rows, len(models), saved)
     return {"out": str(saved), "models": names, "images": [str(p) for p in images], "pca_clip": clip,
