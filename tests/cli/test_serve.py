@@ -61,3 +61,6 @@ def test_serve_demo_refuses_an_unfinished_demo_folder_with_one_line(tmp_path, ca
     assert f"--demo {tmp_path}: no summary.json" in err and len(err.strip().splitlines()) == 1
     assert main(["serve", "--port", "0", "--demo", str(tmp_path), "--images", str(tmp_path)]) == 1
     assert "--demo serves the demo's own test images" in capsys.readouterr().err
+    (tmp_path / "summary.json").write_text('{"plan": {\n')  # a demo killed while writing it
+    assert main(["serve", "--port", "0", "--demo", str(tmp_path)]) == 1
+    assert f"{tmp_path / 'summary.json'}: not valid JSON (line 2" in capsys.readouterr().err

@@ -70,7 +70,10 @@ def demo_views(folder: str) -> dict[str, Any]:
     summary = root / "summary.json"
     if not summary.is_file():
         raise ValueError(f"--demo {folder}: no summary.json (not a finished goalclip demo --out folder)")
-    plan = json.loads(summary.read_text(encoding="utf-8")).get("plan", {})
+    try:
+        plan = json.loads(summary.read_text(encoding="utf-8")).get("plan", {})
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{summary}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
     models = root / "models"
     runs = sorted((p for p in models.glob("*/seed*") if (p / "train_config.json").is_file()),
                   key=lambda p: (p.parent.name, _seed_order(p)))
