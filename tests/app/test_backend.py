@@ -7,8 +7,12 @@ import json
 import shutil
 from pathlib import Path
 
-from goalclip.app.backend import Searcher
+import torch
+
+from goalclip.app.backend import Searcher, distinct_names, read_run
 from goalclip.cli import main
+from goalclip.models.clip import load_clip, prepare_text_positions
+from goalclip.models.embed import embed_text_strings
 
 QUERY = "The picture has a plain white background. A blue circle is drawn here."
 
@@ -38,3 +42,40 @@ def test_a_missing_manifest_is_the_searchers_message(tiny_world, tmp_path):
     searcher.start().join()
     assert searcher.status() == {"model": str(tiny_world.model), "state": "error", "images": None,
                                  "error": f"{tiny_world.model}: --data {tmp_path / 'nope.jsonl'}: no such file"}
+
+
+def test_folders_are_named_by_the_shortest_tail_that_tells_them_apart():
+    assert distinct_names(["/d/models/pretrained", "/d/models/goal/seed0"]) == ["pretrained", "goal/seed0"]
+    assert distinct_names(["/d/models/global/seed0", "/d/models/goal/seed0", "/d/models/goal/seed1"]) == [
+        "global/seed0", "goal/seed0", "goal/seed1"]
+    assert distinct_names(["/a/x/run", "/b/x/run/"]) == ["a/x/run", "b/x/run"]
+    assert distinct_names(["runs/a", "runs/a"]) == ["runs/a", "runs/a"]
+    assert distinct_names(["openai/clip-vit-base-patch16", "runs/goal"]) == ["clip-vit-base-patch16", "goal"]
+    assert distinct_names([]) == []
+
+
+def test_runs_in_seed_folders_are_told_apart_in_the_table(tmp_path):
+    folders = []
+    for method in ("global", "goal"):
+        run = tmp_path / "models" / method / "seed0"
+        run.mkdir(parents=True)
+        (run / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": 1.0, "lr": 0.1}) + "\n")
+        folders.append(str(run))
+    runs = [read_run(folder, name) for folder, name in zip(folders, distinct_names(folders))]
+    assert [run["run"] for run in runs] == [run["table"]["run"] for run in runs] == ["global/seed0", "goal/seed0"]
+
+
+def test_a_context_stretches_a_shorter_model_as_eval_does_so_a_long_query_is_read_whole(tiny_world, tmp_path):
+    images = shutil.copytree(tiny_world.root / "images", tmp_path / "images")
+    plain = Searcher(str(tiny_world.model), str(images))
+    stretched = Searcher(str(tiny_world.model), str(images), context=40, keep_positions=4)
+    for searcher in (plain, stretched):
+        searcher.start().join()
+        assert searcher.status()["state"] == "ready", searcher.error
+    assert (plain.bundle.max_text_len, stretched.bundle.max_text_len) == (16, 40)
+    bundle = load_clip(str(tiny_world.model))
+    prepare_text_positions(bundle, 40, 4)  # what goalclip eval --context 40 --keep-positions 4 does
+    long_query = QUERY + " Nothing else is in it. The picture has a plain white background."  # over 16 tokens
+    expected = embed_text_strings(bundle, [long_query])
+    assert torch.allclose(embed_text_strings(stretched.bundle, [long_query]), expected, atol=1e-6)
+    assert not torch.allclose(embed_text_strings(plain.bundle, [long_query]), expected, atol=1e-3)

@@ -5,7 +5,9 @@ type into the page and read what it shows: the ranked ids equal ``goalclip searc
 heatmaps are real images, pairs page and filter, a run's curves and table load, and bad input is a
 message on the page while the server keeps answering.
 
-Set GOALCLIP_SCREENSHOTS=DIR to save a screenshot of each view there (how docs/serve-*.png are made).
+``goalclip serve --demo OUT`` is tested on a tiny demo's output, or on GOALCLIP_SERVE_DEMO=OUT (a real
+``goalclip demo`` output); set GOALCLIP_SCREENSHOTS=DIR to save a screenshot of each of its views there
+(how docs/serve-*.png are made, from the quick demo).
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ import pytest
 from tests.conftest import TINY_TRAIN
 from PIL import Image
 
+from goalclip.app.backend import query_sentences
 from goalclip.cli import main
+from goalclip.demo.pipeline import DemoPlan, run_demo
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install 'goalclip[test]')")
 By = pytest.importorskip("selenium.webdriver.common.by").By
@@ -40,6 +44,9 @@ if not (CHROMIUM and CHROMEDRIVER):
 
 pytestmark = pytest.mark.slow  # a browser, two servers and a training run: about a minute
 
+# the smallest whole demo: every step and every folder it writes, on 8 test images
+TINY_DEMO = DemoPlan(n_pretrain=24, n_train=16, n_test=8, image_size=32, width=32, layers=1, pretrain_steps=2,
+                     pretrain_batch=8, finetune_epochs=1, finetune_batch=8, finetune_seeds=1)
 QUERY = "The picture has a plain white background. A red square is drawn here. Nothing else is in it."
 SOURCES = ("detector", "quadrant", "sam")
 WAIT_S = 180  # model loading on a busy 2-core CI machine
@@ -122,7 +129,7 @@ def server(servers) -> str:
 def browser():
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1000"):
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1000,760"):
         options.add_argument(flag)
     driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=CHROMEDRIVER))
     yield driver
@@ -139,9 +146,11 @@ def _state(driver, element_id: str, *states: str) -> str:
 
 
 def _screenshot(driver, name: str) -> None:
+    """Save the page as ``DIR/serve-NAME.png`` (256 colours: small enough for the README)."""
     folder = os.environ.get("GOALCLIP_SCREENSHOTS")
     if folder:
-        driver.save_screenshot(str(Path(folder) / f"serve-{name}.png"))
+        page = Image.open(io.BytesIO(driver.get_screenshot_as_png())).convert("RGB")
+        page.quantize(colors=256, dither=Image.Dither.NONE).save(Path(folder) / f"serve-{name}.png", optimize=True)
 
 
 def _open(driver, url: str) -> None:
@@ -169,7 +178,6 @@ def test_search_ranks_as_goalclip_search_does_for_both_models(world, server, bro
         cards = browser.find_elements(By.CSS_SELECTOR, f"#results-{m} .result")
         assert [c.get_attribute("data-id") for c in cards] == expected
         assert all(c.find_element(By.TAG_NAME, "img").get_property("naturalWidth") > 0 for c in cards)
-    _screenshot(browser, "search")
 
 
 def test_a_result_shows_one_heatmap_per_sentence(server, browser):
@@ -191,7 +199,6 @@ def test_a_result_shows_one_heatmap_per_sentence(server, browser):
     # an overlay, not a blank: many distinct colours
     assert all(p.size == (224, 224) and len(np.unique(np.asarray(p).reshape(-1, 3), axis=0)) > 10 for p in pictures)
     assert first.get_attribute("data-id") in browser.find_element(By.ID, "sentences-head").text
-    _screenshot(browser, "sentences")
 
 
 def _pair_ids(driver) -> list[str]:
@@ -204,7 +211,6 @@ def test_pairs_page_through_and_filter(world, server, browser):
     browser.find_element(By.ID, "tab-pairs").click()
     seen = _pair_ids(browser)
     assert seen == [f"pair{n}" for n in range(12)]
-    _screenshot(browser, "pairs")
     for page in (2, 3):
         browser.find_element(By.ID, "pairs-next").click()
         _wait(browser, lambda d, page=page: d.find_element(By.ID, "pairs-page").text.startswith(f"page {page} of 3 "),
@@ -243,7 +249,6 @@ def test_runs_show_curves_and_tables_and_a_bad_folder_is_a_message(world, server
     assert float(record["val t2i@1"]) == pytest.approx(val[-1]["val"]["t2i@1"], abs=1e-3)
     evals = browser.find_elements(By.CSS_SELECTOR, "#evals-table tr")
     assert len(evals) == 2 and "eval.json" in evals[1].text
-    _screenshot(browser, "runs")
 
     missing = tmp_path / "no-such-run"
     browser.find_element(By.ID, "runs-add").send_keys(str(missing))
@@ -272,3 +277,67 @@ def test_only_loopback_host_names_are_answered(server):
     with pytest.raises(HTTPError) as refused:  # what a DNS-rebinding page would send
         urlopen(Request(server + "api/status", headers={"Host": "attacker.example"}), timeout=30)
     assert refused.value.code == 400
+
+
+@pytest.fixture(scope="module")
+def demo_server(tmp_path_factory) -> tuple[Path, str]:
+    """``goalclip serve --demo OUT``, as README says to serve a demo, on the output of a tiny demo run (or of
+    the demo at GOALCLIP_SERVE_DEMO)."""
+    logs = tmp_path_factory.mktemp("demo")
+    out = Path(os.environ.get("GOALCLIP_SERVE_DEMO") or logs / "out")
+    if "GOALCLIP_SERVE_DEMO" not in os.environ:
+        run_demo(out, plan=TINY_DEMO, progress=False)
+    log = logs / "serve.log"
+    process = _launch(["--demo", str(out)], log)
+    try:
+        yield out, _url(process, log)
+    finally:
+        _stop(process)
+
+
+def test_serve_demo_shows_the_four_views_of_a_demo_output(demo_server, browser, tmp_path):
+    out, url = demo_server
+    _open(browser, url)
+    tests = [json.loads(line) for line in (out / "world" / "test.jsonl").read_text().splitlines()]
+    n, k = len(tests), min(10, len(tests))  # the page asks for the top 10
+    status = browser.find_element(By.ID, "models-status").text
+    assert status == f"pretrained: ready ({n} images) | goal/seed0: ready ({n} images)"
+    query = tests[0]["caption"]
+    _search(browser, query)
+    assert _state(browser, "results", "done", "error") == "done", browser.find_element(By.ID, "message").text
+    assert [h.text for h in browser.find_elements(By.CSS_SELECTOR, "#results h3")] == ["pretrained", "goal/seed0"]
+    gallery = tmp_path / "test-images"
+    gallery.mkdir()
+    for record in tests:
+        shutil.copy(out / "world" / record["image"], gallery)
+    found = tmp_path / "search.json"
+    assert main(["search", "--model", str(out / "models" / "goal" / "seed0"), "--images", str(gallery), "--query",
+                 query, "--k", str(k), "--no-progress", "--out", str(found)]) == 0
+    expected = [Path(h["path"]).name for h in json.loads(found.read_text())["results"][0]["hits"]]
+    goal_hits = browser.find_elements(By.CSS_SELECTOR, "#results-1 .result")
+    assert [c.get_attribute("data-id") for c in goal_hits] == expected
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#results-0 .result")) == k
+    _screenshot(browser, "search")
+
+    browser.find_element(By.CSS_SELECTOR, "#results-1 .result").click()
+    assert _state(browser, "heatmaps", "done", "error") == "done", browser.find_element(By.ID, "message").text
+    maps = browser.find_elements(By.CSS_SELECTOR, "#heatmaps img.heatmap")
+    assert [m.get_attribute("alt") for m in maps] == query_sentences(query)
+    _screenshot(browser, "sentences")
+
+    browser.find_element(By.ID, "tab-pairs").click()
+    mined = [json.loads(line) for line in (out / "mined" / "train.jsonl").read_text().splitlines()]
+    assert _pair_ids(browser) == [r["id"] for r in mined if r.get("local")][:12]
+    assert f"of {sum(1 for r in mined if r.get('local'))} pairs" in browser.find_element(By.ID, "pairs-page").text
+    _screenshot(browser, "pairs")
+
+    browser.find_element(By.ID, "tab-runs").click()
+    assert _state(browser, "runs-table", "done", "error") == "done", browser.find_element(By.ID, "message").text
+    rows = browser.find_elements(By.CSS_SELECTOR, "#runs-table tr")[1:]
+    runs = [r.find_element(By.TAG_NAME, "td").text for r in rows]
+    fine_tunes = sorted(p for p in (out / "models").glob("*/seed*") if (p / "train_config.json").is_file())
+    assert runs == ["pretrained", *(f"{p.parent.name}/{p.name}" for p in fine_tunes)]
+    assert runs[1:5] == ["global/seed0", "goal/seed0", "local/seed0", "wo-tsl/seed0"]
+    plot = browser.find_element(By.ID, "runs-plot")
+    _wait(browser, lambda d: plot.get_property("complete") and plot.get_property("naturalWidth") > 0, "the curves")
+    _screenshot(browser, "runs")

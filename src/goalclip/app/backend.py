@@ -21,6 +21,7 @@ import json
 import logging
 import math
 import os
+import re
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +53,20 @@ def png_data_url(image: Image.Image) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
+def distinct_names(folders: list[str]) -> list[str]:
+    """Each folder's shortest tail of path parts that no other folder shares, ``pretrained`` rather than a full
+    path; a ``seedN`` folder (the demo's fine-tunes, ``models/ROW/seedN``) keeps its parent: ``goal/seed0``."""
+    parts = [[p for p in Path(f.rstrip("/\\")).parts if p not in ("/", "\\")] or [f] for f in folders]
+    depth = [2 if len(p) > 1 and re.fullmatch(r"seed\d+", p[-1]) else 1 for p in parts]
+    while True:
+        names = ["/".join(p[-d:]) for p, d in zip(parts, depth)]
+        clash = [i for i, name in enumerate(names) if names.count(name) > 1 and depth[i] < len(parts[i])]
+        if not clash:
+            return names
+        for i in clash:
+            depth[i] += 1
+
+
 # ----------------------------------------------------------------------------- search
 
 
@@ -65,6 +80,8 @@ class Searcher:
     data: str | None = None
     device: str = "cpu"
     index_dir: str | None = None
+    context: int | None = None
+    keep_positions: int = 20
     backend: str = "auto"
     bundle: Any = None
     heads: Any = None
@@ -80,13 +97,15 @@ class Searcher:
         return thread
 
     def _load(self) -> None:
-        from goalclip.models.clip import load_clip
+        from goalclip.models.clip import load_clip, prepare_text_positions
         from goalclip.training.heads import build_heads
         from goalclip.viz.search import build_index, model_key
 
         try:
             bundle = load_clip(self.model, base=self.base, device=self.device)
             bundle.model.eval()
+            if self.context:  # as goalclip eval --context reads a shorter model: stretched, the query read whole
+                prepare_text_positions(bundle, self.context, self.keep_positions)
             key = model_key(self.model, self.base)
             if self.data:  # a manifest's gallery: its own index, so the folder's full index is left alone
                 folder, files = manifest_gallery(self.data)
@@ -186,7 +205,7 @@ def sentence_heatmaps(bundle: Any, heads: Any, path: str | Path, query: str) -> 
     """One overlay per sentence; colours share one scale across the sentences, so they compare."""
     from matplotlib import colormaps
 
-    from goalclip.viz.figures import model_view, upsample
+    from goalclip.viz.drawing import model_view, upsample
 
     sentences = query_sentences(query)
     image = load_rgb(str(path))
@@ -242,7 +261,7 @@ class Pairs:
 
     def picture(self, n: int) -> bytes:
         """The pair drawn as ``goalclip viz pairs`` draws it (box on the image, sentence, score)."""
-        from goalclip.viz.figures import draw_pair
+        from goalclip.viz.pairs import draw_pair
 
         if not 0 <= n < len(self.records):
             raise AppError(f"no pair {n}: there are {len(self.records)}")
@@ -270,9 +289,11 @@ def _eval_files(folder: Path) -> list[tuple[str, dict[str, Any]]]:
     return found
 
 
-def read_run(folder: str) -> dict[str, Any]:
-    """A run's curves (loss terms, learning rate, validation) and its table rows."""
+def read_run(folder: str, name: str | None = None) -> dict[str, Any]:
+    """A run's curves (loss terms, learning rate, validation) and its table rows, under ``name`` (default: the
+    folder's name)."""
     root = Path(folder)
+    name = name or root.name
     if not root.is_dir():
         raise AppError(f"{folder}: no such run folder")
     record_file, metrics_file = root / "train_config.json", root / "metrics.jsonl"
@@ -294,13 +315,13 @@ def read_run(folder: str) -> dict[str, Any]:
                 continue
             (val if "val" in row else train).append(row)
     config = record.get("config", {})
-    table = {"run": root.name, "method": config.get("method"), "steps": (record.get("result") or {}).get("steps"),
+    table = {"run": name, "method": config.get("method"), "steps": (record.get("result") or {}).get("steps"),
              "final_loss": (record.get("result") or {}).get("final_loss")}
     if val:
         table.update({f"val {k}": v for k, v in val[-1]["val"].items()})
     evals = [{"file": name, "model": row["model"], **row["metrics"]}
              for name, value in _eval_files(root) for row in value["models"]]
-    return {"run": root.name, "folder": str(root), "train": train, "val": val, "table": table, "evals": evals}
+    return {"run": name, "folder": str(root), "train": train, "val": val, "table": table, "evals": evals}
 
 
 def run_figure(runs: list[dict[str, Any]]) -> bytes:
@@ -322,6 +343,8 @@ def run_figure(runs: list[dict[str, Any]]) -> bytes:
         ax.set_xlabel("step")
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
+        else:  # e.g. runs trained without --val-data
+            ax.text(0.5, 0.5, "none recorded", ha="center", va="center", color="#888", transform=ax.transAxes)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=90)
     return buffer.getvalue()

@@ -26,7 +26,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from goalclip.app.backend import AppError, Pairs, Searcher, read_run, run_figure
+from goalclip.app.backend import AppError, Pairs, Searcher, distinct_names, read_run, run_figure
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +44,15 @@ class ServeState:
     pairs_error: str | None = None
     runs: list[str] = field(default_factory=list)
     runs_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def model_names(self) -> list[str]:
+        """What the page calls each model: the shortest path tail that tells them apart."""
+        return distinct_names([s.model for s in self.searchers])
+
+    def read_runs(self) -> list[dict[str, Any]]:
+        """Every run, named by the shortest path tail that tells it apart (the demo's runs are all ``seedN``)."""
+        folders = list(self.runs)
+        return [read_run(f, name) for f, name in zip(folders, distinct_names(folders))]
 
 
 def _error(message: str, status: int = 400) -> JSONResponse:
@@ -86,7 +95,7 @@ def build_app(state: ServeState) -> Starlette:
 
     async def status(_: Request) -> Response:
         return JSONResponse({
-            "models": [s.status() for s in state.searchers],
+            "models": [{**s.status(), "name": name} for s, name in zip(state.searchers, state.model_names())],
             "pairs": {"error": state.pairs_error, "total": len(state.pairs.records) if state.pairs else 0},
             "runs": list(state.runs),
         })
@@ -102,11 +111,11 @@ def build_app(state: ServeState) -> Starlette:
             if not state.searchers:
                 raise AppError(NO_MODEL)
             columns = []
-            for s in state.searchers:  # one model failing leaves the other column working
+            for s, name in zip(state.searchers, state.model_names()):  # one failing leaves the other working
                 try:
-                    columns.append({"model": s.model, "hits": s.search(query, k)})
+                    columns.append({"model": s.model, "name": name, "hits": s.search(query, k)})
                 except AppError as exc:
-                    columns.append({"model": s.model, "error": str(exc)})
+                    columns.append({"model": s.model, "name": name, "error": str(exc)})
             return {"query": query, "models": columns}
 
         return await _answer(work)
@@ -145,12 +154,12 @@ def build_app(state: ServeState) -> Starlette:
                         state.runs.append(folder)
             if not state.runs:
                 raise AppError("no runs: start goalclip serve with --runs DIR, or add a run folder above")
-            return {"runs": [read_run(f) for f in list(state.runs)]}
+            return {"runs": state.read_runs()}
 
         return await _answer(work)
 
     async def runs_png(_: Request) -> Response:
-        return await _answer(lambda: Response(run_figure([read_run(f) for f in list(state.runs)]),
+        return await _answer(lambda: Response(run_figure(state.read_runs()),
                                               media_type="image/png"))
 
     # Only loopback host names: a web page elsewhere cannot reach this server through DNS rebinding.
@@ -171,13 +180,14 @@ def build_app(state: ServeState) -> Starlette:
 
 def make_state(models: list[str], images: str | None, *, data: str | None = None, base: str | None = None,
                device: str = "cpu", index_dir: str | None = None, pairs: str | None = None,
-               runs: list[str] | None = None) -> ServeState:
+               runs: list[str] | None = None, context: int | None = None, keep_positions: int = 20) -> ServeState:
     """The state for the CLI's flags; models start loading (and indexing) in background threads."""
     state = ServeState(runs=list(runs or []))
     for model in models:
         if images is None and data is None:
             raise ValueError("--model needs --images DIR or --data MANIFEST (the images to search)")
-        searcher = Searcher(model, images, data=data, base=base, device=device, index_dir=index_dir)
+        searcher = Searcher(model, images, data=data, base=base, device=device, index_dir=index_dir, context=context,
+                            keep_positions=keep_positions)
         searcher.start()
         state.searchers.append(searcher)
     if pairs:

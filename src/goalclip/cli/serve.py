@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import json
+import re
+from pathlib import Path
+from typing import Any
 
-from goalclip.cli.common import add_device, add_max_image_pixels, resolve_device
+from goalclip.cli.common import add_device, add_max_image_pixels, positive_int, resolve_device
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -25,6 +29,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--index-dir", default=None, help="where to keep the index (default: DIR/.goalclip-index)")
     parser.add_argument("--pairs", default=None, help="mined-pairs manifest (goalclip mine --out) to page through")
     parser.add_argument("--runs", nargs="+", default=[], help="training run folders (goalclip train --out) to plot")
+    parser.add_argument("--demo", default=None, metavar="DIR",
+                        help="a finished goalclip demo --out folder: its pretrained and goal models side by side over "
+                        "its test images, at the context its evaluation used; its mined training pairs; its "
+                        "training runs (--model, --pairs, --runs, --context given as well take precedence)")
+    parser.add_argument("--context", type=positive_int, default=None,
+                        help="read queries at this many text positions: a model with a shorter context is "
+                        "stretched first, as goalclip eval --context does (default: each model's own context)")
+    parser.add_argument("--keep-positions", type=positive_int, default=None,
+                        help="with --context: leading positions the stretch copies unchanged (default: 20)")
     parser.add_argument("--host", default="127.0.0.1", help="loopback address to listen on (default: 127.0.0.1)")
     parser.add_argument("--port", type=int, default=7860, help="port; 0 picks a free one (default: 7860)")
     add_device(parser)
@@ -44,9 +57,52 @@ def _loopback(host: str) -> str:
     return "127.0.0.1" if host == "localhost" else host
 
 
+def _seed_order(folder: Path) -> tuple[int, str]:
+    digits = re.fullmatch(r"seed(\d+)", folder.name)
+    return (int(digits.group(1)) if digits else -1, folder.name)
+
+
+def demo_views(folder: str) -> dict[str, Any]:
+    """What serve shows of a ``goalclip demo --out`` folder (the layout goalclip.demo.pipeline writes and its
+    README.txt lists): the pretrained model and ``goal``'s first seed over the test images, read at the
+    context the demo evaluated them at; the mined training pairs; every training run."""
+    root = Path(folder)
+    summary = root / "summary.json"
+    if not summary.is_file():
+        raise ValueError(f"--demo {folder}: no summary.json (not a finished goalclip demo --out folder)")
+    try:
+        plan = json.loads(summary.read_text(encoding="utf-8")).get("plan", {})
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{summary}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    models = root / "models"
+    runs = sorted((p for p in models.glob("*/seed*") if (p / "train_config.json").is_file()),
+                  key=lambda p: (p.parent.name, _seed_order(p)))
+    goal = [p for p in runs if p.parent.name == "goal"]
+    if not goal:
+        raise ValueError(f"--demo {folder}: no models/goal/seedN run")
+    return {"model": [str(models / "pretrained"), str(goal[0])], "data": str(root / "world" / "test.jsonl"),
+            "pairs": str(root / "mined" / "train.jsonl"), "runs": [str(models / "pretrained"), *map(str, runs)],
+            "context": plan.get("max_text_len"), "keep_positions": plan.get("keep_positions")}
+
+
+def _with_demo(args: argparse.Namespace) -> None:
+    """Fill the flags the user left out from ``--demo DIR``."""
+    if args.images or args.data:
+        raise ValueError("--demo serves the demo's own test images; leave out --images and --data")
+    views = demo_views(args.demo)
+    args.data = views["data"]
+    for name in ("model", "runs"):
+        setattr(args, name, getattr(args, name) or views[name])
+    for name in ("pairs", "context", "keep_positions"):
+        if getattr(args, name) is None:
+            setattr(args, name, views[name])
+
+
 def run(args: argparse.Namespace) -> str:
     """Start loading the models in the background, print the URL, serve until interrupted."""
     host = _loopback(args.host)
+    if args.demo:
+        _with_demo(args)
     if len(args.model) > 2:
         raise ValueError(f"--model: at most two models side by side, got {len(args.model)}")
     if args.model and not (args.images or args.data):
@@ -59,6 +115,7 @@ def run(args: argparse.Namespace) -> str:
 
     set_max_image_pixels(args.max_image_pixels)
     state = make_state(args.model, args.images, data=args.data, base=args.base, device=resolve_device(args.device),
-                       index_dir=args.index_dir, pairs=args.pairs, runs=args.runs)
+                       index_dir=args.index_dir, pairs=args.pairs, runs=args.runs, context=args.context,
+                       keep_positions=args.keep_positions or 20)
     serve(state, host, args.port, ready=lambda url: print(f"goalclip serve: open {url} (Ctrl-C stops)", flush=True))
     return "serve: stopped"

@@ -28,15 +28,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     attention = viz_sub.add_parser(
         "attention", help="CLS attention and patch-PCA maps, models side by side",
         description="For each image and model: the last layer's CLS-to-patch attention and the top-3 principal "
-        "components of the patch tokens as RGB (the attention and PCA figures of GOAL / FAST-GOAL).")
+        "components of the patch tokens as RGB (the attention and PCA figures of GOAL / FAST-GOAL); with --kind "
+        "pca, the top-3 principal components of a layer's self-attention as RGB (FAST-GOAL's Fig. 5).")
     _model_options(attention)
     attention.add_argument("--images", nargs="+", required=True,
                            help="image files, or a folder whose images are used (sorted)")
     attention.add_argument("--limit", type=int, default=8, help="at most this many images (default: 8)")
     attention.add_argument(
-        "--kind", choices=("cls", "patch"), default="cls",
+        "--kind", choices=("cls", "patch", "pca"), default="cls",
         help="cls: the CLS token's attention to each patch; patch: the mean "
-        "attention each patch receives from all patches (the maps the GOAL authors' code draws) (default: cls)")
+        "attention each patch receives from all patches (the maps the GOAL authors' code draws); pca: the top-3 "
+        "principal components of the self-attention itself (each patch's attention row over the patches) as RGB "
+        "(FAST-GOAL's Fig. 5) (default: cls)")
+    attention.add_argument("--layer", type=int, default=-1,
+                           help="with --kind pca: the vision layer whose attention is drawn, from 0; negative "
+                           "counts from the last (default: -1, the last)")
     attention.add_argument("--out", required=True, help="output PNG")
     attention.set_defaults(func=run_attention)
 
@@ -79,11 +85,12 @@ def _limit_image_pixels(args: argparse.Namespace) -> None:
 
 def run_attention(args: argparse.Namespace) -> str:
     _limit_image_pixels(args)
-    from goalclip.viz.figures import expand_images, plot_attention
+    from goalclip.viz.drawing import expand_images
+    from goalclip.viz.figures import plot_attention
 
     images = expand_images(args.images, args.limit)
     result = plot_attention(args.model, images, args.out, args.label, base=args.base,
-                            device=resolve_device(args.device), kind=args.kind)
+                            device=resolve_device(args.device), kind=args.kind, layer=args.layer)
     return f"viz attention: {len(images)} images x {len(args.model)} models -> {result['out']}"
 
 
@@ -107,7 +114,7 @@ def run_retrieval(args: argparse.Namespace) -> str:
 
 def run_pairs(args: argparse.Namespace) -> str:
     _limit_image_pixels(args)
-    from goalclip.viz.figures import plot_pairs
+    from goalclip.viz.pairs import plot_pairs
 
     files = plot_pairs(args.data, args.out, limit=args.limit)
     return f"viz pairs: {len(files)} pairs -> {args.out}"

@@ -89,11 +89,20 @@ def check_can_create(path: str | os.PathLike, option: str, kind: str = "file") -
         raise OutputPathError(f"{option} {path} cannot be written: {exc.strerror or exc}") from None
 
 
+def _is_file_system_entry(value: str | os.PathLike) -> bool:
+    """Whether an option's value names something on disk; a text value too long to be a file name (a long
+    ``search --query``) is not one, where ``Path.exists`` would raise."""
+    try:
+        return Path(value).exists()
+    except OSError:
+        return False
+
+
 def check_outputs(outputs: dict[str, tuple[str | os.PathLike, str]], inputs: dict[str, str | os.PathLike]) -> None:
     """Check a command's outputs before it does any work: each can be written, none is one of the
     inputs, and no two are the same file. ``outputs`` maps flags to ``(path, kind)``, ``inputs``
     flags to paths; flags are shown as given (``--out``)."""
-    seen: dict[str, Path] = {flag: Path(value) for flag, value in inputs.items() if Path(value).exists()}
+    seen: dict[str, Path] = {flag: Path(value) for flag, value in inputs.items() if _is_file_system_entry(value)}
     for option, (value, kind) in outputs.items():
         out = Path(value)
         for flag, given in seen.items():

@@ -25,7 +25,7 @@ from goalclip.core.images import load_rgb
 from goalclip.core.manifest import atomic_write, captions_of
 from goalclip.core.records import read_manifest
 from goalclip.evaluation.metrics import top_k_retrieval
-from goalclip.viz.figures import VizError, label_font
+from goalclip.viz.drawing import VizError, label_font
 from goalclip.models.clip import load_clip
 from goalclip.models.embed import embed_image_files, embed_text_strings
 

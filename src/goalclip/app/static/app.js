@@ -50,10 +50,11 @@ async function runSearch(event) {
           el("img", { src: `/api/image?model=${m}&id=${encodeURIComponent(hit.id)}`, alt: hit.id }),
           el("div", {}, `#${hit.rank}  ${hit.score.toFixed(3)}`), el("div", {}, hit.id));
         Object.assign(card.dataset, { id: hit.id, rank: hit.rank, score: hit.score, model: m });
-        card.addEventListener("click", () => openHeatmaps(m, hit.id, column.model));
+        card.addEventListener("click", () => openHeatmaps(m, hit.id, column.name));
         hits.append(card);
       }
-      $("results").append(el("div", { className: "column", id: `results-${m}` }, el("h3", {}, column.model), hits));
+      $("results").append(el("div", { className: "column", id: `results-${m}` },
+        el("h3", { title: column.model }, column.name), hits));
     });
     $("results").dataset.state = "done";
   } catch (error) {
@@ -145,7 +146,8 @@ async function pollStatus() {
   try {
     const body = await api("/api/status");
     $("models-status").textContent = body.models.map((m) =>
-      `${m.model}: ${m.state}${m.images ? ` (${m.images} images)` : ""}`).join(" | ");
+      `${m.name}: ${m.state}${m.images ? ` (${m.images} images)` : ""}`).join(" | ");
+    $("models-status").title = body.models.map((m) => m.model).join("\n");
     $("models-status").dataset.state = body.models.every((m) => m.state !== "loading") ? "settled" : "loading";
     const errors = body.models.filter((m) => m.error).map((m) => m.error);
     if (errors.length && !$("view-search").hidden) showMessage(errors.join("\n"));
