@@ -20,13 +20,8 @@ from goalclip.models import embed as embed_module
 from goalclip.models.clip import ClipBundle, ModelLoadError, load_clip, save_clip
 from goalclip.models.embed import embed_pixels, embed_token_ids, tokenize
 from goalclip.viz.search import SearchError, build_index, model_key, search
+from tests.viz.conftest import TEXTS
 
-TEXTS = [
-    "a red square in the top left of a dark picture",
-    "a blue square on the right side of a dark picture",
-    "a green square near the bottom of a grey image",
-    "a yellow square in the middle. the rest is dark.",
-] * 4
 QUERIES = ["a red square in the top left", "a green square near the bottom of a grey image", "a dark picture"]
 
 
