@@ -8,7 +8,7 @@ GPU is attached (benchmarks/feed.py). So:
 
 - :class:`MiningFeed` is the loader's dataset: workers decode and split sentences per image, and its
   collate (which runs in the worker too) runs the proposer's processors over the batch
-  (:func:`~goalclip.mining.regions.prepare_regions`) and hands the decoded pixels over as uint8
+  (:func:`~goalclip.mining.proposers.prepare_regions`) and hands the decoded pixels over as uint8
   tensors in shared memory;
 - :class:`CropCutter` cuts and preprocesses the crops of the proposed regions in a second set of
   worker processes, while the main process embeds the previous batch.
@@ -35,7 +35,8 @@ from torch.utils.data import Dataset
 from goalclip.core.images import ImageError, crop_to_box, load_rgb
 from goalclip.core.manifest import captions_of
 from goalclip.core.text import clean_text, split_sentences
-from goalclip.mining.regions import Box, RegionProposer, prepare_regions
+from goalclip.mining.boxes import Box
+from goalclip.mining.proposers import RegionProposer, prepare_regions
 from goalclip.models.pixels import ClipPixels
 
 
