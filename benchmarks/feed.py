@@ -54,6 +54,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.yolos.modeling_yolos import YolosObjectDetectionOutput
 
 import goalclip.mining.mine as mine_module
+from goalclip.core.images import crop_to_box, load_rgb
 from goalclip.core.manifest import write_manifest
 from goalclip.mining.mine import MineConfig, mine
 from goalclip.models.clip import ClipBundle, save_clip
@@ -245,6 +246,24 @@ def train_once(bundle: ClipBundle, manifest: Path, workers: int, shape: dict[str
             "checksum": checksum}
 
 
+def pixel_check(bundle: ClipBundle, manifest: Path, samples: int = 8) -> dict[str, float]:
+    """Largest difference, in levels of 255, between the training samples' pixels (global view and crop) and
+    the model's own image processor's on the same decoded image and box."""
+    examples = load_examples(manifest, need_local=True)[:samples]
+    dataset = TrainDataset(examples, bundle, need_local=True)
+    processor = bundle.image_processor
+    levels = torch.tensor(processor.image_std)[:, None, None] / processor.rescale_factor
+    worst = {"global": 0.0, "crop": 0.0}
+    for index, example in enumerate(examples):
+        item = dataset[index]
+        image = load_rgb(example.image)
+        expected = processor(images=[image, crop_to_box(image, example.box)], return_tensors="pt")["pixel_values"]
+        for view, ours, theirs in (("global", item["pixels"], expected[0]),
+                                   ("crop", item["pairs"][0]["crop_pixels"], expected[1])):
+            worst[view] = max(worst[view], float(((ours - theirs).abs() * levels).max()))
+    return worst
+
+
 def ceiling(main_ms: float, worker_ms: float, cores: int = CORES) -> float:
     """Images/s a ``cores``-core machine can feed: one core runs the main process, the rest run workers."""
     return min(1e3 / max(main_ms, 1e-9), (cores - 1) * 1e3 / max(worker_ms, 1e-9))
@@ -284,7 +303,9 @@ def report(result: dict[str, Any], workers: list[int], shape: dict[str, Any]) ->
                      f"across worker counts: {result['mine_outputs_equal']}.")
     if "train" in result:
         lines.append(f"Target: training >= {TARGETS['train_per_core']:.0f} samples/s per worker core (measured "
-                     f"{result['train']['per_core']:.1f}).")
+                     f"{result['train']['per_core']:.1f}). Largest difference from the model's image processor, "
+                     f"levels of 255: global view {result['train_pixel_levels']['global']:.0f}, "
+                     f"crop {result['train_pixel_levels']['crop']:.0f}.")
     return "\n".join(lines)
 
 
@@ -326,6 +347,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             for run in training:
                 print(f"train, {run['workers']} worker(s): {json.dumps(run)}", flush=True)
             result["train"] = summarise(training)
+            result["train_pixel_levels"] = pixel_check(trainer, train_data)
     print(report(result, workers, shape))
     if args.out is not None:
         args.out.write_text(json.dumps(result, indent=2))
