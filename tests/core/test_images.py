@@ -8,7 +8,9 @@ import torch
 from PIL import Image, ImageDraw
 from transformers import CLIPImageProcessor
 
-from goalclip.core.images import TensorPixels, load_rgb, to_tensor
+from goalclip.core.images import (
+    ImageError, TensorPixels, decode_rgb_tensor, load_rgb, set_max_image_pixels, to_tensor,
+)
 
 RESIZE_TOLERANCE = 2
 """Levels (of 255) the tensor path may differ from the processor. On CPU torch's uint8 antialiased bicubic
@@ -77,3 +79,42 @@ def test_tensor_pixels_run_the_same_on_a_float_path() -> None:
     mean, std = torch.tensor(processor.image_mean)[:, None, None], torch.tensor(processor.image_std)[:, None, None]
     expected = ((floats.double() * processor.rescale_factor).float() - mean) / std
     assert float(levels(uint8[0], expected, processor).max()) <= RESIZE_TOLERANCE + 1e-3
+
+
+DECODE_TOLERANCE = 2
+"""Levels (of 255) torchvision's JPEG decoder may differ from PIL's: both are libjpeg-turbo, but builds may pick
+different IDCT and chroma-upsampling routines (measured: printed by the test)."""
+
+
+def test_tensor_decode_matches_pil_within_a_stated_tolerance(tmp_path) -> None:
+    """The GPU decode path's code run on the CPU: same orientation and size as load_rgb, pixels within
+    DECODE_TOLERANCE; the global view it makes through TensorPixels within that plus RESIZE_TOLERANCE."""
+    path = tmp_path / "rotated.jpg"
+    image = photo(320, 200)
+    exif = image.getexif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise when displayed
+    image.save(path, quality=90, exif=exif)
+    png = tmp_path / "plain.png"
+    image.save(png)
+    expected = to_tensor(load_rgb(str(path)))
+    ours = decode_rgb_tensor(str(path), "cpu")
+    assert ours.dtype == torch.uint8 and ours.shape == expected.shape == (3, 320, 200)
+    worst = int((ours.int() - expected.int()).abs().max())
+    print(f"torchvision vs PIL JPEG decode: largest difference {worst} levels")
+    assert worst <= DECODE_TOLERANCE
+    assert torch.equal(decode_rgb_tensor(str(png), "cpu"), to_tensor(load_rgb(str(png))))  # not a JPEG: PIL's
+    processor = CLIPImageProcessor(size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64})
+    pixels = tensor_pixels(processor)
+    gap = float(levels(pixels([ours]), pixels([expected]), processor).max())
+    assert gap <= DECODE_TOLERANCE + RESIZE_TOLERANCE + 1e-3
+
+
+def test_tensor_decode_keeps_the_pixel_limit(tmp_path) -> None:
+    path = tmp_path / "big.jpg"
+    photo(100, 100).save(path)
+    set_max_image_pixels(5000)
+    try:
+        with pytest.raises(ImageError, match="big.jpg.*too large"):
+            decode_rgb_tensor(str(path))
+    finally:
+        set_max_image_pixels(None)

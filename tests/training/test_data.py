@@ -12,7 +12,7 @@ from PIL import Image, ImageDraw
 from transformers import CLIPImageProcessor
 
 import goalclip.training.data as data
-from goalclip.core.images import crop_to_box, load_rgb
+from goalclip.core.images import crop_to_box, decode_rgb_tensor, load_rgb
 from goalclip.models.embed import crop_geometry
 from goalclip.training.data import Collate, TrainDataset, box_patch_mask, load_examples
 from goalclip.core.manifest import ManifestError, SkipReport
@@ -303,11 +303,16 @@ def test_samples_decode_once_and_match_the_processor(tiny_bundle, large_examples
         decodes.append(draft_short)
         return load_rgb(image_path, draft_short)
 
+    def counting_tensor(image_path):
+        decodes.append("full")
+        return decode_rgb_tensor(image_path)
+
     monkeypatch.setattr(data, "load_rgb", counting)
+    monkeypatch.setattr(data, "decode_rgb_tensor", counting_tensor)
     dataset = TrainDataset(examples, tiny_bundle, need_local=True)
     local, global_only = dataset[0], dataset[1]
     short = tiny_bundle.image_processor.size["shortest_edge"]
-    assert decodes == [None, short]  # one decode each; the global-only one in draft mode
+    assert decodes == ["full", short]  # one decode each; the global-only one in draft mode
     processor = tiny_bundle.image_processor
     full = load_rgb(str(path))
     expected = processor(images=[full, crop_to_box(full, examples[0].box)], return_tensors="pt")["pixel_values"]

@@ -137,6 +137,32 @@ def load_rgb(path: str, draft_short: int | None = None) -> Image.Image:
         raise _image_error(path, exc) from None
 
 
+JPEG_MAGIC = b"\xff\xd8\xff"
+
+
+def decode_rgb_tensor(path: str, device: str | torch.device = "cpu") -> torch.Tensor:
+    """The image as displayed, as a uint8 ``[3, H, W]`` tensor decoded on ``device``: a JPEG by torchvision's
+    ``decode_jpeg`` there (nvJPEG on a GPU, so a GPU decode leaves the CPU free), with EXIF orientation
+    applied; any other file, or a JPEG it cannot read, through :func:`load_rgb` and then moved.
+
+    The same pixel limit holds (:func:`set_max_image_pixels`); failures are ImageErrors naming the file.
+    """
+    from torchvision.io import ImageReadMode, decode_jpeg  # torchvision loads only for this path
+
+    width, height = image_size(path)
+    if Image.MAX_IMAGE_PIXELS and width * height > Image.MAX_IMAGE_PIXELS:
+        raise ImageError(f"{path}: image too large to decode safely ({width}x{height} pixels, over the limit of "
+                         f"{Image.MAX_IMAGE_PIXELS}); --max-image-pixels raises the limit")
+    with contextlib.ExitStack() as stack:
+        source = stack.enter_context(open_member(path) if member_ref(path) is not None else open(path, "rb"))
+        data = source.read()
+    if data[:3] == JPEG_MAGIC:
+        with contextlib.suppress(RuntimeError):  # e.g. CMYK or arithmetic-coded: PIL reads those
+            return decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB,
+                               device=device, apply_exif_orientation=True)
+    return to_tensor(load_rgb(path)).to(device)
+
+
 def image_size(path: str) -> tuple[int, int]:
     """(width, height) as displayed (EXIF orientation applied), read from the header without decoding.
 

@@ -18,7 +18,9 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from goalclip.core.images import ImageError, TensorPixels, box_window, image_size, load_rgb, to_tensor
+from goalclip.core.images import (
+    ImageError, TensorPixels, box_window, decode_rgb_tensor, image_size, load_rgb, to_tensor,
+)
 from goalclip.core.manifest import ManifestError, SkipReport, captions_of, check_box
 from goalclip.core.records import iter_records
 from goalclip.models.clip import ClipBundle
@@ -296,14 +298,18 @@ class TrainDataset(Dataset):
     def _pixels(self, path: str, boxes: list[list[float]]) -> tuple[tuple[int, int], torch.Tensor]:
         """The image's (full-resolution) size and ``[global view ; one crop per box]`` pixels, from one decode.
 
-        With the tensor path, the crops are slices of the full-resolution decode and everything is resized
-        on uint8 tensors; an image whose only view is the global one is decoded in draft mode
-        (reduced-scale JPEG decode, :func:`~goalclip.core.images.load_rgb`). Otherwise the processor's
-        own pixels (:class:`~goalclip.models.pixels.ClipPixels`)."""
+        With the tensor path, the crops are slices of the full-resolution decode (torchvision's JPEG decoder:
+        the same pixels as PIL's, measured, at a quarter of the CPU) and everything is resized on uint8
+        tensors; an image whose only view is the global one is decoded in draft mode (reduced-scale JPEG
+        decode, :func:`~goalclip.core.images.load_rgb`). Otherwise the processor's own pixels
+        (:class:`~goalclip.models.pixels.ClipPixels`)."""
         if self.tensor_pixels is None:
             image = load_rgb(path)
             return image.size, self.pixels([image, *(image.crop(box_window(image.size, b, path)) for b in boxes)])
-        image = to_tensor(load_rgb(path, draft_short=None if boxes else self.tensor_pixels.short))
+        if boxes:
+            image = decode_rgb_tensor(path)
+        else:
+            image = to_tensor(load_rgb(path, draft_short=self.tensor_pixels.short))
         size = (image.shape[2], image.shape[1])
         crops = []
         for box in boxes:
