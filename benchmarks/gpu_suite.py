@@ -17,6 +17,8 @@ Sections (``--sections``, all by default):
   ViT-B/16-shaped model on the same 1536 x 1024 images.
 - ``gradcache``: peak memory and step time of ``goalclip train`` at batch 1024 with
   ``--grad-cache-chunk``.
+- ``decode``: 256 JPEGs (1024 x 768) decoded and resized to a 224 px global view, PIL on the CPU vs
+  ``decode_rgb_tensor`` + ``TensorPixels`` on the GPU (nvJPEG): images/s and the largest pixel difference.
 - ``feed``: ``benchmarks/feed.py`` on this machine's CPUs (towers replaced by no-ops; FLISM mining
   and the training data path at real shapes, 8 workers): the images/s the CPU side can feed. Next
   to the ``flism`` and ``trainer`` rows it shows whether the towers or the feed are the bottleneck.
@@ -65,16 +67,18 @@ import _common  # noqa: F401  (first: sets thread/offline env variables before t
 import torch
 from _common import interleaved, machine_facts, markdown_table, print_facts, synchronize
 from feed import main as feed_main
+from feed import make_jpegs
 from lism_vs_flism import build_models, make_images, run_method
 from train_step import build_real_clip, build_setup, load_setup, variant_loss
 
+from goalclip.core.images import TensorPixels, decode_rgb_tensor, load_rgb, to_tensor
 from goalclip.evaluation.config import EvalConfig
 from goalclip.evaluation.retrieval import evaluate
 from goalclip.models.clip import load_clip
 from goalclip.training.config import TrainConfig
 from goalclip.training.trainer import train
 
-SECTIONS = ("step-b16", "step-l14", "trainer", "flism", "lism", "eval", "gradcache", "feed")
+SECTIONS = ("step-b16", "step-l14", "trainer", "flism", "lism", "eval", "gradcache", "feed", "decode")
 BUDGET_GIB = 75  # what a step section may be planned to use: an 80 GB card less the CUDA context and fragmentation
 # Per trainable parameter: fp32 weights, fp32 gradients, AdamW's two fp32 moments, and autocast's bf16 copy.
 STATIC_BYTES_PER_PARAM = 4 + 4 + 8 + 2
@@ -84,10 +88,10 @@ PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
 SHAPES: dict[str, dict[str, Any]] = {
     "real": {"step-b16": ("vit-b16", 128), "step-l14": ("vit-l14", 64), "mine": "real", "flism_images": 64,
              "lism_images": 4, "eval_images": 64, "trainer": ("vit-b16", 128), "gradcache": ("vit-b16", 1024, 64),
-             "rounds": 10, "workers": 8},
+             "rounds": 10, "workers": 8, "decode": (256, (1024, 768), 224)},
     "reduced": {"step-b16": ("tiny", 4), "step-l14": ("tiny", 4), "mine": "tiny", "flism_images": 2,
                 "lism_images": 2, "eval_images": 4, "trainer": ("tiny", 4), "gradcache": ("tiny", 8, 2),
-                "rounds": 1, "workers": 0},
+                "rounds": 1, "workers": 0, "decode": (4, (96, 64), 32)},
 }
 
 
@@ -372,6 +376,30 @@ def feed_section(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def decode_section(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
+    """JPEG decode + one global view per image: PIL on one CPU core (the training feed's full decode without
+    draft mode) against ``decode_rgb_tensor`` + ``TensorPixels`` on ``--device`` (nvJPEG and the resize on a
+    GPU), images/s over the same files, and the largest pixel difference between the two (levels of 255)."""
+    count, size, side = SHAPES[args.shapes]["decode"]
+    paths = [r["image"] for r in make_jpegs(work / "decode", count, size)]
+    clip_mean, clip_std = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+    pixels = TensorPixels(side, side, 1 / 255, clip_mean, clip_std)
+    runs = {"PIL decode, CPU resize": lambda path: pixels([to_tensor(load_rgb(path))]),
+            f"decode_rgb_tensor on {args.device}": lambda path: pixels([decode_rgb_tensor(path, args.device)])}
+    rows, outputs = [], {}
+    for variant, run in runs.items():
+        run(paths[0])  # warm-up: nvJPEG's handle, kernels
+        synchronize(args.device)
+        started = time.perf_counter()
+        outputs[variant] = torch.cat([run(path).cpu() for path in paths])
+        rows.append(_row("decode", variant, count / (time.perf_counter() - started), "images/s"))
+    first, second = outputs.values()
+    worst = float(((first - second).abs() * torch.tensor(clip_std)[:, None, None] * 255).max())
+    speedup = rows[-1]["throughput"] / rows[0]["throughput"]
+    rows[-1]["note"] = f"{speedup:.2f}x PIL; largest difference {worst:.1f} levels"
+    return rows
+
+
 # ------------------------------------------------------------------------------------- report
 
 
@@ -416,6 +444,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "eval": lambda work: eval_section(args, work),
         "gradcache": lambda work: gradcache_section(args, work),
         "feed": lambda work: feed_section(args, work),
+        "decode": lambda work: decode_section(args, work),
     }
     started = time.perf_counter()
     rows: list[dict[str, Any]] = []

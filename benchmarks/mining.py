@@ -40,7 +40,8 @@ from goalclip.mining.mine import Match, match_pairs, mine_batch
 from goalclip.demo.tiny import build_tiny_clip
 from goalclip.models.clip import ClipBundle
 from goalclip.models.embed import embed_pixels, embed_token_ids, tokenize
-from goalclip.mining.regions import RegionProposer, build_proposer
+from goalclip.mining.proposers import RegionProposer
+from goalclip.mining.regions import build_proposer
 from goalclip.demo.scene import WorldConfig
 from goalclip.demo.world import generate_world, vocabulary
 from goalclip.core.text import clean_text, split_sentences

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 import types
 from pathlib import Path
@@ -147,24 +148,47 @@ def test_caption_refuses_an_existing_out_without_resume(tiny_llava: Path, image_
     assert "pass --resume" in capsys.readouterr().err
 
 
+def test_the_processor_runs_in_the_loader_workers_and_captions_equal_the_in_process_ones(
+        tiny_llava: Path, image_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The engine's processor (the CPU part of generation) runs in the loader workers; captions are the same as
+    ``engine.generate`` on the same images in this process."""
+    engine = TransformersEngine(str(tiny_llava), device=torch.device("cpu"), dtype=torch.float32,
+                                max_new_tokens=MAX_NEW)
+    in_process = [clean_caption(g.text, DEFAULT_PROMPT, g.hit_limit).text
+                  for g in engine.generate(_images(image_folder), DEFAULT_PROMPT)]
+    main_pid = os.getpid()
+    real = type(engine.processor).__call__
+
+    def guarded(self, *args, **kwargs):
+        assert os.getpid() != main_pid, "the caption processor ran in the main process"
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(engine.processor), "__call__", guarded)
+    out = tmp_path / "c.jsonl"
+    config = CaptionConfig(data=str(image_folder), out=str(out), batch_size=len(SIZES), num_workers=2,
+                           device="cpu", max_new_tokens=MAX_NEW, progress=False)
+    caption(config, engine=engine)
+    assert {r["id"]: r["caption"] for r in _read(out)} == {f"p{i}": text for i, text in enumerate(in_process) if text}
+
+
 # ----------------------------------------------------------------------------- resume and sharding
 
 
 def test_resume_after_a_kill_writes_every_id_once(tiny_llava: Path, image_folder: Path, tmp_path: Path,
                                                   reference_run: list[dict], monkeypatch: pytest.MonkeyPatch) -> None:
-    real_generate = TransformersEngine.generate
+    real_generate = TransformersEngine.generate_prepared
     calls = {"n": 0}
 
-    def dies_on_second_batch(self, images, prompt):
+    def dies_on_second_batch(self, inputs):
         calls["n"] += 1
         if calls["n"] == 2:
             raise KeyboardInterrupt
-        return real_generate(self, images, prompt)
+        return real_generate(self, inputs)
 
     out = tmp_path / "c.jsonl"
-    monkeypatch.setattr(TransformersEngine, "generate", dies_on_second_batch)
+    monkeypatch.setattr(TransformersEngine, "generate_prepared", dies_on_second_batch)
     assert main(_args(image_folder, out, tiny_llava)) == 130
-    monkeypatch.setattr(TransformersEngine, "generate", real_generate)
+    monkeypatch.setattr(TransformersEngine, "generate_prepared", real_generate)
     part = tmp_path / "c.jsonl.part0"
     assert part.exists() and not out.exists()
     with part.open("a") as handle:  # the kill tore a line in half

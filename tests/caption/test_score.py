@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,9 @@ import torch.nn.functional as F
 from PIL import Image
 from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
 
+from goalclip.caption.score import ScoreConfig, score_manifest
 from goalclip.cli import main
+from goalclip.models.clip import load_clip
 
 
 def _read(path: Path) -> list[dict]:
@@ -98,3 +101,20 @@ def test_score_counts_unreadable_images(tiny_world, tmp_path: Path, capsys) -> N
                  "--scores-out", str(scores), "--no-progress"]) == 0
     assert [r["id"] for r in _read(scores)] == [records[0]["id"], records[2]["id"]]
     assert "over 2 of 3 records (1 unreadable" in capsys.readouterr().out
+
+
+def test_score_preprocesses_in_the_loader_workers(tiny_world, by_hand, tmp_path: Path, monkeypatch) -> None:
+    """With workers, the image processor never runs in the main process, and the scores are the same."""
+    main_pid = os.getpid()
+    processor_class = type(load_clip(str(tiny_world.model)).image_processor)
+    real = processor_class.__call__
+
+    def guarded(self, *args, **kwargs):
+        assert os.getpid() != main_pid, "the image processor ran in the main process"
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(processor_class, "__call__", guarded)
+    scores = tmp_path / "scores.jsonl"
+    score_manifest(ScoreConfig(model=str(tiny_world.model), data=str(tiny_world.captions), sample=0,
+                               scores_out=str(scores), batch_size=3, num_workers=2, progress=False))
+    assert {r["id"]: r["score"] for r in _read(scores)} == pytest.approx(by_hand, abs=1e-4)

@@ -6,6 +6,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -14,6 +15,7 @@ from goalclip.core.images import crop_to_box, load_rgb, pixel_values
 from goalclip.core.manifest import captions_of
 from goalclip.core.records import read_manifest
 from goalclip.core.text import clean_text, split_sentences
+from goalclip.mining.feed import CropCutter, PackedImages
 from goalclip.mining.mine import MineConfig, match_pairs, mine, mine_batch
 from goalclip.mining.regions import build_proposer
 from goalclip.models.clip import load_clip
@@ -129,3 +131,19 @@ def test_mining_cleans_each_sentence_once(tiny_world, tiny_bundle, monkeypatch) 
                        device=torch.device("cpu"))
     assert all(match is not None for _, match, _ in mined.results)
     assert cleaned_again == []  # split from the cleaned caption: cleaning each sentence again was wasted
+
+
+def test_a_batch_of_images_crosses_processes_as_one_tensor(tiny_world) -> None:
+    """The loader's images pack into one flat uint8 tensor (one shared-memory piece to pass, not one per image),
+    and each unpacks to exactly the decoded pixels; the crop cutter's jobs all name that one tensor."""
+    images = [load_rgb(path) for path in sorted((tiny_world.root / "images").glob("*.png"))[:3]]
+    packed = PackedImages.pack(images)
+    assert packed.flat.dim() == 1 and packed.flat.dtype == torch.uint8 and len(packed) == len(images)
+    for index, image in enumerate(images):
+        assert torch.equal(packed.image(index), torch.from_numpy(np.array(image)))
+    with CropCutter(load_clip(str(tiny_world.model)).image_processor, (3, 32, 32), workers=1) as cutter:
+        boxes = [[(0.0, 0.0, 8.0, 8.0)], [], [(1.0, 2.0, 9.5, 20.0), (0.0, 0.0, 4.0, 4.0)]]
+        crops = cutter.submit(packed, boxes)()
+    processor = load_clip(str(tiny_world.model)).image_processor
+    expected = pixel_values(processor, [crop_to_box(images[i], b) for i, bs in enumerate(boxes) for b in bs])
+    assert torch.equal(crops, expected)

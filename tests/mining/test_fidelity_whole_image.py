@@ -15,7 +15,7 @@ import torch
 from goalclip.cli import main as cli_main
 from goalclip.core.records import read_manifest
 from goalclip.mining.mine import match_pairs
-from goalclip.mining.regions import Region
+from goalclip.mining.boxes import Region
 from goalclip.training.data import Collate, load_examples
 
 from tests.conftest import TINY_TRAIN

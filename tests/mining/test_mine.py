@@ -14,7 +14,7 @@ from goalclip.core.records import read_manifest
 from goalclip.mining.config import MineConfig
 from goalclip.mining.mine import build_joint_test, match_pairs, mine
 from goalclip.models.clip import load_clip
-from goalclip.mining.regions import Region
+from goalclip.mining.boxes import Region
 from goalclip.core.text import split_sentences
 
 # ----------------------------------------------------------------------------- match_pairs

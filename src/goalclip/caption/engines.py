@@ -8,6 +8,7 @@ unchanged (LLaVA-NeXT, Qwen2-VL, ...).
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -36,7 +37,8 @@ class Generation:
 
 
 class CaptionEngine(Protocol):
-    """What the captioning loop needs from a backend."""
+    """What the captioning loop needs from a backend. One that also has ``preparer(prompt)`` and
+    ``generate_prepared(inputs)`` (:class:`TransformersEngine`) gets its inputs made in the loader workers."""
 
     def generate(self, images: Sequence[Image.Image], prompt: str) -> list[Generation]: ...
 
@@ -61,6 +63,12 @@ def chat_prompt(processor: Any, source: str, prompt: str) -> str:
             "(add a chat_template.jinja to the model folder)")
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
     return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
+def prepare_inputs(processor: Any, source: str, prompt: str, images: Sequence[Image.Image]) -> Any:
+    """The processor's inputs for a batch: each image with the prompt as one chat turn, left-padded."""
+    text = chat_prompt(processor, source, prompt)
+    return processor(images=list(images), text=[text] * len(images), return_tensors="pt", padding=True)
 
 
 def load_processor(source: str) -> Any:
@@ -99,10 +107,17 @@ class TransformersEngine:
         if self.pad_id is None:
             self.pad_id = next(iter(self.eos_ids), 0)
 
-    @torch.no_grad()
+    def preparer(self, prompt: str) -> Callable[[Sequence[Image.Image]], Any]:
+        """``images -> model inputs``, the CPU part of :meth:`generate`: captioning calls it in its loader
+        workers (it holds the processor, not the model) and passes the result to :meth:`generate_prepared`."""
+        return functools.partial(prepare_inputs, self.processor, self.source, prompt)
+
     def generate(self, images: Sequence[Image.Image], prompt: str) -> list[Generation]:
-        text = chat_prompt(self.processor, self.source, prompt)
-        inputs = self.processor(images=list(images), text=[text] * len(images), return_tensors="pt", padding=True)
+        return self.generate_prepared(self.preparer(prompt)(images))
+
+    @torch.no_grad()
+    def generate_prepared(self, inputs: Any) -> list[Generation]:
+        """Greedy generation from :meth:`preparer`'s inputs for a batch."""
         inputs = {k: (v.to(self.device, self.dtype) if v.is_floating_point() else v.to(self.device))
                   for k, v in inputs.items()}
         out = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False, num_beams=1,

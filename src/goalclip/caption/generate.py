@@ -14,6 +14,8 @@ import logging
 import os
 import time
 from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +52,28 @@ class _Images(Dataset):
             return index, None, str(exc)
 
 
+@dataclass
+class CaptionBatch:
+    """A loader batch: ``(index, image, error)`` per record, and the model inputs of the readable images when
+    the engine has a preparer (then made in the worker, and the images stay there: ``image`` is None)."""
+
+    items: list[tuple[int, Any, str | None]]
+    inputs: Any = None
+
+
+@dataclass
+class _Collate:
+    """Runs in the loader worker: the engine's preparer (its processor) over the batch's readable images."""
+
+    prepare: Callable[[list[Any]], Any] | None
+
+    def __call__(self, items: list[tuple[int, Any, str | None]]) -> CaptionBatch:
+        images = [image for _, image, _ in items if image is not None]
+        if self.prepare is None or not images:
+            return CaptionBatch(items)
+        return CaptionBatch([(i, None, error) for i, _, error in items], self.prepare(images))
+
+
 def caption(config: CaptionConfig, engine: CaptionEngine | None = None) -> dict[str, Any]:
     """Caption every image not yet in ``out``; returns the summary (empty on non-main processes).
 
@@ -84,20 +108,24 @@ def caption(config: CaptionConfig, engine: CaptionEngine | None = None) -> dict[
                              max_new_tokens=config.max_new_tokens)
     part = out.with_name(f"{out.name}.part{state.process_index}")
     skipped_part = out.with_name(f"{out.name}.part{state.process_index}.skipped")
+    preparer = getattr(engine, "preparer", None)
     loader = worker_loader(_Images(todo), batch_size=config.batch_size, num_workers=config.num_workers,
-                           collate_fn=list)
+                           collate_fn=_Collate(preparer(prompt.text) if preparer is not None else None))
     folder = out.resolve().parent
     started = time.perf_counter()
     show = config.progress and state.is_main_process
     with part.open("a", encoding="utf-8") as sink, skipped_part.open("a", encoding="utf-8") as skip_sink, \
             tqdm(total=len(todo), desc="caption", unit="img", disable=not show) as bar:
         for batch in loader:
-            for i, _, error in batch:
+            for i, _, error in batch.items:
                 if error is not None:
                     entry = {"id": todo[i]["id"], "kind": "unreadable image", "reason": error}
                     skip_sink.write(json.dumps(entry) + "\n")
-            good = [(todo[i], image) for i, image, _ in batch if image is not None]
-            generations = engine.generate([image for _, image in good], prompt.text) if good else []
+            good = [(todo[i], image) for i, image, error in batch.items if error is None]
+            if batch.inputs is not None:
+                generations = engine.generate_prepared(batch.inputs)
+            else:
+                generations = engine.generate([image for _, image in good], prompt.text) if good else []
             for (record, _), generation in zip(good, generations):
                 cleaned = clean_caption(generation.text, prompt.text, generation.hit_limit)
                 if not cleaned.text:
@@ -111,7 +139,7 @@ def caption(config: CaptionConfig, engine: CaptionEngine | None = None) -> dict[
                 sink.write(json.dumps(row, ensure_ascii=False) + "\n")
             sink.flush()
             skip_sink.flush()
-            bar.update(len(batch))
+            bar.update(len(batch.items))
     completion.wait()  # by files: a process done early must not time out in a collective
     summary: dict[str, Any] = {}
     if state.is_main_process:

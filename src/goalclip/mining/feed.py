@@ -8,7 +8,7 @@ GPU is attached (benchmarks/feed.py). So:
 
 - :class:`MiningFeed` is the loader's dataset: workers decode and split sentences per image, and its
   collate (which runs in the worker too) runs the proposer's processors over the batch
-  (:func:`~goalclip.mining.regions.prepare_regions`) and hands the decoded pixels over as uint8
+  (:func:`~goalclip.mining.proposers.prepare_regions`) and hands the decoded pixels over as uint8
   tensors in shared memory;
 - :class:`CropCutter` cuts and preprocesses the crops of the proposed regions in a second set of
   worker processes, while the main process embeds the previous batch.
@@ -35,7 +35,8 @@ from torch.utils.data import Dataset
 from goalclip.core.images import ImageError, crop_to_box, load_rgb
 from goalclip.core.manifest import captions_of
 from goalclip.core.text import clean_text, split_sentences
-from goalclip.mining.regions import Box, RegionProposer, prepare_regions
+from goalclip.mining.boxes import Box
+from goalclip.mining.proposers import RegionProposer, prepare_regions
 from goalclip.models.pixels import ClipPixels
 
 
@@ -57,18 +58,47 @@ def caption_sentences(record: dict[str, Any]) -> list[str]:
 
 
 @dataclass
+class PackedImages:
+    """A batch's decoded images (uint8 HWC) packed in one flat tensor: it crosses between processes as one
+    piece of shared memory (one file descriptor) however many images the batch has; with one tensor per
+    image, passing descriptors cost the main process about 2 ms per image each way (benchmarks/feed.py)."""
+
+    flat: torch.Tensor
+    shapes: list[tuple[int, int]]  # (height, width) per image
+
+    @classmethod
+    def pack(cls, images: Sequence[Image.Image]) -> PackedImages:
+        arrays = [np.asarray(image) for image in images]
+        flat = torch.from_numpy(np.concatenate([a.reshape(-1) for a in arrays])) if arrays else torch.empty(0)
+        return cls(flat, [a.shape[:2] for a in arrays])
+
+    @property
+    def starts(self) -> list[int]:
+        return [0, *itertools.accumulate(h * w * 3 for h, w in self.shapes)]
+
+    def image(self, index: int) -> torch.Tensor:
+        """Image ``index`` as a ``[H, W, 3]`` view."""
+        height, width = self.shapes[index]
+        start = self.starts[index]
+        return self.flat[start : start + height * width * 3].view(height, width, 3)
+
+    def __len__(self) -> int:
+        return len(self.shapes)
+
+
+@dataclass
 class FeedBatch:
-    """One loader batch: the decoded images (uint8 HWC) with their sentences, the proposer inputs, failures."""
+    """One loader batch: the decoded images with their sentences, the proposer inputs, failures."""
 
     indices: list[int]
-    pixels: list[torch.Tensor]
+    pixels: PackedImages
     sentences: list[list[str]]
     prepared: Any
     failed: list[tuple[int, str]]
 
     @property
     def sizes(self) -> list[ImageSize]:
-        return [ImageSize(p.shape[1], p.shape[0]) for p in self.pixels]
+        return [ImageSize(width, height) for height, width in self.pixels.shapes]
 
 
 class MiningFeed(Dataset):
@@ -100,7 +130,7 @@ class MiningFeed(Dataset):
         images = [image for _, image, _ in good]
         return FeedBatch(
             indices=[i for i, _, _ in good],
-            pixels=[torch.from_numpy(np.array(image)) for image in images],
+            pixels=PackedImages.pack(images),
             sentences=[sentences for _, _, sentences in good],
             prepared=prepare_regions(self.proposer, images) if images else None,
             failed=[(i, error) for i, image, error in items if image is None],
@@ -114,10 +144,12 @@ def cut_crops(pixels: ClipPixels, image: Image.Image, boxes: Sequence[Box]) -> t
     return pixels([crop_to_box(image, box) for box in boxes])
 
 
-def _cut_into(processor: ClipPixels, pixels: torch.Tensor, boxes: Sequence[Box], out: torch.Tensor) -> None:
-    """:func:`cut_crops` of a decoded uint8 image, written into ``out`` (rows of the batch's crop tensor)."""
+def _cut_into(processor: ClipPixels, images: PackedImages, index: int, boxes: Sequence[Box], out: torch.Tensor,
+              start: int) -> None:
+    """:func:`cut_crops` of one image of a batch, written into rows ``start:`` of the batch's crop tensor."""
     if boxes:
-        out.copy_(cut_crops(processor, Image.fromarray(pixels.numpy()), boxes))
+        crops = cut_crops(processor, Image.fromarray(images.image(index).numpy()), boxes)
+        out[start : start + len(boxes)].copy_(crops)
 
 
 _POOL_PROCESSOR: ClipPixels | None = None
@@ -134,7 +166,15 @@ def _pool_start(processor: ClipPixels, init: Callable[[], None] | None) -> None:
         init()
 
 
-def _pool_cut(job: tuple[torch.Tensor, list[Box], torch.Tensor]) -> None:
+def _pool_buffer(shape: tuple[int, ...]) -> torch.Tensor:
+    """A float32 tensor in new shared memory, made in a pool worker: the kernel reserves (and zeroes) the pages
+    there, about 0.3 s of CPU per 650 MB buffer that the main process would pay otherwise; the main process
+    only maps what it receives."""
+    storage = torch.UntypedStorage._new_shared(math.prod(shape) * 4)  # float32, not copied
+    return torch.empty(0).set_(storage, 0, shape)
+
+
+def _pool_cut(job: tuple[PackedImages, int, list[Box], torch.Tensor, int]) -> None:
     _cut_into(_POOL_PROCESSOR, *job)
 
 
@@ -144,9 +184,9 @@ class CropCutter:
     :meth:`submit` returns at once; the returned callable waits for the batch's crops: one
     ``[crops, *shape]`` tensor in region order, in shared memory, filled in place by the workers, so
     the main process neither copies nor concatenates pixels. Two such buffers take turns (one batch
-    is cut while the previous one is embedded) and are reused while they are large enough: making
-    shared memory costs the main process about 10 ms of CPU per FLISM image (35 ms by
-    ``share_memory_``, which also copies).
+    is cut while the previous one is embedded) and are reused while they are large enough; a worker
+    makes each (:func:`_pool_buffer`): making shared memory costs about 10 ms of CPU per FLISM image
+    (35 ms by ``share_memory_``, which also copies).
     """
 
     def __init__(self, processor: Callable, shape: tuple[int, ...], workers: int,
@@ -156,6 +196,7 @@ class CropCutter:
         self.buffers: list[torch.Tensor | None] = [None, None]
         self.turn = 0
         self.pool = None
+        self.workers = workers
         if workers > 0:
             from torch.multiprocessing import get_context
 
@@ -167,21 +208,21 @@ class CropCutter:
         buffer = self.buffers[self.turn]
         if buffer is None or len(buffer) < rows:
             shape = (max(rows, 1), *self.shape)
-            storage = torch.UntypedStorage._new_shared(math.prod(shape) * 4)  # float32, not zeroed or copied
-            buffer = self.buffers[self.turn] = torch.empty(0).set_(storage, 0, shape)
+            buffer = self.buffers[self.turn] = self.pool.apply(_pool_buffer, (shape,))
         return buffer[:rows]
 
-    def submit(self, pixels: list[torch.Tensor], boxes: list[list[Box]]) -> Callable[[], torch.Tensor]:
+    def submit(self, images: PackedImages, boxes: list[list[Box]]) -> Callable[[], torch.Tensor]:
         rows = sum(len(b) for b in boxes)
         out = torch.empty(rows, *self.shape) if self.pool is None else self._buffer(rows)
-        starts = [0, *itertools.accumulate(len(b) for b in boxes)]
-        jobs = [(image, image_boxes, out[start : start + len(image_boxes)])
-                for image, image_boxes, start in zip(pixels, boxes, starts)]
+        starts = itertools.accumulate((len(b) for b in boxes), initial=0)
+        # every job names the same two tensors: a chunk of jobs is one message, and pickling shares each once
+        jobs = [(images, index, image_boxes, out, start)
+                for index, (image_boxes, start) in enumerate(zip(boxes, starts))]
         if self.pool is None:
             for job in jobs:
                 _cut_into(self.processor, *job)
             return lambda: out
-        pending = self.pool.map_async(_pool_cut, jobs, chunksize=1)
+        pending = self.pool.map_async(_pool_cut, jobs, chunksize=max(1, math.ceil(len(jobs) / self.workers)))
 
         def wait() -> torch.Tensor:
             pending.get()  # re-raises a worker's error here

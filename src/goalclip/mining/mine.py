@@ -48,9 +48,9 @@ from goalclip.models.pixels import ClipPixels
 from goalclip.models.precision import describe, inference_precision, resolve_precision
 from goalclip.mining.config import WHOLE_WINS, MineConfig
 from goalclip.mining.feed import CropCutter, MiningFeed, caption_sentences, cut_crops
-from goalclip.mining.regions import (
-    InvalidBox, Region, RegionProposer, build_proposer, propose_regions, take_invalid_boxes,
-)
+from goalclip.mining.boxes import Region
+from goalclip.mining.proposers import InvalidBox, RegionProposer, propose_regions, take_invalid_boxes
+from goalclip.mining.regions import build_proposer
 
 if TYPE_CHECKING:
     from accelerate import PartialState

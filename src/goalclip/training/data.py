@@ -15,9 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 
-from goalclip.core.images import ImageError, crop_to_box, image_size, load_rgb
+from goalclip.core.images import (
+    ImageError, TensorPixels, box_window, decode_rgb_tensor, image_size, load_rgb, to_tensor,
+)
 from goalclip.core.manifest import ManifestError, SkipReport, captions_of, check_box
 from goalclip.core.records import iter_records
 from goalclip.models.clip import ClipBundle
@@ -244,6 +247,7 @@ class TrainDataset(Dataset):
         self.tokenizer = bundle.tokenizer
         self.processor = bundle.image_processor
         self.pixels = ClipPixels(bundle.image_processor)  # the processor's pixels without its conversions
+        self.tensor_pixels = tensor_pixels(self.pixels)
         self.max_len = bundle.max_text_len
         self.patch_size = int(bundle.model.config.vision_config.patch_size)
         self.num_patches = bundle.patch_grid**2
@@ -261,7 +265,6 @@ class TrainDataset(Dataset):
             return {"failed": f"example {ex.id!r}: {exc}"}
 
     def _item(self, ex: Example) -> dict[str, Any]:
-        image = load_rgb(ex.image)
         # verbose=False: an over-long caption is expected here (cut below, counted once by the trainer)
         enc = self.tokenizer(ex.caption, return_offsets_mapping=True, return_special_tokens_mask=True, verbose=False)
         ids = enc["input_ids"]
@@ -269,12 +272,11 @@ class TrainDataset(Dataset):
             ids = ids[: self.max_len - 1] + [self.tokenizer.eos_token_id]
         item: dict[str, Any] = {"caption_ids": ids}
         if not self.need_local or not ex.pairs:  # global only: a method without local terms, or no pair
-            item["pixels"] = self.pixels([image])[0]
+            item["pixels"] = self._pixels(ex.image, [])[1][0]
             if self.need_local:
                 item["pairs"] = []
             return item
-        crops = [crop_to_box(image, pair.box, ex.image) for pair in ex.pairs]
-        pixels = self.pixels([image, *crops])
+        size, pixels = self._pixels(ex.image, [pair.box for pair in ex.pairs])
         weights = pair_weights([pair.score for pair in ex.pairs], self.pair_weighting)
         item["pixels"] = pixels[0]
         item["pairs"] = []
@@ -282,7 +284,7 @@ class TrainDataset(Dataset):
             span = usable_span(
                 token_span(enc["offset_mapping"], enc["special_tokens_mask"], pair.sentence_chars), self.max_len
             )
-            patch_mask = box_patch_mask(pair.box, image.width, image.height, self.processor, self.patch_size)
+            patch_mask = box_patch_mask(pair.box, *size, self.processor, self.patch_size)
             item["pairs"].append({
                 "crop_pixels": crop_pixels,
                 "sentence_ids": self.tokenizer(pair.sentence, truncation=True, max_length=self.max_len)["input_ids"],
@@ -292,6 +294,37 @@ class TrainDataset(Dataset):
                 "weight": weight,
             })
         return item
+
+    def _pixels(self, path: str, boxes: list[list[float]]) -> tuple[tuple[int, int], torch.Tensor]:
+        """The image's (full-resolution) size and ``[global view ; one crop per box]`` pixels, from one decode.
+
+        With the tensor path, the crops are slices of the full-resolution decode (torchvision's JPEG decoder:
+        the same pixels as PIL's, measured, at a quarter of the CPU) and everything is resized on uint8
+        tensors; an image whose only view is the global one is decoded in draft mode (reduced-scale JPEG
+        decode, :func:`~goalclip.core.images.load_rgb`). Otherwise the processor's own pixels
+        (:class:`~goalclip.models.pixels.ClipPixels`)."""
+        if self.tensor_pixels is None:
+            image = load_rgb(path)
+            return image.size, self.pixels([image, *(image.crop(box_window(image.size, b, path)) for b in boxes)])
+        if boxes:
+            image = decode_rgb_tensor(path)
+        else:
+            image = to_tensor(load_rgb(path, draft_short=self.tensor_pixels.short))
+        size = (image.shape[2], image.shape[1])
+        crops = []
+        for box in boxes:
+            left, top, right, bottom = box_window(size, box, path)
+            crops.append(image[:, top:bottom, left:right])
+        return size, self.tensor_pixels([image, *crops])
+
+
+def tensor_pixels(pixels: ClipPixels) -> TensorPixels | None:
+    """The tensor path of a processor :class:`ClipPixels` computes exactly, when it resizes bicubically
+    (the only kernel the tensor path has); None otherwise."""
+    if not pixels.fast or pixels.resample != Image.Resampling.BICUBIC:
+        return None
+    return TensorPixels(pixels.short, pixels.crop, pixels.rescale, tuple(pixels.mean.flatten().tolist()),
+                        tuple(pixels.std.flatten().tolist()))
 
 
 def _pad(sequences: list[list[int]], pad_id: int, pad_to: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
