@@ -34,7 +34,8 @@ from goalclip.demo.probe import PROBE_METRICS, marking_probe
 from goalclip.demo.tiny import build_tiny_clip, build_tiny_siglip
 from goalclip.demo.scene import MARKINGS, WorldConfig
 from goalclip.demo.world import World, generate_world
-from goalclip.evaluation.retrieval import EvalConfig, evaluate, write_results
+from goalclip.evaluation.config import EvalConfig
+from goalclip.evaluation.retrieval import evaluate, write_results
 from goalclip.mining.config import MineConfig
 from goalclip.mining.mine import build_joint_test, mine
 from goalclip.models.clip import save_clip

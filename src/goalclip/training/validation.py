@@ -16,7 +16,9 @@ from typing import Any
 import torch
 from accelerate import PartialState
 
-from goalclip.evaluation.retrieval import EvalConfig, joint_items, retrieval_items, score_bundle
+from goalclip.evaluation.config import EvalConfig
+from goalclip.evaluation.items import joint_items, retrieval_items
+from goalclip.evaluation.retrieval import score_bundle
 from goalclip.models.clip import ClipBundle
 from goalclip.training.config import VAL_KS, check_keep_best
 
