@@ -294,8 +294,8 @@ def large_examples(tmp_path_factory):
 
 def test_samples_decode_once_and_match_the_processor(tiny_bundle, large_examples, monkeypatch) -> None:
     """A local sample's global view and crop come from one full-resolution decode, resized on uint8 tensors
-    (the processor's pixels within RESIZE_TOLERANCE); a global-only sample decodes in draft mode, within
-    DRAFT_TOLERANCE."""
+    (the processor's pixels within RESIZE_TOLERANCE); with draft_decode, a global-only sample decodes in draft
+    mode, within DRAFT_TOLERANCE."""
     path, examples = large_examples
     decodes = []
 
@@ -309,7 +309,7 @@ def test_samples_decode_once_and_match_the_processor(tiny_bundle, large_examples
 
     monkeypatch.setattr(data, "load_rgb", counting)
     monkeypatch.setattr(data, "decode_rgb_tensor", counting_tensor)
-    dataset = TrainDataset(examples, tiny_bundle, need_local=True)
+    dataset = TrainDataset(examples, tiny_bundle, need_local=True, draft_decode=True)
     local, global_only = dataset[0], dataset[1]
     short = tiny_bundle.image_processor.size["shortest_edge"]
     assert decodes == ["full", short]  # one decode each; the global-only one in draft mode
@@ -324,3 +324,12 @@ def test_samples_decode_once_and_match_the_processor(tiny_bundle, large_examples
           f"{float(draft.max()):.2f} (mean {float(draft.mean()):.2f}) levels")
     assert global_levels <= RESIZE_TOLERANCE + 1e-3 and crop_levels <= RESIZE_TOLERANCE + 1e-3
     assert float(draft.max()) <= DRAFT_TOLERANCE[0] and float(draft.mean()) <= DRAFT_TOLERANCE[1]
+
+
+def test_global_only_samples_see_the_same_pixels_as_a_local_samples_global_view_by_default(
+        tiny_bundle, large_examples) -> None:
+    """Without --draft-decode, a global-only sample (every sample of --method global, and a goal run's images
+    without a pair) decodes at full resolution like a local one: the ablations train on the same global pixels."""
+    _, examples = large_examples
+    dataset = TrainDataset(examples, tiny_bundle, need_local=True)
+    assert torch.equal(dataset[1]["pixels"], dataset[0]["pixels"])

@@ -195,6 +195,11 @@ class TrainConfig:
                             "(FAST-GOAL psi_v, psi_t), saved beside the model as tsl_heads.safetensors and reloaded "
                             "when --model holds them")
     gradient_checkpointing: bool = option(False, help="recompute activations to save memory")
+    draft_decode: bool = option(False, help="decode a JPEG whose only view is the global one (no local pair) at "
+                                "libjpeg's reduced scale, for images much larger than the model's input: less "
+                                "CPU per sample, but pixels a few levels off the full decode (6 of 255 at most, "
+                                "0.45 on average, measured), so a --method global run no longer sees the global "
+                                "pixels a goal run sees; crops always come from the full-resolution image")
     grad_cache_chunk: int | None = option(None, metavar="M", default_help="off", help="gradient caching: encode the "
                                           "batch M rows at a time, first without a graph, compute the full-batch "
                                           "loss and its gradients for the cached embeddings, then encode each chunk "

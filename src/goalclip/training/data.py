@@ -241,7 +241,8 @@ class TrainDataset(Dataset):
     """
 
     def __init__(
-        self, examples: list[Example], bundle: ClipBundle, *, need_local: bool, pair_weighting: str = "uniform"
+        self, examples: list[Example], bundle: ClipBundle, *, need_local: bool, pair_weighting: str = "uniform",
+        draft_decode: bool = False,
     ):
         self.examples = examples
         self.tokenizer = bundle.tokenizer
@@ -253,6 +254,7 @@ class TrainDataset(Dataset):
         self.num_patches = bundle.patch_grid**2
         self.need_local = need_local
         self.pair_weighting = pair_weighting
+        self.draft_decode = draft_decode
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -300,13 +302,14 @@ class TrainDataset(Dataset):
 
         With the tensor path, the crops are slices of the full-resolution decode (torchvision's JPEG decoder:
         the same pixels as PIL's, measured, at a quarter of the CPU) and everything is resized on uint8
-        tensors; an image whose only view is the global one is decoded in draft mode (reduced-scale JPEG
-        decode, :func:`~goalclip.core.images.load_rgb`). Otherwise the processor's own pixels
-        (:class:`~goalclip.models.pixels.ClipPixels`)."""
+        tensors; with ``draft_decode``, an image whose only view is the global one is decoded in draft mode
+        (reduced-scale JPEG decode, :func:`~goalclip.core.images.load_rgb`): off by default, so that a
+        global-only sample sees the pixels a local sample's global view sees. Otherwise the processor's own
+        pixels (:class:`~goalclip.models.pixels.ClipPixels`)."""
         if self.tensor_pixels is None:
             image = load_rgb(path)
             return image.size, self.pixels([image, *(image.crop(box_window(image.size, b, path)) for b in boxes)])
-        if boxes:
+        if boxes or not self.draft_decode:
             image = decode_rgb_tensor(path)
         else:
             image = to_tensor(load_rgb(path, draft_short=self.tensor_pixels.short))

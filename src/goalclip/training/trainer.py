@@ -188,7 +188,8 @@ class Trainer:
         clamp_logit_scale(bundle.model)
         if cfg.gradient_checkpointing:
             bundle.model.gradient_checkpointing_enable()
-        dataset = TrainDataset(examples, bundle, need_local=local, pair_weighting=cfg.pair_weighting)
+        dataset = TrainDataset(examples, bundle, need_local=local, pair_weighting=cfg.pair_weighting,
+                               draft_decode=cfg.draft_decode)
         truncated = count_truncated(bundle, [ex.caption for ex in examples], context)
         if truncated:
             logger.warning("%d of %d captions are longer than the %d-token context: their tails are cut and "
