@@ -28,7 +28,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 import torch
 from tqdm.auto import tqdm
@@ -254,20 +254,11 @@ def mine(config: MineConfig) -> dict[str, Any]:
 
 
 def _mine(config: MineConfig, state: PartialState) -> dict[str, Any]:
-    from accelerate.utils import gather_object
-
     set_max_image_pixels(config.max_image_pixels)
     out = Path(config.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     completion = ShardCompletion(state, out)
-    records = read_manifest(config.data)
-    if config.max_images:
-        records = records[: config.max_images]
-    done = ids_already_written(out, config.resume, "local")
-    pending = [r for r in records if r["id"] not in done]
-    todo = split_records(pending, state.process_index, state.num_processes)  # whole shards per process
-    logger.info("mining %d images (%d of %d already done; process %d of %d)", len(todo),
-                len(records) - len(pending), len(records), state.process_index + 1, state.num_processes)
+    records, pending, todo = _work_of_this_process(config, state, out)
 
     device = process_device(state, config.device)
     load_started = time.perf_counter()
@@ -324,26 +315,14 @@ def _mine(config: MineConfig, state: PartialState) -> dict[str, Any]:
                                               whole_wins=config.whole_wins)
                 truncated += mined_batch.truncated
                 clock.add(mined_batch.seconds)
-                for record, match, reason in mined_batch.results:
-                    if match is None or match.discarded:
-                        reason = reason or "whole image won (LISM discard)"
-                        skip_sink.write(json.dumps({"id": record["id"], "kind": reason, "reason": reason}) + "\n")
-                        continue
-                    # match.best None: every sentence chose the whole image; the image stays for the global loss
-                    mined = {**relativize(record, folder), "local": match.best, "candidates": match.candidates}
-                    sink.write(json.dumps(mined, ensure_ascii=False) + "\n")
-                for entry in invalid:
-                    skip_sink.write(json.dumps(entry) + "\n")
+                _write_batch(mined_batch, invalid, folder, sink, skip_sink)
                 bar.update(len(batch_records))
             in_flight = current
             sink.flush()
             skip_sink.flush()
             clock.restart()  # writing is no stage: the next lap (decode) starts here
     completion.wait()  # by files: a process done early must not time out in a collective
-    truncated = sum(gather_object([truncated])) if state.num_processes > 1 else truncated
-    # processes run side by side: a stage's wall time is that of the slowest process
-    per_process = gather_object([clock.seconds]) if state.num_processes > 1 else [clock.seconds]
-    stage_seconds = {stage: round(max(s.get(stage, 0.0) for s in per_process), 3) for stage in STAGES}
+    truncated, stage_seconds = _over_processes(state, truncated, clock.seconds)
     summary: dict[str, Any] = {}
     if state.is_main_process:
         timing = {"stage_seconds": stage_seconds, "elapsed_s": round(time.perf_counter() - load_started, 3)}
@@ -356,6 +335,48 @@ def _mine(config: MineConfig, state: PartialState) -> dict[str, Any]:
     if state.is_main_process:
         completion.clean()
     return summary
+
+
+def _over_processes(state: PartialState, truncated: int,
+                    seconds: dict[str, float]) -> tuple[int, dict[str, float]]:
+    """The sentences cut in every process, and each stage's wall time: that of the slowest process, since
+    the processes run side by side."""
+    from accelerate.utils import gather_object
+
+    truncated = sum(gather_object([truncated])) if state.num_processes > 1 else truncated
+    per_process = gather_object([seconds]) if state.num_processes > 1 else [seconds]
+    return truncated, {stage: round(max(s.get(stage, 0.0) for s in per_process), 3) for stage in STAGES}
+
+
+def _work_of_this_process(config: MineConfig, state: PartialState,
+                          out: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """``(records, pending, todo)``: the manifest's records (``--max-images``), those not yet written by an
+    earlier run (``--resume``), and this process's share of them (whole shards)."""
+    records = read_manifest(config.data)
+    if config.max_images:
+        records = records[: config.max_images]
+    done = ids_already_written(out, config.resume, "local")
+    pending = [r for r in records if r["id"] not in done]
+    todo = split_records(pending, state.process_index, state.num_processes)
+    logger.info("mining %d images (%d of %d already done; process %d of %d)", len(todo),
+                len(records) - len(pending), len(records), state.process_index + 1, state.num_processes)
+    return records, pending, todo
+
+
+def _write_batch(mined_batch: MinedBatch, invalid: list[dict[str, Any]], folder: Path, sink: TextIO,
+                 skip_sink: TextIO) -> None:
+    """One matched batch's lines: a mined record per kept image, a skip entry per discarded image and per
+    invalid proposer box."""
+    for record, match, reason in mined_batch.results:
+        if match is None or match.discarded:
+            reason = reason or "whole image won (LISM discard)"
+            skip_sink.write(json.dumps({"id": record["id"], "kind": reason, "reason": reason}) + "\n")
+            continue
+        # match.best None: every sentence chose the whole image; the image stays for the global loss
+        mined = {**relativize(record, folder), "local": match.best, "candidates": match.candidates}
+        sink.write(json.dumps(mined, ensure_ascii=False) + "\n")
+    for entry in invalid:
+        skip_sink.write(json.dumps(entry) + "\n")
 
 
 def _invalid_box_entries(invalid: list[InvalidBox]) -> list[dict[str, Any]]:
