@@ -57,3 +57,13 @@ def test_every_option_field_has_a_flag_and_every_default_is_shown(config, capsys
         assert flag in text
         if field.default not in (dataclasses.MISSING, None, True, False) and field.name not in ("checkpoint_every",):
             assert f"(default: {field.default})" in text, field.name
+
+
+@pytest.mark.parametrize("command", ["train", "mine", "caption"])
+def test_a_switch_shows_no_default(command, capsys) -> None:
+    """An on/off flag (--no-progress, --resume) says what it does; "(default: True)" beside --no-progress read
+    as if the flag were on by default."""
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: True)" not in text and "(default: False)" not in text

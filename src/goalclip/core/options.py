@@ -73,10 +73,11 @@ def _base_type(hint: Any) -> tuple[type, bool]:
     return hint, False
 
 
-def _default_text(field: dataclasses.Field, opt: Option) -> str:
+def _default_text(field: dataclasses.Field, opt: Option, switch: bool) -> str:
+    """`` (default: ...)`` for the help text; nothing for an on/off switch, whose flag says what it does."""
     if opt.default_help is not None:
         return f" (default: {opt.default_help})" if opt.default_help else ""
-    if field.default is dataclasses.MISSING or field.default is None:
+    if switch or field.default is dataclasses.MISSING or field.default is None:
         return ""
     return f" (default: {field.default})"
 
@@ -97,12 +98,13 @@ def add_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup, confi
         opt: Option = field.metadata[_KEY]
         kind, optional = _base_type(hints[name])
         flag = opt.flag or "--" + name.rstrip("_").replace("_", "-")
-        kwargs: dict[str, Any] = {"dest": dest_prefix + name, "help": opt.help + _default_text(field, opt)}
+        switch = kind is bool and not optional
+        kwargs: dict[str, Any] = {"dest": dest_prefix + name, "help": opt.help + _default_text(field, opt, switch)}
         if with_defaults and field.default is not dataclasses.MISSING:
             kwargs["default"] = field.default
         if kind is bool and optional:
             kwargs["action"] = argparse.BooleanOptionalAction
-        elif kind is bool:
+        elif switch:
             kwargs["action"] = "store_false" if field.default else "store_true"
         else:
             metavar = opt.metavar or (None if opt.choices else flag.lstrip("-").replace("-", "_").upper())
