@@ -249,8 +249,14 @@ class TensorPixels:
         for row, image in enumerate(images):
             size, (left, top) = centre_window(image.shape[2], image.shape[1], self.short, self.crop)
             small = resize_uint8(image, size)[:, top : top + self.crop, left : left + self.crop]
-            out[row] = ((small.double() * self.rescale).float() - mean) / std
+            out[row] = normalise(small, self.rescale, mean, std)
         return out
+
+
+def normalise(pixels: torch.Tensor, rescale: float, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels -> the processor's float32 values, with transformers' own arithmetic (rescale in float64,
+    round to float32, normalise in float32), so that equal uint8 pixels give bit-identical values."""
+    return ((pixels.double() * rescale).float() - mean) / std
 
 
 def pixel_values(processor: Callable, images: Sequence[Image.Image]) -> torch.Tensor:

@@ -22,19 +22,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from goalclip.core.images import pixel_values
+from goalclip.core.images import centre_window, normalise, pixel_values
 from goalclip.models.embed import size_fields
-
-
-def _resized_and_window(width: int, height: int, short: int, crop: int) -> tuple[tuple[int, int], tuple[int, ...]]:
-    """The processor's shortest-edge resize size and its centre-crop window, rounded as transformers
-    rounds them (the long edge truncated after scaling, the crop offset floored)."""
-    if width <= height:
-        new_w, new_h = short, int(short * height / width)
-    else:
-        new_w, new_h = int(short * width / height), short
-    left, top = (new_w - crop) // 2, (new_h - crop) // 2
-    return (new_w, new_h), (left, top, left + crop, top + crop)
 
 
 class ClipPixels:
@@ -61,9 +50,9 @@ class ClipPixels:
             return pixel_values(self.processor, images)
         out = torch.empty(len(images), 3, self.crop, self.crop)
         for row, image in enumerate(images):
-            size, window = _resized_and_window(image.width, image.height, self.short, self.crop)
-            small = image.convert("RGB").resize(size, self.resample).crop(window)
+            size, (left, top) = centre_window(image.width, image.height, self.short, self.crop)
+            small = image.convert("RGB").resize(size, self.resample).crop((left, top, left + self.crop,
+                                                                            top + self.crop))
             pixels = torch.from_numpy(np.asarray(small).copy()).permute(2, 0, 1)
-            # transformers' own arithmetic: rescale in float64, round to float32, normalise in float32
-            out[row] = ((pixels.double() * self.rescale).float() - self.mean) / self.std
+            out[row] = normalise(pixels, self.rescale, self.mean, self.std)
         return out
