@@ -91,16 +91,20 @@ def test_mine_in_two_cpu_processes_shards_the_images_and_equals_one_process(tiny
 
 
 @pytest.mark.multiprocess
-def test_eval_in_two_cpu_processes_equals_one_process(tiny_world, tmp_path, launch_ranks):
-    """Two ranks (torchrun, no ACCELERATE_USE_CPU) split the encoding; the table equals one process's."""
-    args = ["eval", "--model", str(tiny_world.model), "--data", str(tiny_world.captions), "--joint",
+def test_eval_in_two_cpu_processes_equals_one_process(tiny_world, tiny_blip2, tmp_path, launch_ranks):
+    """Two ranks (torchrun, no ACCELERATE_USE_CPU) split the encoding; the table equals one process's, for a
+    CLIP row and a BLIP-2 row (several embeddings per image, gathered across the ranks)."""
+    args = ["eval", "--model", str(tiny_world.model), "--model", str(tiny_blip2), "--data", str(tiny_world.captions),
+            "--joint",
             str(tiny_world.mined), "--device", "cpu", "--batch-size", "3", "--no-progress"]
     proc = launch_ranks(["-m", "goalclip.cli", *args, "--out", tmp_path / "two.json"])
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert main([*args, "--out", str(tmp_path / "one.json")]) == 0
     two, one = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("two", "one"))
     assert two["sets"] == one["sets"]
-    assert two["models"][0]["metrics"] == pytest.approx(one["models"][0]["metrics"], abs=1e-9)
+    assert len(two["models"]) == len(one["models"]) == 2
+    for row_two, row_one in zip(two["models"], one["models"]):
+        assert row_two["metrics"] == pytest.approx(row_one["metrics"], abs=1e-9)
 
 
 # ----------------------------------------------------------------------------- eval cache and outputs
