@@ -19,6 +19,7 @@ tokenizer SigLIP 2's fixed-resolution folders name (``GemmaTokenizer``) keeps ca
 
 from __future__ import annotations
 
+import functools
 import re
 import string
 
@@ -26,9 +27,13 @@ from tokenizers import Regex, Tokenizer, normalizers, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 from transformers.convert_slow_tokenizer import SpmConverter
 
-# Python's ``\s`` (what SiglipTokenizer's ``re.sub(r"\s+", " ")`` matches) spelled out: the
-# tokenizers library's regex ``\s`` leaves out a few of its characters (e.g. U+001C..U+001F).
-_WHITESPACE = "".join(chr(code) for code in range(0x110000) if chr(code).isspace())
+
+@functools.cache
+def _whitespace() -> str:
+    r"""Python's ``\s`` (what SiglipTokenizer's ``re.sub(r"\s+", " ")`` matches) spelled out: the tokenizers
+    library's regex ``\s`` leaves out a few of its characters (e.g. U+001C..U+001F). Built on first use: a
+    scan of every code point, which every command importing this module would otherwise pay."""
+    return "".join(chr(code) for code in range(0x110000) if chr(code).isspace())
 
 
 class SiglipConverter(SpmConverter):
@@ -40,7 +45,7 @@ class SiglipConverter(SpmConverter):
         steps = [normalizers.Lowercase()] if self.original_tokenizer.do_lower_case else []
         steps += [
             normalizers.Replace(Regex(f"[{re.escape(string.punctuation)}]"), ""),
-            normalizers.Replace(Regex(f"[{re.escape(_WHITESPACE)}]+"), " "),
+            normalizers.Replace(Regex(f"[{re.escape(_whitespace())}]+"), " "),
             normalizers.Strip(),
         ]
         if proto.normalizer_spec.precompiled_charsmap:
