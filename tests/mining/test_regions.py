@@ -49,7 +49,6 @@ def test_grid_and_whole_proposers_use_each_images_size():
         GridProposer().propose(images, ["a"])
 
 
-
 # ---------------------------------------------------------------------------------------------
 # External boxes, combination, construction
 # ---------------------------------------------------------------------------------------------

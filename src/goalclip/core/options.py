@@ -31,7 +31,6 @@ INFERENCE_PRECISION_HELP = ("auto = bf16 autocast on CUDA (scores within 0.01 of
                             "TF32 matmuls on CUDA; weights stay fp32")
 
 
-
 def cosine(text: str) -> float:
     """argparse type: a cosine similarity, a finite number in [-1, 1] (anything else is a usage error)."""
     try:

@@ -109,7 +109,6 @@ def _goal_local(
     return {"local": usable[0], **({"candidates": boxed} if boxed else {})}
 
 
-
 @dataclass
 class _Whole:
     """A whole-image entry: its image, caption and the pairs listed inside it (mining output)."""

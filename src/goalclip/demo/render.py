@@ -105,7 +105,6 @@ def save_png(image: Image.Image, path: Path) -> None:
         handle.write(buffer.getvalue())
 
 
-
 def closeup(image: Image.Image, box: tuple[int, int, int, int], zoom: float) -> tuple[Image.Image, list[int]]:
     """Zoom in on one object: a square crop ``zoom`` times the box's size, scaled to full size.
 

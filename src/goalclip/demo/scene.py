@@ -137,7 +137,6 @@ class WorldConfig:
         return self.image_size // self.grid
 
 
-
 @dataclass(frozen=True)
 class SceneObject:
     """One shape in its grid cell, with its colour, size and marking."""

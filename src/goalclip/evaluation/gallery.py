@@ -39,7 +39,6 @@ class Embeddings:
     cached: bool = False
 
 
-
 def _shard(state: PartialState, n: int) -> list[int]:
     """This process's contiguous slice of ``range(n)`` (all of it in a single process)."""
     if state.num_processes == 1:

@@ -55,7 +55,6 @@ class EvalItems:
         return f"{fingerprint(self.manifest, contents=True)}|images:{images}|items:{drawn}"
 
 
-
 def retrieval_items(path: str) -> EvalItems:
     """One image item per record and one text item per caption (duplicate ids raise)."""
     records = [record for _, record in read_eval_records(path)]

@@ -51,7 +51,6 @@ class _ModelRun:
     timing: dict[str, float] = field(default_factory=dict)
 
 
-
 # ----------------------------------------------------------------------------- scoring
 
 
@@ -129,8 +128,6 @@ def score_bundle(
         failed = _failed_groups(items, [embeddings[items.kind]])
         scores.update(_score(items, embeddings[items.kind], failed, ks))
     return scores
-
-
 
 
 def _embed_model(

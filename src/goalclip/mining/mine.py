@@ -58,7 +58,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-
 class MiningInterrupted(RuntimeError):
     """The run was asked to stop (SIGTERM); what was written is kept for ``--resume``."""
 
@@ -112,8 +111,6 @@ def match_pairs(
         return Match(None, candidates, True)
     best = next((pair for pair in pairs if pair["source"] != "whole"), None)
     return Match(best, candidates, False)
-
-
 
 
 @contextlib.contextmanager

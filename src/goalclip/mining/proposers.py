@@ -53,8 +53,6 @@ def torch_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
     return resolved
 
 
-
-
 class GridProposer:
     """FAST-GOAL's fixed regions (4 quadrants + centre box); no model, never empty."""
 

@@ -58,8 +58,6 @@ def box_patch_mask(
     return mask.flatten()
 
 
-
-
 @dataclass
 class LocalPair:
     """One (sentence, box) pair of an example; ``score`` is the mining cosine when recorded."""

@@ -176,8 +176,6 @@ def attention_maps(
     return normalise_per_image(attention), pca_zscores(tokens)
 
 
-
-
 def patch_attention_rows(
     bundle: ClipBundle, images: Sequence[ImageLike], *, layer: int = -1, batch_size: int = 8
 ) -> torch.Tensor:
