@@ -482,3 +482,32 @@ def test_convert_skipping_most_images_fails_unless_allow_skips(tmp_path: Path, c
     assert "3 of 4 records" in err and "--allow-skips" in err and not out.exists()
     assert main([*argv, "--allow-skips"]) == 0
     assert [r["id"] for r in read_manifest(out)] == ["sa_0"]
+
+
+# Plain writes that are not a command's output: a marker file naming a live process, a file inside a
+# temporary folder that atomic_folder renames as a whole, the tar stream inside an atomic shard file.
+PLAIN_WRITES_ALLOWED = {
+    ("core/processes.py", "self._marker(self.state.process_index).write_text(self.token, encoding=\"utf-8\")"),
+    ("training/checkpoints.py", "(tmp / \"progress.json\").write_text(json.dumps(progress))"),
+    ("datasets/shards.py", "tar = stack.enter_context(tarfile.open(fileobj=handle, mode=\"w\", "
+                           "format=tarfile.USTAR_FORMAT))"),
+}
+
+
+def test_every_file_a_command_writes_goes_through_the_atomic_writers() -> None:
+    """A summary or README written with a plain open/write_text is half a file after a crash: every write in
+    the package goes through core.manifest's atomic_write/atomic_path/atomic_folder, is an append to a
+    resumable log, or is listed above."""
+    import re
+
+    import goalclip
+
+    package = Path(goalclip.__file__).parent
+    # "w" modes only: the "a" appends are the resumable logs (parts, metrics.jsonl), whose readers drop a torn line
+    plain = re.compile(r"\.write_text\(|\.write_bytes\(|\bopen\(.*[\"']wb?[\"']")
+    found = set()
+    for path in package.rglob("*.py"):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if plain.search(line) and not line.lstrip().startswith("#"):
+                found.add((path.relative_to(package).as_posix(), line.strip()))
+    assert found - PLAIN_WRITES_ALLOWED == set()

@@ -27,7 +27,7 @@ from goalclip.caption.config import CaptionConfig
 from goalclip.caption.engines import CaptionEngine, load_engine, resolve_dtype
 from goalclip.caption.prompt import load_prompt
 from goalclip.core.images import ImageError, load_rgb
-from goalclip.core.manifest import iter_jsonl, relativize, write_jsonl
+from goalclip.core.manifest import atomic_write, iter_jsonl, relativize, write_jsonl
 from goalclip.datasets.sample import read_images
 from goalclip.core.resumable import ids_already_written, part_paths
 from goalclip.core.processes import ShardCompletion, process_device, process_state, worker_loader
@@ -180,6 +180,6 @@ def _merge(out: Path, records: list[dict[str, Any]], seconds: float, processed: 
         "mean_words": sum(words) / len(words) if words else None,
         "images_per_s": processed / seconds if seconds > 0 and processed else None,
     }
-    with open(out.with_name(out.stem + ".summary.json"), "w", encoding="utf-8") as handle:
+    with atomic_write(out.with_name(out.stem + ".summary.json")) as handle:
         json.dump(summary, handle, indent=2)
     return summary

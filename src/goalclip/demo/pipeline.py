@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from goalclip.core.manifest import atomic_write
 from goalclip.core.records import read_manifest
 from goalclip.demo.ablation import (
     LONG_CAPTION_METRICS,
@@ -172,7 +173,8 @@ def _pretrain(init: Path, name: str, step: str, data: Path, plan: DemoPlan, seed
     else:
         pretrain_key.unlink(missing_ok=True)
         timed(step, train, pretrain)
-        pretrain_key.write_text(json.dumps(key, indent=2))
+        with atomic_write(pretrain_key) as handle:
+            handle.write(json.dumps(key, indent=2))
     return pretrain.out
 
 
@@ -247,8 +249,10 @@ def run_demo(
                     f"{accuracy['contains_rate']:.0%} (tight box {accuracy['rate']:.0%}); table in "
                     f"{out / 'metrics.json'}; figures in {figures}"),
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    (out / "README.txt").write_text(_readme(out, table, accuracy, wall))
+    with atomic_write(out / "summary.json") as handle:
+        handle.write(json.dumps(summary, indent=2))
+    with atomic_write(out / "README.txt") as handle:
+        handle.write(_readme(out, table, accuracy, wall))
     print(table)
     print(f"\nmined pairs: region contains the sentence's object {accuracy['contains_rate']:.0%}, "
           f"box is that object (IoU >= 0.5) {accuracy['rate']:.0%} of {accuracy['pairs']}")

@@ -34,7 +34,7 @@ import torch
 from tqdm.auto import tqdm
 
 from goalclip.core.images import set_max_image_pixels
-from goalclip.core.manifest import iter_jsonl, output_lock, relativize, write_jsonl, write_manifest
+from goalclip.core.manifest import atomic_write, iter_jsonl, output_lock, relativize, write_jsonl, write_manifest
 from goalclip.core.records import read_manifest
 from goalclip.core.paths import refuse_input_as_output
 from goalclip.core.resumable import ids_already_written, part_paths
@@ -443,7 +443,7 @@ def _merge(
         "images_per_s": processed / seconds if seconds > 0 else None,
         **timing,
     }
-    with open(out.with_name(out.stem + ".summary.json"), "w", encoding="utf-8") as handle:
+    with atomic_write(out.with_name(out.stem + ".summary.json")) as handle:
         json.dump(summary, handle, indent=2)
     return summary
 
