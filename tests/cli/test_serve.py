@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from goalclip.cli import main
-from goalclip.cli.serve import demo_views
+from goalclip.demo.layout import served_views
 
 
 @pytest.mark.parametrize(
@@ -42,7 +42,7 @@ def _demo_layout(root: Path) -> None:
 def test_serve_demo_finds_the_demos_models_test_images_pairs_and_runs(tmp_path):
     _demo_layout(tmp_path)
     models = tmp_path / "models"
-    assert demo_views(str(tmp_path)) == {
+    assert served_views(str(tmp_path)) == {
         "model": [str(models / "pretrained"), str(models / "goal" / "seed0")],
         "data": str(tmp_path / "world" / "test.jsonl"),
         "pairs": str(tmp_path / "mined" / "train.jsonl"),

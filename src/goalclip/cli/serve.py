@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
-import json
-import re
-from pathlib import Path
-from typing import Any
 
+from goalclip.demo.layout import served_views
 from goalclip.cli.common import add_device, add_max_image_pixels, positive_int, resolve_device
 
 
@@ -57,39 +54,11 @@ def _loopback(host: str) -> str:
     return "127.0.0.1" if host == "localhost" else host
 
 
-def _seed_order(folder: Path) -> tuple[int, str]:
-    digits = re.fullmatch(r"seed(\d+)", folder.name)
-    return (int(digits.group(1)) if digits else -1, folder.name)
-
-
-def demo_views(folder: str) -> dict[str, Any]:
-    """What serve shows of a ``goalclip demo --out`` folder (the layout goalclip.demo.pipeline writes and its
-    README.txt lists): the pretrained model and ``goal``'s first seed over the test images, read at the
-    context the demo evaluated them at; the mined training pairs; every training run."""
-    root = Path(folder)
-    summary = root / "summary.json"
-    if not summary.is_file():
-        raise ValueError(f"--demo {folder}: no summary.json (not a finished goalclip demo --out folder)")
-    try:
-        plan = json.loads(summary.read_text(encoding="utf-8")).get("plan", {})
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{summary}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
-    models = root / "models"
-    runs = sorted((p for p in models.glob("*/seed*") if (p / "train_config.json").is_file()),
-                  key=lambda p: (p.parent.name, _seed_order(p)))
-    goal = [p for p in runs if p.parent.name == "goal"]
-    if not goal:
-        raise ValueError(f"--demo {folder}: no models/goal/seedN run")
-    return {"model": [str(models / "pretrained"), str(goal[0])], "data": str(root / "world" / "test.jsonl"),
-            "pairs": str(root / "mined" / "train.jsonl"), "runs": [str(models / "pretrained"), *map(str, runs)],
-            "context": plan.get("max_text_len"), "keep_positions": plan.get("keep_positions")}
-
-
 def _with_demo(args: argparse.Namespace) -> None:
     """Fill the flags the user left out from ``--demo DIR``."""
     if args.images or args.data:
         raise ValueError("--demo serves the demo's own test images; leave out --images and --data")
-    views = demo_views(args.demo)
+    views = served_views(args.demo)
     args.data = views["data"]
     for name in ("model", "runs"):
         setattr(args, name, getattr(args, name) or views[name])

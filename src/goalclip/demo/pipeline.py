@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from goalclip.core.manifest import atomic_write
+from goalclip.demo.layout import mined_manifest, model_dir, run_dir, summary_path, world_dir
 from goalclip.core.records import read_manifest
 from goalclip.demo.ablation import (
     LONG_CAPTION_METRICS,
@@ -223,7 +224,7 @@ def run_demo(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     timed = _Timer()
-    world = timed("world", generate_world, out / "world", WorldConfig(
+    world = timed("world", generate_world, world_dir(out), WorldConfig(
         n_pretrain=plan.n_pretrain, n_train=plan.n_train, n_test=plan.n_test,
         image_size=plan.image_size * plan.render_scale, pretrain_size=plan.image_size, seed=seed))
     # the demo owns its output folder: a re-run replaces the models of the previous one
@@ -249,7 +250,7 @@ def run_demo(
                     f"{accuracy['contains_rate']:.0%} (tight box {accuracy['rate']:.0%}); table in "
                     f"{out / 'metrics.json'}; figures in {figures}"),
     }
-    with atomic_write(out / "summary.json") as handle:
+    with atomic_write(summary_path(out)) as handle:
         handle.write(json.dumps(summary, indent=2))
     with atomic_write(out / "README.txt") as handle:
         handle.write(_readme(out, table, accuracy, wall))
@@ -266,11 +267,11 @@ def _pretrained_models(out: Path, world: World, plan: DemoPlan, rows: tuple[Row,
     sizes = {"image_size": plan.image_size, "patch_size": plan.patch_size, "width": plan.width, "layers": plan.layers,
              "context_length": plan.context, "seed": seed}
     init = timed("build", lambda: save_clip(build_tiny_clip(texts, projection_dim=plan.width, **sizes),
-                                            out / "models" / "init"))
+                                            model_dir(out, "init")))
     starts = {"clip": _pretrain(init, "pretrained", "pretrain", world.pretrain, plan, seed, common, timed)}
     if any(row.backbone == "siglip" for row in rows):
         siglip_init = timed("build_siglip", lambda: save_clip(build_tiny_siglip(texts, **sizes),
-                                                              out / "models" / "siglip_init"))
+                                                              model_dir(out, "siglip_init")))
         starts["siglip"] = _pretrain(siglip_init, "siglip_pretrained", "pretrain_siglip", world.pretrain, plan,
                                      seed, common, timed)
     return starts
@@ -284,13 +285,13 @@ def _mine_pairs(out: Path, world: World, pretrained: str, rows: tuple[Row, ...],
     if any(row.pairs == "boxes" for row in rows):
         jobs.append(("train_boxes", world.train, world.train_boxes, "external"))
     for name, manifest, boxes, regions in jobs:
-        mined[name] = out / "mined" / f"{name}.jsonl"
+        mined[name] = mined_manifest(out, name)
         for stale in mined[name].parent.glob(f"{name}.jsonl*"):
             stale.unlink()
         timed(f"mine_{name}", mine, MineConfig(
             model=pretrained, data=str(manifest), out=str(mined[name]), regions=regions, boxes=str(boxes),
             num_workers=num_workers, batch_size=64, device="cpu", progress=progress))
-    joint = out / "mined" / "test_joint.jsonl"
+    joint = mined_manifest(out, "test_joint")
     build_joint_test(str(world.test), str(mined["test"]), str(joint))
     return mined, joint
 
@@ -303,7 +304,7 @@ def _finetune(out: Path, rows: tuple[Row, ...], starts: dict[str, str], mined: d
     for run_seed in range(seed, seed + plan.finetune_seeds):
         for row in rows:
             name = row.label.replace(" ", "_")
-            target = out / "models" / name / f"seed{run_seed}"
+            target = run_dir(out, name, run_seed)
             run = timed(f"train_{name}_seed{run_seed}", train, TrainConfig(
                 model=starts[row.backbone], data=str(mined["train" if row.pairs == "flism" else "train_boxes"]),
                 out=str(target), method=row.method, local_pairs=row.local_pairs, pair_weighting=row.pair_weighting,
@@ -349,7 +350,7 @@ def _draw_figures(out: Path, world: World, ablation: dict[str, Any], metrics: li
     figures = out / "figures"
     figures.mkdir(exist_ok=True)
     test_records = read_manifest(world.test)
-    first = {method: str(out / "models" / method / f"seed{seed}") for method in ("global", "goal")}
+    first = {method: str(run_dir(out, method, seed)) for method in ("global", "goal")}
     timed("viz", lambda: (
         plot_ablation(ablation, metrics, figures / "ablation.png",
                       title=f"demo ablation: mean ± std over {plan.finetune_seeds} fine-tune seed(s)"),
