@@ -111,7 +111,7 @@ def build_setup(shape: str, sizes: list[int], folder: Path) -> Path:
     dataset = TrainDataset(examples, bundle, need_local=True)
     collate = Collate(pad_id=bundle.tokenizer.pad_token_id)
     for size in set(sizes):
-        torch.save(collate([dataset[i] for i in range(size)]), folder / f"batch{size}.pt")
+        torch.save(dataset.to_device(collate([dataset[i] for i in range(size)]), "cpu"), folder / f"batch{size}.pt")
     return folder
 
 

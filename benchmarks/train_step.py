@@ -174,7 +174,8 @@ def load_setup(folder: Path, batch_size: int, device: str, bundle: ClipBundle | 
     bundle = bundle or load_clip(str(folder / "model"))
     examples = load_examples(folder / "train.jsonl", need_local=True)[:batch_size]
     dataset = TrainDataset(examples, bundle, need_local=True)
-    ours = Collate(pad_id=bundle.tokenizer.pad_token_id)([dataset[i] for i in range(len(examples))])
+    ours = dataset.to_device(Collate(pad_id=bundle.tokenizer.pad_token_id)([dataset[i] for i in range(len(examples))]),
+                             "cpu")
     b = len(examples)
     context = bundle.max_text_len
     tok = bundle.tokenizer

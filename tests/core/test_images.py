@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageDraw
 from transformers import CLIPImageProcessor
 
+import goalclip.core.images as images_module
 from goalclip.core.images import (
-    ImageError, TensorPixels, decode_rgb_tensor, load_rgb, set_max_image_pixels, to_tensor,
+    ImageError, Normalise, TensorPixels, decode_rgb_tensor, image_size, load_rgb, set_max_image_pixels, to_tensor,
 )
 
 RESIZE_TOLERANCE = 2
@@ -39,8 +42,8 @@ def levels(ours: torch.Tensor, theirs: torch.Tensor, processor) -> torch.Tensor:
 
 
 def tensor_pixels(processor: CLIPImageProcessor) -> TensorPixels:
-    return TensorPixels(processor.size["shortest_edge"], processor.crop_size["height"], processor.rescale_factor,
-                        tuple(processor.image_mean), tuple(processor.image_std))
+    return TensorPixels(processor.size["shortest_edge"], processor.crop_size["height"],
+                        Normalise(processor.rescale_factor, tuple(processor.image_mean), tuple(processor.image_std)))
 
 
 @pytest.mark.parametrize("size", [(32, 24), (224, 224), (640, 480), (333, 517), (1024, 768)])
@@ -118,3 +121,48 @@ def test_tensor_decode_keeps_the_pixel_limit(tmp_path) -> None:
             decode_rgb_tensor(str(path))
     finally:
         set_max_image_pixels(None)
+
+
+def test_jpeg_decoding_uses_no_deprecated_decoder(tmp_path) -> None:
+    """torchvision's image decoders are deprecated since 0.29 (superseded by torchcodec): decoding warns nothing."""
+    path = tmp_path / "a.jpg"
+    photo(64, 48).save(path, quality=90)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        decode_rgb_tensor(str(path))
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_tensor_decode_shows_each_exif_orientation_as_pil_does(tmp_path, orientation) -> None:
+    """Every EXIF orientation (flips, quarter turns, transposes) gives the image PIL's exif_transpose shows
+    (torchcodec applies it itself), and passing the size read at validation (as training does) gives the same
+    tensor."""
+    path = tmp_path / f"o{orientation}.jpg"
+    image = photo(96, 64, seed=orientation)
+    exif = image.getexif()
+    exif[0x0112] = orientation
+    image.save(path, quality=95, exif=exif)
+    expected = to_tensor(load_rgb(str(path)))
+    ours = decode_rgb_tensor(str(path))
+    assert ours.shape == expected.shape
+    assert int((ours.int() - expected.int()).abs().max()) <= DECODE_TOLERANCE
+    size = image_size(str(path))
+    assert size == (expected.shape[2], expected.shape[1])
+    assert torch.equal(decode_rgb_tensor(str(path), size=size), ours)
+
+
+def test_tensor_decode_falls_back_to_pil_when_torchcodec_cannot_load(tmp_path, monkeypatch, caplog) -> None:
+    """A torchcodec built for another torch fails to load its libraries: JPEGs then decode through PIL, with
+    one warning naming the cause, instead of every sample failing."""
+    path = tmp_path / "a.jpg"
+    photo(64, 48).save(path, quality=90)
+    monkeypatch.setitem(__import__("sys").modules, "torchcodec.decoders", None)  # import fails
+    images_module.jpeg_decoder.cache_clear()
+    try:
+        with caplog.at_level("WARNING"):
+            ours = decode_rgb_tensor(str(path))
+            decode_rgb_tensor(str(path))
+        assert torch.equal(ours, to_tensor(load_rgb(str(path))))
+        assert sum("torchcodec" in r.getMessage() for r in caplog.records) == 1
+    finally:
+        images_module.jpeg_decoder.cache_clear()

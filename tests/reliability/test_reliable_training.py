@@ -118,7 +118,7 @@ def test_logit_scale_gets_a_gradient_at_the_openai_ceiling(tiny_world, tmp_path)
     bundle = load_clip(str(_openai_style_model(tiny_world, tmp_path / "openai")))
     examples = load_examples(tiny_world.captions, need_local=False)
     dataset = TrainDataset(examples, bundle, need_local=False)
-    batch = Collate(pad_id=bundle.tokenizer.pad_token_id)([dataset[i] for i in range(4)])
+    batch = dataset.to_device(Collate(pad_id=bundle.tokenizer.pad_token_id)([dataset[i] for i in range(4)]), "cpu")
     loss, _ = training_step(bundle.model, batch, "global", LossWeights())
     loss.backward()
     assert bundle.model.logit_scale.grad is not None and bundle.model.logit_scale.grad.abs().item() > 0
@@ -129,9 +129,8 @@ def test_method_local_trains_on_the_local_loss_alone_with_weight_one(tiny_world)
 
     bundle = load_clip(str(tiny_world.model))
     examples = load_examples(tiny_world.mined, need_local=True)
-    batch = Collate(pad_id=bundle.tokenizer.pad_token_id)(
-        [TrainDataset(examples, bundle, need_local=True)[i] for i in range(4)]
-    )
+    dataset = TrainDataset(examples, bundle, need_local=True)
+    batch = dataset.to_device(Collate(pad_id=bundle.tokenizer.pad_token_id)([dataset[i] for i in range(4)]), "cpu")
     with torch.no_grad():
         loss, logs = training_step(bundle.model, batch, "local", LossWeights())
         goal, goal_logs = training_step(bundle.model, batch, "wo-tsl", LossWeights())

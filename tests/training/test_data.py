@@ -12,6 +12,7 @@ from PIL import Image, ImageDraw
 from transformers import CLIPImageProcessor
 
 import goalclip.training.data as data
+import goalclip.core.images as images
 from goalclip.core.images import crop_to_box, decode_rgb_tensor, load_rgb
 from goalclip.models.embed import crop_geometry
 from goalclip.training.data import Collate, TrainDataset, box_patch_mask, load_examples
@@ -197,7 +198,7 @@ def test_collate_local_batch(tiny_bundle, batch_examples) -> None:
     tokenizer = tiny_bundle.tokenizer
     dataset = TrainDataset(batch_examples, tiny_bundle, need_local=True)
     items = [dataset[i] for i in range(3)]
-    batch = Collate(pad_id=tokenizer.pad_token_id)(items)
+    batch = dataset.to_device(Collate(pad_id=tokenizer.pad_token_id)(items), "cpu")
     b = 3
     assert batch["pixel_values"].shape == (2 * b, 3, 32, 32)
 
@@ -303,9 +304,9 @@ def test_samples_decode_once_and_match_the_processor(tiny_bundle, large_examples
         decodes.append(draft_short)
         return load_rgb(image_path, draft_short)
 
-    def counting_tensor(image_path):
+    def counting_tensor(image_path, size=None):
         decodes.append("full")
-        return decode_rgb_tensor(image_path)
+        return decode_rgb_tensor(image_path, size=size)
 
     monkeypatch.setattr(data, "load_rgb", counting)
     monkeypatch.setattr(data, "decode_rgb_tensor", counting_tensor)
@@ -317,9 +318,9 @@ def test_samples_decode_once_and_match_the_processor(tiny_bundle, large_examples
     full = load_rgb(str(path))
     expected = processor(images=[full, crop_to_box(full, examples[0].box)], return_tensors="pt")["pixel_values"]
     std = torch.tensor(processor.image_std)[:, None, None] / processor.rescale_factor
-    crop_levels = float(((local["pairs"][0]["crop_pixels"] - expected[1]).abs() * std).max())
-    global_levels = float(((local["pixels"] - expected[0]).abs() * std).max())
-    draft = (global_only["pixels"] - expected[0]).abs() * std
+    crop_levels = float(((dataset.normalise(local["pairs"][0]["crop_pixels"]) - expected[1]).abs() * std).max())
+    global_levels = float(((dataset.normalise(local["pixels"]) - expected[0]).abs() * std).max())
+    draft = (dataset.normalise(global_only["pixels"]) - expected[0]).abs() * std
     print(f"largest difference: global {global_levels:.2f}, crop {crop_levels:.2f}, draft global "
           f"{float(draft.max()):.2f} (mean {float(draft.mean()):.2f}) levels")
     assert global_levels <= RESIZE_TOLERANCE + 1e-3 and crop_levels <= RESIZE_TOLERANCE + 1e-3
@@ -333,3 +334,36 @@ def test_global_only_samples_see_the_same_pixels_as_a_local_samples_global_view_
     _, examples = large_examples
     dataset = TrainDataset(examples, tiny_bundle, need_local=True)
     assert torch.equal(dataset[1]["pixels"], dataset[0]["pixels"])
+
+
+def test_batches_carry_uint8_pixels_that_the_device_normalises_as_the_processor_does(tiny_bundle,
+                                                                                    large_examples) -> None:
+    """Workers ship resized uint8 pixels (a quarter of float32's bytes through shared memory, no normalise in the
+    worker); ``to_device`` normalises them where the model runs, with the processor's own arithmetic."""
+    path, examples = large_examples
+    dataset = TrainDataset(examples, tiny_bundle, need_local=True)
+    batch = Collate(pad_id=tiny_bundle.tokenizer.pad_token_id)([dataset[0], dataset[1]])
+    assert batch["pixel_values"].dtype == torch.uint8
+    moved = dataset.to_device(dict(batch), torch.device("cpu"))
+    processor = tiny_bundle.image_processor
+    mean = torch.tensor(processor.image_mean)[:, None, None]
+    std = torch.tensor(processor.image_std)[:, None, None]
+    expected = ((batch["pixel_values"].double() * processor.rescale_factor).float() - mean) / std
+    assert moved["pixel_values"].dtype == torch.float32 and torch.equal(moved["pixel_values"], expected)
+    full = load_rgb(str(path))
+    theirs = processor(images=[full, full, crop_to_box(full, examples[0].box)], return_tensors="pt")["pixel_values"]
+    worst = float(((moved["pixel_values"] - theirs).abs() * std / processor.rescale_factor).max())
+    assert worst <= RESIZE_TOLERANCE + 1e-3
+
+
+def test_a_sample_reads_no_image_header_in_the_worker(tiny_bundle, large_examples, monkeypatch) -> None:
+    """The header (size, EXIF orientation) was read once when the examples were validated: a worker decodes
+    the JPEG's bytes without opening the file with PIL again."""
+    _, examples = large_examples
+    dataset = TrainDataset(examples, tiny_bundle, need_local=True)
+
+    def no_header(*_args, **_kwargs):
+        raise AssertionError("the image header was read again")
+
+    monkeypatch.setattr(images, "_open", no_header)
+    assert dataset[0]["pairs"] and dataset[1]["pixels"].shape[0] == 3

@@ -27,8 +27,8 @@ def test_grad_cache_step_equals_the_plain_step_for_siglip(tiny_siglip, topk_mani
     context = prepare_text_positions(bundle, 52, 4)
     examples = load_examples(topk_manifest, need_local=True, local_pairs=2, pair_weighting="similarity")
     dataset = TrainDataset(examples[:BATCH], bundle, need_local=True, pair_weighting="similarity")
-    batch = Collate(pad_id=bundle.tokenizer.pad_token_id, weighted=True, pad_to=context)(
-        [dataset[i] for i in range(BATCH)])
+    batch = dataset.to_device(Collate(pad_id=bundle.tokenizer.pad_token_id, weighted=True, pad_to=context)(
+        [dataset[i] for i in range(BATCH)]), "cpu")
     assert batch["caption_ids"].shape[1] == batch["sentence_ids"].shape[1] == context
     module = ChunkedStepModule(bundle.model, "goal", LossWeights())
     want_loss, _ = StepModule(module.clip, "goal", LossWeights())(batch)

@@ -35,7 +35,8 @@ TINY = {"batch_size": 2, "max_text_len": 40, "keep_positions": 4, "num_workers":
 def _batch(bundle, manifest: Path) -> dict[str, torch.Tensor]:
     examples = load_examples(manifest, need_local=True)[:4]
     dataset = TrainDataset(examples, bundle, need_local=True)
-    return Collate(pad_id=bundle.tokenizer.pad_token_id)([dataset[i] for i in range(len(dataset))])
+    return dataset.to_device(Collate(pad_id=bundle.tokenizer.pad_token_id)([dataset[i] for i in range(len(dataset))]),
+                             "cpu")
 
 
 def _loss_and_grads(model, batch):

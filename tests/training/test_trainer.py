@@ -44,8 +44,9 @@ def step_setup(tiny_world, tmp_path_factory):
     examples = load_examples(path, need_local=True)
     bundle = load_clip(str(tiny_world.model))
     collate = Collate(pad_id=bundle.tokenizer.pad_token_id)
-    local_batch = collate([TrainDataset(examples, bundle, need_local=True)[i] for i in range(4)])
-    global_batch = collate([TrainDataset(examples, bundle, need_local=False)[i] for i in range(4)])
+    local_data, global_data = (TrainDataset(examples, bundle, need_local=need) for need in (True, False))
+    local_batch = local_data.to_device(collate([local_data[i] for i in range(4)]), "cpu")
+    global_batch = global_data.to_device(collate([global_data[i] for i in range(4)]), "cpu")
     assert local_batch["text_tsl_valid"].tolist() == [True, False, True, True]
     assert local_batch["image_tsl_valid"].tolist() == [True, True, True, False]
     return bundle.model, local_batch, global_batch

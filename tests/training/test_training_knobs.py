@@ -82,7 +82,7 @@ def _batch(bundle, path: Path, local_pairs: int = 1, pair_weighting: str = "unif
     examples = load_examples(path, need_local=True, local_pairs=local_pairs, pair_weighting=pair_weighting)
     dataset = TrainDataset(examples, bundle, need_local=True, pair_weighting=pair_weighting)
     collate = Collate(pad_id=bundle.tokenizer.pad_token_id, weighted=local_pairs > 1)
-    return collate([dataset[i] for i in range(len(dataset))])
+    return dataset.to_device(collate([dataset[i] for i in range(len(dataset))]), "cpu")
 
 
 def _loss_and_grads(model, batch, heads=None):

@@ -13,6 +13,7 @@ Every PIL mode becomes 8-bit RGB by one rule per mode (see :func:`to_rgb`).
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import warnings
@@ -139,27 +140,50 @@ def load_rgb(path: str, draft_short: int | None = None) -> Image.Image:
 
 JPEG_MAGIC = b"\xff\xd8\xff"
 
+@functools.cache
+def jpeg_decoder() -> Callable | None:
+    """torchcodec's ``decode_jpeg`` (libjpeg-turbo on CPU, nvJPEG on a GPU), or None when it cannot load
+    (a torchcodec built for another torch): JPEGs then decode through PIL, and one warning says why."""
+    try:
+        from torchcodec.decoders import decode_jpeg
+    except (ImportError, OSError, RuntimeError) as exc:
+        logger.warning("torchcodec cannot load (%s): JPEGs decode through PIL instead (slower); install the "
+                       "torchcodec release made for torch %s", exc, torch.__version__)
+        return None
+    return decode_jpeg
 
-def decode_rgb_tensor(path: str, device: str | torch.device = "cpu") -> torch.Tensor:
-    """The image as displayed, as a uint8 ``[3, H, W]`` tensor decoded on ``device``: a JPEG by torchvision's
-    ``decode_jpeg`` there (nvJPEG on a GPU, so a GPU decode leaves the CPU free), with EXIF orientation
-    applied; any other file, or a JPEG it cannot read, through :func:`load_rgb` and then moved.
 
-    The same pixel limit holds (:func:`set_max_image_pixels`); failures are ImageErrors naming the file.
-    """
-    from torchvision.io import ImageReadMode, decode_jpeg  # torchvision loads only for this path
-
-    width, height = image_size(path)
+def read_image_bytes(path: str, size: tuple[int, int] | None = None) -> bytes:
+    """An image file's bytes (a shard member's too), after the pixel-limit check on its displayed ``size``
+    (read from the header when not given): what a decoder elsewhere (a GPU) receives."""
+    width, height = size or image_size(path)
     if Image.MAX_IMAGE_PIXELS and width * height > Image.MAX_IMAGE_PIXELS:
         raise ImageError(f"{path}: image too large to decode safely ({width}x{height} pixels, over the limit of "
                          f"{Image.MAX_IMAGE_PIXELS}); --max-image-pixels raises the limit")
-    with contextlib.ExitStack() as stack:
-        source = stack.enter_context(open_member(path) if member_ref(path) is not None else open(path, "rb"))
-        data = source.read()
-    if data[:3] == JPEG_MAGIC:
+    try:
+        with contextlib.ExitStack() as stack:
+            source = stack.enter_context(open_member(path) if member_ref(path) is not None else open(path, "rb"))
+            return source.read()
+    except OSError as exc:
+        raise _image_error(path, exc) from None
+
+
+def decode_rgb_tensor(path: str, device: str | torch.device = "cpu",
+                      size: tuple[int, int] | None = None) -> torch.Tensor:
+    """The image as displayed, as a uint8 ``[3, H, W]`` tensor decoded on ``device``: a JPEG by torchcodec's
+    ``decode_jpeg`` there (nvJPEG on a GPU, so a GPU decode leaves the CPU free; it applies the EXIF
+    orientation itself, as PIL's exif_transpose does, tests/core/test_images.py); any other file, or a JPEG it
+    cannot read, through :func:`load_rgb` and then moved.
+
+    ``size`` is :func:`image_size`'s answer when the caller already has it (training reads it once, when it
+    validates the examples), so the header is not read again; the same pixel limit holds
+    (:func:`set_max_image_pixels`); failures are ImageErrors naming the file.
+    """
+    data = read_image_bytes(path, size)
+    decode = jpeg_decoder() if data[:3] == JPEG_MAGIC else None
+    if decode is not None:
         with contextlib.suppress(RuntimeError):  # e.g. CMYK or arithmetic-coded: PIL reads those
-            return decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB,
-                               device=device, apply_exif_orientation=True)
+            return decode(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode="RGB", device=device)
     return to_tensor(load_rgb(path)).to(device)
 
 
@@ -227,9 +251,29 @@ def resize_uint8(pixels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 @dataclass(frozen=True)
+class Normalise:
+    """uint8 pixels ``[..., 3, H, W]`` -> the processor's float32 values, on the pixels' device.
+
+    Training's workers ship resized uint8 pixels (a quarter of float32's bytes) and the trainer normalises
+    them where the model runs; mining normalises its crops in the workers. Either way the arithmetic is
+    :func:`normalise`'s, so equal uint8 pixels give bit-identical values wherever it runs.
+    """
+
+    rescale: float
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+        mean = torch.tensor(self.mean, dtype=torch.float32, device=pixels.device)[:, None, None]
+        std = torch.tensor(self.std, dtype=torch.float32, device=pixels.device)[:, None, None]
+        return normalise(pixels, self.rescale, mean, std)
+
+
+@dataclass(frozen=True)
 class TensorPixels:
     """A CLIP image processor's steps (shortest-edge resize, centre crop, rescale, normalise) on uint8
-    ``[3, H, W]`` tensors of any device: ``images -> [N, 3, crop, crop]`` float32 on that device.
+    ``[3, H, W]`` tensors of any device: :meth:`window` gives the resized and cropped uint8
+    ``[N, 3, crop, crop]``, calling it adds :attr:`normalise` (float32 on that device).
 
     The resize is torch's antialiased bicubic instead of PIL's, so pixels differ from the processor's
     by a few levels (tests/core/test_images.py bounds it); the arithmetic after it is transformers'.
@@ -237,20 +281,18 @@ class TensorPixels:
 
     short: int
     crop: int
-    rescale: float
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
+    normalise: Normalise
 
-    def __call__(self, images: Sequence[torch.Tensor]) -> torch.Tensor:
+    def window(self, images: Sequence[torch.Tensor]) -> torch.Tensor:
         device = images[0].device if images else torch.device("cpu")
-        out = torch.empty(len(images), 3, self.crop, self.crop, device=device)
-        mean = torch.tensor(self.mean, dtype=torch.float32, device=device)[:, None, None]
-        std = torch.tensor(self.std, dtype=torch.float32, device=device)[:, None, None]
+        out = torch.empty(len(images), 3, self.crop, self.crop, dtype=torch.uint8, device=device)
         for row, image in enumerate(images):
             size, (left, top) = centre_window(image.shape[2], image.shape[1], self.short, self.crop)
-            small = resize_uint8(image, size)[:, top : top + self.crop, left : left + self.crop]
-            out[row] = normalise(small, self.rescale, mean, std)
+            out[row] = resize_uint8(image, size)[:, top : top + self.crop, left : left + self.crop]
         return out
+
+    def __call__(self, images: Sequence[torch.Tensor]) -> torch.Tensor:
+        return self.normalise(self.window(images))
 
 
 def normalise(pixels: torch.Tensor, rescale: float, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:

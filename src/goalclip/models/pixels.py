@@ -1,13 +1,14 @@
 """CLIP's image processor without its conversions, for training samples and mining crops.
 
 A CLIP image processor resizes the shortest edge to S (bicubic), centre-crops C x C, rescales to
-[0, 1] and normalises, converting PIL -> numpy -> PIL -> float numpy on the way; in the workers
-that feed training and mining that is most of an image's CPU time (benchmarks/feed.py). :class:`ClipPixels` does the
-same PIL resize on the uint8 image, crops it, and goes from uint8 to normalised float in one torch
-pass. The pixels the resize makes are the processor's own (same PIL call, same sizes, same crop
+[0, 1] and normalises, converting PIL -> numpy -> PIL -> float numpy on the way; in the workers that
+feed training and mining that is most of an image's CPU time (benchmarks/feed.py). :class:`ClipPixels`
+does the same PIL resize on the uint8 image, crops it (:meth:`ClipPixels.window`, uint8), and goes from
+uint8 to normalised float in one torch pass (:attr:`ClipPixels.normalise`, which training runs on the
+device). The pixels the resize makes are the processor's own (same PIL call, same sizes, same crop
 offsets, as transformers rounds them) and so is the arithmetic after it: the output is bit-identical
-(tests/models/test_pixels.py). A processor of any other kind (no centre
-crop, a fixed size, no normalisation) is called as it is.
+(tests/models/test_pixels.py). A processor of any other kind (no centre crop, a fixed size, no
+normalisation) is called as it is.
 
 Resizing just the crop window (``Image.resize(box=...)``) would skip the pixels the crop throws
 away, but PIL's box resize is not bit-identical to resize-then-crop (up to 12 levels on some sizes),
@@ -22,7 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from goalclip.core.images import centre_window, normalise, pixel_values
+from goalclip.core.images import Normalise, centre_window, pixel_values
 from goalclip.models.embed import size_fields
 
 
@@ -41,18 +42,20 @@ class ClipPixels:
             return
         self.short, self.crop = int(size["shortest_edge"]), int(crop["height"])
         self.resample = Image.Resampling(int(processor.resample))
-        self.rescale = float(processor.rescale_factor)
-        self.mean = torch.tensor(processor.image_mean, dtype=torch.float32)[:, None, None]
-        self.std = torch.tensor(processor.image_std, dtype=torch.float32)[:, None, None]
+        self.normalise = Normalise(float(processor.rescale_factor), tuple(float(v) for v in processor.image_mean),
+                                   tuple(float(v) for v in processor.image_std))
 
-    def __call__(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        if not self.fast:
-            return pixel_values(self.processor, images)
-        out = torch.empty(len(images), 3, self.crop, self.crop)
+    def window(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """The processor's resized and centre-cropped pixels, uint8 ``[N, 3, C, C]`` (a fast processor only)."""
+        out = torch.empty(len(images), 3, self.crop, self.crop, dtype=torch.uint8)
         for row, image in enumerate(images):
             size, (left, top) = centre_window(image.width, image.height, self.short, self.crop)
             small = image.convert("RGB").resize(size, self.resample).crop((left, top, left + self.crop,
                                                                             top + self.crop))
-            pixels = torch.from_numpy(np.asarray(small).copy()).permute(2, 0, 1)
-            out[row] = normalise(pixels, self.rescale, self.mean, self.std)
+            out[row] = torch.from_numpy(np.asarray(small).copy()).permute(2, 0, 1)
         return out
+
+    def __call__(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        if not self.fast:
+            return pixel_values(self.processor, images)
+        return self.normalise(self.window(images))

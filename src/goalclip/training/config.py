@@ -29,6 +29,7 @@ TSL_HEADS = ("shared", "separate")
 PAIR_WEIGHTINGS = ("uniform", "similarity")
 LOCAL_PAIR_LOSSES = ("best", "all")
 TSL_TARGETS = ("diagonal", "identity")
+DECODE_PLACES = ("workers", "device")
 VAL_KS = (1, 5)
 TRACKER_PREFIX = "val/"
 
@@ -200,6 +201,13 @@ class TrainConfig:
                                 "CPU per sample, but pixels a few levels off the full decode (6 of 255 at most, "
                                 "0.45 on average, measured), so a --method global run no longer sees the global "
                                 "pixels a goal run sees; crops always come from the full-resolution image")
+    decode_on: str = option("workers", choices=DECODE_PLACES, help="where training images are decoded, cut and "
+                            "resized: workers = the loader workers, on the CPU; device = the main process, on the "
+                            "model's device, a batch at a time (torchcodec's nvJPEG and torch's resize on a GPU: the "
+                            "workers then only read bytes and tokenise). Needs CLIP's image processor; other files "
+                            "than JPEGs decode in the workers. On a GPU the resize runs in float32, within 2 levels "
+                            "of 255 of the workers' pixels; a JPEG that cannot be decoded stops the run there "
+                            "(--skip-invalid skips only what the workers find)")
     grad_cache_chunk: int | None = option(None, metavar="M", default_help="off", help="gradient caching: encode the "
                                           "batch M rows at a time, first without a graph, compute the full-batch "
                                           "loss and its gradients for the cached embeddings, then encode each chunk "

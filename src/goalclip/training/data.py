@@ -27,6 +27,7 @@ from goalclip.models.clip import ClipBundle
 from goalclip.models.embed import crop_geometry
 from goalclip.core.text import clean_text, locate_sentence, token_span, usable_span
 from goalclip.models.pixels import ClipPixels
+from goalclip.training.device_decode import DeviceViews, ImageBytes, read_for_device
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +83,7 @@ class Example:
     image: str
     caption: str
     pairs: list[LocalPair] = field(default_factory=list)
+    size: tuple[int, int] | None = None  # (width, height) as displayed, read once when validated
 
     @property
     def sentence(self) -> str | None:
@@ -199,7 +201,7 @@ def _validate_example(
     except ImageError as exc:
         raise ManifestError(f"{where}: field 'image': {exc}") from None
     caption = clean_text(captions_of(record)[0])
-    example = Example(record["id"], record["image"], caption)
+    example = Example(record["id"], record["image"], caption, size=(width, height))
     local = record.get("local") if need_local else None  # a global-only method reads no pair
     if local is None:
         if need_local and "local" not in record:
@@ -240,22 +242,41 @@ class TrainDataset(Dataset):
 
     def __init__(
         self, examples: list[Example], bundle: ClipBundle, *, need_local: bool, pair_weighting: str = "uniform",
-        draft_decode: bool = False,
+        draft_decode: bool = False, decode_on: str = "workers",
     ):
         self.examples = examples
         self.tokenizer = bundle.tokenizer
         self.processor = bundle.image_processor
         self.pixels = ClipPixels(bundle.image_processor)  # the processor's pixels without its conversions
         self.tensor_pixels = tensor_pixels(self.pixels)
+        # samples carry uint8 pixels, normalised where the model runs (to_device); float only from a processor
+        # ClipPixels cannot take apart
+        self.normalise = self.pixels.normalise if self.pixels.fast else None
         self.max_len = bundle.max_text_len
         self.patch_size = int(bundle.model.config.vision_config.patch_size)
         self.num_patches = bundle.patch_grid**2
         self.need_local = need_local
         self.pair_weighting = pair_weighting
         self.draft_decode = draft_decode
+        self.decode_on = decode_on
+        if decode_on == "device" and self.tensor_pixels is None:
+            raise ValueError("--decode-on device needs an image processor that resizes the shortest edge "
+                             "bicubically and centre-crops (CLIP's); this model's processor is "
+                             f"{type(bundle.image_processor).__name__} with other settings: use --decode-on workers")
 
     def __len__(self) -> int:
         return len(self.examples)
+
+    def to_device(self, batch: dict[str, Any], device: torch.device | str) -> dict[str, Any]:
+        """A collated batch moved to ``device``, its uint8 pixels normalised there (on a GPU that costs no
+        CPU, and a quarter of the bytes crossed from the workers and to the device); with ``--decode-on
+        device`` its images are decoded and resized there first (:mod:`~goalclip.training.device_decode`)."""
+        views = batch["pixel_values"]
+        batch = {key: value.to(device, non_blocking=True) for key, value in batch.items() if key != "pixel_values"}
+        pixels = (views.pixels(self.tensor_pixels, device) if isinstance(views, DeviceViews)
+                  else views.to(device, non_blocking=True))
+        batch["pixel_values"] = self.normalise(pixels) if pixels.dtype == torch.uint8 else pixels
+        return batch
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         ex = self.examples[index]
@@ -272,11 +293,11 @@ class TrainDataset(Dataset):
             ids = ids[: self.max_len - 1] + [self.tokenizer.eos_token_id]
         item: dict[str, Any] = {"caption_ids": ids}
         if not self.need_local or not ex.pairs:  # global only: a method without local terms, or no pair
-            item["pixels"] = self._pixels(ex.image, [])[1][0]
+            item["pixels"] = self._pixels(ex, [])[1][0]
             if self.need_local:
                 item["pairs"] = []
             return item
-        size, pixels = self._pixels(ex.image, [pair.box for pair in ex.pairs])
+        size, pixels = self._pixels(ex, [pair.box for pair in ex.pairs])
         weights = pair_weights([pair.score for pair in ex.pairs], self.pair_weighting)
         item["pixels"] = pixels[0]
         item["pairs"] = []
@@ -295,20 +316,27 @@ class TrainDataset(Dataset):
             })
         return item
 
-    def _pixels(self, path: str, boxes: list[list[float]]) -> tuple[tuple[int, int], torch.Tensor]:
-        """The image's (full-resolution) size and ``[global view ; one crop per box]`` pixels, from one decode.
+    def _pixels(self, ex: Example, boxes: list[list[float]]) -> tuple[tuple[int, int], torch.Tensor | list]:
+        """The image's (full-resolution) size and ``[global view ; one crop per box]`` uint8 pixels, from one
+        decode.
 
-        With the tensor path, the crops are slices of the full-resolution decode (torchvision's JPEG decoder:
-        the same pixels as PIL's, measured, at a quarter of the CPU) and everything is resized on uint8
-        tensors; with ``draft_decode``, an image whose only view is the global one is decoded in draft mode
-        (reduced-scale JPEG decode, :func:`~goalclip.core.images.load_rgb`): off by default, so that a
-        global-only sample sees the pixels a local sample's global view sees. Otherwise the processor's own
-        pixels (:class:`~goalclip.models.pixels.ClipPixels`)."""
+        With the tensor path, the crops are slices of the full-resolution decode (torchcodec's JPEG decoder:
+        the same pixels as PIL's, measured, at three quarters of its CPU; the header is not read again) and
+        everything is resized on uint8 tensors; with ``draft_decode``, an image whose only view is the global
+        one is decoded in draft mode (reduced-scale JPEG decode, :func:`~goalclip.core.images.load_rgb`): off
+        by default, so that a global-only sample sees the pixels a local sample's global view sees. Otherwise
+        the processor's own pixels (:class:`~goalclip.models.pixels.ClipPixels`; float when it cannot be
+        taken apart). With ``decode_on="device"``: ``[image bytes, one window per box]`` instead."""
+        path = ex.image
+        if self.decode_on == "device":  # the bytes and the crop windows; the device decodes and resizes
+            windows = [box_window(ex.size, box, path) for box in boxes]
+            return ex.size, [read_for_device(path, ex.size), *windows]
         if self.tensor_pixels is None:
             image = load_rgb(path)
-            return image.size, self.pixels([image, *(image.crop(box_window(image.size, b, path)) for b in boxes)])
+            views = [image, *(image.crop(box_window(image.size, b, path)) for b in boxes)]
+            return image.size, self.pixels.window(views) if self.pixels.fast else self.pixels(views)
         if boxes or not self.draft_decode:
-            image = decode_rgb_tensor(path)
+            image = decode_rgb_tensor(path, size=ex.size)
         else:
             image = to_tensor(load_rgb(path, draft_short=self.tensor_pixels.short))
         size = (image.shape[2], image.shape[1])
@@ -316,7 +344,7 @@ class TrainDataset(Dataset):
         for box in boxes:
             left, top, right, bottom = box_window(size, box, path)
             crops.append(image[:, top:bottom, left:right])
-        return size, self.tensor_pixels([image, *crops])
+        return size, self.tensor_pixels.window([image, *crops])
 
 
 def tensor_pixels(pixels: ClipPixels) -> TensorPixels | None:
@@ -324,8 +352,7 @@ def tensor_pixels(pixels: ClipPixels) -> TensorPixels | None:
     (the only kernel the tensor path has); None otherwise."""
     if not pixels.fast or pixels.resample != Image.Resampling.BICUBIC:
         return None
-    return TensorPixels(pixels.short, pixels.crop, pixels.rescale, tuple(pixels.mean.flatten().tolist()),
-                        tuple(pixels.std.flatten().tolist()))
+    return TensorPixels(pixels.short, pixels.crop, pixels.normalise)
 
 
 def _pad(sequences: list[list[int]], pad_id: int, pad_to: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -340,7 +367,9 @@ def _pad(sequences: list[list[int]], pad_id: int, pad_to: int | None = None) -> 
 
 @dataclass
 class Collate:
-    """Stack samples into one batch: ``pixel_values`` holds ``[globals ; crops]`` for one forward.
+    """Stack samples into one batch: ``pixel_values`` holds ``[globals ; crops]`` for one forward (uint8,
+    normalised by :meth:`TrainDataset.to_device`; with ``--decode-on device`` the undecoded
+    :class:`~goalclip.training.device_decode.DeviceViews` it decodes).
 
     Captions pad to the batch's longest caption and sentences to the batch's longest sentence
     (never to the 248-token context): CLIP's causal text attention makes right padding exact.
@@ -372,11 +401,10 @@ class Collate:
     def _stack(self, items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         caption_ids, caption_mask = _pad([it["caption_ids"] for it in items], self.pad_id, self.pad_to)
         batch = {"caption_ids": caption_ids, "caption_mask": caption_mask}
-        pixels = [it["pixels"] for it in items]
+        owners, pairs = [], []
         if "pairs" in items[0]:
             owners = [row for row, it in enumerate(items) for _ in it["pairs"]]
             pairs = [pair for it in items for pair in it["pairs"]]
-            pixels += [pair["crop_pixels"] for pair in pairs]
             sentences = [pair["sentence_ids"] for pair in pairs]
             batch["sentence_ids"], batch["sentence_mask"] = _pad(sentences, self.pad_id, self.pad_to)
             span_mask = torch.zeros((len(pairs), caption_ids.shape[1]), dtype=torch.bool)
@@ -395,7 +423,9 @@ class Collate:
                 batch["pair_weight"] = torch.tensor([pair["weight"] for pair in pairs], dtype=torch.float32)
             elif len(set(owners)) != len(owners):
                 raise ValueError("examples with several local pairs need Collate(weighted=True)")
-        batch["pixel_values"] = torch.stack(pixels)
+        images, crops = [it["pixels"] for it in items], [pair["crop_pixels"] for pair in pairs]
+        batch["pixel_values"] = (DeviceViews(images, list(zip(owners, crops))) if isinstance(images[0], ImageBytes)
+                                 else torch.stack(images + crops))
         return batch
 
 

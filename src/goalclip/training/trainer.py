@@ -189,7 +189,7 @@ class Trainer:
         if cfg.gradient_checkpointing:
             bundle.model.gradient_checkpointing_enable()
         dataset = TrainDataset(examples, bundle, need_local=local, pair_weighting=cfg.pair_weighting,
-                               draft_decode=cfg.draft_decode)
+                               draft_decode=cfg.draft_decode, decode_on=cfg.decode_on)
         truncated = count_truncated(bundle, [ex.caption for ex in examples], context)
         if truncated:
             logger.warning("%d of %d captions are longer than the %d-token context: their tails are cut and "
@@ -300,7 +300,7 @@ class Trainer:
         cfg, acc, model = self.config, self.accelerator, run.model
         if "failed" in batch:
             self._note_failed(batch.pop("failed"), batch)
-        batch = {k: v.to(acc.device, non_blocking=True) for k, v in batch.items()}
+        batch = run.dataset.to_device(batch, acc.device)
         if run.bf16_weights:
             batch["pixel_values"] = batch["pixel_values"].to(torch.bfloat16)
         tick = time.perf_counter()

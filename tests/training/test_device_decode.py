@@ -1,0 +1,94 @@
+"""``train --decode-on device`` (goalclip.training.device_decode): the batch's JPEGs decoded, cut and resized
+in the main process on the model's device. On a CPU it must give the workers' batches exactly."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from goalclip.core.images import ImageError
+from goalclip.training.config import TrainConfig
+from goalclip.training.data import Collate, TrainDataset, load_examples
+from goalclip.training.device_decode import DeviceViews
+from goalclip.training.trainer import train
+from tests.core.test_images import photo
+
+
+@pytest.fixture(scope="module")
+def jpeg_world(tiny_world, tmp_path_factory) -> Path:
+    """The tiny world's mined manifest with its images as JPEGs (the format the device decoder reads), plus
+    a CMYK JPEG (print-shop files: torchcodec refuses them, PIL reads them), a PNG (decoded in the workers
+    whatever the flag) and a large photo with a pair (the crop far smaller than the image)."""
+    folder = tmp_path_factory.mktemp("jpeg_world")
+    records = [json.loads(line) for line in tiny_world.mined.read_text().splitlines()]
+    for index, record in enumerate(records):
+        source = tiny_world.root / record["image"]
+        if index == 2:  # stays a PNG
+            record["image"] = str(source)
+            continue
+        image = Image.open(source).convert("RGB")
+        path = folder / f"{record['id']}.jpg"
+        (image.convert("CMYK") if index == 1 else image).save(path, quality=95)
+        record["image"] = str(path)
+    big = folder / "big.jpg"
+    photo(400, 300).save(big, quality=92)
+    records.append({**records[0], "id": "big", "image": str(big),
+                    "local": {**records[0]["local"], "box": [12.5, 30, 200.2, 250]}})
+    out = folder / "mined.jsonl"
+    out.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    return out
+
+
+def _batch(bundle, manifest: Path, decode_on: str, need_local: bool = True) -> dict[str, torch.Tensor]:
+    examples = load_examples(manifest, need_local=need_local)
+    dataset = TrainDataset(examples, bundle, need_local=need_local, decode_on=decode_on)
+    collated = Collate(pad_id=bundle.tokenizer.pad_token_id)([dataset[i] for i in range(len(dataset))])
+    assert isinstance(collated["pixel_values"], DeviceViews) == (decode_on == "device")
+    return dataset.to_device(collated, "cpu")
+
+
+@pytest.mark.parametrize("need_local", [True, False])
+def test_decoding_on_the_device_gives_the_workers_batch_exactly_on_a_cpu(tiny_bundle, jpeg_world, need_local) -> None:
+    workers = _batch(tiny_bundle, jpeg_world, "workers", need_local)
+    device = _batch(tiny_bundle, jpeg_world, "device", need_local)
+    assert workers.keys() == device.keys()
+    for key in workers:
+        assert torch.equal(workers[key], device[key]), key
+
+
+def test_training_with_decode_on_device_logs_the_workers_losses(tiny_world, jpeg_world, tmp_path) -> None:
+    """The real trainer, both ways, on the JPEG world: the same loss at every step."""
+    losses = {}
+    for place in ("workers", "device"):
+        out = tmp_path / place
+        train(TrainConfig(model=str(tiny_world.model), data=str(jpeg_world), out=str(out), max_steps=3, batch_size=2,
+                          max_text_len=40, keep_positions=4, num_workers=0, progress=False, log_every=1,
+                          decode_on=place))
+        losses[place] = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()
+                         if "loss" in json.loads(line)]
+    assert len(losses["workers"]) == 3 and losses["device"] == losses["workers"]
+
+
+def test_a_jpeg_no_decoder_can_read_stops_the_batch_naming_the_file(tiny_bundle, jpeg_world, tmp_path) -> None:
+    examples = load_examples(jpeg_world, need_local=True)[:2]
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(Path(examples[0].image).read_bytes()[:200])  # the header, then nothing
+    examples[0].image = str(broken)
+    dataset = TrainDataset(examples, tiny_bundle, need_local=True, decode_on="device")
+    batch = Collate(pad_id=tiny_bundle.tokenizer.pad_token_id)([dataset[0], dataset[1]])
+    with pytest.raises(ImageError, match="broken.jpg"):
+        dataset.to_device(batch, "cpu")
+
+
+def test_decode_on_device_needs_a_clip_style_processor(tiny_bundle) -> None:
+    from dataclasses import replace
+
+    from transformers import SiglipImageProcessor
+
+    bundle = replace(tiny_bundle, image_processor=SiglipImageProcessor(size={"height": 32, "width": 32}))
+    with pytest.raises(ValueError, match="--decode-on device needs"):
+        TrainDataset([], bundle, need_local=False, decode_on="device")
