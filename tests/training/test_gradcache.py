@@ -72,7 +72,8 @@ def _module(tiny_world, topk_manifest: Path, case: str) -> tuple[ChunkedStepModu
     local = LossTerms.of(method).needs_local
     examples = load_examples(topk_manifest, need_local=local, local_pairs=pairs, pair_weighting="similarity")
     dataset = TrainDataset(examples[:BATCH], bundle, need_local=local, pair_weighting="similarity")
-    batch = Collate(pad_id=bundle.tokenizer.pad_token_id, weighted=pairs > 1)([dataset[i] for i in range(BATCH)])
+    batch = dataset.to_device(
+        Collate(pad_id=bundle.tokenizer.pad_token_id, weighted=pairs > 1)([dataset[i] for i in range(BATCH)]), "cpu")
     heads = TslHeads(bundle.model) if separate else None
     return ChunkedStepModule(bundle.model, method, LossWeights(), heads), batch
 
@@ -118,7 +119,7 @@ def test_grad_cache_with_gradient_checkpointing_equals_the_plain_step(tiny_world
     module, batch = _module(tiny_world, topk_manifest, "goal")
     _, want = _plain(module, batch)
     module.zero_grad(set_to_none=True)
-    module.clip.gradient_checkpointing_enable()
+    module.clip.activation_checkpointing_enable()
     module.train()
     grad_cache_step(accelerator, module, batch, CHUNK)
     _assert_same_grads(_grads(module), want, rel=1e-5)

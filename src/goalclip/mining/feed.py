@@ -20,6 +20,7 @@ before, so mined pairs are unchanged (tests/mining/test_feed.py).
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import signal
@@ -72,8 +73,9 @@ class PackedImages:
         flat = torch.from_numpy(np.concatenate([a.reshape(-1) for a in arrays])) if arrays else torch.empty(0)
         return cls(flat, [a.shape[:2] for a in arrays])
 
-    @property
+    @functools.cached_property
     def starts(self) -> list[int]:
+        """Each image's offset in ``flat`` (computed once per batch, not per :meth:`image` call)."""
         return [0, *itertools.accumulate(h * w * 3 for h, w in self.shapes)]
 
     def image(self, index: int) -> torch.Tensor:

@@ -187,7 +187,7 @@ class Trainer:
         context = prepare_text_positions(bundle, cfg.text_context(bundle.kind), cfg.keep_positions)
         clamp_logit_scale(bundle.model)
         if cfg.gradient_checkpointing:
-            bundle.model.gradient_checkpointing_enable()
+            bundle.model.activation_checkpointing_enable()
         dataset = TrainDataset(examples, bundle, need_local=local, pair_weighting=cfg.pair_weighting,
                                draft_decode=cfg.draft_decode, decode_on=cfg.decode_on)
         truncated = count_truncated(bundle, [ex.caption for ex in examples], context)
