@@ -49,13 +49,18 @@ class ClipPixels:
         """The processor's resized and centre-cropped pixels, uint8 ``[N, 3, C, C]`` (a fast processor only)."""
         out = torch.empty(len(images), 3, self.crop, self.crop, dtype=torch.uint8)
         for row, image in enumerate(images):
-            size, (left, top) = centre_window(image.width, image.height, self.short, self.crop)
-            small = image.convert("RGB").resize(size, self.resample).crop((left, top, left + self.crop,
-                                                                            top + self.crop))
-            out[row] = torch.from_numpy(np.asarray(small).copy()).permute(2, 0, 1)
+            out[row] = self._window(image)
         return out
 
     def __call__(self, images: Sequence[Image.Image]) -> torch.Tensor:
         if not self.fast:
             return pixel_values(self.processor, images)
-        return self.normalise(self.window(images))
+        out = torch.empty(len(images), 3, self.crop, self.crop)
+        for row, image in enumerate(images):  # row by row: a crop's float64 temporary stays in cache
+            out[row] = self.normalise(self._window(image))
+        return out
+
+    def _window(self, image: Image.Image) -> torch.Tensor:
+        size, (left, top) = centre_window(image.width, image.height, self.short, self.crop)
+        small = image.convert("RGB").resize(size, self.resample).crop((left, top, left + self.crop, top + self.crop))
+        return torch.from_numpy(np.asarray(small).copy()).permute(2, 0, 1)
