@@ -166,3 +166,15 @@ def test_tensor_decode_falls_back_to_pil_when_torchcodec_cannot_load(tmp_path, m
         assert sum("torchcodec" in r.getMessage() for r in caplog.records) == 1
     finally:
         images_module.jpeg_decoder.cache_clear()
+
+
+@pytest.mark.parametrize("rescale", [1 / 255, 0.00392156862745098, 1 / 127.5, 1 / 256, 0.0039])
+def test_normalise_is_bit_identical_to_the_processors_arithmetic(rescale) -> None:
+    """Every level, on a batch, whichever form Normalise picks (float32 division where it is exact on all 256
+    levels, the float64 product otherwise): the values transformers' rescale + normalise give."""
+    pixels = torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    pixels[0].view(3, -1)[:] = torch.arange(256, dtype=torch.uint8)  # every level appears
+    mean, std = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+    expected = (((pixels.double() * rescale).float() - torch.tensor(mean)[:, None, None])
+                / torch.tensor(std)[:, None, None])
+    assert torch.equal(Normalise(rescale, mean, std)(pixels), expected)

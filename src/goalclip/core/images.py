@@ -255,18 +255,35 @@ class Normalise:
     """uint8 pixels ``[..., 3, H, W]`` -> the processor's float32 values, on the pixels' device.
 
     Training's workers ship resized uint8 pixels (a quarter of float32's bytes) and the trainer normalises
-    them where the model runs; mining normalises its crops in the workers. Either way the arithmetic is
-    :func:`normalise`'s, so equal uint8 pixels give bit-identical values wherever it runs.
+    them where the model runs; mining normalises its crops in the workers. The values are bit-identical
+    to :func:`normalise` (transformers' arithmetic) wherever it runs. When dividing by one float32 number
+    gives the float64 rescale's value on each of the 256 levels (1/255's: 255, checked on the device
+    itself), it divides in float32, in place: a batch of 512 views at 224 px then costs 1.5 instead of
+    9.4 ms per pair of views on one CPU core (no float64 batch temporary).
     """
 
     rescale: float
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    _divisors: dict[str, torch.Tensor | None] = field(default_factory=dict, compare=False, repr=False)
 
     def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
         mean = torch.tensor(self.mean, dtype=torch.float32, device=pixels.device)[:, None, None]
         std = torch.tensor(self.std, dtype=torch.float32, device=pixels.device)[:, None, None]
-        return normalise(pixels, self.rescale, mean, std)
+        divisor = self._divisor(pixels.device)
+        if divisor is None:
+            return normalise(pixels, self.rescale, mean, std)
+        return pixels.float().div_(divisor).sub_(mean).div_(std)
+
+    def _divisor(self, device: torch.device) -> torch.Tensor | None:
+        """A float32 divisor on ``device`` that reproduces the rescale on every uint8 level, or None."""
+        key = str(device)
+        if key not in self._divisors:
+            levels = torch.arange(256, device=device)
+            divisor = torch.tensor(1 / self.rescale, dtype=torch.float32, device=device)
+            exact = torch.equal(levels.float().div_(divisor), (levels.double() * self.rescale).float())
+            self._divisors[key] = divisor if exact else None
+        return self._divisors[key]
 
 
 @dataclass(frozen=True)
