@@ -61,12 +61,13 @@ def test_decoding_on_the_device_gives_the_workers_batch_exactly_on_a_cpu(tiny_bu
 
 
 def test_training_with_decode_on_device_logs_the_workers_losses(tiny_world, jpeg_world, tmp_path) -> None:
-    """The real trainer, both ways, on the JPEG world: the same loss at every step."""
+    """The real trainer, both ways, on the JPEG world: the same loss at every step (the device run with two
+    loader workers, so its undecoded batches cross between processes)."""
     losses = {}
-    for place in ("workers", "device"):
+    for place, workers in (("workers", 0), ("device", 2)):
         out = tmp_path / place
         train(TrainConfig(model=str(tiny_world.model), data=str(jpeg_world), out=str(out), max_steps=3, batch_size=2,
-                          max_text_len=40, keep_positions=4, num_workers=0, progress=False, log_every=1,
+                          max_text_len=40, keep_positions=4, num_workers=workers, progress=False, log_every=1,
                           decode_on=place))
         losses[place] = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()
                          if "loss" in json.loads(line)]
