@@ -367,3 +367,40 @@ def test_a_sample_reads_no_image_header_in_the_worker(tiny_bundle, large_example
 
     monkeypatch.setattr(images, "_open", no_header)
     assert dataset[0]["pairs"] and dataset[1]["pixels"].shape[0] == 3
+
+
+@pytest.mark.parametrize("method,local_pairs", [("goal", 1), ("goal", 2), ("global", 1)])
+def test_dropping_images_from_a_batch_gives_the_loss_of_the_batch_collated_without_them(
+        tiny_world, tiny_bundle, tmp_path, method, local_pairs) -> None:
+    """drop_images (how a batch goes on without images the device could not decode): the step's loss equals
+    the loss of the batch collated from the other samples alone, with one pair per image, with uneven top-k
+    pairs (pair owners renumbered, weights kept) and without pairs."""
+    from goalclip.training.config import LossWeights
+    from goalclip.training.data import drop_images
+    from goalclip.training.step import training_step
+
+    records = [json.loads(line) for line in tiny_world.mined.read_text().splitlines()][:6]
+    for i, record in enumerate(records):
+        record["image"] = str(tiny_world.root / record["image"])
+        record["local"]["score"] = 0.9
+        if i % 2 == 0:  # a second pair on every other image
+            record["candidates"] = [{"sentence": record["local"]["sentence"], "box": [0, 0, 24, 24], "score": 0.3}]
+    need_local = method != "global"
+    examples = load_examples(_write(tmp_path / "topk.jsonl", records), need_local=need_local,
+                             local_pairs=local_pairs, pair_weighting="similarity")
+    dataset = TrainDataset(examples, tiny_bundle, need_local=need_local, pair_weighting="similarity")
+    collate = Collate(pad_id=tiny_bundle.tokenizer.pad_token_id, weighted=local_pairs > 1)
+    items = [dataset[i] for i in range(len(examples))]
+    full = dataset.to_device(collate(items), "cpu")
+    pixels = full.pop("pixel_values")
+    dropped = drop_images(full, {0, 3})
+    survivors = dataset.to_device(collate([item for i, item in enumerate(items) if i not in (0, 3)]), "cpu")
+    images = [row for row in range(6) if row not in (0, 3)]
+    pair_rows = ([p for p, owner in enumerate(full.get("pair_owner", torch.arange(6)).tolist()) if owner in images]
+                 if need_local else [])
+    dropped["pixel_values"] = pixels[images + [6 + p for p in pair_rows]]
+    assert set(dropped) == set(survivors)
+    with torch.no_grad():
+        ours, _ = training_step(tiny_bundle.model, dropped, method, LossWeights())
+        theirs, _ = training_step(tiny_bundle.model, survivors, method, LossWeights())
+    assert torch.allclose(ours, theirs, atol=1e-6), (float(ours), float(theirs))

@@ -4,6 +4,7 @@ in the main process on the model's device. On a CPU it must give the workers' ba
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -74,20 +75,49 @@ def test_training_with_decode_on_device_logs_the_workers_losses(tiny_world, jpeg
     assert len(losses["workers"]) == 3 and losses["device"] == losses["workers"]
 
 
-def test_a_jpeg_no_decoder_can_read_stops_the_batch_naming_the_file(tiny_bundle, jpeg_world, tmp_path) -> None:
-    examples = load_examples(jpeg_world, need_local=True)[:2]
-    broken = tmp_path / "broken.jpg"
-    broken.write_bytes(Path(examples[0].image).read_bytes()[:200])  # the header, then nothing
-    examples[0].image = str(broken)
+def _broken_copy(source: str, folder: Path) -> str:
+    broken = folder / "broken.jpg"
+    data = Path(source).read_bytes()
+    broken.write_bytes(data[: data.index(b"\xff\xda") + 24])  # cut after the start of scan: the header reads
+    return str(broken)
+
+
+def test_an_image_the_device_cannot_decode_leaves_the_batch_as_a_failure_naming_it(tiny_bundle, jpeg_world,
+                                                                                   tmp_path) -> None:
+    """As in the workers: the batch goes on without that image (its caption, crops and pairs), and the reason
+    travels in ``failed``; when no image is left, ``failed`` is the only key."""
+    examples = load_examples(jpeg_world, need_local=True)[:3]
+    examples[1].image = _broken_copy(examples[1].image, tmp_path)
     dataset = TrainDataset(examples, tiny_bundle, need_local=True, decode_on="device")
-    batch = Collate(pad_id=tiny_bundle.tokenizer.pad_token_id)([dataset[0], dataset[1]])
-    with pytest.raises(ImageError, match="broken.jpg"):
-        dataset.to_device(batch, "cpu")
+    collate = Collate(pad_id=tiny_bundle.tokenizer.pad_token_id)
+    batch = dataset.to_device(collate([dataset[0], dataset[1], dataset[2]]), "cpu")
+    [reason] = batch.pop("failed")
+    assert reason.startswith(f"example {examples[1].id!r}:") and "broken.jpg" in reason
+    survivors = TrainDataset([examples[0], examples[2]], tiny_bundle, need_local=True)
+    expected = survivors.to_device(collate([survivors[0], survivors[1]]), "cpu")
+    assert batch.keys() == expected.keys()
+    for key in expected:
+        width = expected[key].shape[1] if key in ("caption_ids", "caption_mask", "span_mask") else None
+        assert torch.equal(batch[key][:, :width] if width else batch[key], expected[key]), key
+    assert dataset.to_device(collate([dataset[1]]), "cpu") == {"failed": [reason]}
+
+
+def test_skip_invalid_skips_and_counts_an_image_the_device_cannot_decode(tiny_world, jpeg_world, tmp_path) -> None:
+    records = [json.loads(line) for line in jpeg_world.read_text().splitlines()]
+    records[3]["image"] = _broken_copy(records[3]["image"], tmp_path)
+    data = tmp_path / "mined.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    config = TrainConfig(model=str(tiny_world.model), data=str(data), out=str(tmp_path / "run"), epochs=1,
+                         batch_size=3, max_text_len=40, keep_positions=4, num_workers=0, progress=False,
+                         decode_on="device")  # one epoch of 3 batches of 3: every image is read
+    with pytest.raises(ImageError, match="broken.jpg.*--skip-invalid"):
+        train(config)
+    result = train(replace(config, out=str(tmp_path / "skipping"), skip_invalid=True))
+    assert result["steps"] == 3 and result["skipped"] == 1
+    assert any("broken.jpg" in reason for reason in result["skipped_reasons"])
 
 
 def test_decode_on_device_needs_a_clip_style_processor(tiny_bundle) -> None:
-    from dataclasses import replace
-
     from transformers import SiglipImageProcessor
 
     bundle = replace(tiny_bundle, image_processor=SiglipImageProcessor(size={"height": 32, "width": 32}))

@@ -206,8 +206,8 @@ class TrainConfig:
                             "model's device, a batch at a time (torchcodec's nvJPEG and torch's resize on a GPU: the "
                             "workers then only read bytes and tokenise). Needs CLIP's image processor; other files "
                             "than JPEGs decode in the workers. On a GPU the resize runs in float32, within 2 levels "
-                            "of 255 of the workers' pixels; a JPEG that cannot be decoded stops the run there "
-                            "(--skip-invalid skips only what the workers find)")
+                            "of 255 of the workers' pixels. An image that fails to decode there stops the run, or "
+                            "with --skip-invalid is skipped and counted, as in the workers")
     grad_cache_chunk: int | None = option(None, metavar="M", default_help="off", help="gradient caching: encode the "
                                           "batch M rows at a time, first without a graph, compute the full-batch "
                                           "loss and its gradients for the cached embeddings, then encode each chunk "

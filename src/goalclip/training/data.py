@@ -270,13 +270,26 @@ class TrainDataset(Dataset):
     def to_device(self, batch: dict[str, Any], device: torch.device | str) -> dict[str, Any]:
         """A collated batch moved to ``device``, its uint8 pixels normalised there (on a GPU that costs no
         CPU, and a quarter of the bytes crossed from the workers and to the device); with ``--decode-on
-        device`` its images are decoded and resized there first (:mod:`~goalclip.training.device_decode`)."""
+        device`` its images are decoded and resized there first (:mod:`~goalclip.training.device_decode`),
+        and an image that fails leaves the batch, its reason joining ``failed`` as a worker's would (then
+        ``failed`` is the only key when no image is left, as :class:`Collate` does)."""
+        failed = list(batch.get("failed", []))
+        if "pixel_values" not in batch:  # every image failed in the workers
+            return {"failed": failed}
         views = batch["pixel_values"]
-        batch = {key: value.to(device, non_blocking=True) for key, value in batch.items() if key != "pixel_values"}
-        pixels = (views.pixels(self.tensor_pixels, device) if isinstance(views, DeviceViews)
-                  else views.to(device, non_blocking=True))
+        batch = {key: value.to(device, non_blocking=True) for key, value in batch.items()
+                 if key not in ("pixel_values", "failed")}
+        if isinstance(views, DeviceViews):
+            pixels, lost = views.pixels(self.tensor_pixels, device)
+            if len(lost) == len(views.images):
+                return {"failed": failed + list(lost.values())}
+            if lost:
+                batch = drop_images(batch, set(lost))
+                failed += list(lost.values())
+        else:
+            pixels = views.to(device, non_blocking=True)
         batch["pixel_values"] = self.normalise(pixels) if pixels.dtype == torch.uint8 else pixels
-        return batch
+        return {**batch, "failed": failed} if failed else batch
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         ex = self.examples[index]
@@ -330,7 +343,7 @@ class TrainDataset(Dataset):
         path = ex.image
         if self.decode_on == "device":  # the bytes and the crop windows; the device decodes and resizes
             windows = [box_window(ex.size, box, path) for box in boxes]
-            return ex.size, [read_for_device(path, ex.size), *windows]
+            return ex.size, [read_for_device(ex.id, path, ex.size), *windows]
         if self.tensor_pixels is None:
             image = load_rgb(path)
             views = [image, *(image.crop(box_window(image.size, b, path)) for b in boxes)]
@@ -427,6 +440,27 @@ class Collate:
         batch["pixel_values"] = (DeviceViews(images, list(zip(owners, crops))) if isinstance(images[0], ImageBytes)
                                  else torch.stack(images + crops))
         return batch
+
+
+def drop_images(batch: dict[str, torch.Tensor], rows: set[int]) -> dict[str, torch.Tensor]:
+    """A collated batch (its pixels aside) without the images at ``rows``: their captions, and their pairs
+    with every per-pair row; the other pairs' owners renumbered. Padding stays (right padding is exact, see
+    :class:`Collate`), so the step gives the loss of the batch collated without them."""
+    keep = torch.tensor([row not in rows for row in range(batch["caption_ids"].shape[0])])
+    out = {key: batch[key][keep.to(batch[key].device)] for key in ("caption_ids", "caption_mask")}
+    if "sentence_ids" not in batch:  # a method without local pairs
+        return out
+    pairs = batch["sentence_ids"].shape[0]
+    owners = batch["pair_owner"].cpu() if "pair_owner" in batch else torch.arange(pairs)
+    kept_pairs = keep[owners]
+    for key in ("sentence_ids", "sentence_mask", "span_mask", "text_tsl_valid", "image_tsl_valid", "pair_weight"):
+        if key in batch:
+            out[key] = batch[key][kept_pairs.to(batch[key].device)]
+    out["patch_mask"] = batch["patch_mask"][kept_pairs.to(batch["patch_mask"].device)] if pairs else batch["patch_mask"]
+    renumbered = (torch.cumsum(keep.long(), 0) - 1)[owners[kept_pairs]]
+    if "pair_weight" in batch or renumbered.tolist() != list(range(int(keep.sum()))):
+        out["pair_owner"] = renumbered.to(batch["sentence_ids"].device)
+    return out
 
 
 def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, rank: int, world: int) -> list[list[int]]:

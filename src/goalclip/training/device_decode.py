@@ -6,6 +6,10 @@ decodes the batch's JPEGs in one torchcodec call on the device (nvJPEG on a GPU,
 the rest), slices each crop from its full-resolution decode and resizes every view there. Files of
 other formats, and JPEGs torchcodec cannot read (CMYK, arithmetic coding), are decoded by PIL.
 
+An image no decoder can read is reported like the workers report one (``example 'id': path: why``)
+and leaves the batch (:func:`~goalclip.training.data.drop_images`); the trainer then stops, or with
+``--skip-invalid`` skips and counts it.
+
 On a CPU device the pixels equal the workers' exactly (the same decoder and resize); on a GPU the
 resize runs in float32 and rounds once, within ``RESIZE_TOLERANCE`` (2 levels) of the CPU's
 (tests/core/test_images.py, tests/training/test_device_decode.py).
@@ -19,7 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from goalclip.core.images import (
-    JPEG_MAGIC, TensorPixels, decode_rgb_tensor, jpeg_decoder, load_rgb, read_image_bytes, to_tensor,
+    JPEG_MAGIC, ImageError, TensorPixels, decode_rgb_tensor, jpeg_decoder, load_rgb, read_image_bytes, to_tensor,
 )
 
 Window = tuple[int, int, int, int]
@@ -29,19 +33,20 @@ Window = tuple[int, int, int, int]
 @dataclass
 class ImageBytes:
     """One sample's image as a worker hands it over: the JPEG file's bytes, or (another format) the decoded
-    uint8 ``[3, H, W]`` pixels."""
+    uint8 ``[3, H, W]`` pixels; ``example`` is the example's id, for a failure's message."""
 
+    example: str
     path: str
     data: torch.Tensor
     encoded: bool
 
 
-def read_for_device(path: str, size: tuple[int, int]) -> ImageBytes:
+def read_for_device(example: str, path: str, size: tuple[int, int]) -> ImageBytes:
     """The worker's share: a JPEG's bytes after the pixel-limit check, any other file decoded by PIL."""
     data = read_image_bytes(path, size)
     if data[:3] == JPEG_MAGIC and jpeg_decoder() is not None:
-        return ImageBytes(path, torch.frombuffer(bytearray(data), dtype=torch.uint8), True)
-    return ImageBytes(path, to_tensor(load_rgb(path)), False)
+        return ImageBytes(example, path, torch.frombuffer(bytearray(data), dtype=torch.uint8), True)
+    return ImageBytes(example, path, to_tensor(load_rgb(path)), False)
 
 
 @dataclass
@@ -52,24 +57,37 @@ class DeviceViews:
     images: list[ImageBytes]
     crops: list[tuple[int, Window]]
 
-    def pixels(self, views: TensorPixels, device: torch.device | str) -> torch.Tensor:
-        """uint8 ``[images + crops, 3, C, C]`` on ``device``."""
-        decoded = decode_batch(self.images, device)
-        crops = [decoded[owner][:, top:bottom, left:right] for owner, (left, top, right, bottom) in self.crops]
-        return views.window([*decoded, *crops])
+    def pixels(self, views: TensorPixels, device: torch.device | str) -> tuple[torch.Tensor, dict[int, str]]:
+        """uint8 ``[images + crops, 3, C, C]`` on ``device``, without the views of images that failed to
+        decode; and those failures, ``{image row: reason}``."""
+        decoded, failed = decode_batch(self.images, device)
+        kept = [pixels for pixels in decoded if pixels is not None]
+        crops = [decoded[owner][:, top:bottom, left:right]
+                 for owner, (left, top, right, bottom) in self.crops if owner not in failed]
+        return views.window([*kept, *crops]), failed
 
 
-def decode_batch(images: Sequence[ImageBytes], device: torch.device | str) -> list[torch.Tensor]:
-    """Each image as uint8 ``[3, H, W]`` on ``device``: the JPEGs in one decoder call (one nvJPEG batch on a
-    GPU); when that call fails, one at a time, a JPEG the decoder cannot read going through PIL
-    (:func:`~goalclip.core.images.decode_rgb_tensor`), whose ImageError names the file."""
+def decode_batch(images: Sequence[ImageBytes],
+                 device: torch.device | str) -> tuple[list[torch.Tensor | None], dict[int, str]]:
+    """Each image as uint8 ``[3, H, W]`` on ``device`` (None where it failed), and the failures' reasons by
+    row: the JPEGs in one decoder call (one nvJPEG batch on a GPU); when that call fails, one at a time, a
+    JPEG the decoder cannot read going through PIL (:func:`~goalclip.core.images.decode_rgb_tensor`), whose
+    ImageError names the file."""
     out: list[torch.Tensor | None] = [None if image.encoded else image.data.to(device) for image in images]
     encoded = [row for row, image in enumerate(images) if image.encoded]
-    if encoded:
-        try:
-            decoded = jpeg_decoder()([images[row].data for row in encoded], mode="RGB", device=device)
-        except RuntimeError:
-            decoded = [decode_rgb_tensor(images[row].path, device) for row in encoded]
-        for row, pixels in zip(encoded, decoded):
-            out[row] = pixels
-    return out
+    failed: dict[int, str] = {}
+    if not encoded:
+        return out, failed
+    try:
+        out_encoded = jpeg_decoder()([images[row].data for row in encoded], mode="RGB", device=device)
+    except RuntimeError:
+        out_encoded = []
+        for row in encoded:
+            try:
+                out_encoded.append(decode_rgb_tensor(images[row].path, device))
+            except ImageError as exc:
+                failed[row] = f"example {images[row].example!r}: {exc}"
+                out_encoded.append(None)
+    for row, pixels in zip(encoded, out_encoded):
+        out[row] = pixels
+    return out, failed

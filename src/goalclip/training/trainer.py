@@ -298,9 +298,9 @@ class Trainer:
         """One optimizer step on ``batch`` (step number ``step + 1``): its logs and seconds (from the batch
         on the device to the clamped scale)."""
         cfg, acc, model = self.config, self.accelerator, run.model
+        batch = run.dataset.to_device(batch, acc.device)  # with --decode-on device, failures can appear here
         if "failed" in batch:
             self._note_failed(batch.pop("failed"), batch)
-        batch = run.dataset.to_device(batch, acc.device)
         if run.bf16_weights:
             batch["pixel_values"] = batch["pixel_values"].to(torch.bfloat16)
         tick = time.perf_counter()
