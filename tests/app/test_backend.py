@@ -7,9 +7,10 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
 import torch
 
-from goalclip.app.backend import Searcher, distinct_names, read_run
+from goalclip.app.backend import AppError, Searcher, distinct_names, read_run
 from goalclip.cli import main
 from goalclip.models.clip import load_clip, prepare_text_positions
 from goalclip.models.embed import embed_text_strings
@@ -79,3 +80,28 @@ def test_a_context_stretches_a_shorter_model_as_eval_does_so_a_long_query_is_rea
     expected = embed_text_strings(bundle, [long_query])
     assert torch.allclose(embed_text_strings(stretched.bundle, [long_query]), expected, atol=1e-6)
     assert not torch.allclose(embed_text_strings(plain.bundle, [long_query]), expected, atol=1e-3)
+
+
+def test_a_run_lists_the_rows_of_eval_files_elsewhere_that_evaluate_it(tmp_path):
+    """``serve --evals FILE``: a goalclip eval --out JSON kept outside the run folders (the demo's metrics.json)
+    shows each row beside the run whose folder is its model (written with or without a trailing slash); rows of
+    other models stay out, and a file that is no eval output is an error naming it."""
+    runs = []
+    for method in ("global", "goal"):
+        run = tmp_path / "models" / method / "seed0"
+        run.mkdir(parents=True)
+        (run / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": 1.0, "lr": 0.1}) + "\n")
+        runs.append(run)
+    evals = tmp_path / "metrics.json"
+    evals.write_text(json.dumps({"models": [
+        {"model": str(tmp_path / "models" / "pretrained"), "metrics": {"t2i@1": 5.0}},
+        {"model": str(runs[0]) + "/", "metrics": {"t2i@1": 6.0}},
+        {"model": str(runs[1]), "metrics": {"t2i@1": 11.0}},
+    ]}))
+    rows = [read_run(str(run), evals=[str(evals)])["evals"] for run in runs]
+    assert rows == [[{"file": "metrics.json", "model": str(runs[0]) + "/", "t2i@1": 6.0}],
+                    [{"file": "metrics.json", "model": str(runs[1]), "t2i@1": 11.0}]]
+    other = tmp_path / "notes.json"
+    other.write_text(json.dumps({"notes": []}))
+    with pytest.raises(AppError, match="notes.json.*goalclip eval --out"):
+        read_run(str(runs[0]), evals=[str(other)])

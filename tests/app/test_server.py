@@ -340,6 +340,15 @@ def test_serve_demo_shows_the_four_views_of_a_demo_output(demo_server, browser, 
     fine_tunes = sorted(p for p in (out / "models").glob("*/seed*") if (p / "train_config.json").is_file())
     assert runs == ["pretrained", *(f"{p.parent.name}/{p.name}" for p in fine_tunes)]
     assert runs[1:5] == ["global/seed0", "goal/seed0", "local/seed0", "wo-tsl/seed0"]
+    # the demo's evaluation (metrics.json at its root) beside the runs it scored, one row per model
+    header = [c.text for c in browser.find_elements(By.CSS_SELECTOR, "#evals-table th")]
+    cells = [[c.text for c in r.find_elements(By.TAG_NAME, "td")]
+             for r in browser.find_elements(By.CSS_SELECTOR, "#evals-table tr")[1:]]
+    scored = json.loads((out / "metrics.json").read_text())["models"]
+    assert [row[header.index("run")] for row in cells] == runs[: len(scored)]
+    goal_row = cells[runs.index("goal/seed0")]
+    goal_scores = next(r["metrics"] for r in scored if r["model"].endswith("goal/seed0"))
+    assert float(goal_row[header.index("t2i@1")]) == pytest.approx(goal_scores["t2i@1"], abs=0.01)
     plot = browser.find_element(By.ID, "runs-plot")
     _wait(browser, lambda d: plot.get_property("complete") and plot.get_property("naturalWidth") > 0, "the curves")
     _screenshot(browser, "runs")

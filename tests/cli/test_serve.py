@@ -36,6 +36,7 @@ def _demo_layout(root: Path) -> None:
     (root / "world" / "test.jsonl").write_text("")
     (root / "mined").mkdir()
     (root / "mined" / "train.jsonl").write_text("")
+    (root / "metrics.json").write_text(json.dumps({"models": []}))
     (root / "summary.json").write_text(json.dumps({"plan": {"max_text_len": 104, "keep_positions": 8}}))
 
 
@@ -48,6 +49,7 @@ def test_serve_demo_finds_the_demos_models_test_images_pairs_and_runs(tmp_path):
         "pairs": str(tmp_path / "mined" / "train.jsonl"),
         "runs": [str(models / run) for run in ("pretrained", "global/seed0", "goal/seed0", "goal/seed1",
                                                "wo-tsl/seed0")],
+        "evals": [str(tmp_path / "metrics.json")],
         "context": 104,
         "keep_positions": 8,
     }

@@ -23,6 +23,7 @@ import math
 import os
 import re
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -274,24 +275,38 @@ class Pairs:
 # ----------------------------------------------------------------------------- runs
 
 
-def _eval_files(folder: Path) -> list[tuple[str, dict[str, Any]]]:
-    """``goalclip eval --out`` JSON files in a run folder (a ``models`` list of rows with ``metrics``)."""
-    found = []
-    for path in sorted(folder.glob("*.json")):
-        try:
-            value = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
-            continue
-        if isinstance(value, dict) and isinstance(value.get("models"), list) and all(
-            isinstance(row, dict) and "metrics" in row for row in value["models"]
-        ):
-            found.append((path.name, value))
-    return found
+def _eval_output(path: Path) -> dict[str, Any] | None:
+    """A ``goalclip eval --out`` JSON (a ``models`` list of rows with ``metrics``), or None when ``path`` is not
+    one."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if isinstance(value, dict) and isinstance(value.get("models"), list) and all(
+        isinstance(row, dict) and "metrics" in row for row in value["models"]
+    ):
+        return value
+    return None
 
 
-def read_run(folder: str, name: str | None = None) -> dict[str, Any]:
+def _eval_rows(root: Path, evals: Sequence[str]) -> list[dict[str, Any]]:
+    """The run's eval table: the rows of every eval output inside its folder, and of each file in ``evals``
+    (kept elsewhere, such as the demo's metrics.json) the rows whose model is this folder."""
+    found = [(path.name, value, None) for path in sorted(root.glob("*.json"))
+             if (value := _eval_output(path)) is not None]
+    for file in evals:
+        value = _eval_output(Path(file))
+        if value is None:
+            raise AppError(f"{file}: not a goalclip eval --out file (a JSON object with a 'models' list of rows "
+                           "with 'metrics')")
+        found.append((Path(file).name, value, root.resolve()))
+    return [{"file": name, "model": row["model"], **row["metrics"]} for name, value, only in found
+            for row in value["models"] if only is None or Path(str(row["model"])).resolve() == only]
+
+
+def read_run(folder: str, name: str | None = None, evals: Sequence[str] = ()) -> dict[str, Any]:
     """A run's curves (loss terms, learning rate, validation) and its table rows, under ``name`` (default: the
-    folder's name)."""
+    folder's name); ``evals``: eval outputs kept outside the run folders whose rows for this run join its own."""
     root = Path(folder)
     name = name or root.name
     if not root.is_dir():
@@ -319,9 +334,8 @@ def read_run(folder: str, name: str | None = None) -> dict[str, Any]:
              "final_loss": (record.get("result") or {}).get("final_loss")}
     if val:
         table.update({f"val {k}": v for k, v in val[-1]["val"].items()})
-    evals = [{"file": name, "model": row["model"], **row["metrics"]}
-             for name, value in _eval_files(root) for row in value["models"]]
-    return {"run": name, "folder": str(root), "train": train, "val": val, "table": table, "evals": evals}
+    return {"run": name, "folder": str(root), "train": train, "val": val, "table": table,
+            "evals": _eval_rows(root, evals)}
 
 
 def run_figure(runs: list[dict[str, Any]]) -> bytes:

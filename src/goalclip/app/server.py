@@ -44,6 +44,7 @@ class ServeState:
     pairs_error: str | None = None
     runs: list[str] = field(default_factory=list)
     runs_lock: threading.Lock = field(default_factory=threading.Lock)
+    evals: list[str] = field(default_factory=list)  # eval outputs outside the run folders (--evals)
 
     def model_names(self) -> list[str]:
         """What the page calls each model: the shortest path tail that tells them apart."""
@@ -52,7 +53,7 @@ class ServeState:
     def read_runs(self) -> list[dict[str, Any]]:
         """Every run, named by the shortest path tail that tells it apart (the demo's runs are all ``seedN``)."""
         folders = list(self.runs)
-        return [read_run(f, name) for f, name in zip(folders, distinct_names(folders))]
+        return [read_run(f, name, self.evals) for f, name in zip(folders, distinct_names(folders))]
 
 
 def _error(message: str, status: int = 400) -> JSONResponse:
@@ -183,9 +184,10 @@ def build_app(state: ServeState) -> Starlette:
 
 def make_state(models: list[str], images: str | None, *, data: str | None = None, base: str | None = None,
                device: str = "cpu", index_dir: str | None = None, pairs: str | None = None,
-               runs: list[str] | None = None, context: int | None = None, keep_positions: int = 20) -> ServeState:
+               runs: list[str] | None = None, evals: list[str] | None = None, context: int | None = None,
+               keep_positions: int = 20) -> ServeState:
     """The state for the CLI's flags; models start loading (and indexing) in background threads."""
-    state = ServeState(runs=list(runs or []))
+    state = ServeState(runs=list(runs or []), evals=list(evals or []))
     for model in models:
         if images is None and data is None:
             raise ValueError("--model needs --images DIR or --data MANIFEST (the images to search)")

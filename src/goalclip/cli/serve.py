@@ -26,10 +26,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--index-dir", default=None, help="where to keep the index (default: DIR/.goalclip-index)")
     parser.add_argument("--pairs", default=None, help="mined-pairs manifest (goalclip mine --out) to page through")
     parser.add_argument("--runs", nargs="+", default=[], help="training run folders (goalclip train --out) to plot")
+    parser.add_argument("--evals", nargs="+", default=[], metavar="FILE",
+                        help="goalclip eval --out files kept outside the run folders: each row shows beside the run "
+                        "whose folder is its model (eval files inside a run folder show without this)")
     parser.add_argument("--demo", default=None, metavar="DIR",
                         help="a finished goalclip demo --out folder: its pretrained and goal models side by side over "
                         "its test images, at the context its evaluation used; its mined training pairs; its "
-                        "training runs (--model, --pairs, --runs, --context given as well take precedence)")
+                        "training runs with its evaluation (--model, --pairs, --runs, --evals, --context given as "
+                        "well take precedence)")
     parser.add_argument("--context", type=positive_int, default=None,
                         help="read queries at this many text positions: a model with a shorter context is "
                         "stretched first, as goalclip eval --context does (default: each model's own context)")
@@ -60,7 +64,7 @@ def _with_demo(args: argparse.Namespace) -> None:
         raise ValueError("--demo serves the demo's own test images; leave out --images and --data")
     views = served_views(args.demo)
     args.data = views["data"]
-    for name in ("model", "runs"):
+    for name in ("model", "runs", "evals"):
         setattr(args, name, getattr(args, name) or views[name])
     for name in ("pairs", "context", "keep_positions"):
         if getattr(args, name) is None:
@@ -84,7 +88,7 @@ def run(args: argparse.Namespace) -> str:
 
     set_max_image_pixels(args.max_image_pixels)
     state = make_state(args.model, args.images, data=args.data, base=args.base, device=resolve_device(args.device),
-                       index_dir=args.index_dir, pairs=args.pairs, runs=args.runs, context=args.context,
-                       keep_positions=args.keep_positions or 20)
+                       index_dir=args.index_dir, pairs=args.pairs, runs=args.runs, evals=args.evals,
+                       context=args.context, keep_positions=args.keep_positions or 20)
     serve(state, host, args.port, ready=lambda url: print(f"goalclip serve: open {url} (Ctrl-C stops)", flush=True))
     return "serve: stopped"

@@ -30,6 +30,11 @@ def run_dir(out: str | os.PathLike, method: str, seed: int) -> Path:
     return model_dir(out, method) / f"seed{seed}"
 
 
+def metrics_path(out: str | os.PathLike) -> Path:
+    """Every model's scores (``goalclip eval``'s output) and the marking probe's."""
+    return Path(out) / "metrics.json"
+
+
 def summary_path(out: str | os.PathLike) -> Path:
     """Written last: its presence marks a finished demo."""
     return Path(out) / "summary.json"
@@ -43,7 +48,7 @@ def _seed_order(folder: Path) -> tuple[int, str]:
 def served_views(out: str | os.PathLike) -> dict[str, Any]:
     """What ``goalclip serve --demo`` shows of a finished demo: the pretrained model and ``goal``'s first seed
     over the test images, read at the context the demo evaluated them at; the mined training pairs; every
-    training run. A ValueError names what is missing."""
+    training run, with the demo's evaluation beside it. A ValueError names what is missing."""
     summary = summary_path(out)
     if not summary.is_file():
         raise ValueError(f"--demo {out}: no summary.json (not a finished goalclip demo --out folder)")
@@ -59,4 +64,5 @@ def served_views(out: str | os.PathLike) -> dict[str, Any]:
     pretrained = model_dir(out, "pretrained")
     return {"model": [str(pretrained), str(goal[0])], "data": str(world_dir(out) / "test.jsonl"),
             "pairs": str(mined_manifest(out, "train")), "runs": [str(pretrained), *map(str, runs)],
+            "evals": [str(metrics_path(out))] if metrics_path(out).is_file() else [],
             "context": plan.get("max_text_len"), "keep_positions": plan.get("keep_positions")}

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from goalclip.core.manifest import atomic_write
-from goalclip.demo.layout import mined_manifest, model_dir, run_dir, summary_path, world_dir
+from goalclip.demo.layout import metrics_path, mined_manifest, model_dir, run_dir, summary_path, world_dir
 from goalclip.core.records import read_manifest
 from goalclip.demo.ablation import (
     LONG_CAPTION_METRICS,
@@ -248,7 +248,7 @@ def run_demo(
         "table": table,
         "summary": (f"demo done in {wall:.0f} s: mined region holds its sentence's object "
                     f"{accuracy['contains_rate']:.0%} (tight box {accuracy['rate']:.0%}); table in "
-                    f"{out / 'metrics.json'}; figures in {figures}"),
+                    f"{metrics_path(out)}; figures in {figures}"),
     }
     with atomic_write(summary_path(out)) as handle:
         handle.write(json.dumps(summary, indent=2))
@@ -332,7 +332,7 @@ def _evaluate(out: Path, world: World, joint: Path, models: list[str], labels: l
         row["metrics"].update(scores)
     ablation = summarise(results, labels)
     results["ablation"] = {"labels": labels, "seeds": plan.finetune_seeds, "summary": ablation}
-    write_results(results, str(out / "metrics.json"))
+    write_results(results, str(metrics_path(out)))
     retrieval_metrics = list(LONG_CAPTION_METRICS)
     joint_metrics = [m for m in next(iter(ablation.values())) if m.endswith("_map@10")]
     table = (f"long-caption retrieval, {plan.finetune_seeds} fine-tune seed(s) "
