@@ -389,8 +389,11 @@ def decode_section(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]
     pixels = TensorPixels(side, side, Normalise(1 / 255, clip_mean, clip_std))
 
     def on_device(batch: list[str]) -> torch.Tensor:
-        views = DeviceViews([read_for_device(path, image_size(path)) for path in batch], [])
-        return pixels.normalise(views.pixels(pixels, args.device))
+        views = DeviceViews([read_for_device(Path(path).stem, path, image_size(path)) for path in batch], [])
+        window, failed = views.pixels(pixels, args.device)
+        if failed:
+            raise RuntimeError(f"the benchmark's own JPEGs failed to decode: {failed}")
+        return pixels.normalise(window)
 
     batches = [paths[start : start + 64] for start in range(0, count, 64)]
     runs = {"--decode-on workers (one CPU core)": [lambda path=path: pixels([decode_rgb_tensor(path)])
