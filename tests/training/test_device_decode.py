@@ -123,3 +123,24 @@ def test_decode_on_device_needs_a_clip_style_processor(tiny_bundle) -> None:
     bundle = replace(tiny_bundle, image_processor=SiglipImageProcessor(size={"height": 32, "width": 32}))
     with pytest.raises(ValueError, match="--decode-on device needs"):
         TrainDataset([], bundle, need_local=False, decode_on="device")
+
+
+@pytest.mark.multiprocess
+def test_two_processes_decoding_on_the_device_train_like_one_process(tiny_world, jpeg_world, tmp_path,
+                                                                     launch_ranks) -> None:
+    """`goalclip train --decode-on device` in 2 CPU processes at batch 2 logs the losses of 1 process at batch 4
+    (each rank decodes its own share of the global batch)."""
+    common = ["--max-steps", "2", "--max-text-len", "40", "--keep-positions", "4", "--num-workers", "0",
+              "--no-progress", "--log-every", "1", "--decode-on", "device", "--model", str(tiny_world.model),
+              "--data", str(jpeg_world)]
+    train(TrainConfig(model=str(tiny_world.model), data=str(jpeg_world), out=str(tmp_path / "one"), max_steps=2,
+                      batch_size=4, max_text_len=40, keep_positions=4, num_workers=0, progress=False, log_every=1,
+                      decode_on="device"))
+    done = launch_ranks(["-m", "goalclip.cli", "train", *common, "--batch-size", "2", "--out", tmp_path / "two"],
+                        CUDA_VISIBLE_DEVICES="")
+    assert done.returncode == 0, done.stdout + done.stderr
+    losses = [[json.loads(line)["loss"] for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+              for run in ("one", "two")]
+    assert len(losses[0]) == 2 and losses[1] == pytest.approx(losses[0], rel=1e-4)
+    record = json.loads((tmp_path / "two" / "train_config.json").read_text())
+    assert record["config"]["decode_on"] == "device" and record["derived"]["num_processes"] == 2
