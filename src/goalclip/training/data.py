@@ -446,20 +446,21 @@ def drop_images(batch: dict[str, torch.Tensor], rows: set[int]) -> dict[str, tor
     """A collated batch (its pixels aside) without the images at ``rows``: their captions, and their pairs
     with every per-pair row; the other pairs' owners renumbered. Padding stays (right padding is exact, see
     :class:`Collate`), so the step gives the loss of the batch collated without them."""
-    keep = torch.tensor([row not in rows for row in range(batch["caption_ids"].shape[0])])
-    out = {key: batch[key][keep.to(batch[key].device)] for key in ("caption_ids", "caption_mask")}
+    device = batch["caption_ids"].device  # every tensor of the batch is on it (to_device moved them together)
+    keep = torch.tensor([row not in rows for row in range(batch["caption_ids"].shape[0])], device=device)
+    out = {key: batch[key][keep] for key in ("caption_ids", "caption_mask")}
     if "sentence_ids" not in batch:  # a method without local pairs
         return out
     pairs = batch["sentence_ids"].shape[0]
-    owners = batch["pair_owner"].cpu() if "pair_owner" in batch else torch.arange(pairs)
+    owners = batch["pair_owner"] if "pair_owner" in batch else torch.arange(pairs, device=device)
     kept_pairs = keep[owners]
     for key in ("sentence_ids", "sentence_mask", "span_mask", "text_tsl_valid", "image_tsl_valid", "pair_weight"):
         if key in batch:
-            out[key] = batch[key][kept_pairs.to(batch[key].device)]
-    out["patch_mask"] = batch["patch_mask"][kept_pairs.to(batch["patch_mask"].device)] if pairs else batch["patch_mask"]
+            out[key] = batch[key][kept_pairs]
+    out["patch_mask"] = batch["patch_mask"][kept_pairs] if pairs else batch["patch_mask"]
     renumbered = (torch.cumsum(keep.long(), 0) - 1)[owners[kept_pairs]]
-    if "pair_weight" in batch or renumbered.tolist() != list(range(int(keep.sum()))):
-        out["pair_owner"] = renumbered.to(batch["sentence_ids"].device)
+    if "pair_weight" in batch or not torch.equal(renumbered, torch.arange(int(keep.sum()), device=device)):
+        out["pair_owner"] = renumbered
     return out
 
 
